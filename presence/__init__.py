@@ -1,0 +1,36 @@
+"""Presence: keeps browser chat sessions alive over WebSocket ping frames and knows who
+is online."""
+
+from __future__ import annotations
+
+from .app import create_app
+from .exceptions import (
+    ApiError,
+    ConfigError,
+    NotFound,
+    PresenceError,
+    StoreUnavailable,
+    TooManySessions,
+)
+from .sessions import Session
+from .settings import Settings
+from .stores import FallbackStore, MemoryStore, RedisStore, SessionStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApiError",
+    "ConfigError",
+    "FallbackStore",
+    "MemoryStore",
+    "NotFound",
+    "PresenceError",
+    "RedisStore",
+    "Session",
+    "SessionStore",
+    "Settings",
+    "StoreUnavailable",
+    "TooManySessions",
+    "__version__",
+    "create_app",
+]

@@ -1,0 +1,236 @@
+"""The Starlette application: routes, error handlers and the lifespan that opens the
+store, subscribes to ended sessions and runs the refresher."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import api
+from .auth import Authenticator, OriginPolicy
+from .connections import Refresher, Registry
+from .exceptions import ApiError
+from .sessions import new_session_id
+from .settings import Settings
+from .stores import SessionStore, store_from_settings
+
+logger = logging.getLogger("presence")
+access_logger = logging.getLogger("presence.access")
+
+#: The browser package and demo pages, beside the Python package in a checkout.
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+@dataclass
+class Services:
+    """What the handlers share; lives on ``app.state.services``."""
+
+    settings: Settings
+    store: SessionStore
+    authenticator: Authenticator
+    origins: OriginPolicy
+    registry: Registry = field(default_factory=Registry)
+    new_session_id: Callable[[], str] = new_session_id
+    refresher: Refresher | None = None
+
+
+def create_app(settings: Settings | None = None, store: SessionStore | None = None) -> Starlette:
+    """Builds the application.
+
+    Args:
+        settings: defaults to ``Settings()`` (memory store, development mode).
+        store: a store to use instead of the one ``settings.redis_url`` names.
+
+    Returns:
+        A Starlette app; its lifespan opens and closes the store.
+    """
+    settings = settings or Settings()
+    services = Services(
+        settings=settings,
+        store=store or store_from_settings(settings),
+        authenticator=Authenticator(settings),
+        origins=OriginPolicy(settings.allowed_origins),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await services.store.open()
+        try:
+            await services.store.subscribe_ended(services.registry.end)
+            async with Refresher(
+                services.store, services.registry, settings.refresh_interval
+            ) as refresher:
+                services.refresher = refresher
+                _log_start(settings, services.store)
+                yield
+        finally:
+            services.refresher = None
+            await services.store.close()
+
+    middleware = [Middleware(AccessLog)]
+    if settings.allowed_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.allowed_origins),
+                allow_credentials=True,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["authorization", "content-type"],
+            )
+        )
+    app = Starlette(
+        routes=_routes(),
+        middleware=middleware,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    return app
+
+
+def _routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = [
+        Route("/", lambda request: RedirectResponse("/chat"), methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Mount("/api/v1/chat", routes=api.routes()),
+        Route("/chat", _page("chat.html"), methods=["GET"]),
+        Route("/hub", _page("hub.html"), methods=["GET"]),
+    ]
+    # Only the client modules and the demo's assets are public, never the rest of web/
+    # (tests, node_modules, package metadata).
+    for folder in ("src", "demo"):
+        if (WEB_DIR / folder).is_dir():
+            routes.append(Mount(f"/static/{folder}", StaticFiles(directory=WEB_DIR / folder)))
+    return routes
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    services: Services = request.app.state.services
+    status = await services.store.status()
+    status["status"] = "degraded" if status.get("degraded") else "ready"
+    status["sockets"] = len(services.registry)
+    return JSONResponse(status)
+
+
+def _page(name: str) -> Callable[[Request], Response]:
+    def page(request: Request) -> Response:
+        path = WEB_DIR / name
+        if not path.is_file():
+            raise HTTPException(404, f"{name} is not installed beside this package")
+        # Hands a development-mode identity to a browser arriving without one, so the
+        # page's own API calls and socket are authenticated by the cookie.
+        services: Services = request.app.state.services
+        if services.authenticator.identify(request.headers, request.cookies) is None:
+            if services.authenticator.dev_mode:
+                _, request.state.new_token = services.authenticator.mint_anonymous()
+        response = FileResponse(path, headers={"cache-control": "no-store"})
+        return api.respond(request, response)
+
+    return page
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(
+        {"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _ERROR_CODES.get(exc.status_code, "http_error")
+    return JSONResponse(
+        {"error": {"code": code, "message": exc.detail}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+def _log_start(settings: Settings, store: SessionStore) -> None:
+    if store.name == "memory":
+        logger.warning(
+            "REDIS_URL is not set: sessions are kept in memory and will not survive a restart"
+        )
+    if settings.dev_mode:
+        logger.warning(
+            "DEVELOPMENT MODE: PRESENCE_JWT_SECRET is not set, so every browser is given an "
+            "anonymous identity cookie. Set PRESENCE_JWT_SECRET in production."
+        )
+    logger.info(
+        "presence ready: store=%s ttl=%gs ping_interval=%gs",
+        store.name,
+        settings.session_ttl,
+        settings.heartbeat_interval,
+    )
+
+
+class AccessLog:
+    """Logs one line per HTTP request with the route's template, never the concrete path:
+    session ids are capabilities and tokens can ride in query strings, so neither may
+    reach a log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
+                status = message["status"]
+            elif message["type"] == "websocket.accept":
+                status = 101
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if access_logger.isEnabledFor(logging.INFO):
+                access_logger.info(
+                    '%s "%s %s" %d %.1fms',
+                    _client(scope),
+                    scope.get("method", "WS"),
+                    _template(scope),
+                    status,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+
+def _template(scope: Scope) -> str:
+    if scope.get("endpoint") is None:
+        return "(no route)"  # An unmatched path may hold anything; never log it.
+    path: str = scope["path"]
+    for name, value in scope.get("path_params", {}).items():
+        path = path.replace(str(value), "{" + name + "}")
+    return path
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "-"

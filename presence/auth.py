@@ -1,0 +1,149 @@
+"""Who is asking, and from where.
+
+Identity is a JWT (HS256) whose ``sub`` is the user. It arrives as
+``Authorization: Bearer``, as the ``presence_token`` cookie, or, for the WebSocket
+only, as a ``token`` query parameter. Without ``PRESENCE_JWT_SECRET`` the server is in
+development mode: it signs anonymous tokens itself and hands each browser one in an
+HttpOnly, SameSite=Lax cookie.
+
+Origins: a request authenticated by cookie is one a browser may send on another site's
+behalf (CSRF, cross-site WebSocket hijacking), so it must come from an allowed origin.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import jwt
+
+from .settings import Settings
+
+COOKIE_NAME = "presence_token"
+QUERY_PARAM = "token"
+_ALGORITHM = "HS256"
+_DEV_ISSUER = "presence-dev"
+# Anonymous identities last a year; the session TTL, not the cookie, bounds sessions.
+_DEV_TOKEN_SECONDS = 365 * 24 * 3600
+_MAX_SUB_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated user and how the credential came."""
+
+    user: str
+    via: Literal["bearer", "cookie", "query"]
+
+    @property
+    def ambient(self) -> bool:
+        """True when a browser attaches the credential by itself (a cookie), so the
+        request's origin must be checked."""
+        return self.via == "cookie"
+
+
+class Authenticator:
+    """Verifies tokens, and in development mode mints anonymous ones.
+
+    Args:
+        settings: uses ``jwt_secret``, or in development mode ``dev_secret`` (a random
+            key for this process when unset).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.dev_mode = settings.dev_mode
+        self._key = settings.jwt_secret or settings.dev_secret or secrets.token_urlsafe(32)
+
+    def identify(
+        self,
+        headers: Mapping[str, str],
+        cookies: Mapping[str, str],
+        query: Mapping[str, str] | None = None,
+    ) -> Identity | None:
+        """Returns the identity a request proves, or None.
+
+        ``query`` is passed only for the WebSocket handshake, where a browser cannot
+        set headers; elsewhere a token in a URL would end up in logs and histories.
+        """
+        authorization = headers.get("authorization", "")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            return self._verify(token.strip(), "bearer")
+        if query is not None and query.get(QUERY_PARAM):
+            return self._verify(query[QUERY_PARAM], "query")
+        if cookies.get(COOKIE_NAME):
+            return self._verify(cookies[COOKIE_NAME], "cookie")
+        return None
+
+    def mint_anonymous(self) -> tuple[Identity, str]:
+        """Development mode: a new anonymous user and the token to set as cookie."""
+        user = "anon:" + secrets.token_urlsafe(12)
+        now = int(time.time())
+        claims = {"sub": user, "iss": _DEV_ISSUER, "iat": now, "exp": now + _DEV_TOKEN_SECONDS}
+        return Identity(user, "cookie"), jwt.encode(claims, self._key, algorithm=_ALGORITHM)
+
+    def cookie(self, token: str, *, secure: bool) -> str:
+        """The Set-Cookie value for a development-mode token."""
+        parts = [
+            f"{COOKIE_NAME}={token}",
+            "Path=/",
+            f"Max-Age={_DEV_TOKEN_SECONDS}",
+            "HttpOnly",
+            "SameSite=Lax",
+        ]
+        if secure:
+            parts.append("Secure")
+        return "; ".join(parts)
+
+    def _verify(self, token: str, via: Literal["bearer", "cookie", "query"]) -> Identity | None:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[_ALGORITHM],
+                options={"require": ["sub"]},
+                leeway=5,
+            )
+        except jwt.PyJWTError:
+            return None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not 0 < len(sub) <= _MAX_SUB_LENGTH:
+            return None
+        return Identity(sub, via)
+
+
+class OriginPolicy:
+    """Decides whether a request's Origin may act with ambient credentials.
+
+    Args:
+        allowed: exact origins (``https://chat.example.com``); empty means same-origin
+            only, judged against the request's own scheme and Host.
+    """
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        self.allowed = frozenset(allowed)
+
+    def allows(self, origin: str | None, *, scheme: str, host: str | None) -> bool:
+        """True when ``origin`` is allowed; a missing or ``null`` origin never is."""
+        if not origin or origin == "null":
+            return False
+        origin = origin.lower().rstrip("/")
+        if self.allowed:
+            return origin in self.allowed
+        if not host:
+            return False
+        # Compared whole, never by prefix or suffix: https://app.example.com.evil.com
+        # must not pass for https://app.example.com.
+        http_scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+        return origin == f"{http_scheme}://{host.lower()}"
+
+    def allows_http(self, headers: Mapping[str, str], *, scheme: str) -> bool:
+        """The CSRF rule for a state-changing HTTP request authenticated by cookie:
+        an allowed Origin, or, when the browser sent none, ``Sec-Fetch-Site: same-origin``."""
+        origin = headers.get("origin")
+        if origin is None:
+            return headers.get("sec-fetch-site") == "same-origin"
+        return self.allows(origin, scheme=scheme, host=headers.get("host"))

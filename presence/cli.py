@@ -1,0 +1,112 @@
+"""``presence serve``: runs the app under uvicorn with the settings from the environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.applications import Starlette
+
+from . import __version__
+from .exceptions import ConfigError
+from .settings import Settings
+
+
+def app_from_env() -> Starlette:
+    """The app factory uvicorn calls in each worker process."""
+    from .app import create_app
+
+    return create_app(Settings.from_env(os.environ))
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's settings for a Presence server.
+
+    The WebSocket keepalive is protocol ping frames every ``HEARTBEAT_INTERVAL`` with a
+    ping timeout; per-message compression is refused (it costs ~64 KiB a socket with
+    zlib's defaults, and presence messages are tiny); messages are capped at 64 KiB.
+    """
+    return {
+        "ws": "websockets-sansio",
+        "ws_ping_interval": settings.heartbeat_interval,
+        "ws_ping_timeout": settings.ping_timeout,
+        "ws_per_message_deflate": False,
+        "ws_max_size": settings.ws_max_message_bytes,
+        "access_log": False,
+        "log_config": logging_config(settings.log_level),
+        "lifespan": "on",
+        "proxy_headers": True,
+        "server_header": False,
+        "timeout_graceful_shutdown": 5,
+    }
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """One line per record on stderr; uvicorn's access log is off (ours templates paths)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        },
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "stream": "ext://sys.stderr",
+            },
+        },
+        "loggers": {
+            "presence": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn.access": {"handlers": [], "propagate": False},
+        },
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="presence", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"presence {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
+    serve.add_argument("--host", help="address to bind (default: HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default: PORT or 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    args = parser.parse_args(argv)
+
+    overrides: dict[str, object] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    try:
+        settings = Settings.from_env(os.environ, **overrides)
+    except ConfigError as exc:
+        print(f"presence: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("presence: configuration error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if settings.dev_mode and settings.dev_secret is None:
+        # Every worker must sign and verify anonymous identities with the same key.
+        os.environ["PRESENCE_DEV_SECRET"] = secrets.token_urlsafe(32)
+
+    import uvicorn
+
+    uvicorn.run(
+        "presence.cli:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=args.workers,
+        **uvicorn_options(settings),
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The sockets this process holds open, and the refresher that keeps their sessions alive.
+
+The refresher is why an open WebSocket needs no HTTP heartbeat: once a tick it renews
+every open session's TTL in a single store call (one Redis round trip whatever the
+number of sockets). A socket stays in the registry only while uvicorn's ping frames
+are answered; a silent peer is dropped by uvicorn after the ping timeout, its handler
+unregisters it, and its session is no longer renewed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+from .exceptions import StoreUnavailable
+from .stores.base import SessionRef, SessionStore
+
+logger = logging.getLogger("presence.connections")
+
+
+class Endable(Protocol):
+    """What the registry needs of a socket: a way to end it with a reason."""
+
+    async def end(self, reason: str) -> None: ...
+
+
+class Registry:
+    """Open sockets by session. Most sessions have one socket; a few (two tabs sharing
+    an id by a copied URL) have more, so the value is a list, not a set."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[SessionRef, list[Endable]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def add(self, ref: SessionRef, socket: Endable) -> None:
+        self._sockets.setdefault(ref, []).append(socket)
+
+    def discard(self, ref: SessionRef, socket: Endable) -> bool:
+        """Forgets a socket; returns True when it was the session's last one here."""
+        sockets = self._sockets.get(ref)
+        if sockets is None:
+            return True
+        with contextlib.suppress(ValueError):
+            sockets.remove(socket)
+        if sockets:
+            return False
+        del self._sockets[ref]
+        return True
+
+    def refs(self) -> list[SessionRef]:
+        return list(self._sockets)
+
+    async def end(self, user: str, session_id: str, reason: str) -> None:
+        """Ends every socket of a session held here (an ``ended`` callback)."""
+        for socket in list(self._sockets.get((user, session_id), ())):
+            await socket.end(reason)
+
+
+class Refresher:
+    """Renews the sessions of all open sockets once per ``interval`` seconds.
+
+    A session that the store no longer has (deleted elsewhere while pub/sub was down,
+    or past its absolute lifetime) gets its sockets ended with reason ``expired``.
+    """
+
+    def __init__(self, store: SessionStore, registry: Registry, interval: float) -> None:
+        self.store = store
+        self.registry = registry
+        self.interval = interval
+        self.ticks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Refresher:
+        self._task = asyncio.create_task(self._run(), name="session-refresher")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def tick(self) -> int:
+        """One renewal pass; returns how many sessions it renewed."""
+        refs = self.registry.refs()
+        self.ticks += 1
+        if not refs:
+            return 0
+        missing = await self.store.refresh(refs)
+        for user, sid in missing:
+            await self.registry.end(user, sid, "expired")
+        return len(refs) - len(missing)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            # Scheduled from a fixed start, so a slow tick does not push later ones back.
+            next_at += self.interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            try:
+                await self.tick()
+            except StoreUnavailable:
+                logger.warning("refresher: store unavailable; will retry next tick")
+            except Exception:
+                logger.exception("refresher tick failed")

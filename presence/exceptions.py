@@ -1,0 +1,101 @@
+"""Exceptions raised by Presence.
+
+The tree::
+
+    PresenceError
+    ├── ConfigError               a setting has a bad value (names the variable)
+    ├── ApiError                  an HTTP request is refused (status, code, message)
+    │   ├── BadRequest            400/413/415/422: the request itself is wrong
+    │   ├── Unauthorized          401: no valid identity
+    │   ├── Forbidden             403: origin or CSRF check failed
+    │   ├── NotFound              404: no such session for this user
+    │   ├── TooManySessions       429: per-user session cap reached
+    │   └── StoreFull             503: the fallback store is at its cap
+    └── StoreUnavailable          the store cannot be reached right now
+
+``ApiError`` subclasses become ``{"error": {"code": ..., "message": ...}}`` responses.
+"""
+
+from __future__ import annotations
+
+
+class PresenceError(Exception):
+    """Base class of every exception Presence raises on purpose."""
+
+
+class ConfigError(PresenceError):
+    """A configuration value cannot be used.
+
+    Attributes:
+        variable: the environment variable at fault.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, variable: str, reason: str) -> None:
+        super().__init__(f"{variable}: {reason}")
+        self.variable = variable
+        self.reason = reason
+
+
+class ApiError(PresenceError):
+    """A request that is answered with an error response.
+
+    Attributes:
+        status: the HTTP status code.
+        code: a stable, machine-readable error code.
+        message: a sentence for humans naming the problem.
+    """
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(ApiError):
+    """The request is malformed, too large or fails validation."""
+
+
+class Unauthorized(ApiError):
+    """The request carries no valid identity."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    """The request's origin is not allowed."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    """No session with that id exists for this user (whether or not another user has one)."""
+
+    status = 404
+    code = "session_not_found"
+
+
+class TooManySessions(ApiError):
+    """The user already holds the maximum number of sessions."""
+
+    status = 429
+    code = "too_many_sessions"
+
+
+class StoreFull(ApiError):
+    """The in-memory fallback is at its size cap while Redis is unavailable."""
+
+    status = 503
+    code = "store_full"
+
+
+class StoreUnavailable(PresenceError):
+    """The backing store could not be reached within its timeout."""

@@ -1,0 +1,47 @@
+"""Every Redis key, channel and TTL that Presence uses, in one place.
+
+All keys of one user share the hash tag ``{<user tag>}`` so that a user's session keys
+and index live in one Redis Cluster slot, and the Lua scripts that touch them together
+stay legal on a cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# A user id is used verbatim inside the hash tag when it is short and plain; anything
+# else (braces would end the tag early, long ids waste memory) is replaced by a digest.
+_PLAIN_USER = re.compile(r"[A-Za-z0-9_.:@\-]{1,64}")
+
+
+def user_tag(user: str) -> str:
+    """The part of a key that stands for a user, braces included."""
+    if _PLAIN_USER.fullmatch(user):
+        return "{" + user + "}"
+    return "{h:" + hashlib.blake2b(user.encode(), digest_size=12).hexdigest() + "}"
+
+
+def session_key(prefix: str, user: str, session_id: str) -> str:
+    """One session: a string holding compact JSON; its Redis TTL *is* the session TTL,
+    so an abandoned session disappears without any sweeper."""
+    return f"{prefix}:{user_tag(user)}:s:{session_id}"
+
+
+def index_key(prefix: str, user: str) -> str:
+    """A user's sessions: a sorted set of session ids scored by last_seen (ms), so that
+    `inactive` cleanup and pruning of expired ids are range operations, O(log n + k).
+    Its own TTL is pushed to the newest session's expiry, so it goes when they all do."""
+    return f"{prefix}:{user_tag(user)}:idx"
+
+
+def ended_channel(prefix: str) -> str:
+    """Pub/sub channel on which a session's end (delete, cleanup, expiry) is announced,
+    so the process holding its WebSocket closes it, wherever that is."""
+    return f"{prefix}:ended"
+
+
+# The expiry of an index entry is last_seen + TTL; entries older than that are pruned
+# on every write and list of that user, so dangling ids live at most until the user's
+# next request or the index key's own TTL, whichever comes first.
+INDEX_GRACE_MS = 0

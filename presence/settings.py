@@ -1,0 +1,220 @@
+"""Typed, frozen settings built once from the environment at start-up.
+
+Nothing else in the package reads ``os.environ``: the CLI and the app factory call
+:meth:`Settings.from_env` and pass the object down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .exceptions import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service can be configured with.
+
+    Times are seconds (floats) so tests can run with TTLs of a few seconds.
+    """
+
+    redis_url: str | None = None
+    session_ttl: float = 24 * 3600.0
+    heartbeat_interval: float = 30.0
+    ping_timeout: float = 20.0
+    inactive_threshold: float = 3600.0
+    max_lifetime: float = 0.0
+    host: str = "127.0.0.1"
+    port: int = 8000
+    jwt_secret: str | None = field(default=None, repr=False)
+    dev_secret: str | None = field(default=None, repr=False)
+    allowed_origins: tuple[str, ...] = ()
+    max_sessions_per_user: int = 50
+    max_cleanup_ids: int = 100
+    max_body_bytes: int = 64 * 1024
+    max_data_bytes: int = 1024
+    ws_max_message_bytes: int = 64 * 1024
+    ws_messages_per_second: float = 10.0
+    ws_message_burst: int = 40
+    fallback_max_sessions: int = 100_000
+    redis_timeout: float = 0.25
+    key_prefix: str = "presence"
+    cookie_secure: bool | None = None
+    log_level: str = "info"
+
+    @property
+    def dev_mode(self) -> bool:
+        """True when no JWT secret is set and anonymous identities are handed out."""
+        return self.jwt_secret is None
+
+    @property
+    def refresh_interval(self) -> float:
+        """How often the per-process refresher renews open sockets' sessions.
+
+        At most a third of the TTL, so two missed ticks still leave a session alive.
+        """
+        return min(self.heartbeat_interval, self.session_ttl / 3)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
+        """Builds settings from environment variables.
+
+        Args:
+            environ: usually ``os.environ``.
+            **overrides: values that win over the environment (the CLI's flags).
+
+        Raises:
+            ConfigError: a variable has a value that cannot be used; the message names it.
+        """
+        values: dict[str, object] = {}
+        env = _Env(environ)
+        values["redis_url"] = env.text("REDIS_URL")
+        ttl_hours = env.number("SESSION_TTL_HOURS", minimum=0.0)
+        if ttl_hours is not None:
+            values["session_ttl"] = ttl_hours * 3600.0
+        for var, name in [
+            ("HEARTBEAT_INTERVAL", "heartbeat_interval"),
+            ("PRESENCE_PING_TIMEOUT", "ping_timeout"),
+            ("INACTIVE_THRESHOLD", "inactive_threshold"),
+            ("PRESENCE_REDIS_TIMEOUT", "redis_timeout"),
+        ]:
+            value = env.number(var, minimum=0.0)
+            if value is not None:
+                values[name] = value
+        max_hours = env.number("PRESENCE_MAX_LIFETIME_HOURS", minimum=0.0, allow_zero=True)
+        if max_hours is not None:
+            values["max_lifetime"] = max_hours * 3600.0
+        rate = env.number("PRESENCE_WS_MESSAGES_PER_SECOND", minimum=0.0)
+        if rate is not None:
+            values["ws_messages_per_second"] = rate
+        for var, name in [
+            ("PORT", "port"),
+            ("PRESENCE_MAX_SESSIONS_PER_USER", "max_sessions_per_user"),
+            ("PRESENCE_MAX_CLEANUP_IDS", "max_cleanup_ids"),
+            ("PRESENCE_FALLBACK_MAX_SESSIONS", "fallback_max_sessions"),
+        ]:
+            number = env.whole(var)
+            if number is not None:
+                values[name] = number
+        host = env.text("HOST")
+        if host is not None:
+            values["host"] = host
+        values["jwt_secret"] = env.text("PRESENCE_JWT_SECRET")
+        values["dev_secret"] = env.text("PRESENCE_DEV_SECRET")
+        origins = env.text("PRESENCE_ALLOWED_ORIGINS")
+        if origins is not None:
+            values["allowed_origins"] = _parse_origins(origins)
+        prefix = env.text("PRESENCE_KEY_PREFIX")
+        if prefix is not None:
+            values["key_prefix"] = prefix
+        secure = env.text("PRESENCE_COOKIE_SECURE")
+        if secure is not None:
+            values["cookie_secure"] = _parse_bool("PRESENCE_COOKIE_SECURE", secure)
+        level = env.text("LOG_LEVEL")
+        if level is not None:
+            values["log_level"] = level.lower()
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: object) -> Settings:
+        """Returns a copy with some fields changed, validated again."""
+        settings = dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raises :class:`ConfigError` for a combination of values that cannot work."""
+        if self.redis_url is not None:
+            from .stores import check_url
+
+            try:
+                check_url(self.redis_url)
+            except ValueError as exc:
+                raise ConfigError("REDIS_URL", str(exc)) from None
+        if self.session_ttl <= 0:
+            raise ConfigError("SESSION_TTL_HOURS", "must be greater than 0")
+        if self.heartbeat_interval <= 0:
+            raise ConfigError("HEARTBEAT_INTERVAL", "must be greater than 0")
+        if self.heartbeat_interval >= self.session_ttl:
+            raise ConfigError(
+                "HEARTBEAT_INTERVAL",
+                f"must be shorter than the session TTL ({self.session_ttl:g} s)",
+            )
+        if self.ping_timeout <= 0:
+            raise ConfigError("PRESENCE_PING_TIMEOUT", "must be greater than 0")
+        if self.jwt_secret is not None and len(self.jwt_secret) < 32:
+            raise ConfigError("PRESENCE_JWT_SECRET", "must be at least 32 characters for HS256")
+        if not 0 < self.port < 65536 and self.port != 0:
+            raise ConfigError("PORT", "must be between 0 and 65535")
+        if self.max_sessions_per_user < 1:
+            raise ConfigError("PRESENCE_MAX_SESSIONS_PER_USER", "must be at least 1")
+        if self.max_cleanup_ids < 1:
+            raise ConfigError("PRESENCE_MAX_CLEANUP_IDS", "must be at least 1")
+        if self.fallback_max_sessions < 1:
+            raise ConfigError("PRESENCE_FALLBACK_MAX_SESSIONS", "must be at least 1")
+        if not self.key_prefix or any(c in self.key_prefix for c in "{} "):
+            raise ConfigError("PRESENCE_KEY_PREFIX", "must be non-empty, without braces or spaces")
+        if self.log_level not in {"critical", "error", "warning", "info", "debug"}:
+            raise ConfigError("LOG_LEVEL", "must be one of critical, error, warning, info, debug")
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def number(self, name: str, *, minimum: float, allow_zero: bool = False) -> float | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, f"must be a number, got {raw!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not allow_zero):
+            raise ConfigError(name, f"must be a finite number greater than {minimum:g}")
+        return value
+
+    def whole(self, name: str) -> int | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(name, f"must be a whole number, got {raw!r}") from None
+
+
+def _parse_origins(raw: str) -> tuple[str, ...]:
+    origins = []
+    for item in raw.split(","):
+        origin = item.strip().rstrip("/").lower()
+        if not origin:
+            continue
+        scheme, sep, rest = origin.partition("://")
+        if not sep or scheme not in {"http", "https"} or not rest or "/" in rest:
+            raise ConfigError(
+                "PRESENCE_ALLOWED_ORIGINS",
+                f"{item.strip()!r} is not an origin like https://chat.example.com",
+            )
+        origins.append(origin)
+    return tuple(origins)
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(name, f"must be true or false, got {raw!r}")

@@ -1,0 +1,237 @@
+"""An in-process store: the default without Redis, and the fallback while Redis is down.
+
+Nothing here survives a restart, and two processes do not see each other's sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from ..exceptions import StoreFull, TooManySessions
+from ..sessions import JSON, Session, State, Transport
+from .base import UNSET, EndedCallback, SessionRef
+
+
+@dataclass(slots=True)
+class _Record:
+    session: Session
+    # The absolute end of life (created + max lifetime), or inf.
+    deadline: float
+
+
+class MemoryStore:
+    """Sessions in a dict, expired lazily on access and by a periodic sweep.
+
+    Args:
+        ttl: sliding TTL in seconds.
+        max_lifetime: absolute lifetime in seconds that no heartbeat extends; 0 for none.
+        max_sessions_per_user: cap per user (429 past it).
+        max_sessions: cap on all sessions held (503 past it); bounds memory.
+        clock: returns POSIX seconds; injectable for tests.
+    """
+
+    name = "memory"
+
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        max_lifetime: float = 0.0,
+        max_sessions_per_user: int = 50,
+        max_sessions: int = 100_000,
+        clock: Callable[[], float] = time.time,
+        sweep_interval: float = 5.0,
+    ) -> None:
+        self.ttl = ttl
+        self.max_lifetime = max_lifetime
+        self.max_sessions_per_user = max_sessions_per_user
+        self.max_sessions = max_sessions
+        self.clock = clock
+        self._sweep_interval = sweep_interval
+        self._users: dict[str, dict[str, _Record]] = {}
+        self._count = 0
+        self._callbacks: list[EndedCallback] = []
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-sweeper")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    async def status(self) -> dict[str, JSON]:
+        return {"store": self.name, "degraded": False, "sessions": self._count}
+
+    def __len__(self) -> int:
+        return self._count
+
+    async def create(self, user: str, session_id: str, *, data: JSON = None) -> Session:
+        now = self.clock()
+        sessions = self._live(user, now)
+        if len(sessions) >= self.max_sessions_per_user:
+            raise TooManySessions(
+                f"a user may hold at most {self.max_sessions_per_user} sessions; "
+                "clean up old ones first"
+            )
+        if self._count >= self.max_sessions:
+            self.sweep()
+            if self._count >= self.max_sessions:
+                raise StoreFull(
+                    "the session store is full while Redis is unavailable; try again shortly"
+                )
+        session = Session(
+            id=session_id,
+            user=user,
+            created_at=now,
+            last_seen=now,
+            expires_at=now + self.ttl,
+            data=data,
+        )
+        deadline = self.deadline_of(session)
+        session = replace(session, expires_at=min(session.expires_at, deadline))
+        if session_id not in sessions:
+            self._count += 1
+        sessions[session_id] = _Record(session, deadline)
+        return session
+
+    async def get(self, user: str, session_id: str) -> Session | None:
+        record = self._live(user, self.clock()).get(session_id)
+        return record.session if record else None
+
+    async def list_sessions(self, user: str) -> list[Session]:
+        records = self._live(user, self.clock()).values()
+        return sorted((r.session for r in records), key=lambda s: s.last_seen, reverse=True)
+
+    async def touch(
+        self,
+        user: str,
+        session_id: str,
+        *,
+        transport: Transport | None = None,
+        state: State | None = None,
+        data: JSON = UNSET,
+    ) -> Session | None:
+        now = self.clock()
+        record = self._live(user, now).get(session_id)
+        if record is None:
+            return None
+        old = record.session
+        record.session = replace(
+            old,
+            last_seen=max(now, old.last_seen),
+            expires_at=max(old.expires_at, min(now + self.ttl, record.deadline)),
+            transport=old.transport if transport is None else transport,
+            state=old.state if state is None else state,
+            data=old.data if data is UNSET else data,
+        )
+        return record.session
+
+    async def delete(self, user: str, session_ids: Sequence[str], reason: str) -> list[str]:
+        sessions = self._live(user, self.clock())
+        deleted = [sid for sid in dict.fromkeys(session_ids) if sessions.pop(sid, None)]
+        await self._ended(user, deleted, reason)
+        return deleted
+
+    async def delete_all(self, user: str, reason: str) -> list[str]:
+        sessions = self._live(user, self.clock())
+        deleted = list(sessions)
+        sessions.clear()
+        await self._ended(user, deleted, reason)
+        return deleted
+
+    async def delete_inactive(self, user: str, inactive_for: float, reason: str) -> list[str]:
+        return await self.delete_seen_before(user, self.clock() - inactive_for, reason)
+
+    async def delete_seen_before(self, user: str, cutoff: float, reason: str) -> list[str]:
+        sessions = self._live(user, self.clock())
+        deleted = [sid for sid, r in sessions.items() if r.session.last_seen < cutoff]
+        for sid in deleted:
+            del sessions[sid]
+        await self._ended(user, deleted, reason)
+        return deleted
+
+    async def refresh(self, refs: Sequence[SessionRef]) -> list[SessionRef]:
+        missing = []
+        for user, sid in refs:
+            if await self.touch(user, sid) is None:
+                missing.append((user, sid))
+        return missing
+
+    def put(self, session: Session) -> bool:
+        """Holds a copy of a session as another store has it (the fallback's mirror).
+
+        Returns False, holding nothing, when the store is at its cap.
+        """
+        sessions = self._live(session.user, self.clock())
+        if session.id not in sessions:
+            if self._count >= self.max_sessions:
+                return False
+            self._count += 1
+        sessions[session.id] = _Record(session, self.deadline_of(session))
+        return True
+
+    def forget(self, user: str, session_ids: Sequence[str]) -> None:
+        """Drops sessions without announcing their end (the mirror following Redis)."""
+        sessions = self._users.get(user)
+        if sessions is None:
+            return
+        for sid in session_ids:
+            if sessions.pop(sid, None) is not None:
+                self._count -= 1
+
+    def forget_user(self, user: str) -> None:
+        """Drops every session of a user without announcing anything."""
+        self._count -= len(self._users.pop(user, {}))
+
+    def deadline_of(self, session: Session) -> float:
+        """The absolute end of a session's life: created + max lifetime, or inf."""
+        if self.max_lifetime > 0:
+            return session.created_at + self.max_lifetime
+        return float("inf")
+
+    async def subscribe_ended(self, callback: EndedCallback) -> None:
+        self._callbacks.append(callback)
+
+    def sweep(self) -> int:
+        """Drops every expired session now; returns how many went."""
+        now = self.clock()
+        dropped = 0
+        for user in list(self._users):
+            before = self._count
+            self._live(user, now)
+            dropped += before - self._count
+        return dropped
+
+    def _live(self, user: str, now: float) -> dict[str, _Record]:
+        sessions = self._users.get(user)
+        if sessions is None:
+            sessions = self._users[user] = {}
+        expired = [sid for sid, r in sessions.items() if r.session.expires_at <= now]
+        for sid in expired:
+            del sessions[sid]
+        self._count -= len(expired)
+        # An emptied dict stays until the sweep: the caller may be about to insert into it.
+        return sessions
+
+    async def _ended(self, user: str, session_ids: list[str], reason: str) -> None:
+        self._count -= len(session_ids)
+        for sid in session_ids:
+            for callback in self._callbacks:
+                await callback(user, sid, reason)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            self.sweep()
+            # Users with no sessions left are dropped so the dict does not grow forever.
+            for user in [u for u, s in self._users.items() if not s]:
+                del self._users[user]

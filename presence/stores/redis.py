@@ -1,0 +1,350 @@
+"""Sessions in Redis: one string key per session with the session's TTL, and a sorted
+set per user indexing them by last_seen. See :mod:`presence.keys` for the layout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import keys
+from ..exceptions import StoreUnavailable, TooManySessions
+from ..sessions import JSON, Session, State, Transport
+from . import _scripts
+from .base import UNSET, EndedCallback, SessionRef
+
+logger = logging.getLogger("presence.store")
+
+_T = TypeVar("_T")
+
+_TRANSPORT_LETTER = {"websocket": "w", "http": "h", "none": "n"}
+_STATE_LETTER = {"active": "a", "away": "y", "disconnected": "d"}
+_TRANSPORT_OF: dict[str, Transport] = {"w": "websocket", "h": "http", "n": "none"}
+_STATE_OF: dict[str, State] = {"a": "active", "y": "away", "d": "disconnected"}
+
+# Errors that mean "Redis cannot be reached right now", as opposed to a bug.
+# (OSError covers the builtin ConnectionError and TimeoutError that asyncio raises.)
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class RedisStore:
+    """Sessions in Redis.
+
+    Args:
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+        ttl: sliding TTL in seconds.
+        max_lifetime: absolute lifetime in seconds; 0 for none.
+        max_sessions_per_user: cap per user.
+        prefix: key prefix (see :mod:`presence.keys`).
+        timeout: connect and socket timeout in seconds; kept well under a second so a
+            stalled Redis turns into a fallback rather than a hung request.
+        client: an already built client to use instead of one from ``url`` (tests use
+            fakeredis this way).
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        ttl: float,
+        max_lifetime: float = 0.0,
+        max_sessions_per_user: int = 50,
+        prefix: str = "presence",
+        timeout: float = 0.25,
+        client: aioredis.Redis | None = None,
+    ) -> None:
+        if client is None and url is None:
+            raise ValueError("RedisStore needs a url or a client")
+        self.url = url
+        self.ttl_ms = max(1, round(ttl * 1000))
+        self.max_lifetime_ms = round(max_lifetime * 1000)
+        self.max_sessions_per_user = max_sessions_per_user
+        self.prefix = prefix
+        self.timeout = timeout
+        self.channel = keys.ended_channel(prefix)
+        self._client = client
+        self._owns_client = client is None
+        self._callbacks: list[EndedCallback] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise RuntimeError("RedisStore.open() has not been called")
+        return self._client
+
+    async def open(self) -> None:
+        if self._client is None:
+            assert self.url is not None
+            self._client = aioredis.Redis.from_url(
+                self.url,
+                decode_responses=True,
+                socket_connect_timeout=self.timeout,
+                socket_timeout=self.timeout,
+                # One quick retry smooths over a dropped idle connection; more would
+                # stretch a request past a second while Redis is really gone.
+                retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+                retry_on_error=[RedisConnectionError],
+                health_check_interval=30,
+            )
+        for name in ("CREATE", "GET", "LIST", "TOUCH", "REFRESH", "DELETE", "RESTORE"):
+            self._scripts[name] = self.client.register_script(getattr(_scripts, name))
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self._client is not None and self._owns_client:
+            await self._client.aclose()
+            self._client = None
+
+    async def ping(self) -> None:
+        """Raises :class:`StoreUnavailable` unless Redis answers."""
+        await self._call(self.client.ping)
+
+    async def status(self) -> dict[str, JSON]:
+        try:
+            await self.ping()
+        except StoreUnavailable:
+            return {"store": self.name, "degraded": True}
+        return {"store": self.name, "degraded": False}
+
+    async def create(self, user: str, session_id: str, *, data: JSON = None) -> Session:
+        encoded = "" if data is None else _dump(data)
+        result = await self._run(
+            "CREATE",
+            [self._idx(user), self._key(user, session_id)],
+            [
+                self.ttl_ms,
+                self.max_sessions_per_user,
+                session_id,
+                "na|" + encoded,
+                self.max_lifetime_ms,
+            ],
+        )
+        code = int(result[0])
+        if code == -1:
+            raise TooManySessions(
+                f"a user may hold at most {self.max_sessions_per_user} sessions; "
+                "clean up old ones first"
+            )
+        if code == -2:  # pragma: no cover - 128 random bits do not collide
+            raise RuntimeError("session id collision")
+        now = code / 1000
+        return Session(
+            id=session_id,
+            user=user,
+            created_at=now,
+            last_seen=now,
+            expires_at=now + int(result[1]) / 1000,
+            data=data,
+        )
+
+    async def get(self, user: str, session_id: str) -> Session | None:
+        result = await self._run(
+            "GET", [self._idx(user), self._key(user, session_id)], [session_id]
+        )
+        if not result:
+            return None
+        value, seen, pttl = result
+        return _session(user, session_id, value, seen, pttl)
+
+    async def list_sessions(self, user: str) -> list[Session]:
+        flat = await self._run("LIST", [self._idx(user)], [self.ttl_ms, self._key(user, "")])
+        return [
+            _session(user, flat[i], flat[i + 1], flat[i + 2], flat[i + 3])
+            for i in range(0, len(flat), 4)
+        ]
+
+    async def touch(
+        self,
+        user: str,
+        session_id: str,
+        *,
+        transport: Transport | None = None,
+        state: State | None = None,
+        data: JSON = UNSET,
+        at: float | None = None,
+    ) -> Session | None:
+        result = await self._run(
+            "TOUCH",
+            [self._idx(user), self._key(user, session_id)],
+            [
+                self.ttl_ms,
+                session_id,
+                _TRANSPORT_LETTER[transport] if transport else "",
+                _STATE_LETTER[state] if state else "",
+                "0" if data is UNSET else "1",
+                "" if data is UNSET or data is None else _dump(data),
+                0 if at is None else round(at * 1000),
+                self.channel,
+                user,
+            ],
+        )
+        if not result:
+            return None
+        value, seen, pttl = result
+        return _session(user, session_id, value, seen, pttl)
+
+    async def delete(self, user: str, session_ids: Sequence[str], reason: str) -> list[str]:
+        if not session_ids:
+            return []
+        return await self._delete(user, "ids", reason, 0, list(dict.fromkeys(session_ids)))
+
+    async def delete_all(self, user: str, reason: str) -> list[str]:
+        return await self._delete(user, "all", reason, 0, [])
+
+    async def delete_inactive(self, user: str, inactive_for: float, reason: str) -> list[str]:
+        # The cutoff travels as an age so that Redis's clock decides, not ours.
+        return await self._delete(user, "inactive", reason, round(inactive_for * 1000), [])
+
+    async def delete_seen_before(self, user: str, cutoff: float, reason: str) -> list[str]:
+        return await self._delete(user, "before", reason, round(cutoff * 1000), [])
+
+    async def refresh(self, refs: Sequence[SessionRef]) -> list[SessionRef]:
+        if not refs:
+            return []
+        script_keys: list[str] = []
+        args: list[Any] = [self.ttl_ms, "1" if self.max_lifetime_ms > 0 else "0", self.channel]
+        for user, sid in refs:
+            script_keys += [self._idx(user), self._key(user, sid)]
+            args += [user, sid]
+        missing = await self._run("REFRESH", script_keys, args)
+        return [refs[int(i) - 1] for i in missing]
+
+    async def restore(self, session: Session, deadline: float | None) -> bool:
+        """Writes back a session created elsewhere (the fallback), as it is now.
+
+        Returns False when it has expired meanwhile; it is then not written.
+        """
+        value = "|".join(
+            [
+                str(round(session.created_at * 1000)),
+                "" if deadline is None else str(round(deadline * 1000)),
+                _TRANSPORT_LETTER[session.transport] + _STATE_LETTER[session.state],
+                "" if session.data is None else _dump(session.data),
+            ]
+        )
+        written = await self._run(
+            "RESTORE",
+            [self._idx(session.user), self._key(session.user, session.id)],
+            [
+                value,
+                round(session.last_seen * 1000),
+                self.ttl_ms,
+                session.id,
+                "" if deadline is None else round(deadline * 1000),
+            ],
+        )
+        return bool(written)
+
+    async def subscribe_ended(self, callback: EndedCallback) -> None:
+        self._callbacks.append(callback)
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="redis-ended-listener")
+
+    async def _delete(
+        self, user: str, mode: str, reason: str, cutoff_ms: int, ids: list[str]
+    ) -> list[str]:
+        deleted = await self._run(
+            "DELETE",
+            [self._idx(user)],
+            [
+                mode,
+                self._key(user, ""),
+                self.ttl_ms,
+                self.channel,
+                user,
+                reason,
+                cutoff_ms,
+                *ids,
+            ],
+        )
+        return [str(sid) for sid in deleted]
+
+    async def _listen(self) -> None:
+        # A dedicated connection without the short socket timeout: it idles by design.
+        # Reconnects with a capped backoff for as long as the store is open; while it is
+        # down, sockets of sessions ended elsewhere close on the refresher's next tick.
+        delay = 0.1
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                delay = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        await self._dispatch(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _dispatch(self, raw: str) -> None:
+        try:
+            event = json.loads(raw)
+            user, sid, reason = str(event["u"]), str(event["s"]), str(event["r"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignored a malformed message on the ended channel")
+            return
+        for callback in self._callbacks:
+            try:
+                await callback(user, sid, reason)
+            except Exception:
+                logger.exception("an ended-session callback failed")
+
+    async def _run(self, script: str, script_keys: list[str], args: list[Any]) -> Any:
+        return await self._call(self._scripts[script], keys=script_keys, args=args)
+
+    async def _call(self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+        try:
+            return await asyncio.wait_for(fn(*args, **kwargs), timeout=self.timeout * 4)
+        except UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from exc
+
+    def _key(self, user: str, session_id: str) -> str:
+        return keys.session_key(self.prefix, user, session_id)
+
+    def _idx(self, user: str) -> str:
+        return keys.index_key(self.prefix, user)
+
+
+def _dump(data: JSON) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _session(user: str, sid: str, value: str, seen: str | float, pttl: int | str) -> Session:
+    created, _deadline, flags, data = value.split("|", 3)
+    last_seen = float(seen) / 1000
+    return Session(
+        id=sid,
+        user=user,
+        created_at=int(created) / 1000,
+        last_seen=last_seen,
+        expires_at=time.time() + max(0, int(pttl)) / 1000,
+        transport=_TRANSPORT_OF[flags[0]],
+        state=_STATE_OF[flags[1]],
+        data=json.loads(data) if data else None,
+    )

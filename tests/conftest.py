@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from presence.stores import MemoryStore, RedisStore
+
+from .utils import RedisServer, redis_binary
+
+
+def _require_redis() -> bool:
+    return os.environ.get("PRESENCE_REQUIRE_REDIS") == "1"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of the test run's own on a free port (never the shared 6379)."""
+    if redis_binary() is None:
+        if _require_redis():
+            pytest.fail("PRESENCE_REQUIRE_REDIS=1 but redis-server is not installed")
+        pytest.skip("redis-server is not installed; set PRESENCE_REQUIRE_REDIS=1 to fail instead")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The shared test redis-server's URL, flushed before each test."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for one test alone, for tests that pause, kill or restart it."""
+    if redis_binary() is None:
+        if _require_redis():
+            pytest.fail("PRESENCE_REQUIRE_REDIS=1 but redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+class Clock:
+    """A clock that tests advance by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+STORE_KINDS = ["memory", "fakeredis", "redis"]
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def make_store(request: pytest.FixtureRequest):
+    """A factory of opened stores of one kind; each is closed on teardown."""
+    kind = request.param
+    opened = []
+
+    async def factory(**options):
+        options.setdefault("ttl", 60.0)
+        if kind == "memory":
+            store = MemoryStore(**options)
+        elif kind == "fakeredis":
+            import fakeredis
+
+            client = fakeredis.FakeAsyncRedis(decode_responses=True)
+            store = RedisStore(client=client, **options)
+        else:
+            url = request.getfixturevalue("redis_url")
+            store = RedisStore(url, **options)
+        await store.open()
+        opened.append(store)
+        return store
+
+    factory.kind = kind
+    yield factory
+    for store in opened:
+        await store.close()

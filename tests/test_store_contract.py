@@ -1,0 +1,235 @@
+"""The SessionStore contract, run against every backend: memory, fakeredis, redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from presence.exceptions import TooManySessions
+from presence.sessions import new_session_id
+from presence.stores import UNSET
+
+from .utils import UNIT
+
+TTL = 20 * UNIT
+
+
+async def _create(store, user="alice", **kwargs):
+    return await store.create(user, new_session_id(), **kwargs)
+
+
+async def test_create_then_get_returns_the_same_session(make_store):
+    """A created session reads back with its fields, a full TTL and state active."""
+    store = await make_store(ttl=60.0)
+    created = await _create(store, data={"room": "lobby", "tags": [], "n": 1.5, "é": "ü"})
+    got = await store.get("alice", created.id)
+    assert got is not None
+    assert got.id == created.id and got.user == "alice"
+    assert got.data == {"room": "lobby", "tags": [], "n": 1.5, "é": "ü"}
+    assert got.transport == "none" and got.state == "active"
+    assert got.created_at == pytest.approx(got.last_seen, abs=0.01)
+    assert got.expires_at == pytest.approx(got.last_seen + 60.0, abs=1.0)
+
+
+async def test_data_may_be_any_json_value(make_store):
+    """Lists, strings and null round-trip unchanged (no [] → {} conversion)."""
+    store = await make_store()
+    for data in ([], [1, "two"], "text|with|pipes", None, {"a": {}}):
+        session = await _create(store, data=data)
+        assert (await store.get("alice", session.id)).data == data
+
+
+async def test_another_users_session_is_not_found(make_store):
+    """A session id is meaningless under another user: get, touch and delete miss."""
+    store = await make_store()
+    session = await _create(store, "alice")
+    assert await store.get("mallory", session.id) is None
+    assert await store.touch("mallory", session.id) is None
+    assert await store.delete("mallory", [session.id], "deleted") == []
+    assert await store.list_sessions("mallory") == []
+    assert await store.get("alice", session.id) is not None
+
+
+async def test_list_holds_only_the_users_sessions_newest_first(make_store):
+    """Listing returns the user's live sessions ordered by last_seen, newest first."""
+    store = await make_store()
+    first = await _create(store)
+    await asyncio.sleep(UNIT / 5)
+    second = await _create(store)
+    await _create(store, "bob")
+    await asyncio.sleep(UNIT / 5)
+    await store.touch("alice", first.id)
+    listed = await store.list_sessions("alice")
+    assert [s.id for s in listed] == [first.id, second.id]
+
+
+async def test_touch_extends_and_updates(make_store):
+    """A heartbeat moves last_seen and expires_at forward and sets the given fields."""
+    store = await make_store(ttl=60.0)
+    session = await _create(store)
+    await asyncio.sleep(UNIT)
+    touched = await store.touch(
+        "alice", session.id, transport="websocket", state="away", data={"x": 1}
+    )
+    assert touched is not None
+    assert touched.last_seen > session.last_seen
+    assert touched.expires_at > session.expires_at
+    assert (touched.transport, touched.state, touched.data) == ("websocket", "away", {"x": 1})
+    again = await store.touch("alice", session.id)
+    assert (again.transport, again.state, again.data) == ("websocket", "away", {"x": 1})
+    cleared = await store.touch("alice", session.id, data=None)
+    assert cleared.data is None
+    kept = await store.touch("alice", session.id, data=UNSET)
+    assert kept.data is None
+
+
+async def test_touch_never_creates(make_store):
+    """Heartbeating an unknown or deleted id answers None and leaves nothing behind."""
+    store = await make_store()
+    assert await store.touch("alice", new_session_id()) is None
+    session = await _create(store)
+    assert await store.delete("alice", [session.id], "deleted") == [session.id]
+    assert await store.touch("alice", session.id, state="active") is None
+    assert await store.get("alice", session.id) is None
+    assert await store.list_sessions("alice") == []
+
+
+async def test_sessions_expire_after_their_ttl(make_store):
+    """Without a heartbeat a session is gone once its TTL has passed."""
+    store = await make_store(ttl=TTL)
+    session = await _create(store)
+    await asyncio.sleep(TTL + 3 * UNIT)
+    assert await store.get("alice", session.id) is None
+    assert await store.touch("alice", session.id) is None
+    assert await store.list_sessions("alice") == []
+
+
+async def test_heartbeats_keep_a_session_past_its_ttl(make_store):
+    """Touching within the TTL keeps the session alive across several TTLs."""
+    store = await make_store(ttl=TTL)
+    session = await _create(store)
+    for _ in range(6):
+        await asyncio.sleep(TTL / 2)
+        assert await store.touch("alice", session.id) is not None
+    assert await store.get("alice", session.id) is not None
+
+
+async def test_delete_returns_only_what_it_deleted(make_store):
+    """Deleting specific ids removes those the user holds and reports exactly them."""
+    store = await make_store()
+    a, b, c = [await _create(store) for _ in range(3)]
+    bobs = await _create(store, "bob")
+    deleted = await store.delete("alice", [a.id, b.id, b.id, bobs.id, new_session_id()], "x")
+    assert sorted(deleted) == sorted([a.id, b.id])
+    assert [s.id for s in await store.list_sessions("alice")] == [c.id]
+    assert await store.get("bob", bobs.id) is not None
+
+
+async def test_delete_all_takes_every_session_of_the_user_only(make_store):
+    """Cleanup all deletes the user's sessions and no one else's."""
+    store = await make_store()
+    ids = {(await _create(store)).id for _ in range(3)}
+    bobs = await _create(store, "bob")
+    assert set(await store.delete_all("alice", "cleanup")) == ids
+    assert await store.list_sessions("alice") == []
+    assert await store.delete_all("alice", "cleanup") == []
+    assert await store.get("bob", bobs.id) is not None
+
+
+async def test_delete_inactive_spares_recent_sessions(make_store):
+    """Inactive cleanup deletes sessions not seen within the threshold, not fresh ones."""
+    store = await make_store()
+    old = await _create(store)
+    await asyncio.sleep(5 * UNIT)
+    fresh = await _create(store)
+    deleted = await store.delete_inactive("alice", 3 * UNIT, "cleanup")
+    assert deleted == [old.id]
+    assert [s.id for s in await store.list_sessions("alice")] == [fresh.id]
+
+
+async def test_delete_seen_before_spares_later_writes(make_store):
+    """Deleting by a cutoff keeps sessions touched after it."""
+    store = await make_store()
+    old = await _create(store)
+    kept = await _create(store)
+    await asyncio.sleep(2 * UNIT)
+    cutoff = (await store.touch("alice", kept.id)).last_seen - UNIT / 2
+    assert await store.delete_seen_before("alice", cutoff, "cleanup") == [old.id]
+    assert await store.get("alice", kept.id) is not None
+
+
+async def test_per_user_cap(make_store):
+    """Past max_sessions_per_user a create is refused; other users are unaffected."""
+    store = await make_store(max_sessions_per_user=2)
+    await _create(store)
+    await _create(store)
+    with pytest.raises(TooManySessions):
+        await _create(store)
+    await _create(store, "bob")
+
+
+async def test_expired_sessions_do_not_count_against_the_cap(make_store):
+    """Sessions that have expired free their place."""
+    store = await make_store(ttl=TTL, max_sessions_per_user=1)
+    await _create(store)
+    await asyncio.sleep(TTL + 3 * UNIT)
+    await _create(store)
+
+
+async def test_refresh_keeps_many_alive_and_reports_the_missing(make_store):
+    """One refresh renews every live ref and names those that no longer exist."""
+    store = await make_store(ttl=TTL)
+    live = [await _create(store, user) for user in ("alice", "bob", "carol")]
+    gone = await _create(store)
+    await store.delete("alice", [gone.id], "deleted")
+    refs = [(s.user, s.id) for s in live] + [("alice", gone.id)]
+    for _ in range(5):
+        await asyncio.sleep(TTL / 2)
+        assert await store.refresh(refs) == [("alice", gone.id)]
+    for session in live:
+        got = await store.get(session.user, session.id)
+        assert got is not None and got.last_seen > session.last_seen
+    assert await store.get("alice", gone.id) is None
+
+
+async def test_max_lifetime_is_not_extended_by_heartbeats(make_store):
+    """With an absolute lifetime, heartbeats cannot keep a session past it."""
+    store = await make_store(ttl=60.0, max_lifetime=TTL)
+    session = await _create(store)
+    assert session.expires_at <= session.created_at + TTL + 0.01
+    await asyncio.sleep(TTL / 2)
+    touched = await store.touch("alice", session.id)
+    assert touched.expires_at <= session.created_at + TTL + 0.01
+    await asyncio.sleep(TTL / 2 + 3 * UNIT)
+    assert await store.touch("alice", session.id) is None
+    assert await store.refresh([("alice", session.id)]) == [("alice", session.id)]
+
+
+async def test_deletions_are_announced(make_store):
+    """Every deletion reaches the ended subscribers with its reason."""
+    store = await make_store()
+    seen: list[tuple[str, str, str]] = []
+    got_two = asyncio.Event()
+
+    async def on_ended(user: str, sid: str, reason: str) -> None:
+        seen.append((user, sid, reason))
+        if len(seen) == 2:
+            got_two.set()
+
+    await store.subscribe_ended(on_ended)
+    await asyncio.sleep(2 * UNIT)  # let a pub/sub subscription settle
+    a, b = await _create(store), await _create(store)
+    await store.delete("alice", [a.id], "deleted")
+    await store.delete_all("alice", "cleanup")
+    await asyncio.wait_for(got_two.wait(), timeout=30 * UNIT)
+    assert seen == [("alice", a.id, "deleted"), ("alice", b.id, "cleanup")]
+
+
+async def test_users_with_unusual_ids_are_kept_apart(make_store):
+    """User ids with braces, colons or great length neither collide nor break keys."""
+    store = await make_store()
+    users = ["a{b}", "a", "x" * 200, "x" * 199 + "y", "user:1", "ü"]
+    sessions = {user: await _create(store, user) for user in users}
+    for user, session in sessions.items():
+        assert [s.id for s in await store.list_sessions(user)] == [session.id]

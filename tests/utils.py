@@ -1,0 +1,241 @@
+"""Shared test helpers: a time unit, a redis-server the tests own, and real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import jwt
+import uvicorn
+
+from presence.app import create_app
+from presence.cli import uvicorn_options
+from presence.settings import Settings
+from presence.stores import SessionStore
+
+# Every timeout in the tests is a multiple of this unit, so a slow machine can scale
+# them all at once: PRESENCE_TEST_TIMEOUT_FACTOR=3 scripts/test.
+UNIT = 0.1 * float(os.environ.get("PRESENCE_TEST_TIMEOUT_FACTOR", "1"))
+
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def token(user: str, *, secret: str = JWT_SECRET, expires_in: float = 3600) -> str:
+    """A JWT for ``user`` signed with the test secret."""
+    now = int(time.time())
+    return jwt.encode({"sub": user, "iat": now, "exp": now + expires_in}, secret, "HS256")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_binary() -> str | None:
+    return shutil.which("redis-server")
+
+
+class RedisServer:
+    """A redis-server process on a free port in a temporary directory, owned by the tests.
+
+    Faults are caused for real: :meth:`pause` is SIGSTOP, :meth:`kill` is SIGKILL.
+    """
+
+    def __init__(self, *, appendonly: bool = False) -> None:
+        binary = redis_binary()
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.binary = binary
+        self.appendonly = appendonly
+        self.dir = Path(tempfile.mkdtemp(prefix="presence-redis-"))
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", "always",
+                "--dir", str(self.dir),
+                "--daemonize", "no",
+                "--loglevel", "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 100 * UNIT
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=UNIT) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(UNIT / 2)
+        raise RuntimeError("redis-server did not start")
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def make_settings(**changes: object) -> Settings:
+    """Settings for a test server: JWT mode, short timers."""
+    values: dict[str, object] = {
+        "jwt_secret": JWT_SECRET,
+        "heartbeat_interval": 10.0,
+        "session_ttl": 60.0,
+        "port": 0,
+    }
+    values.update(changes)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+class RunningServer:
+    """A uvicorn server in this event loop, on an ephemeral port."""
+
+    def __init__(self, server: uvicorn.Server, port: int, app: object) -> None:
+        self.server = server
+        self.port = port
+        self.app = app
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def services(self):  # type: ignore[no-untyped-def]
+        return self.app.state.services  # type: ignore[attr-defined]
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    settings: Settings, store: SessionStore | None = None
+) -> AsyncIterator[RunningServer]:
+    """Runs the app under real uvicorn with the production uvicorn options, port 0."""
+    app = create_app(settings, store)
+    options = uvicorn_options(settings)
+    options["log_config"] = None
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, **options)
+    server = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn stopped during start-up")
+            await asyncio.sleep(UNIT / 10)
+        yield RunningServer(server, port, app)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=100 * UNIT)
+        sock.close()
+
+
+class ServerProcess:
+    """``python -m presence serve`` in a child process, for kill and restart tests."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = {**os.environ, **env}
+        self.port = free_port()
+        self.env["PORT"] = str(self.port)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "presence", "serve", *args],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 150 * UNIT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(self.process.stderr.read().decode())  # type: ignore[union-attr]
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=UNIT):
+                    return
+            except OSError:
+                time.sleep(UNIT / 2)
+        raise RuntimeError("server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=100 * UNIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+@contextlib.contextmanager
+def server_process(env: dict[str, str], *args: str) -> Iterator[ServerProcess]:
+    process = ServerProcess(env)
+    process.start(*args)
+    try:
+        yield process
+    finally:
+        process.stop()
