@@ -71,14 +71,22 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "always",
-                "--dir", str(self.dir),
-                "--daemonize", "no",
-                "--loglevel", "warning",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.dir),
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -187,6 +195,7 @@ class ServerProcess:
         self.port = free_port()
         self.env["PORT"] = str(self.port)
         self.process: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.mkstemp(prefix="presence-server-", suffix=".log")[1])
 
     @property
     def http(self) -> str:
@@ -197,16 +206,18 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "presence", "serve", *args],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "presence", "serve", *args],
+                env=self.env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         deadline = time.monotonic() + 150 * UNIT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(self.process.stderr.read().decode())  # type: ignore[union-attr]
+                raise RuntimeError(self.log.read_text())
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=UNIT):
                     return

@@ -1,0 +1,104 @@
+"""Settings from the environment, and the CLI's answer to a bad value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from presence.exceptions import ConfigError
+from presence.settings import Settings
+
+
+def test_defaults_follow_the_spec():
+    """With nothing set: 24 h TTL, 30 s heartbeat, 1 h inactive threshold, memory store."""
+    settings = Settings.from_env({})
+    assert settings.session_ttl == 24 * 3600
+    assert settings.heartbeat_interval == 30
+    assert settings.inactive_threshold == 3600
+    assert settings.redis_url is None
+    assert settings.dev_mode
+
+
+def test_values_are_read_and_converted():
+    """Every documented variable is read; SESSION_TTL_HOURS may be a fraction."""
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "redis://localhost:6380/1",
+            "SESSION_TTL_HOURS": "0.001",
+            "HEARTBEAT_INTERVAL": "1.5",
+            "INACTIVE_THRESHOLD": "60",
+            "PORT": "9000",
+            "PRESENCE_JWT_SECRET": "s" * 32,
+            "PRESENCE_ALLOWED_ORIGINS": "https://a.example.com, http://localhost:3000/",
+            "PRESENCE_MAX_LIFETIME_HOURS": "12",
+        }
+    )
+    assert settings.session_ttl == pytest.approx(3.6)
+    assert settings.heartbeat_interval == 1.5
+    assert settings.inactive_threshold == 60
+    assert settings.port == 9000
+    assert not settings.dev_mode
+    assert settings.allowed_origins == ("https://a.example.com", "http://localhost:3000")
+    assert settings.max_lifetime == 12 * 3600
+    assert settings.refresh_interval == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SESSION_TTL_HOURS": "soon"}, "SESSION_TTL_HOURS"),
+        ({"SESSION_TTL_HOURS": "-1"}, "SESSION_TTL_HOURS"),
+        ({"SESSION_TTL_HOURS": "nan"}, "SESSION_TTL_HOURS"),
+        ({"HEARTBEAT_INTERVAL": "0"}, "HEARTBEAT_INTERVAL"),
+        ({"HEARTBEAT_INTERVAL": "100000"}, "HEARTBEAT_INTERVAL"),
+        ({"INACTIVE_THRESHOLD": "x"}, "INACTIVE_THRESHOLD"),
+        ({"PORT": "eighty"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"REDIS_URL": "http://localhost"}, "REDIS_URL"),
+        ({"PRESENCE_JWT_SECRET": "short"}, "PRESENCE_JWT_SECRET"),
+        ({"PRESENCE_ALLOWED_ORIGINS": "example.com"}, "PRESENCE_ALLOWED_ORIGINS"),
+        ({"PRESENCE_ALLOWED_ORIGINS": "https://a.com/path"}, "PRESENCE_ALLOWED_ORIGINS"),
+        ({"PRESENCE_COOKIE_SECURE": "maybe"}, "PRESENCE_COOKIE_SECURE"),
+    ],
+)
+def test_bad_values_name_the_variable(env, variable):
+    """A bad value raises ConfigError naming the variable."""
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(env)
+    assert error.value.variable == variable
+    assert str(error.value).startswith(variable)
+
+
+def test_settings_are_frozen():
+    """Settings cannot be changed after start-up."""
+    settings = Settings()
+    with pytest.raises(AttributeError):
+        settings.port = 1  # type: ignore[misc]
+
+
+def test_cli_stops_on_a_bad_value_with_a_message():
+    """`presence serve` with a bad variable exits 2 and names it, before binding."""
+    result = subprocess.run(
+        [sys.executable, "-m", "presence", "serve"],
+        env={"SESSION_TTL_HOURS": "soon", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "SESSION_TTL_HOURS" in result.stderr
+
+
+def test_cli_version():
+    """`presence --version` prints the version."""
+    result = subprocess.run(
+        [sys.executable, "-m", "presence", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert result.stdout.startswith("presence ")

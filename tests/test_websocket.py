@@ -1,0 +1,280 @@
+"""The WebSocket keepalive against a real uvicorn and a real websockets client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+
+import httpx
+import pytest
+from starlette import status
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from .utils import REPO, UNIT, make_settings, serve, token
+
+BASE = "/api/v1/chat"
+INTERVAL = 3 * UNIT
+PING_TIMEOUT = 5 * UNIT
+TTL = 15 * UNIT
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def server(request):
+    """A server with a TTL of 1.5 units of ten, pinging every few tenths of a second."""
+    changes = {
+        "heartbeat_interval": INTERVAL,
+        "ping_timeout": PING_TIMEOUT,
+        "session_ttl": TTL,
+    }
+    if request.param == "redis":
+        changes["redis_url"] = request.getfixturevalue("redis_url")
+    async with serve(make_settings(**changes)) as running:
+        yield running
+
+
+@pytest.fixture
+async def alice(server):
+    client = httpx.AsyncClient(
+        base_url=server.http + BASE, headers={"authorization": f"Bearer {token('alice')}"}
+    )
+    yield client
+    await client.aclose()
+
+
+async def _new_session(client) -> str:
+    response = await client.post("/sessions")
+    assert response.status_code == 201
+    return response.json()["id"]
+
+
+def _url(server, sid: str, user: str | None = "alice") -> str:
+    url = f"{server.ws}{BASE}/sessions/{sid}/ws"
+    return f"{url}?token={token(user)}" if user else url
+
+
+async def _recv(websocket) -> dict:
+    return json.loads(await asyncio.wait_for(websocket.recv(), timeout=50 * UNIT))
+
+
+async def _wait_for(predicate, seconds: float) -> None:
+    async with asyncio.timeout(seconds):
+        while not await predicate():  # noqa: ASYNC110 - polls the server; no event to await
+            await asyncio.sleep(UNIT / 2)
+
+
+async def test_snapshot_on_connect(server, alice):
+    """The server sends the session on connect, marked active over websocket."""
+    sid = await _new_session(alice)
+    async with connect(_url(server, sid), ping_interval=None) as websocket:
+        message = await _recv(websocket)
+    assert message["type"] == "snapshot"
+    assert message["session"]["id"] == sid
+    assert message["session"]["transport"] == "websocket"
+    assert message["session"]["state"] == "active"
+
+
+async def test_session_outlives_its_ttl_on_ping_frames_alone(server, alice):
+    """With only protocol pings (no HTTP heartbeat, no client messages), the session
+    lives through several TTLs."""
+    sid = await _new_session(alice)
+    async with connect(_url(server, sid), ping_interval=None) as websocket:
+        await _recv(websocket)
+        await asyncio.sleep(3.5 * TTL)
+        response = await alice.get(f"/sessions/{sid}")
+        assert response.status_code == 200
+        assert response.json()["transport"] == "websocket"
+    assert server.services.refresher.ticks >= 3
+
+
+async def test_visibility_sets_away_and_active(server, alice):
+    """A hidden tab makes the session away, a visible one active again."""
+    sid = await _new_session(alice)
+    async with connect(_url(server, sid), ping_interval=None) as websocket:
+        await _recv(websocket)
+        await websocket.send(json.dumps({"type": "visibility", "state": "hidden"}))
+        assert (await _recv(websocket))["session"]["state"] == "away"
+        assert (await alice.get(f"/sessions/{sid}")).json()["state"] == "away"
+        await websocket.send(json.dumps({"type": "visibility", "state": "visible"}))
+        assert (await _recv(websocket))["session"]["state"] == "active"
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("{oops", "malformed_json"),
+        ("[]", "bad_message"),
+        ('{"type": "teleport"}', "unknown_type"),
+        ('{"type": "visibility", "state": "sideways"}', "bad_message"),
+        (b"\x00binary", "bad_message"),
+    ],
+)
+async def test_bad_messages_get_an_error_and_the_socket_stays(server, alice, message, code):
+    """A message the server cannot use is answered with an error; the socket lives on."""
+    sid = await _new_session(alice)
+    async with connect(_url(server, sid), ping_interval=None) as websocket:
+        await _recv(websocket)
+        await websocket.send(message)
+        error = await _recv(websocket)
+        assert error["type"] == "error" and error["code"] == code and error["message"]
+        await websocket.send(json.dumps({"type": "visibility", "state": "hidden"}))
+        assert (await _recv(websocket))["type"] == "snapshot"
+
+
+async def test_close_marks_disconnected_and_reconnect_resumes(server, alice):
+    """Closing records last_seen and disconnected; reconnecting resumes the same session."""
+    sid = await _new_session(alice)
+    async with connect(_url(server, sid), ping_interval=None) as websocket:
+        opened = (await _recv(websocket))["session"]
+
+    async def disconnected() -> bool:
+        session = (await alice.get(f"/sessions/{sid}")).json()
+        return session["state"] == "disconnected"
+
+    await _wait_for(disconnected, 20 * UNIT)
+    closed = (await alice.get(f"/sessions/{sid}")).json()
+    assert closed["transport"] == "none"
+    assert closed["last_seen"] >= opened["last_seen"]
+    async with connect(_url(server, sid), ping_interval=None) as websocket:
+        resumed = (await _recv(websocket))["session"]
+    assert resumed["id"] == sid and resumed["state"] == "active"
+    assert resumed["created_at"] == opened["created_at"]
+
+
+async def test_stopped_client_is_dropped_within_interval_plus_timeout(server, alice):
+    """A client frozen by SIGSTOP stops answering pings and is dropped within
+    interval + timeout; its session is then marked disconnected."""
+    sid = await _new_session(alice)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.ws_client",
+        _url(server, sid),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=100 * UNIT)
+        assert line.strip() == b"open"
+        assert len(server.services.registry) == 1
+        process.send_signal(signal.SIGSTOP)
+        stopped_at = asyncio.get_running_loop().time()
+
+        async def dropped() -> bool:
+            return len(server.services.registry) == 0
+
+        await _wait_for(dropped, INTERVAL + PING_TIMEOUT + 20 * UNIT)
+        took = asyncio.get_running_loop().time() - stopped_at
+        session = (await alice.get(f"/sessions/{sid}")).json()
+        assert session["state"] == "disconnected"
+        # Reported, not asserted: the bound above is what must hold.
+        print(f"dropped {took:.2f}s after SIGSTOP (interval {INTERVAL}, timeout {PING_TIMEOUT})")
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.kill()
+        await process.wait()
+
+
+@pytest.mark.parametrize(
+    ("end", "reason"),
+    [
+        (lambda c, sid: c.delete(f"/sessions/{sid}"), "deleted"),
+        (lambda c, sid: c.post("/sessions/cleanup", json={"type": "all"}), "cleanup"),
+        (
+            lambda c, sid: c.post(
+                "/sessions/cleanup", json={"type": "specific", "session_ids": [sid]}
+            ),
+            "cleanup",
+        ),
+    ],
+)
+async def test_ending_the_session_closes_its_socket_with_ended(server, alice, end, reason):
+    """Deleting or cleaning up the session sends ended with the reason, then closes 1000."""
+    sid = await _new_session(alice)
+    async with connect(_url(server, sid), ping_interval=None) as websocket:
+        await _recv(websocket)
+        await end(alice, sid)
+        message = await _recv(websocket)
+        assert message == {"type": "ended", "reason": reason}
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(websocket.recv(), timeout=20 * UNIT)
+    assert closed.value.rcvd.code == status.WS_1000_NORMAL_CLOSURE
+    assert (await alice.get(f"/sessions/{sid}")).status_code == 404
+
+
+async def _refused(url: str, **kwargs) -> httpx.Response:
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url, ping_interval=None, **kwargs):
+            pass
+    return refused.value.response
+
+
+async def test_missing_identity_is_refused_before_accept(server, alice):
+    """No token and no cookie: the handshake is answered 401 with a JSON error."""
+    sid = await _new_session(alice)
+    response = await _refused(_url(server, sid, user=None))
+    assert response.status_code == 401
+    assert json.loads(response.body)["error"]["code"] == "unauthorized"
+
+
+async def test_other_users_or_unknown_session_is_refused(server, alice):
+    """Another user's session and an unknown id both answer 404 before accept."""
+    sid = await _new_session(alice)
+    assert (await _refused(_url(server, sid, user="mallory"))).status_code == 404
+    assert (await _refused(_url(server, "A" * 22))).status_code == 404
+    assert (await _refused(_url(server, "short"))).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://evil.example", "null", "http://127.0.0.1.evil.example", "https://127.0.0.1"],
+)
+async def test_bad_origin_is_refused_before_accept(server, alice, origin):
+    """A foreign, null or look-alike Origin answers 403 before accept."""
+    sid = await _new_session(alice)
+    response = await _refused(_url(server, sid), origin=origin)
+    assert response.status_code == 403
+    assert json.loads(response.body)["error"]["code"] == "forbidden"
+
+
+async def test_same_origin_is_accepted(server, alice):
+    """The server's own origin is accepted."""
+    sid = await _new_session(alice)
+    origin = f"http://127.0.0.1:{server.port}"
+    async with connect(_url(server, sid), origin=origin, ping_interval=None) as websocket:
+        assert (await _recv(websocket))["type"] == "snapshot"
+
+
+async def test_compression_is_refused(server, alice):
+    """The server declines permessage-deflate that the client offers."""
+    sid = await _new_session(alice)
+    async with connect(_url(server, sid), ping_interval=None) as websocket:
+        assert "sec-websocket-extensions" not in websocket.response.headers
+        await _recv(websocket)
+
+
+async def test_oversized_message_closes_1009(server, alice):
+    """A message over 64 KiB closes the socket with 1009."""
+    sid = await _new_session(alice)
+    async with connect(_url(server, sid), ping_interval=None, max_size=None) as websocket:
+        await _recv(websocket)
+        await websocket.send("x" * (64 * 1024 + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(websocket.recv(), timeout=20 * UNIT)
+    assert closed.value.rcvd.code == status.WS_1009_MESSAGE_TOO_BIG
+
+
+async def test_message_flood_closes_1008(server, alice):
+    """A client flooding messages past the rate limit is closed with 1008."""
+    sid = await _new_session(alice)
+    burst = server.services.settings.ws_message_burst
+    async with connect(_url(server, sid), ping_interval=None) as websocket:
+        await _recv(websocket)
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(burst * 3):
+                await websocket.send(json.dumps({"type": "visibility", "state": "visible"}))
+            while True:
+                await asyncio.wait_for(websocket.recv(), timeout=20 * UNIT)
+    assert closed.value.rcvd.code == status.WS_1008_POLICY_VIOLATION
