@@ -145,6 +145,14 @@ class Settings:
                 "HEARTBEAT_INTERVAL",
                 f"must be shorter than the session TTL ({self.session_ttl:g} s)",
             )
+        if self.inactive_threshold <= self.refresh_interval:
+            # Open sockets' sessions are seen once per refresh; a shorter threshold would
+            # let `inactive` cleanup delete sessions whose sockets are open.
+            raise ConfigError(
+                "INACTIVE_THRESHOLD",
+                f"must be longer than the refresh interval ({self.refresh_interval:g} s, "
+                "the shorter of HEARTBEAT_INTERVAL and a third of the TTL)",
+            )
         if self.ping_timeout <= 0:
             raise ConfigError("PRESENCE_PING_TIMEOUT", "must be greater than 0")
         if self.jwt_secret is not None and len(self.jwt_secret) < 32:

@@ -17,7 +17,7 @@ BASE = "/api/v1/chat"
 @pytest.fixture(params=["memory", "redis"])
 async def server(request):
     """A real server in JWT mode over the memory store or a real redis-server."""
-    changes = {"inactive_threshold": 5 * UNIT}
+    changes = {"inactive_threshold": 5 * UNIT, "heartbeat_interval": 2 * UNIT}
     if request.param == "redis":
         changes["redis_url"] = request.getfixturevalue("redis_url")
     async with serve(make_settings(**changes)) as running:

@@ -54,6 +54,7 @@ def test_values_are_read_and_converted():
         ({"HEARTBEAT_INTERVAL": "0"}, "HEARTBEAT_INTERVAL"),
         ({"HEARTBEAT_INTERVAL": "100000"}, "HEARTBEAT_INTERVAL"),
         ({"INACTIVE_THRESHOLD": "x"}, "INACTIVE_THRESHOLD"),
+        ({"INACTIVE_THRESHOLD": "30"}, "INACTIVE_THRESHOLD"),
         ({"PORT": "eighty"}, "PORT"),
         ({"PORT": "70000"}, "PORT"),
         ({"REDIS_URL": "http://localhost"}, "REDIS_URL"),
