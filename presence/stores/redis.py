@@ -104,6 +104,14 @@ class RedisStore:
             )
         for name in ("CREATE", "GET", "LIST", "TOUCH", "REFRESH", "DELETE", "RESTORE"):
             self._scripts[name] = self.client.register_script(getattr(_scripts, name))
+        # Loaded up front so that each operation is one EVALSHA from the first call
+        # (otherwise the first is EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA). If Redis is
+        # away now, redis-py loads them on first use instead.
+        with contextlib.suppress(*UNAVAILABLE_ERRORS):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for script in self._scripts.values():
+                    pipe.script_load(script.script)
+                await asyncio.wait_for(pipe.execute(), timeout=self.timeout * 4)
 
     async def close(self) -> None:
         if self._listener is not None:
