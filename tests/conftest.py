@@ -8,7 +8,7 @@ import redis
 
 from presence.stores import MemoryStore, RedisStore
 
-from .utils import RedisServer, redis_binary
+from .utils import RedisCluster, RedisServer, redis_binary
 
 
 def _require_redis() -> bool:
@@ -69,7 +69,29 @@ def clock() -> Clock:
     return Clock()
 
 
-STORE_KINDS = ["memory", "fakeredis", "redis"]
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A three-primary Redis Cluster of the test run's own."""
+    if redis_binary() is None:
+        if _require_redis():
+            pytest.fail("PRESENCE_REQUIRE_REDIS=1 but redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    """The test cluster's URL (redis+cluster://), flushed before each test."""
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+STORE_KINDS = ["memory", "fakeredis", "redis", "cluster"]
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -87,9 +109,12 @@ async def make_store(request: pytest.FixtureRequest):
 
             client = fakeredis.FakeAsyncRedis(decode_responses=True)
             store = RedisStore(client=client, **options)
-        else:
+        elif kind == "redis":
             url = request.getfixturevalue("redis_url")
             store = RedisStore(url, **options)
+        else:
+            url = request.getfixturevalue("redis_cluster_url")
+            store = RedisStore(url.replace("+cluster", ""), cluster=True, **options)
         await store.open()
         opened.append(store)
         return store

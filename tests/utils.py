@@ -62,6 +62,7 @@ class RedisServer:
         self.dir = Path(tempfile.mkdtemp(prefix="presence-redis-"))
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -87,6 +88,7 @@ class RedisServer:
                 "no",
                 "--loglevel",
                 "warning",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -250,3 +252,65 @@ def server_process(env: dict[str, str], *args: str) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.stop()
+
+
+class RedisCluster:
+    """A three-primary Redis Cluster of redis-server processes on free ports."""
+
+    def __init__(self, size: int = 3) -> None:
+        self.nodes = [RedisServer() for _ in range(size)]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.extra_args = [
+                "--cluster-enabled", "yes",
+                # The bus port defaults to port + 10000, which a free port can push past
+                # 65535 or onto a taken one: name a free one.
+                "--cluster-port", str(free_port()),
+                "--cluster-config-file", str(node.dir / "nodes.conf"),
+                "--cluster-node-timeout", "2000",
+            ]  # fmt: skip
+            node.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{node.port}" for node in self.nodes],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300 * UNIT,
+        )
+        deadline = time.monotonic() + 300 * UNIT
+        while time.monotonic() < deadline:
+            states = [
+                subprocess.run(
+                    ["redis-cli", "-p", str(node.port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout
+                for node in self.nodes
+            ]
+            if all("cluster_state:ok" in state for state in states):
+                return
+            time.sleep(UNIT)
+        raise RuntimeError("the cluster did not become ready")
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            subprocess.run(
+                ["redis-cli", "-p", str(node.port), "flushall"], capture_output=True, check=True
+            )
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

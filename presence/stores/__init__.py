@@ -29,20 +29,22 @@ __all__ = [
     "store_from_settings",
 ]
 
-_SCHEMES = {"memory", "redis", "rediss", "unix"}
+_SCHEMES = {"memory", "redis", "rediss", "unix", "redis+cluster", "rediss+cluster"}
 
 
 def check_url(url: str) -> str:
     """Returns the scheme of a store URL.
 
     Raises:
-        ValueError: the URL is not ``memory://``, ``redis://``, ``rediss://`` or ``unix://``.
+        ValueError: the URL is not ``memory://``, ``redis://``, ``rediss://``,
+            ``unix://``, or ``redis+cluster://`` / ``rediss+cluster://`` (a node of a
+            Redis Cluster).
     """
     scheme = urlsplit(url).scheme.lower()
     if scheme not in _SCHEMES:
         raise ValueError(
             f"unsupported store URL scheme {scheme or '(none)'!r}; "
-            "use redis://, rediss://, unix:// or memory://"
+            "use redis://, rediss://, unix://, redis+cluster:// or memory://"
         )
     return scheme
 
@@ -61,8 +63,12 @@ def store_from_settings(settings: Settings) -> SessionStore:
     )
     if settings.redis_url is None or check_url(settings.redis_url) == "memory":
         return memory
+    url, cluster = settings.redis_url, check_url(settings.redis_url).endswith("+cluster")
+    if cluster:
+        url = url.replace("+cluster://", "://", 1)
     redis = RedisStore(
-        settings.redis_url,
+        url,
+        cluster=cluster,
         ttl=settings.session_ttl,
         max_lifetime=settings.max_lifetime,
         max_sessions_per_user=settings.max_sessions_per_user,

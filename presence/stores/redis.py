@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
@@ -52,6 +53,9 @@ class RedisStore:
             stalled Redis turns into a fallback rather than a hung request.
         client: an already built client to use instead of one from ``url`` (tests use
             fakeredis this way).
+        cluster: ``url`` names a node of a Redis Cluster. Every script touches one
+            user's keys, which share a hash tag and so a slot; only the refresher spans
+            users, and on a cluster it sends one script call per slot, concurrently.
     """
 
     name = "redis"
@@ -66,6 +70,7 @@ class RedisStore:
         prefix: str = "presence",
         timeout: float = 0.25,
         client: aioredis.Redis | None = None,
+        cluster: bool = False,
     ) -> None:
         if client is None and url is None:
             raise ValueError("RedisStore needs a url or a client")
@@ -76,42 +81,59 @@ class RedisStore:
         self.prefix = prefix
         self.timeout = timeout
         self.channel = keys.ended_channel(prefix)
-        self._client = client
+        self.cluster = cluster
+        self._client: aioredis.Redis | RedisCluster | None = client
         self._owns_client = client is None
         self._callbacks: list[EndedCallback] = []
         self._listener: asyncio.Task[None] | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> Any:
         if self._client is None:
             raise RuntimeError("RedisStore.open() has not been called")
         return self._client
 
     async def open(self) -> None:
         if self._client is None:
-            assert self.url is not None
-            self._client = aioredis.Redis.from_url(
-                self.url,
-                decode_responses=True,
-                socket_connect_timeout=self.timeout,
-                socket_timeout=self.timeout,
-                # One quick retry smooths over a dropped idle connection; more would
-                # stretch a request past a second while Redis is really gone.
-                retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
-                retry_on_error=[RedisConnectionError],
-                health_check_interval=30,
-            )
+            if self.url is None:  # pragma: no cover - the constructor refuses this
+                raise ValueError("RedisStore needs a url or a client")
+            if self.cluster:
+                self._client = RedisCluster.from_url(
+                    self.url,
+                    decode_responses=True,
+                    socket_connect_timeout=self.timeout,
+                    socket_timeout=self.timeout,
+                )
+            else:
+                self._client = aioredis.Redis.from_url(
+                    self.url,
+                    decode_responses=True,
+                    socket_connect_timeout=self.timeout,
+                    socket_timeout=self.timeout,
+                    # One quick retry smooths over a dropped idle connection; more would
+                    # stretch a request past a second while Redis is really gone.
+                    retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+                    retry_on_error=[RedisConnectionError],
+                    health_check_interval=30,
+                )
         for name in ("CREATE", "GET", "LIST", "TOUCH", "REFRESH", "DELETE", "RESTORE"):
             self._scripts[name] = self.client.register_script(getattr(_scripts, name))
         # Loaded up front so that each operation is one EVALSHA from the first call
         # (otherwise the first is EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA). If Redis is
         # away now, redis-py loads them on first use instead.
         with contextlib.suppress(*UNAVAILABLE_ERRORS):
-            async with self.client.pipeline(transaction=False) as pipe:
+            if self.cluster:
+                # SCRIPT LOAD goes to every primary; a cluster pipeline cannot carry it.
                 for script in self._scripts.values():
-                    pipe.script_load(script.script)
-                await asyncio.wait_for(pipe.execute(), timeout=self.timeout * 4)
+                    await asyncio.wait_for(
+                        self.client.script_load(script.script), timeout=self.timeout * 4
+                    )
+            else:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for script in self._scripts.values():
+                        pipe.script_load(script.script)
+                    await asyncio.wait_for(pipe.execute(), timeout=self.timeout * 4)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -229,6 +251,17 @@ class RedisStore:
     async def refresh(self, refs: Sequence[SessionRef]) -> list[SessionRef]:
         if not refs:
             return []
+        if self.cluster:
+            by_slot: dict[int, list[SessionRef]] = {}
+            for ref in refs:
+                slot = self.client.keyslot(self._idx(ref[0]))
+                by_slot.setdefault(slot, []).append(ref)
+            if len(by_slot) > 1:
+                parts = await asyncio.gather(*(self._refresh(g) for g in by_slot.values()))
+                return [ref for part in parts for ref in part]
+        return await self._refresh(refs)
+
+    async def _refresh(self, refs: Sequence[SessionRef]) -> list[SessionRef]:
         script_keys: list[str] = []
         args: list[Any] = [self.ttl_ms, "1" if self.max_lifetime_ms > 0 else "0", self.channel]
         for user, sid in refs:
@@ -308,7 +341,7 @@ class RedisStore:
                 delay = min(delay * 2, 2.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     async def _dispatch(self, raw: str) -> None:
         try:
