@@ -11,17 +11,20 @@ from presence.stores import MemoryStore, RedisStore
 from .utils import RedisCluster, RedisServer, redis_binary
 
 
-def _require_redis() -> bool:
-    return os.environ.get("PRESENCE_REQUIRE_REDIS") == "1"
+def _need_redis_server() -> None:
+    """Skips the test, with the reason, when redis-server is missing; fails instead
+    under PRESENCE_REQUIRE_REDIS=1 (CI)."""
+    if redis_binary() is not None:
+        return
+    if os.environ.get("PRESENCE_REQUIRE_REDIS") == "1":
+        pytest.fail("PRESENCE_REQUIRE_REDIS=1 but redis-server is not installed")
+    pytest.skip("redis-server is not installed; set PRESENCE_REQUIRE_REDIS=1 to fail instead")
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A redis-server of the test run's own on a free port (never the shared 6379)."""
-    if redis_binary() is None:
-        if _require_redis():
-            pytest.fail("PRESENCE_REQUIRE_REDIS=1 but redis-server is not installed")
-        pytest.skip("redis-server is not installed; set PRESENCE_REQUIRE_REDIS=1 to fail instead")
+    _need_redis_server()
     server = RedisServer()
     server.start()
     yield server
@@ -41,10 +44,7 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server for one test alone, for tests that pause, kill or restart it."""
-    if redis_binary() is None:
-        if _require_redis():
-            pytest.fail("PRESENCE_REQUIRE_REDIS=1 but redis-server is not installed")
-        pytest.skip("redis-server is not installed")
+    _need_redis_server()
     server = RedisServer()
     server.start()
     yield server
@@ -72,10 +72,7 @@ def clock() -> Clock:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
     """A three-primary Redis Cluster of the test run's own."""
-    if redis_binary() is None:
-        if _require_redis():
-            pytest.fail("PRESENCE_REQUIRE_REDIS=1 but redis-server is not installed")
-        pytest.skip("redis-server is not installed")
+    _need_redis_server()
     cluster = RedisCluster()
     try:
         cluster.start()

@@ -140,13 +140,10 @@ def make_settings(**changes: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-class RunningServer:
-    """A uvicorn server in this event loop, on an ephemeral port."""
+class _Local:
+    """Something listening on 127.0.0.1 at ``self.port``."""
 
-    def __init__(self, server: uvicorn.Server, port: int, app: object) -> None:
-        self.server = server
-        self.port = port
-        self.app = app
+    port: int
 
     @property
     def http(self) -> str:
@@ -155,6 +152,15 @@ class RunningServer:
     @property
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+
+class RunningServer(_Local):
+    """A uvicorn server in this event loop, on an ephemeral port."""
+
+    def __init__(self, server: uvicorn.Server, port: int, app: object) -> None:
+        self.server = server
+        self.port = port
+        self.app = app
 
     @property
     def services(self):  # type: ignore[no-untyped-def]
@@ -189,7 +195,7 @@ async def serve(
         sock.close()
 
 
-class ServerProcess:
+class ServerProcess(_Local):
     """``python -m presence serve`` in a child process, for kill and restart tests."""
 
     def __init__(self, env: dict[str, str]) -> None:
@@ -198,14 +204,6 @@ class ServerProcess:
         self.env["PORT"] = str(self.port)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="presence-server-", suffix=".log")[1])
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     def start(self, *args: str) -> None:
         with self.log.open("ab") as log:
