@@ -76,7 +76,10 @@ class MemoryStore:
 
     async def create(self, user: str, session_id: str, *, data: JSON = None) -> Session:
         now = self.clock()
-        sessions = self._live(user, now)
+        sessions = self._sessions(user)
+        # Pruning scans the user's sessions, so only when the cap might be reached.
+        if len(sessions) >= self.max_sessions_per_user:
+            sessions = self._live(user, now)
         if len(sessions) >= self.max_sessions_per_user:
             raise TooManySessions(
                 f"a user may hold at most {self.max_sessions_per_user} sessions; "
@@ -104,7 +107,7 @@ class MemoryStore:
         return session
 
     async def get(self, user: str, session_id: str) -> Session | None:
-        record = self._live(user, self.clock()).get(session_id)
+        record = self._record(user, session_id, self.clock())
         return record.session if record else None
 
     async def list_sessions(self, user: str) -> list[Session]:
@@ -121,7 +124,7 @@ class MemoryStore:
         data: JSON = UNSET,
     ) -> Session | None:
         now = self.clock()
-        record = self._live(user, now).get(session_id)
+        record = self._record(user, session_id, now)
         if record is None:
             return None
         old = record.session
@@ -136,8 +139,12 @@ class MemoryStore:
         return record.session
 
     async def delete(self, user: str, session_ids: Sequence[str], reason: str) -> list[str]:
-        sessions = self._live(user, self.clock())
-        deleted = [sid for sid in dict.fromkeys(session_ids) if sessions.pop(sid, None)]
+        now = self.clock()
+        deleted = []
+        for sid in dict.fromkeys(session_ids):
+            if self._record(user, sid, now) is not None:
+                del self._users[user][sid]
+                deleted.append(sid)
         await self._ended(user, deleted, reason)
         return deleted
 
@@ -171,7 +178,7 @@ class MemoryStore:
 
         Returns False, holding nothing, when the store is at its cap.
         """
-        sessions = self._live(session.user, self.clock())
+        sessions = self._sessions(session.user)
         if session.id not in sessions:
             if self._count >= self.max_sessions:
                 return False
@@ -211,10 +218,29 @@ class MemoryStore:
             dropped += before - self._count
         return dropped
 
-    def _live(self, user: str, now: float) -> dict[str, _Record]:
+    def _sessions(self, user: str) -> dict[str, _Record]:
         sessions = self._users.get(user)
         if sessions is None:
             sessions = self._users[user] = {}
+        return sessions
+
+    def _record(self, user: str, session_id: str, now: float) -> _Record | None:
+        """One live record, dropping it if it has expired: O(1), no scan."""
+        sessions = self._users.get(user)
+        if not sessions:
+            return None
+        record = sessions.get(session_id)
+        if record is None:
+            return None
+        if record.session.expires_at <= now:
+            del sessions[session_id]
+            self._count -= 1
+            return None
+        return record
+
+    def _live(self, user: str, now: float) -> dict[str, _Record]:
+        """The user's sessions with the expired ones dropped: a scan of that user."""
+        sessions = self._sessions(user)
         expired = [sid for sid, r in sessions.items() if r.session.expires_at <= now]
         for sid in expired:
             del sessions[sid]
