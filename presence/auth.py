@@ -29,6 +29,11 @@ _DEV_ISSUER = "presence-dev"
 # Anonymous identities last a year; the session TTL, not the cookie, bounds sessions.
 _DEV_TOKEN_SECONDS = 365 * 24 * 3600
 _MAX_SUB_LENGTH = 256
+_LEEWAY = 5
+# Verified tokens are remembered so a client's every request does not pay for HMAC and
+# JSON decoding again; an entry lives until the token's expiry and at most this long.
+_VERIFIED_SECONDS = 60.0
+_VERIFIED_MAX = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,7 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self.dev_mode = settings.dev_mode
         self._key = settings.jwt_secret or settings.dev_secret or secrets.token_urlsafe(32)
+        self._verified: dict[str, tuple[str, float]] = {}
 
     def identify(
         self,
@@ -99,19 +105,30 @@ class Authenticator:
         return "; ".join(parts)
 
     def _verify(self, token: str, via: Literal["bearer", "cookie", "query"]) -> Identity | None:
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is not None and cached[1] > now:
+            return Identity(cached[0], via)
         try:
             claims = jwt.decode(
                 token,
                 self._key,
                 algorithms=[_ALGORITHM],
                 options={"require": ["sub"]},
-                leeway=5,
+                leeway=_LEEWAY,
             )
         except jwt.PyJWTError:
             return None
         sub = claims.get("sub")
         if not isinstance(sub, str) or not 0 < len(sub) <= _MAX_SUB_LENGTH:
             return None
+        valid_until = now + _VERIFIED_SECONDS
+        expiry = claims.get("exp")
+        if isinstance(expiry, int | float):
+            valid_until = min(valid_until, expiry + _LEEWAY)
+        if len(self._verified) >= _VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[token] = (sub, valid_until)
         return Identity(sub, via)
 
 

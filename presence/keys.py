@@ -7,6 +7,7 @@ stay legal on a cluster.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -15,6 +16,7 @@ import re
 _PLAIN_USER = re.compile(r"[A-Za-z0-9_.:@\-]{1,64}")
 
 
+@functools.lru_cache(maxsize=65536)
 def user_tag(user: str) -> str:
     """The part of a key that stands for a user, braces included."""
     if _PLAIN_USER.fullmatch(user):
@@ -39,9 +41,3 @@ def ended_channel(prefix: str) -> str:
     """Pub/sub channel on which a session's end (delete, cleanup, expiry) is announced,
     so the process holding its WebSocket closes it, wherever that is."""
     return f"{prefix}:ended"
-
-
-# The expiry of an index entry is last_seen + TTL; entries older than that are pruned
-# on every write and list of that user, so dangling ids live at most until the user's
-# next request or the index key's own TTL, whichever comes first.
-INDEX_GRACE_MS = 0

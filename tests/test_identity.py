@@ -147,3 +147,22 @@ async def test_allowed_origins_list_replaces_same_origin():
                     "/sessions/cleanup", json={"type": "all"}, headers={"origin": origin}
                 )
                 assert bad.status_code == 403
+
+
+def test_a_remembered_token_is_not_trusted_past_its_expiry():
+    """Verified tokens are cached, but never beyond their own expiry (plus leeway)."""
+    import time
+
+    from presence.auth import Authenticator
+
+    from .utils import JWT_SECRET
+
+    auth = Authenticator(make_settings())
+    short = token("alice", expires_in=2)
+    assert auth.identify({"authorization": f"Bearer {short}"}, {}).user == "alice"
+    _, valid_until = auth._verified[short]
+    assert valid_until <= time.time() + 2 + 5
+    forged = token("alice", secret="z" * 40)
+    assert auth.identify({"authorization": f"Bearer {forged}"}, {}) is None
+    assert forged not in auth._verified
+    assert Authenticator(make_settings(jwt_secret=JWT_SECRET)).identify({}, {}) is None
