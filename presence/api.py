@@ -7,8 +7,10 @@ Every handler resolves the caller's identity first; sessions are always looked u
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -23,8 +25,15 @@ if TYPE_CHECKING:
     from .app import Services
 
 CLEANUP_TYPES = ("all", "inactive", "specific")
+# Ids named in a cleanup are strings of at most this many characters; longer ones are
+# refused, well-formed ones the caller does not hold are ignored.
+MAX_CLEANUP_ID_LENGTH = 64
 _JSON_TYPES = {"application/json", "text/plain", ""}
 _STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+
+_HEARTBEAT_STATES = tuple(sorted(STATES - {"disconnected"}))
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _services(request: Request) -> Services:
@@ -78,8 +87,8 @@ async def read_json(request: Request) -> dict[str, JSON]:
     (and it keeps a cross-origin beacon a simple request, without a preflight).
 
     Raises:
-        BadRequest: 413 too large, 415 wrong media type, 400 malformed JSON,
-            422 not an object.
+        BadRequest: 413 too large, 415 wrong media type, 400 malformed JSON (also
+            NaN, Infinity, unpaired surrogates, nesting too deep), 422 not an object.
     """
     limit = _services(request).settings.max_body_bytes
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -104,7 +113,11 @@ async def read_json(request: Request) -> dict[str, JSON]:
         return {}
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # What is kept must be sendable back: Python's parser takes NaN, Infinity and
+        # unpaired surrogates ("\ud800"), which no response can encode, and nesting too
+        # deep for the parser raises RecursionError, not ValueError.
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, RecursionError) as exc:
         raise BadRequest(f"malformed JSON: {exc}", code="malformed_json") from None
     if not isinstance(value, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_body", status=422)
@@ -183,7 +196,9 @@ async def heartbeat(request: Request) -> Response:
     body = await read_json(request)
     _check_fields(body, {"data", "state"})
     state = body.get("state", "active")
-    if state not in STATES - {"disconnected"}:
+    # A tuple, not a set: `in` on a set hashes, and a list or object sent as the state
+    # is unhashable (TypeError, a 500).
+    if state not in _HEARTBEAT_STATES:
         raise _invalid('state must be "active" or "away"')
     session = await _services(request).store.touch(
         identity.user,
@@ -213,8 +228,10 @@ async def cleanup(request: Request) -> Response:
             raise _invalid("session_ids must be a non-empty list for type specific")
         if len(ids) > limit:
             raise _invalid(f"session_ids has {len(ids)} ids; at most {limit} are allowed")
-        if not all(isinstance(i, str) and len(i) <= 64 for i in ids):
-            raise _invalid("session_ids must be strings of at most 64 characters")
+        if not all(isinstance(i, str) and len(i) <= MAX_CLEANUP_ID_LENGTH for i in ids):
+            raise _invalid(
+                f"session_ids must be strings of at most {MAX_CLEANUP_ID_LENGTH} characters"
+            )
         valid = [i for i in ids if is_session_id(i)]
         deleted = await store.delete(identity.user, valid, "cleanup")
     else:
@@ -232,11 +249,19 @@ async def cleanup(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     """The API's routes, to mount under ``/api/v1/chat``."""
     return [
-        Route("/sessions", create_session, methods=["POST"]),
-        Route("/sessions", list_sessions, methods=["GET"]),
-        Route("/sessions/cleanup", cleanup, methods=["POST"]),
-        Route("/sessions/{session_id}", get_session, methods=["GET"]),
-        Route("/sessions/{session_id}", delete_session, methods=["DELETE"]),
-        Route("/sessions/{session_id}/heartbeat", heartbeat, methods=["POST"]),
+        _route("/sessions", get=list_sessions, post=create_session),
+        _route("/sessions/cleanup", post=cleanup),
+        _route("/sessions/{session_id}", get=get_session, delete=delete_session),
+        _route("/sessions/{session_id}/heartbeat", post=heartbeat),
         WebSocketRoute("/sessions/{session_id}/ws", session_socket),
     ]
+
+
+def _route(path: str, **handlers: Handler) -> Route:
+    # One Route per path, its methods dispatched by an HTTPEndpoint, which answers any
+    # other method with 405 and an Allow header naming all of the path's methods. With a
+    # Route per method, Allow named only the first Route's method, and GET
+    # /sessions/cleanup fell through to /sessions/{session_id} as a session "cleanup".
+    methods = {method: staticmethod(handler) for method, handler in handlers.items()}
+    name = "_".join(handler.__name__ for handler in handlers.values())
+    return Route(path, type(name, (HTTPEndpoint,), methods), name=name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -16,11 +17,12 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from websockets.frames import Frame, Opcode
 
-from . import api
+from . import api, openapi
 from .auth import Authenticator, OriginPolicy
 from .connections import Refresher, Registry
 from .exceptions import ApiError
@@ -70,6 +72,8 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for name in _SERVER_LOGGERS:
+            logging.getLogger(name).addFilter(_REDACT)  # Once per process: a no-op after.
         await services.store.open()
         try:
             await services.store.subscribe_ended(services.registry.end)
@@ -109,6 +113,7 @@ def _routes() -> list[BaseRoute]:
         Route("/", lambda request: RedirectResponse("/chat"), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi_document, methods=["GET"]),
         Mount("/api/v1/chat", routes=api.routes()),
         Route("/chat", _page("chat.html"), methods=["GET"]),
         Route("/hub", _page("hub.html"), methods=["GET"]),
@@ -131,6 +136,11 @@ async def readyz(request: Request) -> Response:
     status["status"] = "degraded" if status.get("degraded") else "ready"
     status["sockets"] = len(services.registry)
     return JSONResponse(status)
+
+
+async def openapi_document(request: Request) -> Response:
+    services: Services = request.app.state.services
+    return JSONResponse(openapi.document(services.settings))
 
 
 def _page(name: str) -> Callable[[Request], Response]:
@@ -222,9 +232,58 @@ class AccessLog:
                 )
 
 
+class RedactSecrets(logging.Filter):
+    """Keeps capabilities out of the server's own log lines, which neither know nor
+    care what a path segment or a header means.
+
+    uvicorn logs each WebSocket handshake with its path and query string (a session id
+    and a ``?token=``) at INFO, and its access log, when someone turns it on, every
+    request's path. At DEBUG, the websockets library logs the handshake's request line
+    and headers (``Cookie``, ``Authorization``) and every frame's text. Such records are
+    rewritten in place, before any handler formats them: paths lose their session id
+    and query string, credential headers their value, data frames their payload.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not isinstance(args, tuple) or not args:
+            return True
+        message = str(record.msg)
+        if '"WebSocket %s"' in message and len(args) >= 2:  # uvicorn.error, handshakes
+            record.args = (args[0], _redact_path(str(args[1])), *args[2:])
+        elif message.startswith('%s - "%s %s HTTP/%s"') and len(args) >= 3:  # uvicorn.access
+            record.args = (*args[:2], _redact_path(str(args[2])), *args[3:])
+        elif message == "< %s %s %s" and len(args) == 3:  # websockets: the request line
+            record.args = (args[0], _redact_path(str(args[1])), args[2])
+        elif message in ("< %s: %s", "> %s: %s") and len(args) == 2:  # websockets: headers
+            if str(args[0]).lower() in _CREDENTIAL_HEADERS:
+                record.args = (args[0], "[redacted]")
+        elif message in ("< %s", "> %s") and isinstance(args[0], Frame):  # websockets: frames
+            frame = args[0]
+            if frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+                record.args = (f"{frame.opcode.name} [{len(frame.data)} bytes]",)
+        return True
+
+
+_SERVER_LOGGERS = ("uvicorn.error", "uvicorn.access")
+_REDACT = RedactSecrets()
+_CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "cookie", "set-cookie", "sec-websocket-protocol", "proxy-authorization"}
+)
+# The segment after /sessions/ is a session id, unless it is the cleanup endpoint.
+_SESSION_SEGMENT = re.compile(r"(?<=/sessions/)(?!cleanup(?:/|$))[^/?#]+")
+
+
+def _redact_path(path: str) -> str:
+    path, query, _ = path.partition("?")
+    return _SESSION_SEGMENT.sub("{session_id}", path) + ("?[redacted]" if query else "")
+
+
 def _template(scope: Scope) -> str:
-    if scope.get("endpoint") is None:
-        return "(no route)"  # An unmatched path may hold anything; never log it.
+    # An unmatched path may hold anything; never log it. Under a Mount, the endpoint of
+    # a path that none of its routes matched is the Mount's router.
+    if scope.get("endpoint") is None or isinstance(scope["endpoint"], Router):
+        return "(no route)"
     path: str = scope["path"]
     for name, value in scope.get("path_params", {}).items():
         path = path.replace(str(value), "{" + name + "}")

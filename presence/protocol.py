@@ -58,13 +58,16 @@ def parse(text: str) -> ClientMessage:
     """
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # Nesting too deep raises RecursionError.
         raise ProtocolError("malformed_json", "message is not valid JSON") from None
     if not isinstance(message, dict):
         raise ProtocolError("bad_message", "message must be a JSON object")
     kind = message.get("type")
     if kind == "visibility":
-        state = _VISIBILITY_STATES.get(message.get("state"))  # type: ignore[arg-type]
+        raw = message.get("state")
+        # Checked as a string first: a list or object is unhashable and would not
+        # even reach the lookup.
+        state = _VISIBILITY_STATES.get(raw) if isinstance(raw, str) else None
         if state is None:
             raise ProtocolError("bad_message", 'visibility state must be "visible" or "hidden"')
         return Visibility(state)

@@ -101,12 +101,18 @@ async def session_socket(websocket: WebSocket) -> None:
     socket = SessionSocket(websocket, identity.user, session_id, services)
     ref = (identity.user, session_id)
     services.registry.add(ref, socket)
+    lifetime = services.settings.max_lifetime
+    expiry = None
+    if lifetime > 0:
+        expiry = asyncio.create_task(_end_at(socket, session.created_at + lifetime))
     try:
         await socket.send(protocol.snapshot(session))
         await _read_loop(socket, services)
     except (WebSocketDisconnect, OSError):
         pass
     finally:
+        if expiry is not None:
+            expiry.cancel()
         last_here = services.registry.discard(ref, socket)
         if last_here and not socket.ended:
             await _mark_disconnected(services, identity.user, session_id)
@@ -143,6 +149,14 @@ async def _dispatch(
             await socket.end("expired")
         else:
             await socket.send(protocol.snapshot(session))
+
+
+async def _end_at(socket: SessionSocket, deadline: float) -> None:
+    # The store forgets a session at its absolute deadline by itself, and a Redis key
+    # that expires announces nothing; without this, the socket would learn of it only
+    # on the refresher's next tick, up to a heartbeat interval later.
+    await asyncio.sleep(max(0.0, deadline - time.time()))
+    await socket.end("expired")
 
 
 async def _mark_disconnected(services: Services, user: str, session_id: str) -> None:

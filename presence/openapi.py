@@ -1,0 +1,450 @@
+"""The API described as an OpenAPI 3.1 document, served at ``/openapi.json``.
+
+The document is data built from the running :class:`~presence.settings.Settings`, so
+the limits it states (body size, ids per cleanup, data size, sessions per user) are the
+ones the server enforces, and the security it declares follows the mode: in development
+mode creating a session needs no credential because the server mints one.
+
+The WebSocket endpoint is listed too, as the ``GET`` that opens it: OpenAPI has no
+words for the frames that follow, so its description names the protocol
+(:mod:`presence.protocol`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .api import CLEANUP_TYPES, MAX_CLEANUP_ID_LENGTH
+from .auth import COOKIE_NAME, QUERY_PARAM
+from .sessions import SESSION_ID_PATTERN, STATES, TRANSPORTS
+from .settings import Settings
+
+OpenAPI = dict[str, Any]
+
+_BASE = "/api/v1/chat"
+# Every error code the server answers with, by the status it comes with.
+_ERRORS: dict[int, tuple[str, tuple[str, ...]]] = {
+    400: ("The body is not valid JSON.", ("malformed_json",)),
+    401: ("No valid bearer token or identity cookie.", ("unauthorized",)),
+    403: (
+        "A cookie-authenticated request from an origin that is not allowed (CSRF).",
+        ("forbidden",),
+    ),
+    404: ("No such session for this caller.", ("session_not_found", "not_found")),
+    413: ("The body exceeds the size limit.", ("payload_too_large",)),
+    415: (
+        "The body is neither application/json nor text/plain.",
+        ("unsupported_media_type",),
+    ),
+    422: ("The body is JSON but not a valid request.", ("invalid_body",)),
+    429: ("The caller holds the maximum number of sessions.", ("too_many_sessions",)),
+    503: (
+        "Redis is unavailable and the in-memory fallback is full.",
+        ("store_full", "store_unavailable"),
+    ),
+}
+
+
+def document(settings: Settings) -> OpenAPI:
+    """The OpenAPI 3.1 document for a server running with ``settings``."""
+    from . import __version__  # The package imports the app, which imports this module.
+
+    id_param = {
+        "name": "session_id",
+        "in": "path",
+        "required": True,
+        "description": "A session id as the server minted it (128 random bits, base64url).",
+        "schema": {"$ref": "#/components/schemas/SessionId"},
+    }
+    create_security: list[dict[str, list[str]]] = _security()
+    if settings.dev_mode:
+        # In development mode the server hands a caller without identity a new one.
+        create_security = [*create_security, {}]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Presence",
+            "version": __version__,
+            "summary": "Keeps browser chat sessions alive and knows who is online.",
+            "description": (
+                "Every session belongs to the caller's user; another user's session "
+                "answers exactly like a missing one (404). Requests authenticated by the "
+                f"`{COOKIE_NAME}` cookie that change state must come from an allowed "
+                "Origin (or carry `Sec-Fetch-Site: same-origin`); bearer tokens need no "
+                "origin. Request bodies are JSON objects sent as `application/json` or as "
+                "`text/plain` (what `navigator.sendBeacon` sends), of at most "
+                f"{settings.max_body_bytes} bytes; an empty body is `{{}}`."
+            ),
+        },
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "The process is up.",
+                    "security": [],
+                    "responses": {"200": _json("Always.", "Health")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Which store serves, and whether it is degraded.",
+                    "security": [],
+                    "responses": {"200": _json("Always, degraded or not.", "Readiness")},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document.",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+            f"{_BASE}/sessions": {
+                "post": {
+                    "operationId": "createSession",
+                    "summary": "Creates a session with a server-minted id.",
+                    "security": create_security,
+                    "requestBody": _body("CreateSession"),
+                    "responses": {
+                        "201": {
+                            **_json("The new session.", "Session"),
+                            "links": _session_links(),
+                            "headers": {
+                                "Location": {
+                                    "description": "The new session's URL.",
+                                    "required": True,
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        },
+                        **_errors(400, 401, 403, 413, 415, 422, 429, 503),
+                    },
+                },
+                "get": {
+                    "operationId": "listSessions",
+                    "summary": "The caller's live sessions, most recently seen first.",
+                    "security": _security(),
+                    "responses": {
+                        "200": _json("The caller's sessions.", "SessionList"),
+                        **_errors(401),
+                    },
+                },
+            },
+            f"{_BASE}/sessions/cleanup": {
+                "post": {
+                    "operationId": "cleanupSessions",
+                    "summary": "Deletes all, inactive or the named sessions of the caller.",
+                    "description": (
+                        "`inactive` deletes the sessions not seen for "
+                        f"{settings.inactive_threshold:g} seconds. Ids the caller does not "
+                        "hold are ignored. Every deleted session's sockets are closed with "
+                        '`{"type": "ended", "reason": "cleanup"}`, wherever they are held.'
+                    ),
+                    "security": _security(),
+                    "requestBody": _body("Cleanup", required=True),
+                    "responses": {
+                        "200": _json("What was deleted.", "CleanupResult"),
+                        **_errors(400, 401, 403, 413, 415, 422),
+                    },
+                }
+            },
+            f"{_BASE}/sessions/{{session_id}}": {
+                "parameters": [id_param],
+                "get": {
+                    "operationId": "getSession",
+                    "summary": "One session of the caller.",
+                    "security": _security(),
+                    "responses": {
+                        "200": _json("The session.", "Session"),
+                        **_errors(401, 404),
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteSession",
+                    "summary": "Deletes a session and closes its sockets (reason `deleted`).",
+                    "security": _security(),
+                    "responses": {
+                        "204": {"description": "Deleted."},
+                        **_errors(401, 403, 404),
+                    },
+                },
+            },
+            f"{_BASE}/sessions/{{session_id}}/heartbeat": {
+                "parameters": [id_param],
+                "post": {
+                    "operationId": "heartbeat",
+                    "summary": "Keeps a session alive over HTTP (when no socket is open).",
+                    "description": (
+                        f"Extends the session by its TTL ({settings.session_ttl:g} s)"
+                        + (
+                            f", never past its maximum lifetime ({settings.max_lifetime:g} s "
+                            "after creation)"
+                            if settings.max_lifetime > 0
+                            else ""
+                        )
+                        + ". A session that is gone stays gone: 404, create a new one."
+                    ),
+                    "security": _security(),
+                    "requestBody": _body("Heartbeat"),
+                    "responses": {
+                        "200": _json("The session as it is now.", "Session"),
+                        **_errors(400, 401, 403, 404, 413, 415, 422),
+                    },
+                },
+            },
+            f"{_BASE}/sessions/{{session_id}}/ws": {
+                "parameters": [id_param],
+                "get": {
+                    "operationId": "openSocket",
+                    "summary": "Opens the session's WebSocket.",
+                    "description": (
+                        "A WebSocket handshake. Identity, Origin and the session are checked "
+                        "before it is accepted; a refusal is an HTTP response with the error "
+                        "body. Browsers authenticate by the cookie (the Origin must then be "
+                        f"allowed) or by the `{QUERY_PARAM}` query parameter. Once open, the "
+                        "server pings every "
+                        f"{settings.heartbeat_interval:g} s and sends JSON messages with a "
+                        "`type`: `snapshot` on connect and after each change, `ended` with a "
+                        "`reason` before it closes because the session is gone, `error` for a "
+                        "message it cannot use. The client may send "
+                        '`{"type": "visibility", "state": "visible" | "hidden"}`. Messages '
+                        f"over {settings.ws_max_message_bytes} bytes close the socket with "
+                        f"1009, more than {settings.ws_messages_per_second:g} a second "
+                        f"(bursts of {settings.ws_message_burst}) with 1008; per-message "
+                        "compression is not offered."
+                    ),
+                    "security": [*_security(), {"queryToken": []}],
+                    "responses": {
+                        "101": {"description": "Switching protocols: the socket is open."},
+                        **_errors(401, 403, 404, 503),
+                    },
+                },
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "cookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": COOKIE_NAME,
+                    "description": "The identity cookie (a JWT); writes need an allowed Origin.",
+                },
+                "queryToken": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": QUERY_PARAM,
+                    "description": "A JWT, for the WebSocket handshake only.",
+                },
+            },
+            "schemas": _schemas(settings),
+        },
+    }
+
+
+def _schemas(settings: Settings) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "description": (
+            "Any JSON value the client wants kept with the session, at most "
+            f"{settings.max_data_bytes} bytes once encoded compactly."
+        ),
+        "x-max-encoded-bytes": settings.max_data_bytes,
+    }
+    timestamp = {"type": "string", "format": "date-time"}
+    no_ids = {
+        "description": "Only for type `specific`.",
+        "anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}],
+    }
+    return {
+        "SessionId": {"type": "string", "pattern": f"^{SESSION_ID_PATTERN.pattern}$"},
+        "Session": {
+            "type": "object",
+            "required": [
+                "id",
+                "created_at",
+                "last_seen",
+                "expires_at",
+                "transport",
+                "state",
+                "data",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"$ref": "#/components/schemas/SessionId"},
+                "created_at": timestamp,
+                "last_seen": timestamp,
+                "expires_at": {
+                    **timestamp,
+                    "description": "last_seen + TTL, capped by the maximum lifetime.",
+                },
+                "transport": {"enum": sorted(TRANSPORTS)},
+                "state": {"enum": sorted(STATES)},
+                "data": data,
+            },
+        },
+        "SessionList": {
+            "type": "object",
+            "required": ["sessions"],
+            "additionalProperties": False,
+            "properties": {
+                "sessions": {
+                    "type": "array",
+                    "maxItems": settings.max_sessions_per_user,
+                    "items": {"$ref": "#/components/schemas/Session"},
+                }
+            },
+        },
+        "CreateSession": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"data": data},
+        },
+        "Heartbeat": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "state": {"enum": sorted(STATES - {"disconnected"}), "default": "active"},
+                "data": {**data, "description": data["description"] + " Replaces the old."},
+            },
+        },
+        "Cleanup": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["type", "session_ids"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "type": {"const": "specific"},
+                        "session_ids": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": settings.max_cleanup_ids,
+                            "items": {"type": "string", "maxLength": MAX_CLEANUP_ID_LENGTH},
+                        },
+                    },
+                },
+                {
+                    "type": "object",
+                    "required": ["type"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "type": {"enum": [t for t in CLEANUP_TYPES if t != "specific"]},
+                        "session_ids": no_ids,
+                    },
+                },
+            ]
+        },
+        "CleanupResult": {
+            "type": "object",
+            "required": ["deleted", "session_ids"],
+            "additionalProperties": False,
+            "properties": {
+                "deleted": {"type": "integer", "minimum": 0},
+                "session_ids": {
+                    "type": "array",
+                    "items": {"$ref": "#/components/schemas/SessionId"},
+                },
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "ok"}},
+        },
+        "Readiness": {
+            "type": "object",
+            "required": ["status", "store", "degraded", "sockets"],
+            "properties": {
+                "status": {"enum": ["ready", "degraded"]},
+                "store": {"enum": ["memory", "redis"]},
+                "degraded": {"type": "boolean"},
+                "sockets": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Sessions with a socket open on this process.",
+                },
+                "pending_writes": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Writes made during a Redis outage not yet written back.",
+                },
+                "sessions": {"type": "integer", "minimum": 0},
+            },
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string", "minLength": 1},
+                    },
+                }
+            },
+        },
+    }
+
+
+def _session_links() -> dict[str, Any]:
+    # What a client does next with the id it was given (and what a stateful tester follows).
+    session_id = {"session_id": "$response.body#/id"}
+    return {
+        name: {"operationId": name, "parameters": session_id}
+        for name in ("getSession", "heartbeat", "deleteSession")
+    }
+
+
+def _security() -> list[dict[str, list[str]]]:
+    return [{"bearer": []}, {"cookie": []}]
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _body(schema: str, *, required: bool = False) -> dict[str, Any]:
+    ref = {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+    return {
+        "required": required,
+        "description": "A JSON object; `text/plain` is read as JSON too (sendBeacon).",
+        "content": {"application/json": ref, "text/plain": ref},
+    }
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    responses = {}
+    for status in statuses:
+        description, codes = _ERRORS[status]
+        responses[str(status)] = {
+            "description": description,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "allOf": [
+                            {"$ref": "#/components/schemas/Error"},
+                            {
+                                "properties": {
+                                    "error": {"properties": {"code": {"enum": list(codes)}}}
+                                }
+                            },
+                        ]
+                    }
+                }
+            },
+        }
+    return responses

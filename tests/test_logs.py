@@ -1,0 +1,208 @@
+"""No session id, token or cookie value ever appears in a log line.
+
+Every endpoint and the socket are driven with real ids, tokens and cookies (accepted and
+refused, through every error path), against a real server process logging at debug
+level, and in-process with every logger captured at debug level; then the logs are
+searched for each secret, and for any 8 characters of one in a row, since a truncated
+secret leaks as surely as a whole one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from presence.settings import Settings
+
+from .utils import JWT_SECRET, UNIT, make_settings, serve, server_process, token
+
+BASE = "/api/v1/chat"
+WINDOW = 8
+# The test's own clients log what they send and receive; they are not the server.
+CLIENT_LOGGERS = ("httpx", "httpcore", "websockets.client")
+
+
+@dataclass
+class Secrets:
+    """What must never be logged, collected while driving a server."""
+
+    values: set[str] = field(default_factory=set)
+
+    def add(self, *values: str) -> None:
+        self.values.update(v for v in values if v)
+
+    def leaks(self, log: str) -> list[str]:
+        """The lines of ``log`` that show a secret whole or in part (any 8 characters
+        of it in a row)."""
+        windows = set()
+        for secret in self.values:
+            # A JWT's header segment is the same for every token; its payload and
+            # signature are what identify and prove.
+            part = secret.split(".", 1)[1] if secret.count(".") == 2 else secret
+            windows.update(part[i : i + WINDOW] for i in range(len(part) - WINDOW + 1))
+        return [line for line in log.splitlines() if any(w in line for w in windows)]
+
+
+async def _drive(http: str, ws: str, *, dev_mode: bool) -> Secrets:
+    """Calls every endpoint and opens sockets with real credentials and ids, including
+    every refusal, and returns what must not be logged."""
+    secrets = Secrets()
+    origin = http
+    forged = token("alice", secret="f" * 40)
+    expired = token("alice", expires_in=-60)
+    secrets.add(forged, expired)
+
+    async with httpx.AsyncClient(base_url=http + BASE) as client:
+        if dev_mode:
+            # The server mints the identity: its cookie is the token from here on.
+            minted = await client.post("/sessions", headers={"origin": origin})
+            assert minted.status_code == 201
+            user_token = minted.cookies["presence_token"]
+            secrets.add(minted.json()["id"])
+            client.cookies.clear()
+        else:
+            user_token = token("alice")
+        secrets.add(user_token)
+        bearer = {"authorization": f"Bearer {user_token}"}
+        cookie_token = user_token
+        cookie = {"cookie": f"presence_token={cookie_token}", "origin": origin}
+        for headers in (bearer, cookie):
+            created = await client.post("/sessions", json={"data": {"n": 1}}, headers=headers)
+            assert created.status_code == 201, created.text
+            sid = created.json()["id"]
+            secrets.add(sid)
+            for method, path, body in [
+                ("GET", "/sessions", None),
+                ("GET", f"/sessions/{sid}", None),
+                ("POST", f"/sessions/{sid}/heartbeat", {"state": "away"}),
+                ("POST", f"/sessions/{sid}/heartbeat", {"state": "asleep"}),
+                ("POST", "/sessions/cleanup", {"type": "specific", "session_ids": [sid, "x"]}),
+                ("POST", "/sessions/cleanup", {"type": "inactive"}),
+                ("DELETE", f"/sessions/{sid}", None),
+                ("GET", f"/sessions/{sid}", None),
+                ("POST", f"/sessions/{sid}/heartbeat", None),
+            ]:
+                await client.request(method, path, json=body, headers=headers)
+            await client.post(
+                "/sessions/cleanup",
+                content=b'{"type": "all", "pad": "' + b"x" * 70_000 + b'"}',
+                headers={**headers, "content-type": "text/plain"},
+            )
+            await client.post("/sessions/cleanup", data={"type": "all"}, headers=headers)
+            await client.post(
+                "/sessions/cleanup",
+                content=f'{{"type": "specific", "session_ids": ["{sid}"'.encode(),
+                headers=headers,
+            )
+        # Refusals: a foreign origin with the cookie, forged, expired and misplaced tokens.
+        await client.post(
+            "/sessions/cleanup",
+            json={"type": "all"},
+            headers={**cookie, "origin": "https://app.example.com.evil.com"},
+        )
+        for bad in (forged, expired):
+            await client.get("/sessions", headers={"authorization": f"Bearer {bad}"})
+            await client.get("/sessions", headers={"cookie": f"presence_token={bad}"})
+        await client.get(f"/sessions?token={user_token}")
+        await client.get(f"/session/{sid}?token={user_token}")  # no such route
+        await client.put(f"/sessions/{sid}", headers=bearer)  # 405
+
+        # Sockets: by query token and by cookie, refused ones, and one ended by a delete.
+        sid = (await client.post("/sessions", headers=bearer)).json()["id"]
+        secrets.add(sid)
+        url = f"{ws}{BASE}/sessions/{sid}/ws"
+        async with connect(f"{url}?token={user_token}", ping_interval=None) as websocket:
+            await websocket.recv()
+            await websocket.send(json.dumps({"type": "visibility", "state": "hidden"}))
+            await websocket.recv()
+            await websocket.send(f'{{"type": "{sid}"}}')
+            await websocket.recv()
+        async with connect(
+            url,
+            additional_headers={"cookie": f"presence_token={cookie_token}"},
+            origin=origin,
+            ping_interval=None,
+        ) as websocket:
+            await websocket.recv()
+            await client.delete(f"/sessions/{sid}", headers=cookie)
+            await websocket.recv()  # ended
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(websocket.recv(), timeout=20 * UNIT)
+        for refused_url, kwargs in [
+            (f"{url}?token={user_token}", {}),  # the session is gone: 404
+            (f"{url}?token={forged}", {}),
+            (url, {"additional_headers": {"cookie": f"presence_token={cookie_token}"}}),
+            (f"{url}?token={user_token}", {"origin": "https://evil.example"}),
+        ]:
+            with pytest.raises(InvalidStatus):
+                async with connect(refused_url, ping_interval=None, **kwargs):
+                    pass
+        # A socket closed for sending too much.
+        sid = (await client.post("/sessions", headers=bearer)).json()["id"]
+        secrets.add(sid)
+        async with connect(
+            f"{ws}{BASE}/sessions/{sid}/ws?token={user_token}", ping_interval=None, max_size=None
+        ) as websocket:
+            await websocket.recv()
+            await websocket.send(sid * 4000)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(websocket.recv(), timeout=20 * UNIT)
+
+    async with httpx.AsyncClient(base_url=http) as client:
+        for path in ("/healthz", "/readyz", "/openapi.json"):
+            assert (await client.get(path)).status_code == 200
+    return secrets
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["jwt", "dev"])
+async def test_a_server_process_at_debug_level_logs_no_secret(redis_url, mode):
+    """A real server process over Redis at LOG_LEVEL=debug, driven through every
+    endpoint and the socket, writes no session id, token or cookie value to its log."""
+    env = {"REDIS_URL": redis_url, "LOG_LEVEL": "debug", "HEARTBEAT_INTERVAL": "1"}
+    if mode == "jwt":
+        env["PRESENCE_JWT_SECRET"] = JWT_SECRET
+    with server_process(env) as server:
+        secrets = await _drive(server.http, server.ws, dev_mode=mode == "dev")
+        await asyncio.sleep(15 * UNIT)  # a refresher tick and a ping or two
+        assert server.process is not None
+        server.process.send_signal(signal.SIGINT)  # the shutdown lines too
+        server.process.wait(timeout=100 * UNIT)
+        server.process = None
+        log = server.log.read_text()
+    assert " DEBUG " in log and "{session_id}" in log  # debug was on, requests were logged
+    assert secrets.leaks(log) == []
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_in_process_records_at_debug_level_hold_no_secret(request, caplog, store):
+    """Every record the server side emits in-process at DEBUG (uvicorn's, websockets',
+    redis-py's, asyncio's and ours, messages and tracebacks alike) holds no session id,
+    token or cookie value."""
+    caplog.set_level(logging.DEBUG)
+    changes = {}
+    if store == "redis":
+        changes["redis_url"] = request.getfixturevalue("redis_url")
+    for settings, dev_mode in [
+        (make_settings(**changes), False),
+        (Settings(port=0, **changes), True),
+    ]:
+        async with serve(settings) as server:
+            secrets = await _drive(server.http, server.ws, dev_mode=dev_mode)
+        lines = [
+            caplog.handler.format(record)
+            for record in caplog.records
+            if not record.name.startswith(CLIENT_LOGGERS)
+        ]
+        # Debug was on where it matters: websockets' frame and header lines were emitted.
+        assert any(r.name == "uvicorn.error" and r.levelno == logging.DEBUG for r in caplog.records)
+        assert any("{session_id}" in line for line in lines)
+        assert secrets.leaks("\n".join(lines)) == []
