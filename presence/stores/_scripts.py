@@ -49,7 +49,7 @@ return {now, px}
 """
 )
 
-# KEYS: idx, session key. ARGV: sid. Returns {value, last_seen, pttl} or false.
+# KEYS: idx, session key. ARGV: sid. Returns {value, last_seen, pttl, now} or false.
 GET = (
     _PRELUDE
     + """
@@ -57,19 +57,19 @@ local v = redis.call('GET', KEYS[2])
 if not v then return false end
 local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not seen then seen = string.match(v, '^(%d+)') end
-return {v, tostring(seen), redis.call('PTTL', KEYS[2])}
+return {v, tostring(seen), redis.call('PTTL', KEYS[2]), now}
 """
 )
 
 # KEYS: idx. ARGV: ttl, key prefix up to the sid.
-# Returns flat {sid, value, last_seen, pttl, ...} newest first; prunes dead ids.
+# Returns flat {now, sid, value, last_seen, pttl, ...} newest first; prunes dead ids.
 LIST = (
     _PRELUDE
     + """
 local ttl = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
 local entries = redis.call('ZREVRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local out = {}
+local out = {now}
 for i = 1, #entries, 2 do
   local sid = entries[i]
   local key = ARGV[2] .. sid
@@ -90,7 +90,7 @@ return out
 # KEYS: idx, session key. ARGV: ttl, sid, transport letter or '', state letter or '',
 # '1' to replace data, data, at (ms; 0 = now), channel, user.
 # Never recreates a missing key; never moves last_seen or expiry backwards.
-# Returns {value, last_seen, pttl} or false.
+# Returns {value, last_seen, pttl, now} or false.
 TOUCH = (
     _PRELUDE
     + """
@@ -125,7 +125,7 @@ end
 if px > 0 then redis.call('PEXPIRE', KEYS[2], px, 'GT') end
 redis.call('ZADD', KEYS[1], 'GT', at, ARGV[2])
 push_index_ttl(KEYS[1], ttl)
-return {v, redis.call('ZSCORE', KEYS[1], ARGV[2]), redis.call('PTTL', KEYS[2])}
+return {v, redis.call('ZSCORE', KEYS[1], ARGV[2]), redis.call('PTTL', KEYS[2]), now}
 """
 )
 

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -193,13 +192,12 @@ class RedisStore:
         )
         if not result:
             return None
-        value, seen, pttl = result
-        return _session(user, session_id, value, seen, pttl)
+        return _session(user, session_id, *result)
 
     async def list_sessions(self, user: str) -> list[Session]:
-        flat = await self._run("LIST", [self._idx(user)], [self.ttl_ms, self._key(user, "")])
+        now, *flat = await self._run("LIST", [self._idx(user)], [self.ttl_ms, self._key(user, "")])
         return [
-            _session(user, flat[i], flat[i + 1], flat[i + 2], flat[i + 3])
+            _session(user, flat[i], flat[i + 1], flat[i + 2], flat[i + 3], now)
             for i in range(0, len(flat), 4)
         ]
 
@@ -230,8 +228,7 @@ class RedisStore:
         )
         if not result:
             return None
-        value, seen, pttl = result
-        return _session(user, session_id, value, seen, pttl)
+        return _session(user, session_id, *result)
 
     async def delete(self, user: str, session_ids: Sequence[str], reason: str) -> list[str]:
         if not session_ids:
@@ -299,7 +296,17 @@ class RedisStore:
     async def subscribe_ended(self, callback: EndedCallback) -> None:
         self._callbacks.append(callback)
         if self._listener is None:
-            self._listener = asyncio.create_task(self._listen(), name="redis-ended-listener")
+            subscribed = asyncio.Event()
+            self._listener = asyncio.create_task(
+                self._listen(subscribed), name="redis-ended-listener"
+            )
+            # A socket accepted before Redis confirms the subscription would hear of its
+            # session ending elsewhere only at the next refresher tick: wait for the
+            # confirmation, but no longer than a call may take (Redis may be away; the
+            # listener keeps trying).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timeout * 4):
+                    await subscribed.wait()
 
     async def _delete(
         self, user: str, mode: str, reason: str, cutoff_ms: int, ids: list[str]
@@ -320,19 +327,22 @@ class RedisStore:
         )
         return [str(sid) for sid in deleted]
 
-    async def _listen(self) -> None:
-        # A dedicated connection without the short socket timeout: it idles by design.
+    async def _listen(self, subscribed: asyncio.Event) -> None:
         # Reconnects with a capped backoff for as long as the store is open; while it is
         # down, sockets of sessions ended elsewhere close on the refresher's next tick.
         delay = 0.1
         while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                delay = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        subscribed.set()
+                        delay = 0.1
+                    elif message["type"] == "message":
                         await self._dispatch(message["data"])
             except asyncio.CancelledError:
                 raise
@@ -379,7 +389,11 @@ def _dump(data: JSON) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-def _session(user: str, sid: str, value: str, seen: str | float, pttl: int | str) -> Session:
+def _session(
+    user: str, sid: str, value: str, seen: str | float, pttl: int | str, now: int | str
+) -> Session:
+    # Every time here is Redis's: expires_at is its "now" plus the key's PTTL, so the
+    # round trip does not shift it.
     created, _deadline, flags, data = value.split("|", 3)
     last_seen = float(seen) / 1000
     return Session(
@@ -387,7 +401,7 @@ def _session(user: str, sid: str, value: str, seen: str | float, pttl: int | str
         user=user,
         created_at=int(created) / 1000,
         last_seen=last_seen,
-        expires_at=time.time() + max(0, int(pttl)) / 1000,
+        expires_at=(int(now) + max(0, int(pttl))) / 1000,
         transport=_TRANSPORT_OF[flags[0]],
         state=_STATE_OF[flags[1]],
         data=json.loads(data) if data else None,
