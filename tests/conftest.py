@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import redis
 
 from presence.stores import MemoryStore, RedisStore
 
+from .proxy import Proxy
 from .utils import RedisCluster, RedisServer, redis_binary
 
 
@@ -120,3 +121,30 @@ async def make_store(request: pytest.FixtureRequest):
     yield factory
     for store in opened:
         await store.close()
+
+
+@pytest.fixture
+def make_redis() -> Iterator[Callable[..., RedisServer]]:
+    """A factory of started redis-servers for one test alone (``appendonly=True`` for
+    one whose data survives a kill); each is stopped on teardown."""
+    _need_redis_server()
+    started: list[RedisServer] = []
+
+    def factory(*, appendonly: bool = False) -> RedisServer:
+        server = RedisServer(appendonly=appendonly)
+        started.append(server)
+        server.start()
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+async def redis_proxy(own_redis: RedisServer) -> AsyncIterator[Proxy]:
+    """A fault-injecting TCP proxy in front of the test's own redis-server."""
+    proxy = Proxy("127.0.0.1", own_redis.port)
+    await proxy.start()
+    yield proxy
+    await proxy.close()

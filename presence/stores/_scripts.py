@@ -209,17 +209,26 @@ return deleted
 """
 )
 
-# KEYS: idx, session key. ARGV: value, last_seen ms, ttl, sid, deadline ms or ''.
-# Writes back a session created while Redis was away. Returns 1 if it is now in
-# Redis, 0 if it had already expired by its own clock.
+# KEYS: idx, session key. ARGV: value, last_seen ms, ttl, sid, deadline ms or '' (as in
+# the value). Writes back a session created while Redis was away. Returns 1 if it is
+# now in Redis, 0 if it had already expired by its own clock.
 RESTORE = (
     _PRELUDE
     + """
-local seen, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local value, seen, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local c, x, tr, st, d = parse(value)
+-- Times from a process whose clock runs ahead of Redis's would date the session in
+-- Redis's future and stretch it past its TTL and lifetime: none is later than now.
+local ahead = tonumber(c) - now
+if ahead > 0 then
+  if x ~= '' then x = tostring(tonumber(x) - ahead) end
+  value = now .. '|' .. x .. '|' .. tr .. st .. '|' .. d
+end
+if seen > now then seen = now end
 local px = seen + ttl - now
-if ARGV[5] ~= '' and tonumber(ARGV[5]) - now < px then px = tonumber(ARGV[5]) - now end
+if x ~= '' and tonumber(x) - now < px then px = tonumber(x) - now end
 if px <= 0 then return 0 end
-if not redis.call('SET', KEYS[2], ARGV[1], 'PX', px, 'NX') then
+if not redis.call('SET', KEYS[2], value, 'PX', px, 'NX') then
   redis.call('PEXPIRE', KEYS[2], px, 'GT')
 end
 redis.call('ZADD', KEYS[1], 'GT', seen, ARGV[4])

@@ -1,22 +1,46 @@
 """Redis with an in-memory fallback: the store a production process runs.
 
 While Redis answers, every operation goes to Redis and its result is mirrored into a
-bounded :class:`MemoryStore`. When Redis stops answering (connection refused, a
-socket timeout), a circuit breaker opens: operations are served by the mirror at once,
+bounded :class:`MemoryStore`. When Redis stops answering (connection refused or reset,
+a socket timeout), a circuit breaker opens: operations are served by the mirror at once,
 and every write is journalled. A probe pings Redis in the background; when it answers,
-the journal is written back, oldest first, and the breaker closes:
+the journal is written back and the breaker closes. The write-back order is what keeps
+the acknowledged writes, and only them:
 
-- a session created during the outage is restored with its own times and fields;
-- a heartbeat is replayed with its own time, and Redis never moves a TTL backwards
-  nor recreates a deleted key;
-- a delete or cleanup made during the outage is replayed after the writes it followed,
-  as "delete those last seen before then", so sessions kept alive elsewhere meanwhile
-  (newer writes) survive and nothing it deleted comes back.
+1. heartbeats, each with its own time: Redis never moves last_seen or a TTL
+   backwards, and never recreates a session it no longer has;
+2. deletes by id, then cleanups as "delete those last seen before then", so sessions
+   kept alive after a cleanup (newer writes, here or elsewhere) survive it;
+3. sessions created during the outage, with their own times and fields, after the
+   cleanups, which they postdate.
 
-What a process cannot promise: a session only Redis held, and that this process never
-saw, is unknown during the outage (404: the client creates a new one); writes journalled
-by a process that dies before Redis returns are lost; two processes do not see each
-other's writes until Redis is back.
+Writes made while the write-back runs go to a fresh journal, written in the next pass;
+the breaker closes only when a pass finds the journal empty.
+
+Memory is bounded by the mirror's ``max_sessions``. Mirrored sessions that Redis holds
+anyway are let go least recently seen first, to keep mirroring in healthy times and to
+make room for sessions created during an outage; only sessions that exist nowhere but
+here (created or heartbeated during the outage) fill the cap, and past it a new session
+gets :class:`StoreFull` (503). Journalled deletions count against the same cap.
+
+What a process cannot promise:
+
+- a session only Redis held, and that this process never saw (or let go), is unknown
+  during the outage: 404, and the client creates a new one;
+- a process that dies during an outage loses its journal: sessions it created are gone,
+  and its heartbeats, deletes and cleanups never reach Redis (sessions it deleted are
+  back as they were before the outage);
+- two processes do not see each other's writes during an outage, only after it (a
+  session ended through another process before the outage is gone from this mirror
+  too: the end is announced on pub/sub);
+- a heartbeat written back sets the session's fields (state, transport, data) as this
+  process last saw them, even over a newer change made through another process during
+  a partition; the client's next heartbeat sets them right;
+- Redis that comes back without its data (no persistence) gets back only the sessions
+  created during the outage: a heartbeat never recreates, because Redis cannot tell a
+  session it lost from one deleted elsewhere; the same holds for a session that Redis
+  expired by its own clock during an outage longer than the TTL;
+- the write-back compares this process's clock with Redis's: they must agree (NTP).
 """
 
 from __future__ import annotations
@@ -24,10 +48,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from ..exceptions import StoreUnavailable
+from ..exceptions import StoreFull, StoreUnavailable
 from ..sessions import JSON, Session, State, Transport
 from .base import UNSET, EndedCallback, SessionRef
 from .memory import MemoryStore
@@ -36,18 +61,48 @@ from .redis import RedisStore
 logger = logging.getLogger("presence.store")
 
 
-@dataclass(slots=True)
-class _Cleanup:
-    user: str
-    cutoff: float
-    reason: str
+class _Journal:
+    """Writes made while Redis was away, coalesced, waiting to be written back."""
 
+    __slots__ = ("cleanups", "created", "deleted", "touched")
 
-@dataclass(slots=True)
-class _Delete:
-    user: str
-    session_ids: list[str]
-    reason: str
+    def __init__(self) -> None:
+        # The mirror holds each one's latest state, so a ref is all a write needs.
+        self.created: set[SessionRef] = set()
+        self.touched: set[SessionRef] = set()
+        # user -> {session id: reason}
+        self.deleted: dict[str, dict[str, str]] = {}
+        # user -> (cutoff, reason). Cleanups are written back after every write, so a
+        # user's latest cutoff covers the earlier ones.
+        self.cleanups: dict[str, tuple[float, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.created) + len(self.touched) + self.deletions
+
+    @property
+    def deletions(self) -> int:
+        return sum(len(ids) for ids in self.deleted.values()) + len(self.cleanups)
+
+    def holds(self, ref: SessionRef) -> bool:
+        return ref in self.created or ref in self.touched
+
+    def drop(self, user: str, session_ids: Sequence[str]) -> None:
+        for sid in session_ids:
+            self.created.discard((user, sid))
+            self.touched.discard((user, sid))
+
+    def cleanup(self, user: str, cutoff: float, reason: str) -> None:
+        if user not in self.cleanups or cutoff > self.cleanups[user][0]:
+            self.cleanups[user] = (cutoff, reason)
+
+    def absorb(self, newer: _Journal) -> None:
+        """Takes in a newer journal's entries (after a write-back stopped part-way)."""
+        self.created |= newer.created
+        self.touched |= newer.touched
+        for user, ids in newer.deleted.items():
+            self.deleted.setdefault(user, {}).update(ids)
+        for user, (cutoff, reason) in newer.cleanups.items():
+            self.cleanup(user, cutoff, reason)
 
 
 class FallbackStore:
@@ -69,23 +124,26 @@ class FallbackStore:
         self.fallback = fallback
         self.probe_interval = probe_interval
         self.degraded = False
-        # Refs created or touched during the outage, to write back (coalesced: the
-        # mirror holds each one's latest state).
-        self._created: set[SessionRef] = set()
-        self._touched: set[SessionRef] = set()
-        # Deletes and cleanups in the order they were made.
-        self._deletes: list[_Delete | _Cleanup] = []
+        self._journal = _Journal()
+        # The part of the journal being written back right now, if any.
+        self._writing: _Journal | None = None
+        # Mirrored sessions that Redis also holds, least recently seen first: the ones
+        # the mirror may let go when it needs room.
+        self._lru: OrderedDict[SessionRef, None] = OrderedDict()
         self._probe: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()
 
     @property
     def pending_writes(self) -> int:
         """Journalled writes that still have to reach Redis."""
-        return len(self._created) + len(self._touched) + len(self._deletes)
+        return len(self._journal) + (len(self._writing) if self._writing else 0)
 
     async def open(self) -> None:
         await self.fallback.open()
         await self.primary.open()
+        # A session ended by another process must not live on in this mirror, where an
+        # outage would serve it again.
+        await self.primary.subscribe_ended(self._ended_elsewhere)
         try:
             await self.primary.ping()
         except StoreUnavailable:
@@ -97,10 +155,28 @@ class FallbackStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
             self._probe = None
+        if self.pending_writes:
+            # A last attempt, so that a process stopped just after Redis came back does
+            # not take its journal with it.
+            try:
+                async with asyncio.timeout(self.primary.timeout * 8):
+                    await self.primary.ping()
+                    await self._write_back()
+            except (StoreUnavailable, TimeoutError):
+                logger.warning(
+                    "Redis is unreachable at shutdown: %d journalled writes are lost",
+                    self.pending_writes,
+                )
         await self.primary.close()
         await self.fallback.close()
 
     async def status(self) -> dict[str, JSON]:
+        if not self.degraded:
+            # Readiness must not wait for a request to fail first.
+            try:
+                await self.primary.ping()
+            except StoreUnavailable:
+                self._trip("Redis did not answer a readiness check")
         return {
             "store": "memory" if self.degraded else "redis",
             "degraded": self.degraded,
@@ -114,10 +190,11 @@ class FallbackStore:
             except StoreUnavailable:
                 self._trip("Redis stopped answering")
             else:
-                self.fallback.put(session)
+                self._mirror(session)
                 return session
+        self._make_room()
         session = await self.fallback.create(user, session_id, data=data)
-        self._created.add((user, session_id))
+        self._journal.created.add((user, session_id))
         return session
 
     async def get(self, user: str, session_id: str) -> Session | None:
@@ -128,9 +205,9 @@ class FallbackStore:
                 self._trip("Redis stopped answering")
             else:
                 if session is None:
-                    self.fallback.forget(user, [session_id])
+                    self._forget(user, [session_id])
                 else:
-                    self.fallback.put(session)
+                    self._mirror(session)
                 return session
         return await self.fallback.get(user, session_id)
 
@@ -160,15 +237,15 @@ class FallbackStore:
                 self._trip("Redis stopped answering")
             else:
                 if session is None:
-                    self.fallback.forget(user, [session_id])
+                    self._forget(user, [session_id])
                 else:
-                    self.fallback.put(session)
+                    self._mirror(session)
                 return session
         session = await self.fallback.touch(
             user, session_id, transport=transport, state=state, data=data
         )
-        if session is not None and (user, session_id) not in self._created:
-            self._touched.add((user, session_id))
+        if session is not None:
+            self._journal_touch((user, session_id))
         return session
 
     async def delete(self, user: str, session_ids: Sequence[str], reason: str) -> list[str]:
@@ -178,20 +255,47 @@ class FallbackStore:
             except StoreUnavailable:
                 self._trip("Redis stopped answering")
             else:
-                self.fallback.forget(user, session_ids)
+                self._forget(user, session_ids)
                 return deleted
-        deleted = await self.fallback.delete(user, session_ids, reason)
+        ids = list(dict.fromkeys(session_ids))
+        if not ids:
+            return []
         # Journal every id asked for, not only those the mirror knew: Redis may hold
         # ones this process never saw, and the user asked for them to go.
-        self._forget_pending(user, session_ids)
-        self._deletes.append(_Delete(user, list(session_ids), reason))
+        pending = self._journal.deleted.get(user, {})
+        self._check_journal_room(sum(1 for sid in ids if sid not in pending))
+        deleted = await self.fallback.delete(user, ids, reason)
+        self._forget(user, ids)
+        self._journal.drop(user, ids)
+        self._journal.deleted.setdefault(user, {}).update(dict.fromkeys(ids, reason))
         return deleted
 
     async def delete_all(self, user: str, reason: str) -> list[str]:
-        return await self._cleanup(user, 0.0, reason)
+        if not self.degraded:
+            try:
+                deleted = await self.primary.delete_all(user, reason)
+            except StoreUnavailable:
+                self._trip("Redis stopped answering")
+            else:
+                self._forget(user, deleted)
+                return deleted
+        # "All" is everything seen up to now. The cutoff also passes every session held
+        # here (whatever the clocks say), so that all of them go; a session created
+        # after this moment is a newer write and survives the write-back.
+        held = await self.fallback.list_sessions(user)
+        cutoff = max([self.fallback.clock(), *(s.last_seen for s in held)]) + 0.001
+        return await self.delete_seen_before(user, cutoff, reason)
 
     async def delete_inactive(self, user: str, inactive_for: float, reason: str) -> list[str]:
-        return await self._cleanup(user, inactive_for, reason)
+        if not self.degraded:
+            try:
+                deleted = await self.primary.delete_inactive(user, inactive_for, reason)
+            except StoreUnavailable:
+                self._trip("Redis stopped answering")
+            else:
+                self._forget(user, deleted)
+                return deleted
+        return await self.delete_seen_before(user, self.fallback.clock() - inactive_for, reason)
 
     async def delete_seen_before(self, user: str, cutoff: float, reason: str) -> list[str]:
         if not self.degraded:
@@ -200,11 +304,13 @@ class FallbackStore:
             except StoreUnavailable:
                 self._trip("Redis stopped answering")
             else:
-                self.fallback.forget(user, deleted)
+                self._forget(user, deleted)
                 return deleted
+        self._check_journal_room(0 if user in self._journal.cleanups else 1)
         deleted = await self.fallback.delete_seen_before(user, cutoff, reason)
-        self._forget_pending(user, deleted)
-        self._deletes.append(_Cleanup(user, cutoff, reason))
+        self._forget(user, deleted)
+        self._journal.drop(user, deleted)
+        self._journal.cleanup(user, cutoff, reason)
         return deleted
 
     async def refresh(self, refs: Sequence[SessionRef]) -> list[SessionRef]:
@@ -215,25 +321,19 @@ class FallbackStore:
                 self._trip("Redis stopped answering")
             else:
                 gone: set[SessionRef] = set(missing)
-                for user, sid in refs:
-                    if (user, sid) in gone:
-                        self.fallback.forget(user, [sid])
-                    else:
-                        await self.fallback.touch(user, sid)
+                for ref in refs:
+                    if ref in gone:
+                        self._forget(ref[0], [ref[1]])
+                    elif await self.fallback.touch(*ref) is not None and ref in self._lru:
+                        # Open sockets' sessions are the last the mirror lets go.
+                        self._lru.move_to_end(ref)
                 return missing
         # During an outage a socket's session may be one the mirror lacks; nothing here
         # can tell whether it still exists, so no socket is closed for it: Redis decides
         # on the first tick after recovery.
-        for user, sid in refs:
-            if (
-                await self.fallback.touch(user, sid) is not None
-                and (
-                    user,
-                    sid,
-                )
-                not in self._created
-            ):
-                self._touched.add((user, sid))
+        for ref in refs:
+            if await self.fallback.touch(*ref) is not None:
+                self._journal_touch(ref)
         return []
 
     async def subscribe_ended(self, callback: EndedCallback) -> None:
@@ -246,29 +346,53 @@ class FallbackStore:
             self._recovered.clear()
             await self._recovered.wait()
 
-    async def _cleanup(self, user: str, inactive_for: float, reason: str) -> list[str]:
-        if not self.degraded:
-            try:
-                if inactive_for > 0:
-                    deleted = await self.primary.delete_inactive(user, inactive_for, reason)
-                else:
-                    deleted = await self.primary.delete_all(user, reason)
-            except StoreUnavailable:
-                self._trip("Redis stopped answering")
-            else:
-                self.fallback.forget(user, deleted)
-                return deleted
-        # "All" means everything seen up to now; a session kept alive elsewhere after
-        # this moment is a newer write and survives the write-back.
-        cutoff = self.fallback.clock() - inactive_for
-        if inactive_for <= 0:
-            cutoff += 0.001
-        return await self.delete_seen_before(user, cutoff, reason)
+    def _mirror(self, session: Session) -> None:
+        ref = (session.user, session.id)
+        if not self.fallback.put(session):
+            self._make_room()
+            if not self.fallback.put(session):
+                return
+        self._lru[ref] = None
+        self._lru.move_to_end(ref)
+        # Refs of sessions the mirror dropped by itself (expired) linger here; keep the
+        # order no longer than the cap.
+        while len(self._lru) > self.fallback.max_sessions:
+            self._let_go_oldest()
 
-    def _forget_pending(self, user: str, session_ids: Sequence[str]) -> None:
+    def _make_room(self) -> None:
+        """Lets go of the least recently seen sessions that Redis also holds until one
+        more session fits; sessions known only here are never let go."""
+        while len(self.fallback) >= self.fallback.max_sessions and self._lru:
+            self._let_go_oldest()
+
+    def _let_go_oldest(self) -> None:
+        (user, sid), _ = self._lru.popitem(last=False)
+        if not self._dirty((user, sid)):
+            self.fallback.forget(user, [sid])
+
+    def _dirty(self, ref: SessionRef) -> bool:
+        return self._journal.holds(ref) or (self._writing is not None and self._writing.holds(ref))
+
+    def _forget(self, user: str, session_ids: Sequence[str]) -> None:
+        self.fallback.forget(user, session_ids)
         for sid in session_ids:
-            self._created.discard((user, sid))
-            self._touched.discard((user, sid))
+            self._lru.pop((user, sid), None)
+
+    def _journal_touch(self, ref: SessionRef) -> None:
+        # A session created during the outage is written back whole, latest state
+        # included; one being restored right now gets its heartbeat in the next pass.
+        if ref not in self._journal.created:
+            self._journal.touched.add(ref)
+
+    def _check_journal_room(self, more: int) -> None:
+        if self._journal.deletions + more > self.fallback.max_sessions:
+            raise StoreFull(
+                "too many deletions are waiting for Redis to come back; try again shortly"
+            )
+
+    async def _ended_elsewhere(self, user: str, session_id: str, reason: str) -> None:
+        self._forget(user, [session_id])
+        self._journal.touched.discard((user, session_id))
 
     def _trip(self, why: str) -> None:
         if self.degraded:
@@ -281,6 +405,7 @@ class FallbackStore:
     async def _probe_until_back(self) -> None:
         while True:
             await asyncio.sleep(self.probe_interval)
+            await self._prune_journal()
             try:
                 await self.primary.ping()
                 await self._write_back()
@@ -289,38 +414,76 @@ class FallbackStore:
             except Exception:
                 logger.exception("write-back to Redis failed; retrying")
                 continue
+            # No await since the journal was found empty: nothing written meanwhile is
+            # left behind by closing the breaker now.
             self.degraded = False
             self._recovered.set()
             logger.warning("Redis is back; journalled writes written back")
             return
 
+    async def _prune_journal(self) -> None:
+        # In an outage longer than the TTL, sessions created or heartbeated here expire
+        # from memory; their refs need not wait for Redis any longer.
+        journal = self._journal
+        if len(journal.created) + len(journal.touched) <= self.fallback.max_sessions:
+            return
+        for refs in (journal.created, journal.touched):
+            for ref in list(refs):
+                if await self.fallback.get(*ref) is None:
+                    refs.discard(ref)
+
     async def _write_back(self) -> None:
-        # Writes first, then deletes, each removed from the journal once Redis has it,
-        # so a second outage mid-way resumes where this one stopped. A delete replayed
-        # after a write of the same session still wins: deletes are kept in order and
-        # writes of deleted ids were dropped from the journal when the delete was made.
-        for ref in sorted(self._created):
-            session = await self.fallback.get(*ref)
+        while self._journal:
+            batch, self._journal = self._journal, _Journal()
+            self._writing = batch
+            try:
+                await self._write(batch)
+            finally:
+                self._writing = None
+                if batch:  # stopped part-way: what is left goes back into the journal
+                    batch.absorb(self._journal)
+                    self._journal = batch
+
+    async def _write(self, batch: _Journal) -> None:
+        # Each entry leaves the batch once Redis has it, so a failure part-way resumes
+        # where it stopped. Entries are read from the mirror as they are written, so a
+        # session deleted meanwhile is not written at all.
+        for ref in sorted(batch.touched):
+            session = None if ref in batch.created else await self.fallback.get(*ref)
             if session is not None:
-                deadline = self.fallback.deadline_of(session)
-                await self.primary.restore(session, None if deadline == float("inf") else deadline)
-            self._created.discard(ref)
-        for ref in sorted(self._touched):
-            session = await self.fallback.get(*ref)
-            if session is not None:
-                await self.primary.touch(
-                    ref[0],
-                    ref[1],
+                written = await self.primary.touch(
+                    *ref,
                     transport=session.transport,
                     state=session.state,
                     data=session.data,
                     at=session.last_seen,
                 )
-            self._touched.discard(ref)
-        while self._deletes:
-            entry = self._deletes[0]
-            if isinstance(entry, _Delete):
-                await self.primary.delete(entry.user, entry.session_ids, entry.reason)
-            else:
-                await self.primary.delete_seen_before(entry.user, entry.cutoff, entry.reason)
-            self._deletes.pop(0)
+                if written is None:
+                    # Redis no longer has it (deleted elsewhere, expired by its clock,
+                    # or lost in a restart): the mirror follows Redis.
+                    self._forget(ref[0], [ref[1]])
+                else:
+                    self._lru[ref] = None
+            batch.touched.discard(ref)
+        for user in list(batch.deleted):
+            by_reason: dict[str, list[str]] = {}
+            for sid, reason in batch.deleted[user].items():
+                by_reason.setdefault(reason, []).append(sid)
+            for reason, ids in by_reason.items():
+                await self.primary.delete(user, ids, reason)
+            del batch.deleted[user]
+        for user, (cutoff, reason) in list(batch.cleanups.items()):
+            await self.primary.delete_seen_before(user, cutoff, reason)
+            del batch.cleanups[user]
+        for ref in sorted(batch.created):
+            session = await self.fallback.get(*ref)
+            if session is not None:
+                deadline = self.fallback.deadline_of(session)
+                restored = await self.primary.restore(
+                    session, None if math.isinf(deadline) else deadline
+                )
+                if restored:
+                    self._lru[ref] = None
+                else:
+                    self._forget(ref[0], [ref[1]])
+            batch.created.discard(ref)
