@@ -168,8 +168,6 @@ async def _redis_state(url: str, users: list[str]) -> dict[str, dict[str, dict]]
     that session keys and index entries agree and that nothing else is stored."""
     client = aioredis.Redis.from_url(url, decode_responses=True)
     try:
-        seconds, micros = await client.time()
-        now = seconds * 1000 + micros // 1000
         state: dict[str, dict[str, dict]] = {}
         known: set[str] = set()
         for user in users:
@@ -181,11 +179,14 @@ async def _redis_state(url: str, users: list[str]) -> dict[str, dict[str, dict]]
             assert set(index) == set(found), f"index and session keys of {user} disagree"
             state[user] = {}
             for sid, key in found.items():
-                pttl = await client.pttl(key)
+                # TIME and PTTL in one MULTI: read apart, the time between them would
+                # shift the implied expiry by however slow the machine is.
+                async with client.pipeline(transaction=True) as pipe:
+                    (seconds, micros), pttl = await pipe.time().pttl(key).execute()
                 state[user][sid] = {
                     "seen": int(index[sid]),
                     "pttl": pttl,
-                    "expires": now + pttl,
+                    "expires": seconds * 1000 + micros // 1000 + pttl,
                     "value": await client.get(key),
                 }
             known |= set(found.values())

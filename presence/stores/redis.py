@@ -112,7 +112,13 @@ class RedisStore:
                     socket_timeout=self.timeout,
                     # One quick retry smooths over a dropped idle connection; more would
                     # stretch a request past a second while Redis is really gone.
-                    retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+                    # Only a dropped connection is retried: Retry's defaults include
+                    # timeouts, which would double the wait on a stalled Redis.
+                    retry=Retry(
+                        ExponentialBackoff(cap=0.05, base=0.01),
+                        retries=1,
+                        supported_errors=(RedisConnectionError,),
+                    ),
                     retry_on_error=[RedisConnectionError],
                     health_check_interval=30,
                 )
