@@ -1,0 +1,1 @@
+"""Presence's benchmark suite: ``scripts/bench`` runs it; see ``bench/README.md``."""

@@ -1,0 +1,345 @@
+"""A load process: WebSocket clients that behave like browser tabs.
+
+Like a browser, each client offers per-message compression (the websockets default),
+answers the server's pings by itself and sends no pings of its own. In ``browser`` mode
+a client that loses its socket does what ``web/src/chatSessionManager.js`` does: one
+REST heartbeat at once and then every ``heartbeat_interval`` while it polls, and a new
+socket after ``backoffDelay(attempt)`` -- full jitter, ``random() * min(cap, base *
+2**attempt)`` -- with ``attempt`` back to 0 only after a socket that stayed up for
+``stable`` seconds.
+
+Driven over stdin/stdout by :class:`bench._harness.Loader`, one JSON object a line:
+``open``, ``status``, ``open_map``, ``mark``, ``storm``, ``exit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import random
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+
+class Tab:
+    __slots__ = ("address", "attempt", "back_at", "lost", "polling", "spec", "ws")
+
+    def __init__(self, spec: dict[str, Any], address: str) -> None:
+        self.spec = spec
+        self.address = address
+        self.ws: ClientConnection | None = None
+        self.attempt = 0
+        self.polling: asyncio.Task[None] | None = None
+        self.lost = False
+        self.back_at: float | None = None
+
+
+class Load:
+    def __init__(self) -> None:
+        self.tabs: list[Tab] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.open_now = 0
+        self.opens = 0
+        self.closes: Counter[str] = Counter()
+        self.ended: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.heartbeats: Counter[str] = Counter()
+        self.mark: float | None = None
+        self.marked_connects: list[float] = []
+        self.mode = "hold"
+        self.base, self.cap, self.stable = 0.5, 30.0, 10.0
+        self.heartbeat_interval = 30.0
+        self.timeout = 30.0
+
+    # --- commands ---------------------------------------------------------------
+
+    async def open(self, command: dict[str, Any]) -> dict[str, Any]:
+        self.mode = command.get("mode", "hold")
+        backoff = command.get("backoff", {})
+        self.base = backoff.get("base", self.base)
+        self.cap = backoff.get("cap", self.cap)
+        self.stable = backoff.get("stable", self.stable)
+        self.heartbeat_interval = command.get("heartbeat_interval", self.heartbeat_interval)
+        self.timeout = command.get("timeout", self.timeout)
+        retries = command.get("retries", 0)
+        addresses = command["addresses"]
+        specs = command["clients"]
+        gate = asyncio.Semaphore(command.get("concurrency", 256))
+        times: list[float] = []
+        first_failures: Counter[str] = Counter()
+        pending = len(specs)
+        done = asyncio.Event()
+        if not specs:
+            done.set()
+
+        def first_result(seconds: float | None, failure: str | None, final: bool = True) -> None:
+            nonlocal pending
+            if seconds is not None:
+                times.append(seconds)
+            if failure is not None:
+                first_failures[failure] += 1
+            if not final:
+                return
+            pending -= 1
+            if pending == 0:
+                done.set()
+
+        started = time.monotonic()
+        for i, spec in enumerate(specs):
+            tab = Tab(spec, addresses[i % len(addresses)])
+            self.tabs.append(tab)
+            task = asyncio.create_task(self.run(tab, gate, first_result, retries))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        await done.wait()
+        elapsed = time.monotonic() - started
+        times.sort()
+        return {
+            "requested": len(specs),
+            "opened": len(times),
+            # Failed attempts, by kind; a tab retried in hold mode may open after one.
+            "failed": dict(first_failures),
+            "elapsed": elapsed,
+            "rate": len(times) / elapsed if elapsed > 0 else 0.0,
+            "handshake_ms": {
+                "p50": _pct(times, 50) * 1000,
+                "p90": _pct(times, 90) * 1000,
+                "p99": _pct(times, 99) * 1000,
+                "max": (times[-1] if times else float("nan")) * 1000,
+            },
+            "open": self.open_now,
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "tabs": len(self.tabs),
+            "open": self.open_now,
+            "opens": self.opens,
+            "closes": dict(self.closes),
+            "ended": dict(self.ended),
+            "failures": dict(self.failures),
+            "heartbeats": dict(self.heartbeats),
+        }
+
+    def set_mark(self) -> dict[str, Any]:
+        """From now on, count who loses its socket and when it is back."""
+        self.mark = time.monotonic()
+        self.marked_connects = []
+        self.failures.clear()
+        self.heartbeats.clear()
+        self.closes.clear()
+        for tab in self.tabs:
+            tab.lost = False
+            tab.back_at = None
+        return {"open": self.open_now}
+
+    def storm(self) -> dict[str, Any]:
+        assert self.mark is not None
+        lost = [tab for tab in self.tabs if tab.lost]
+        back = sorted(tab.back_at for tab in lost if tab.back_at is not None)
+        per_second: Counter[int] = Counter(int(t - self.mark) for t in self.marked_connects)
+        rate = [per_second.get(i, 0) for i in range(max(per_second, default=-1) + 1)]
+        return {
+            "tabs": len(self.tabs),
+            "open": self.open_now,
+            "lost": len(lost),
+            "back": len(back),
+            "all_back": self.open_now == len(self.tabs) and len(back) == len(lost),
+            "back_s": {
+                "p50": _pct(back, 50),
+                "p99": _pct(back, 99),
+                "max": back[-1] if back else float("nan"),
+            },
+            "connects_per_s": rate,
+            "failures": dict(self.failures),
+            "heartbeats": dict(self.heartbeats),
+            "closes": dict(self.closes),
+        }
+
+    # --- one tab ----------------------------------------------------------------
+
+    async def run(
+        self, tab: Tab, gate: asyncio.Semaphore, first_result: Any, retries: int = 0
+    ) -> None:
+        first = True
+        while True:
+            if first:
+                async with gate:
+                    seconds, failure = await self.connect(tab)
+                # In hold mode a refused handshake may be tried again a few times (a
+                # second later), so a plateau reaches its N; every failure is counted.
+                while seconds is None and retries > 0 and self.mode != "browser":
+                    retries -= 1
+                    first_result(None, failure, final=False)
+                    await asyncio.sleep(1.0)
+                    async with gate:
+                        seconds, failure = await self.connect(tab)
+                first_result(seconds, failure)
+                first = False
+            else:
+                seconds, failure = await self.connect(tab)
+            if seconds is not None:
+                if tab.polling is not None:
+                    tab.polling.cancel()
+                    tab.polling = None
+                opened_at = time.monotonic()
+                await self.hold(tab)
+                # Only a socket that stayed up a while resets the backoff (as the JS does).
+                if time.monotonic() - opened_at >= self.stable:
+                    tab.attempt = 0
+            if self.mode != "browser":
+                return
+            if tab.polling is None:
+                tab.polling = asyncio.create_task(self.poll(tab))
+            delay = random.random() * min(self.cap, self.base * 2**tab.attempt)
+            tab.attempt += 1
+            await asyncio.sleep(delay)
+
+    async def connect(self, tab: Tab) -> tuple[float | None, str | None]:
+        spec = tab.spec
+        started = time.monotonic()
+        try:
+            ws = await connect(
+                f"ws://127.0.0.1:{spec['port']}{spec['ws']}",
+                ping_interval=None,
+                open_timeout=self.timeout,
+                close_timeout=2,
+                max_size=64 * 1024,
+                local_addr=(tab.address, 0),
+            )
+        except InvalidStatus as exc:
+            return None, self.fail(f"http_{exc.response.status_code}")
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            return None, self.fail(type(exc).__name__)
+        try:
+            first = await asyncio.wait_for(ws.recv(), self.timeout)
+            kind = json.loads(first).get("type")
+        except (ConnectionClosed, TimeoutError, ValueError) as exc:
+            await ws.close()
+            return None, self.fail(f"first_message_{type(exc).__name__}")
+        if kind != "snapshot":
+            await ws.close()
+            return None, self.fail(f"first_message_{kind}")
+        now = time.monotonic()
+        tab.ws = ws
+        self.open_now += 1
+        self.opens += 1
+        if self.mark is not None:
+            self.marked_connects.append(now)
+            if tab.lost and tab.back_at is None:
+                tab.back_at = now - self.mark
+        return now - started, None
+
+    async def hold(self, tab: Tab) -> None:
+        ws = tab.ws
+        assert ws is not None
+        try:
+            async for message in ws:
+                with contextlib.suppress(ValueError, AttributeError):
+                    parsed = json.loads(message)
+                    if parsed.get("type") == "ended":
+                        self.ended[str(parsed.get("reason"))] += 1
+        except ConnectionClosed:
+            pass
+        self.open_now -= 1
+        self.closes[str(ws.close_code)] += 1
+        tab.ws = None
+        if self.mark is not None:
+            tab.lost = True
+            tab.back_at = None
+
+    async def poll(self, tab: Tab) -> None:
+        while True:
+            self.heartbeats[await self.heartbeat(tab)] += 1
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def heartbeat(self, tab: Tab) -> str:
+        spec = tab.spec
+        writer = None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", spec["port"], local_addr=(tab.address, 0)),
+                self.timeout,
+            )
+            writer.write(
+                (
+                    f"POST {spec['heartbeat']} HTTP/1.1\r\nHost: 127.0.0.1:{spec['port']}\r\n"
+                    f"Authorization: {spec['auth']}\r\nContent-Type: application/json\r\n"
+                    "Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+                ).encode()
+            )
+            line = await asyncio.wait_for(reader.readline(), self.timeout)
+            status = line.split()[1].decode() if line else "no_response"
+        except (OSError, TimeoutError, IndexError) as exc:
+            status = type(exc).__name__
+        finally:
+            if writer is not None:
+                writer.close()
+        if status.startswith("5"):
+            self.failures[f"heartbeat_http_{status}"] += 1
+        return status
+
+    def fail(self, kind: str) -> str:
+        self.failures[kind] += 1
+        return kind
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
+
+
+async def main() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    load = Load()
+    out = sys.stdout.buffer
+
+    def reply(value: dict[str, Any]) -> None:
+        out.write(json.dumps(value).encode() + b"\n")
+        out.flush()
+
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        command = json.loads(line)
+        name = command.get("cmd")
+        try:
+            if name == "open":
+                reply(await load.open(command))
+                # Long-lived objects need not be scanned by every collection.
+                gc.collect()
+                gc.freeze()
+            elif name == "status":
+                reply(load.status())
+            elif name == "open_map":
+                # One character per tab, in the order opened: 1 open, 0 not.
+                reply({"map": "".join("1" if t.ws is not None else "0" for t in load.tabs)})
+            elif name == "mark":
+                reply(load.set_mark())
+            elif name == "storm":
+                reply(load.storm())
+            elif name == "exit":
+                break
+            else:
+                reply({"error": f"unknown command {name!r}"})
+        except Exception as exc:
+            reply({"error": f"{type(exc).__name__}: {exc}"})
+    sys.stdout.flush()
+    # The kernel closes every socket at once; no closing handshakes one by one.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

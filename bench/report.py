@@ -1,0 +1,743 @@
+"""Writes ``RESULTS.md`` and ``results.png`` from ``results.json``.
+
+Every target of issue 5 is one line, met or not, with the figure it was judged on. A
+figure is the median over rounds, with the spread (min–max) beside it; a ratio to the
+floor is taken within each round (service and floor measured back to back) and then
+the median of those ratios. ``bench/analysis.md`` (written by hand, for the targets
+that are missed) is appended as it is.
+"""
+
+# The report is typeset for people: the multiplication sign for ratios and the en dash
+# for ranges are meant.
+# ruff: noqa: RUF001, RUF002
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from . import _harness as h
+
+Row = tuple[str, str, bool | None]
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    benchmarks = results.get("benchmarks", {})
+    lines = _header(results)
+    targets = _targets(benchmarks)
+    lines += ["## Targets", "", "| Target | Figure | Verdict |", "| --- | --- | --- |"]
+    for target, figure, met in targets:
+        verdict = "not run" if met is None else ("**met**" if met else "**not met**")
+        lines.append(f"| {target} | {figure} | {verdict} |")
+    lines.append("")
+    for name, section in [
+        ("idle", _idle),
+        ("capacity", _capacity),
+        ("storm", _storm),
+        ("rest", _rest),
+        ("cleanup", _cleanup),
+        ("redis_memory", _redis_memory),
+        ("profile", _profile),
+    ]:
+        if name in benchmarks:
+            lines += section(benchmarks[name])
+            lines.append(
+                f"_{name}: {benchmarks[name]['wall_seconds']:.0f} s wall, finished "
+                f"{benchmarks[name]['finished']}"
+                f"{' (quick sizes)' if benchmarks[name].get('quick') else ''}"
+                + (
+                    f"; service code {benchmarks[name]['machine']['service_code']}"
+                    if benchmarks[name].get("machine", {}).get("service_code")
+                    else ""
+                )
+                + "._"
+            )
+            lines.append("")
+    analysis = h.REPO / "bench" / "analysis.md"
+    if analysis.exists() and not any(b.get("quick") for b in benchmarks.values()):
+        lines += [analysis.read_text().rstrip(), ""]
+    (out / "RESULTS.md").write_text("\n".join(lines).rstrip() + "\n")
+    _chart(benchmarks, out / "results.png")
+
+
+# --- formatting ---------------------------------------------------------------------
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞"
+    if isinstance(value, int | float) and abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def _s(summary: dict[str, Any] | None, digits: int = 1, unit: str = "") -> str:
+    """``median (min–max)``."""
+    if not summary or not summary.get("n"):
+        return "–"
+    median = _f(summary["median"], digits)
+    if summary["n"] == 1 or summary["min"] == summary["max"]:
+        return f"{median}{unit}"
+    return f"{median}{unit} ({_f(summary['min'], digits)}–{_f(summary['max'], digits)})"
+
+
+def _header(results: dict[str, Any]) -> list[str]:
+    machine = results.get("machine", {})
+    quick = any(b.get("quick") for b in results.get("benchmarks", {}).values())
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `scripts/bench` (see `bench/README.md`); the chart is `results.png`.",
+        "",
+    ]
+    if quick:
+        lines += [
+            "> **Quick run**: tiny sizes that only show the scripts work. The figures mean "
+            "nothing and the verdicts below are not judgements.",
+            "",
+        ]
+    lines += [
+        f"- Generated: {results.get('generated', '?')}",
+        f"- Machine: {machine.get('nproc', '?')} CPUs ({machine.get('cpu', '?')}), "
+        f"{machine.get('memory', '?')} RAM, open files {machine.get('open_files', '?')}",
+        f"- Software: Python {machine.get('python', '?')}, redis-server "
+        f"{machine.get('redis', '?')}, uvicorn {machine.get('uvicorn', '?')}, websockets "
+        f"{machine.get('websockets', '?')}, starlette {machine.get('starlette', '?')}",
+        f"- Pinning: server on CPU {h.SERVER_CPU}; load clients, redis-server, wrk and the "
+        f"orchestrator on CPU {h.LOAD_CPU} (pinned: {machine.get('pinned', '?')})",
+        f"- Load average after the last benchmark run: {machine.get('loadavg_at_start', '?')}"
+        " (other engineers' test suites may have been running on the same machine; the "
+        "ratios to the floor, measured back to back in the same run, are the figures that "
+        "count)",
+    ]
+    if machine.get("service_code"):
+        lines.append(
+            f"- Service code of the last run: {machine['service_code']} (each section's "
+            "footer names the code it measured)"
+        )
+    if results.get("note"):
+        lines.append(f"- Note: {results['note']}")
+    lines.append("")
+    return lines
+
+
+# --- targets ------------------------------------------------------------------------
+
+
+def _targets(b: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    idle = b.get("idle", {}).get("summary")
+    if idle:
+        ratio = idle["rss_ratio"]["median"]
+        absolute = idle["rss_kib_per_session"]["service"]["median"]
+        floor = idle["rss_kib_per_session"]["floor"]["median"]
+        rows.append(
+            (
+                "Idle session RSS ≤ 1.10 × the floor",
+                f"{_f(ratio, 2)} × ({_f(absolute)} KiB vs {_f(floor)} KiB per session)",
+                ratio <= 1.10,
+            )
+        )
+        rows.append(("Idle session RSS ≤ 24 KiB", f"{_f(absolute)} KiB", absolute <= 24))
+        cpu = idle["cpu_ratio"]["median"]
+        rows.append(
+            (
+                "Idle CPU per session-second ≤ 1.20 × the floor",
+                f"{_f(cpu, 2)} × ({_f(idle['cpu_us_per_session_s']['service']['median'], 2)} vs "
+                f"{_f(idle['cpu_us_per_session_s']['floor']['median'], 2)} µs)",
+                cpu <= 1.20,
+            )
+        )
+        worst = idle["round_trips_per_tick_max"]
+        steps = b["idle"]["sizes"]["steps"]
+        rows.append(
+            (
+                "Redis round trips per refresher tick: 1 per process, whatever N",
+                f"max {_f(worst, 2)} over N = {', '.join(f'{n:,}' for n in steps)}",
+                worst == 1.0,
+            )
+        )
+    else:
+        rows += [
+            ("Idle session RSS ≤ 1.10 × the floor, ≤ 24 KiB", "–", None),
+            ("Idle CPU per session-second ≤ 1.20 × the floor", "–", None),
+            ("Redis round trips per refresher tick: 1 per process", "–", None),
+        ]
+    cap = b.get("capacity")
+    if cap:
+        held = cap["held_seconds"]
+        ok = (
+            cap["connected"] >= cap["requested"] >= 40_000
+            and cap["spurious_expiries"] == 0
+            and held >= 300
+        )
+        rows.append(
+            (
+                "40,000 concurrent sessions for 5 minutes, zero spurious expiries",
+                f"{cap['connected']:,} of {cap['requested']:,} held {held:.0f} s over "
+                f"{cap['sizes']['processes']} processes; {cap['spurious_expiries']} spurious "
+                f"expiries, {cap['drops']} drops",
+                ok and cap["drops"] == 0,
+            )
+        )
+    else:
+        rows.append(("40,000 concurrent sessions for 5 minutes", "–", None))
+    storm = b.get("storm", {}).get("summary")
+    if storm:
+        worst = storm["all_back_s"]["service"]["max"]
+        errors = storm["errors_5xx"]["service"]
+        clients = b["storm"]["sizes"]["clients"]
+        rows.append(
+            (
+                "Reconnect storm of 10,000: all back within 30 s, no 5xx",
+                f"{clients:,} clients: all back in {_s(storm['all_back_s']['service'])} s "
+                f"(worst {_f(worst)} s); {errors} 5xx",
+                clients >= 10_000 and worst <= 30 and errors == 0,
+            )
+        )
+    else:
+        rows.append(("Reconnect storm of 10,000", "–", None))
+    rest = b.get("rest", {}).get("summary")
+    if rest:
+        ratio = rest["throughput_ratio"]["median"]
+        p99 = rest["p99_ms"]["service"]["median"]
+        rows.append(
+            (
+                "REST heartbeat throughput ≥ 0.60 × the floor",
+                f"{_f(ratio, 2)} × ({_f(rest['requests_per_s']['service']['median'])} vs "
+                f"{_f(rest['requests_per_s']['floor']['median'])} req/s)",
+                ratio >= 0.60,
+            )
+        )
+        rows.append(
+            (
+                f"REST heartbeat p99 ≤ 10 ms (at {b['rest']['sizes']['connections']} connections)",
+                f"{_f(p99)} ms (floor {_f(rest['p99_ms']['floor']['median'])} ms)",
+                p99 <= 10,
+            )
+        )
+    else:
+        rows.append(("REST heartbeat ≥ 0.60 × the floor, p99 ≤ 10 ms", "–", None))
+    cleanup = b.get("cleanup", {}).get("summary")
+    if cleanup:
+        key = max(
+            (v for v in cleanup.values() if v["inactive"] == 1000),
+            key=lambda v: v["stored"],
+            default=None,
+        ) or max(cleanup.values(), key=lambda v: (v["stored"], v["inactive"]))
+        ms = key["ms"]["median"]
+        rows.append(
+            (
+                "`inactive` cleanup of 1,000 among 1M ≤ 20 ms",
+                f"{_f(ms, 2)} ms for {key['inactive']:,} among {key['stored']:,} "
+                f"({_f(key['redis_ms']['median'], 2)} ms inside Redis)",
+                ms <= 20 and key["stored"] >= 1_000_000 and key["all_deleted"],
+            )
+        )
+    else:
+        rows.append(("`inactive` cleanup of 1,000 among 1M ≤ 20 ms", "–", None))
+    memory = b.get("redis_memory", {}).get("summary")
+    if memory:
+        service = {k: v for k, v in memory.items() if k.startswith("service")}
+        worst_name = max(service, key=lambda k: service[k]["median"])
+        worst = service[worst_name]["median"]
+        rows.append(
+            (
+                "Redis ≤ 250 bytes per session",
+                f"{_f(worst, 0)} B at {worst_name.removeprefix('service ')} (worst case); "
+                + ", ".join(
+                    f"{_f(v['median'], 0)} B at {k.removeprefix('service ')}"
+                    for k, v in service.items()
+                    if k != worst_name
+                ),
+                worst <= 250,
+            )
+        )
+    else:
+        rows.append(("Redis ≤ 250 bytes per session", "–", None))
+    return rows
+
+
+# --- sections -----------------------------------------------------------------------
+
+
+def _idle(result: dict[str, Any]) -> list[str]:
+    s = result["summary"]
+    sizes = result["sizes"]
+    lines = [
+        "## 1. Idle sessions",
+        "",
+        f"Sockets opened in steps to N = {', '.join(f'{n:,}' for n in sizes['steps'])} on one "
+        f"server process; ping interval {sizes['ping_interval']:g} s (the refresher ticks as "
+        f"often); steady window {sizes['window']:g} s per step; {sizes['rounds']} rounds, "
+        f"service and floor alternating. Per-session figures are slopes of a least-squares "
+        f"fit across N. All requested sockets connected in every round: "
+        f"{'yes' if s['all_connected'] else '**no**'}.",
+        "",
+        "| | service | floor | ratio |",
+        "| --- | --- | --- | --- |",
+        f"| RSS per session (KiB) | {_s(s['rss_kib_per_session']['service'])} | "
+        f"{_s(s['rss_kib_per_session']['floor'])} | {_s(s['rss_ratio'], 2)} |",
+        f"| CPU per session-second (µs, slope) | "
+        f"{_s(s['cpu_us_per_session_s']['service'], 2)} | "
+        f"{_s(s['cpu_us_per_session_s']['floor'], 2)} | {_s(s['cpu_ratio'], 2)} |",
+        f"| CPU per session-second at N = {sizes['steps'][-1]:,} (µs, total / N) | "
+        f"{_s(s['cpu_us_per_session_s_at_top']['service'], 2)} | "
+        f"{_s(s['cpu_us_per_session_s_at_top']['floor'], 2)} | |",
+        f"| Handshakes/s, last step ({sizes['in_flight']} in flight) | "
+        f"{_s(s['handshake_rate']['service'], 0)} | {_s(s['handshake_rate']['floor'], 0)} | |",
+        f"| Handshake p99, last step (ms) | {_s(s['handshake_p99_ms']['service'])} | "
+        f"{_s(s['handshake_p99_ms']['floor'])} | |",
+        f"| Server CPU per handshake (ms) | {_s(s['handshake_cpu_ms']['service'], 2)} | "
+        f"{_s(s['handshake_cpu_ms']['floor'], 2)} | |",
+        f"| Event-loop stall at N = {sizes['steps'][-1]:,}: `/healthz` p99 / max (ms) | "
+        f"{_stall(s, 'service')} | {_stall(s, 'floor')} | |",
+        f"| Longest generation-2 GC pause, all rounds (ms) | {_gc(result, 'service')} | "
+        f"{_gc(result, 'floor')} | |",
+        f"| Redis breaker opened, all rounds (cause) | {_causes(result, 'service')} | – | |",
+        f"| Handshakes refused, all rounds (tried again a second later) | "
+        f"{_refusals(result, 'service')} | {_refusals(result, 'floor')} | |",
+        "",
+        "Per step (median over rounds):",
+        "",
+        "| N | RSS service (MiB) | RSS floor (MiB) | CPU service (ms/s) | CPU floor (ms/s) "
+        "| refresher round trips / tick | all round trips / tick (with health-check PINGs) "
+        "| Redis commands / tick | REFRESH time in Redis (ms) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, n in enumerate(sizes["steps"]):
+
+        def med(kind: str, key: str, scale: float = 1.0, i: int = i) -> float:
+            values = [
+                r["plateaus"][i][key] * scale
+                for r in result["rounds"]
+                if r["kind"] == kind and r["plateaus"][i].get(key) is not None
+            ]
+            return h.summary(values)["median"]
+
+        lines.append(
+            f"| {n:,} | {_f(med('service', 'rss_kib', 1 / 1024))} | "
+            f"{_f(med('floor', 'rss_kib', 1 / 1024))} | "
+            f"{_f(med('service', 'cpu_per_s', 1000))} | {_f(med('floor', 'cpu_per_s', 1000))} | "
+            f"{_f(med('service', 'round_trips_per_tick'), 2)} | "
+            f"{_f(med('service', 'round_trips_per_tick_with_pings'), 2)} | "
+            f"{_f(med('service', 'redis_commands_per_tick'), 0)} | "
+            f"{_f(s['refresh_redis_ms_by_n'][str(n)]['median'], 1)} |"
+        )
+    first = next(r for r in result["rounds"] if r["kind"] == "service")
+    lines += [
+        "",
+        "Round trips seen in one window (service, first round, last step): "
+        + ", ".join(f"`{k}` × {v}" for k, v in first["plateaus"][-1]["round_trips"].items())
+        + ".",
+        "",
+    ]
+    return lines
+
+
+def _stall(s: dict[str, Any], kind: str) -> str:
+    p99 = s.get("loop_stall_p99_ms", {}).get(kind)
+    worst = s.get("loop_stall_max_ms", {}).get(kind)
+    return f"{_s(p99, 0)} / {_s(worst, 0)}"
+
+
+def _gc(result: dict[str, Any], kind: str) -> str:
+    pauses = [p for r in result["rounds"] if r["kind"] == kind for p in r.get("gc_pauses_ms", [])]
+    if not any("gc_pauses_ms" in r for r in result["rounds"]):
+        return "–"
+    return f"{max(pauses):.0f} ({len(pauses)} over 50 ms)" if pauses else "none over 50 ms"
+
+
+def _causes(result: dict[str, Any], kind: str) -> str:
+    causes: dict[str, int] = {}
+    for r in result["rounds"]:
+        if r["kind"] == kind:
+            for cause, count in r.get("breaker_causes", {}).items():
+                causes[cause] = causes.get(cause, 0) + count
+    return "; ".join(f"{count} × `{cause}`" for cause, count in causes.items()) or "0"
+
+
+def _refusals(result: dict[str, Any], kind: str) -> str:
+    kinds: dict[str, int] = {}
+    for r in result["rounds"]:
+        if r["kind"] == kind:
+            for p in r["plateaus"]:
+                for failure, count in p["handshake_failed"].items():
+                    kinds[failure] = kinds.get(failure, 0) + count
+    return ", ".join(f"{count} × `{failure}`" for failure, count in kinds.items()) or "0"
+
+
+def _capacity(result: dict[str, Any]) -> list[str]:
+    sizes = result["sizes"]
+    samples = result["samples"]
+    return [
+        "## 2. Capacity",
+        "",
+        f"{result['requested']:,} sessions over {sizes['processes']} `presence serve` processes "
+        f"(all on CPU {h.SERVER_CPU}) and {sizes['loaders']} load processes, TTL "
+        f"{sizes['ttl']:g} s (refresher tick {sizes['ttl'] / 3:g} s), held "
+        f"{result['held_seconds']:.0f} s and sampled every {sizes['sample_every']:g} s.",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| Connected (minimum over the hold) | {result['connected']:,} |",
+        f"| Ramp (create + connect all) | {result['ramp_seconds']:.0f} s; refused handshakes "
+        f"(each tried again a second later, up to {sizes.get('retries', 0)} times): "
+        f"{result['ramp_failures'] or 'none'} |",
+        "| Redis breaker opened (cause) | "
+        + (
+            "; ".join(f"{n} × `{c}`" for c, n in result.get("breaker_causes", {}).items())
+            or "never"
+        )
+        + " |",
+        f"| Sessions whose socket never opened | {result.get('never_connected', '–')} |",
+        f"| Keys in Redis (first / last sample; expected {result['expected_keys']:,}) | "
+        f"{samples[0]['redis_keys']:,} / {samples[-1]['redis_keys']:,} |",
+        f"| Redis `expired_keys` during the hold | {samples[-1]['expired_keys']} |",
+        f"| Keys of open sockets' sessions missing at the end (each checked by name) | "
+        f"{result['missing_at_end']} |",
+        f"| Drops (closed sockets + `ended` messages) | {result['drops']} |",
+        f"| Server RSS per process (MiB) | "
+        f"{', '.join(_f(x, 0) for x in result['server_rss_mib'])} |",
+        f"| Server CPU per process at the end (ms/s) | "
+        f"{', '.join(_f(x * 1000) for x in result['server_cpu_per_s'])} |",
+        f"| Load-client RSS per process (MiB) | "
+        f"{', '.join(_f(x, 0) for x in result['load_rss_mib'])} |",
+        f"| Redis used memory (MiB) | {_f(result['redis_used_mib'])} |",
+        "",
+    ]
+
+
+def _storm(result: dict[str, Any]) -> list[str]:
+    s = result["summary"]
+    sizes = result["sizes"]
+    variants = list(s["all_back_s"])
+
+    def row(label: str, key: str, digits: int = 1, fmt: Any = None) -> str:
+        values = s.get(key, {})
+        cells = [
+            "–" if v not in values else fmt(values[v]) if fmt else _s(values[v], digits)
+            for v in variants
+        ]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines = [
+        "## 3. Reconnect storm",
+        "",
+        f"{sizes['clients']:,} clients following the browser client's schedule (full-jitter "
+        "backoff 0.5 s base, 30 s cap; one REST heartbeat at once on loss); SIGTERM at time "
+        f"zero, restart on the same port once the old process has exited; {sizes['rounds']} "
+        f"rounds, variants alternating; a round gives up {sizes['give_up_after']:g} s after "
+        "the SIGTERM (∞: not all were back by then).",
+        "",
+        "| | " + " | ".join(variants) + " |",
+        "| --- |" + " --- |" * len(variants),
+        row("All back after (s)", "all_back_s"),
+        row("Half back after (s)", "back_p50_s"),
+        row("Down: SIGTERM to ready again (s)", "down_s"),
+        row("Peak reconnects in one second", "peak_connects_per_s", 0),
+        row("Server CPU per reconnect (ms)", "recovery_cpu_ms_per_reconnect", 2),
+        row("5xx (handshakes + heartbeats, all rounds)", "errors_5xx", fmt=str),
+        row("Handshakes refused 404 (all rounds)", "handshake_404", fmt=str),
+        row("Redis breaker trips logged (all rounds)", "breaker_trips", fmt=str),
+        row("Kernel listen-queue overflows (SYNs dropped)", "listen_overflows", 0),
+        row("Load client's CPU busy from SIGTERM to the end (share)", "load_cpu_busy", 2),
+        "",
+        "Failures the clients saw after the restart, per round (a refused connection while "
+        "the server is down is expected):",
+        "",
+    ]
+    for r in result["rounds"]:
+        lines.append(
+            f"- round {r['round'] + 1}, {r['kind']}: "
+            + (", ".join(f"`{k}` × {v}" for k, v in sorted(r["failures"].items())) or "none")
+            + f"; heartbeats {r['heartbeats'] or 'none'}; close codes {r['close_codes']}"
+        )
+    lines.append("")
+    return lines
+
+
+def _rest(result: dict[str, Any]) -> list[str]:
+    s = result["summary"]
+    sizes = result["sizes"]
+    return [
+        "## 4. REST heartbeat",
+        "",
+        f"`wrk -t1 -c{sizes['connections']} -d{sizes['duration']:g}s` POSTing `{{}}` to "
+        f"`/sessions/{{id}}/heartbeat` over {sizes['sessions']:,} sessions with their bearer "
+        f"tokens; {sizes['rounds']} rounds alternating after a warm-up run of each.",
+        "",
+        "| | service | floor | ratio |",
+        "| --- | --- | --- | --- |",
+        f"| Requests/s | {_s(s['requests_per_s']['service'], 0)} | "
+        f"{_s(s['requests_per_s']['floor'], 0)} | {_s(s['throughput_ratio'], 2)} |",
+        f"| p50 (ms) | {_s(s['p50_ms']['service'])} | {_s(s['p50_ms']['floor'])} | |",
+        f"| p99 (ms) | {_s(s['p99_ms']['service'])} | {_s(s['p99_ms']['floor'])} | |",
+        f"| Server CPU per request (ms) | {_s(s['cpu_ms_per_request']['service'], 3)} | "
+        f"{_s(s['cpu_ms_per_request']['floor'], 3)} | |",
+        f"| Non-2xx responses | {s['non_2xx']['service']} | {s['non_2xx']['floor']} | |",
+        "",
+    ]
+
+
+def _cleanup(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 5. `inactive` cleanup",
+        "",
+        f"`RedisStore.delete_inactive` for one user, {result['sizes']['rounds']} rounds with "
+        "the store sizes interleaved; the deleted sessions are written back between calls.",
+        "",
+        "| Stored | Inactive | Time per call (ms) | Inside Redis (ms) | All deleted, rest kept |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for v in sorted(result["summary"].values(), key=lambda v: (v["inactive"], v["stored"])):
+        lines.append(
+            f"| {v['stored']:,} | {v['inactive']:,} | {_s(v['ms'], 2)} | "
+            f"{_s(v['redis_ms'], 2)} | {'yes' if v['all_deleted'] and v['rest_kept'] else 'no'} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _redis_memory(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 6. Redis memory per session",
+        "",
+        f"`used_memory` delta over {result['sizes']['sessions']:,} sessions created through "
+        f"the service's store, {result['sizes']['rounds']} rounds with the variants "
+        "interleaved, each from an empty Redis.",
+        "",
+        "| Variant | Bytes per session |",
+        "| --- | --- |",
+    ]
+    for variant, summary in result["summary"].items():
+        lines.append(f"| {variant} | {_s(summary, 0)} |")
+    lines.append("")
+    return lines
+
+
+def _profile(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Profiles",
+        "",
+        "py-spy samples of the running server (own time is the function at the top of the "
+        "stack; inclusive is any frame in it), and tracemalloc's count of what each open "
+        "socket allocates. Raw stacks are in `bench/.work/profiles/`.",
+        "",
+    ]
+    for key, title in [
+        ("idle_service", "Service, idle sockets"),
+        ("idle_floor", "Floor, idle sockets"),
+        ("rest_service", "Service under REST heartbeats"),
+    ]:
+        p = result.get(key)
+        if not p:
+            continue
+        extra = ""
+        if "cpu_s" in p:
+            extra = f", {p['sockets']:,} sockets, {p['cpu_s']:.2f} s of CPU in the window"
+        if p.get("gc_pauses_ms"):
+            pauses = p["gc_pauses_ms"]
+            extra += (
+                f"; generation-2 GC pauses over 50 ms while it ran: {len(pauses)}, "
+                f"longest {max(pauses):.0f} ms"
+            )
+        lines += [
+            f"### {title} ({p['samples']:,} samples{extra})",
+            "",
+            "| Own time | share | | Inclusive | share |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        own, inclusive = p["own"], p["inclusive"][: len(p["own"])]
+        for i in range(max(len(own), len(inclusive))):
+            a = own[i] if i < len(own) else ("", 0)
+            b = inclusive[i] if i < len(inclusive) else ("", 0)
+            lines.append(f"| `{a[0]}` | {a[1]:.1%} | | `{b[0]}` | {b[1]:.1%} |")
+        lines.append("")
+    service, floor = result.get("memory_service"), result.get("memory_floor")
+    if service and floor:
+        mine = {where: size for where, size, _ in service["by_line"]}
+        theirs = {where: size for where, size, _ in floor["by_line"]}
+        extra = sorted(
+            ((mine.get(w, 0) - theirs.get(w, 0), w) for w in set(mine) | set(theirs)),
+            reverse=True,
+        )
+        total = service["traced_bytes_per_socket"] - floor["traced_bytes_per_socket"]
+        lines += [
+            f"### What the service adds per socket: {_f(total, 0)} bytes traced",
+            "",
+            f"Lines among the {len(service['by_line'])} largest of either where the service "
+            "allocates more per socket than the floor; the rest of the difference is spread "
+            "over smaller lines.",
+            "",
+            "| Allocated at | extra bytes per socket |",
+            "| --- | --- |",
+        ]
+        lines += [f"| `{where}` | {_f(size, 0)} |" for size, where in extra[:15] if size >= 16]
+        lines.append("")
+    for key, title in [("memory_service", "service"), ("memory_floor", "floor")]:
+        m = result.get(key)
+        if not m:
+            continue
+        lines += [
+            f"### What one socket allocates: {title} ({m['sockets']:,} sockets, "
+            f"{_f(m['traced_bytes_per_socket'] / 1024)} KiB traced per socket)",
+            "",
+            "| Allocated at | bytes per socket | blocks per socket |",
+            "| --- | --- | --- |",
+        ]
+        for where, size, count in m["by_line"][:15]:
+            lines.append(f"| `{where}` | {_f(size, 0)} | {_f(count, 1)} |")
+        lines.append("")
+    return lines
+
+
+# --- chart --------------------------------------------------------------------------
+
+
+def _chart(b: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"service": "#1f77b4", "floor": "#7f7f7f"}
+    fig, axes = plt.subplots(2, 4, figsize=(21, 9.5))
+    fig.suptitle("Presence benchmarks: service (blue) against its floor (grey)", fontsize=14)
+
+    ax = axes[0][0]
+    ax2 = axes[0][1]
+    idle = b.get("idle")
+    if idle:
+        for r in idle["rounds"]:
+            ns = [p["n"] for p in r["plateaus"]]
+            label = r["kind"] if r["round"] == 0 else None
+            ax.plot(
+                ns, [p["rss_kib"] / 1024 for p in r["plateaus"]], "o-",
+                color=colors[r["kind"]], alpha=0.7, label=label,
+            )  # fmt: skip
+            ax2.plot(
+                ns, [p["cpu_per_s"] * 1000 for p in r["plateaus"]], "o-",
+                color=colors[r["kind"]], alpha=0.7, label=label,
+            )  # fmt: skip
+        s = idle["summary"]
+        ax.set_title(
+            f"1. Idle: server RSS vs sockets\n{s['rss_kib_per_session']['service']['median']:.1f} "
+            f"vs {s['rss_kib_per_session']['floor']['median']:.1f} KiB/socket "
+            f"(×{s['rss_ratio']['median']:.2f}; target ≤ ×1.10, ≤ 24 KiB)"
+        )
+        ax2.set_title(
+            f"1. Idle: server CPU vs sockets (ping every {idle['sizes']['ping_interval']:g} s)\n"
+            f"×{s['cpu_ratio']['median']:.2f} the floor per socket (target ≤ ×1.20)"
+        )
+    _axes(ax, "open sockets", "RSS (MiB)")
+    _axes(ax2, "open sockets", "CPU (ms per s)")
+
+    ax = axes[0][2]
+    storm = b.get("storm")
+    if storm:
+        for r in storm["rounds"]:
+            cumulative, total = [0], 0
+            for count in r["connects_per_s"]:
+                total += count
+                cumulative.append(total)
+            # The count at x is of clients back by the end of second x.
+            ax.plot(
+                range(len(cumulative)), cumulative,
+                color=colors.get(r["kind"], "#2ca02c"), alpha=0.7,
+                label=r["kind"] if r["round"] == 0 else None,
+            )  # fmt: skip
+        ax.axvline(30, color="red", linestyle="--", linewidth=1, label="target: 30 s")
+        ax.set_ylim(bottom=0)
+        ax.set_title(
+            f"3. Reconnect storm: clients back after SIGTERM\n"
+            f"{storm['sizes']['clients']:,} clients, JS backoff schedule"
+        )
+    _axes(ax, "seconds since SIGTERM", "clients reconnected")
+
+    ax = axes[1][0]
+    rest = b.get("rest")
+    if rest:
+        kinds = ["service", "floor"]
+        rates = [rest["summary"]["requests_per_s"][k]["median"] for k in kinds]
+        p99 = [rest["summary"]["p99_ms"][k]["median"] for k in kinds]
+        bars = ax.bar(kinds, rates, color=[colors[k] for k in kinds])
+        for bar, latency in zip(bars, p99, strict=True):
+            ax.annotate(
+                f"p99 {latency:.1f} ms", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center", va="bottom",
+            )  # fmt: skip
+        ax.set_title(
+            f"4. REST heartbeat, {rest['sizes']['connections']} connections\n"
+            f"×{rest['summary']['throughput_ratio']['median']:.2f} the floor "
+            "(target ≥ ×0.60, p99 ≤ 10 ms)"
+        )
+    _axes(ax, "", "requests per second", legend=False)
+
+    ax = axes[1][1]
+    cleanup = b.get("cleanup")
+    if cleanup:
+        by_k: dict[int, list[tuple[int, float]]] = {}
+        for v in cleanup["summary"].values():
+            by_k.setdefault(v["inactive"], []).append((v["stored"], v["ms"]["median"]))
+        for k, points in sorted(by_k.items()):
+            points.sort()
+            ax.plot(*zip(*points, strict=True), "o-", label=f"{k:,} inactive")
+        ax.axhline(20, color="red", linestyle="--", linewidth=1, label="target: 20 ms")
+        ax.set_xscale("log")
+        ax.set_title("5. `inactive` cleanup: time per call\nflat across store size = O(deleted)")
+    _axes(ax, "sessions stored for the user", "ms per call")
+
+    ax = axes[1][2]
+    memory = b.get("redis_memory")
+    if memory:
+        names = list(memory["summary"])
+        values = [memory["summary"][n]["median"] for n in names]
+        ax.bar(
+            [n.replace("service ", "").replace("floor: ", "floor\n") for n in names],
+            values,
+            color=[colors["floor"] if n.startswith("floor") else colors["service"] for n in names],
+        )
+        ax.axhline(250, color="red", linestyle="--", linewidth=1, label="target: 250 B")
+        ax.set_title("6. Redis memory per session\nby sessions per user")
+    _axes(ax, "", "bytes per session")
+
+    ax = axes[0][3]
+    cap = b.get("capacity")
+    if cap:
+        t = [x["t"] for x in cap["samples"]]
+        ax.plot(t, [x["client_open"] for x in cap["samples"]], "o-", label="sockets open (clients)")
+        ax.plot(t, [x["server_sockets"] for x in cap["samples"]], "x--", label="sockets (servers)")
+        ax.plot(t, [x["redis_keys"] for x in cap["samples"]], ".-", label="keys in Redis")
+        ax.set_ylim(bottom=0)
+        ax.set_title(
+            f"2. Capacity: {cap['requested']:,} over {cap['sizes']['processes']} processes, "
+            f"TTL {cap['sizes']['ttl']:g} s\n{cap['spurious_expiries']} spurious expiries, "
+            f"{cap['drops']} drops"
+        )
+    _axes(ax, "seconds into the hold", "count")
+
+    ax = axes[1][3]
+    ax.axis("off")
+    ax.set_title("Targets")
+    for i, (target, _figure, met) in enumerate(_targets(b)):
+        mark, color = {True: ("met", "green"), False: ("NOT MET", "red")}.get(
+            met, ("not run", "grey")
+        )
+        ax.text(0, 1 - i * 0.1, f"{mark}: {target}", color=color, fontsize=8.5,
+                transform=ax.transAxes, va="top", wrap=True)  # fmt: skip
+
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _axes(ax: Any, xlabel: str, ylabel: str, legend: bool = True) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)

@@ -1,0 +1,124 @@
+"""The benchmark suite in its tiny form, so that its scripts cannot rot.
+
+Each benchmark runs as ``python -m bench --quick NAME`` into a temporary folder and its
+output is checked for sense: the numbers are there and the requested sessions really
+connected. No test asserts a timing; the figures of a quick run mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .utils import REPO, UNIT, redis_binary
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+
+def _run(name: str, out: Path) -> dict[str, Any]:
+    if redis_binary() is None:
+        if os.environ.get("PRESENCE_REQUIRE_REDIS") == "1":
+            pytest.fail("PRESENCE_REQUIRE_REDIS=1 but redis-server is not installed")
+        pytest.skip("redis-server is not installed; the benchmarks start their own")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out), name],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3000 * UNIT,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (out / "RESULTS.md").is_file()
+    assert (out / "results.png").stat().st_size > 0
+    results = json.loads((out / "results.json").read_text())
+    result: dict[str, Any] = results["benchmarks"][name]
+    assert result["quick"] is True
+    return result
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def test_idle_connects_every_requested_socket(tmp_path: Path) -> None:
+    """Every step of the idle benchmark holds the sockets it asked for, with readings."""
+    result = _run("idle", tmp_path)
+    assert result["summary"]["all_connected"] is True
+    for r in result["rounds"]:
+        assert _number(r["rss_kib_per_session"])
+        assert _number(r["cpu_us_per_session_s"])
+        for step in r["plateaus"]:
+            assert step["open_clients"] == step["n"]
+            assert step["handshakes"] > 0
+            assert step["rss_kib"] > 0
+            if r["kind"] == "service":
+                assert step["server_sockets"] == step["n"]
+                assert step["refresher_ticks"] >= 1
+                assert _number(step["round_trips_per_tick"])
+
+
+def test_capacity_holds_every_session(tmp_path: Path) -> None:
+    """The capacity run connects all its sessions over several processes and samples them."""
+    result = _run("capacity", tmp_path)
+    assert result["connected"] == result["requested"]
+    assert len(result["server_rss_mib"]) == result["sizes"]["processes"]
+    assert result["samples"]
+    assert result["missing_at_end"] >= 0
+    assert result["samples"][-1]["redis_keys"] > 0
+
+
+def test_storm_reconnects_after_a_restart(tmp_path: Path) -> None:
+    """The storm restarts the server under connected clients and counts who came back."""
+    result = _run("storm", tmp_path)
+    for r in result["rounds"]:
+        assert r["connected_before"] == result["sizes"]["clients"]
+        assert r["lost"] == result["sizes"]["clients"]
+        assert r["back"] >= 0
+        assert r["errors_5xx"] >= 0
+
+
+def test_rest_heartbeats_are_answered(tmp_path: Path) -> None:
+    """wrk's heartbeats reach both servers and every one is answered 200."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (scripts/bench installs it)")
+    result = _run("rest", tmp_path)
+    for r in result["rounds"]:
+        assert r["requests"] > 0
+        assert set(r["statuses"]) == {"200"}
+        assert _number(r["p99_ms"])
+
+
+def test_cleanup_deletes_exactly_the_inactive(tmp_path: Path) -> None:
+    """Each timed cleanup deletes the inactive sessions and keeps the others."""
+    result = _run("cleanup", tmp_path)
+    for case in result["summary"].values():
+        assert case["all_deleted"] and case["rest_kept"]
+        assert _number(case["ms"]["median"])
+
+
+def test_redis_memory_is_measured_per_variant(tmp_path: Path) -> None:
+    """Every memory variant yields a positive figure per session."""
+    result = _run("redis_memory", tmp_path)
+    assert result["summary"]
+    for summary in result["summary"].values():
+        assert summary["median"] > 0
+
+
+def test_profiles_are_collected(tmp_path: Path) -> None:
+    """py-spy and tracemalloc profiles come back with samples and allocation sites."""
+    if not (Path(sys.executable).parent / "py-spy").exists() and shutil.which("py-spy") is None:
+        pytest.skip("py-spy is not installed (scripts/bench installs it)")
+    result = _run("profile", tmp_path)
+    assert result["idle_service"]["own"]
+    assert result["memory_service"]["by_line"]
+    assert result["memory_floor"]["sockets"] > 0
