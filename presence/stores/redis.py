@@ -35,6 +35,10 @@ _TRANSPORT_OF: dict[str, Transport] = {"w": "websocket", "h": "http", "n": "none
 _STATE_OF: dict[str, State] = {"a": "active", "y": "away", "d": "disconnected"}
 
 # Errors that mean "Redis cannot be reached right now", as opposed to a bug.
+# Connections per process: enough for bursts of concurrent requests, each call holding
+# one for a single round trip.
+_POOL_SIZE = 256
+
 # (OSError covers the builtin ConnectionError and TimeoutError that asyncio raises.)
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -105,13 +109,17 @@ class RedisStore:
                     socket_timeout=self.timeout,
                 )
             else:
-                self._client = aioredis.Redis.from_url(
+                # A blocking pool: past its size a call waits for a free connection
+                # (within the call's bound) instead of failing at once. redis-py's
+                # default pool raises MaxConnectionsError at 100 calls in flight, which
+                # the fallback would take for an outage under a burst of requests.
+                pool = aioredis.BlockingConnectionPool.from_url(
                     self.url,
+                    max_connections=_POOL_SIZE,
+                    timeout=self.timeout * 4,
                     decode_responses=True,
                     socket_connect_timeout=self.timeout,
                     socket_timeout=self.timeout,
-                    # One quick retry smooths over a dropped idle connection; more would
-                    # stretch a request past a second while Redis is really gone.
                     # Only a dropped connection is retried: Retry's defaults include
                     # timeouts, which would double the wait on a stalled Redis.
                     retry=Retry(
@@ -122,6 +130,7 @@ class RedisStore:
                     retry_on_error=[RedisConnectionError],
                     health_check_interval=30,
                 )
+                self._client = aioredis.Redis.from_pool(pool)
         for name in ("CREATE", "GET", "LIST", "TOUCH", "REFRESH", "DELETE", "RESTORE"):
             self._scripts[name] = self.client.register_script(getattr(_scripts, name))
         # Loaded up front so that each operation is one EVALSHA from the first call
