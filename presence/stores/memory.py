@@ -195,10 +195,6 @@ class MemoryStore:
             if sessions.pop(sid, None) is not None:
                 self._count -= 1
 
-    def forget_user(self, user: str) -> None:
-        """Drops every session of a user without announcing anything."""
-        self._count -= len(self._users.pop(user, {}))
-
     def deadline_of(self, session: Session) -> float:
         """The absolute end of a session's life: created + max lifetime, or inf."""
         if self.max_lifetime > 0:
