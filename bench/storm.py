@@ -22,17 +22,10 @@ JS_BACKOFF = {"base": 0.5, "cap": 30.0, "stable": 10.0}
 JS_HEARTBEAT_INTERVAL = 30.0
 
 
-# Each variant: the server kind and environment on top of the benchmark's own. The third
-# is the service with the Redis connection pool that bench/analysis.md proposes (applied
-# from outside by bench/_serve.py) and a Redis timeout of 2 s instead of 0.25 s, to
-# measure those changes beside the service as it is.
+# Each variant: the server kind and environment on top of the benchmark's own.
 VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "service": ("service", {}),
     "floor": ("floor", {}),
-    "service + proposed pool and timeout": (
-        "service",
-        {"BENCH_BLOCKING_POOL": "100", "PRESENCE_REDIS_TIMEOUT": "2"},
-    ),
 }
 
 
