@@ -10,7 +10,8 @@ The tree::
     │   ├── Forbidden             403: origin or CSRF check failed
     │   ├── NotFound              404: no such session for this user
     │   ├── TooManySessions       429: per-user session cap reached
-    │   └── StoreFull             503: the fallback store is at its cap
+    │   ├── StoreFull             503: the fallback store is at its cap
+    │   └── StoreBusy             503: this request cannot be answered now; retry
     └── StoreUnavailable          the store cannot be reached right now
 
 ``ApiError`` subclasses become ``{"error": {"code": ..., "message": ...}}`` responses.
@@ -48,6 +49,8 @@ class ApiError(PresenceError):
 
     status = 400
     code = "bad_request"
+    #: Seconds for a ``Retry-After`` header, for errors that pass.
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -95,6 +98,17 @@ class StoreFull(ApiError):
 
     status = 503
     code = "store_full"
+    retry_after = 5
+
+
+class StoreBusy(ApiError):
+    """The store cannot answer this request now, though nothing is known to be lost: a
+    Redis call outlived its bound while Redis itself answers (this process is busy), or
+    Redis is away and the fallback cannot tell whether the session exists."""
+
+    status = 503
+    code = "store_unavailable"
+    retry_after = 1
 
 
 class StoreUnavailable(PresenceError):

@@ -19,9 +19,10 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from presence import keys
-from presence.exceptions import StoreFull
+from presence.exceptions import StoreBusy, StoreFull
 from presence.sessions import new_session_id
 from presence.stores import FallbackStore, MemoryStore, RedisStore
 
@@ -177,6 +178,15 @@ async def _redis_state(url: str, users: list[str]) -> dict[str, dict[str, dict]]
             for key in await client.keys(keys.session_key("presence", user, "*")):
                 found[key.rsplit(":", 1)[1]] = key
             assert set(index) == set(found), f"index and session keys of {user} disagree"
+            seen = {sid: int(score) for sid, score in index.items()}
+            values = {sid: await client.get(key) for sid, key in found.items()}
+            # The user's lone session: its id and last_seen head its value.
+            lone_key = keys.lone_key("presence", user)
+            lone = await client.get(lone_key)
+            if lone is not None:
+                sid, lone_seen, values[sid] = lone.split("|", 2)
+                assert sid not in index, f"a session of {user} is stored twice"
+                found[sid], seen[sid] = lone_key, int(lone_seen)
             state[user] = {}
             for sid, key in found.items():
                 # TIME and PTTL in one MULTI: read apart, the time between them would
@@ -184,13 +194,13 @@ async def _redis_state(url: str, users: list[str]) -> dict[str, dict[str, dict]]
                 async with client.pipeline(transaction=True) as pipe:
                     (seconds, micros), pttl = await pipe.time().pttl(key).execute()
                 state[user][sid] = {
-                    "seen": int(index[sid]),
+                    "seen": seen[sid],
                     "pttl": pttl,
                     "expires": seconds * 1000 + micros // 1000 + pttl,
-                    "value": await client.get(key),
+                    "value": values[sid],
                 }
             known |= set(found.values())
-            if found:
+            if index:
                 known.add(index_key)
         assert set(await client.keys("*")) == known, "Redis holds keys nobody accounts for"
         return state
@@ -272,6 +282,39 @@ async def test_readyz_reports_degraded_without_other_traffic(fault):
         assert readiness["status"] == "degraded" and readiness["store"] == "memory"
         fault.end()
         await _recovered(server)
+
+
+async def _stall_during(call, proxy: Proxy, seconds: float):
+    """Starts ``call`` against Redis behind a slow proxy, then blocks this process's
+    event loop for ``seconds`` while the reply is on its way, as a long GC pause or a
+    CPU-bound burst would; returns the call's task."""
+    proxy.delay(UNIT / 4)
+    task = asyncio.ensure_future(call)
+    await asyncio.sleep(UNIT / 10)  # sent, its reply not back yet
+    time.sleep(seconds)  # noqa: ASYNC251 - the stall is the fault under test
+    return task
+
+
+async def test_a_stalled_event_loop_is_not_taken_for_an_outage(own_redis, redis_proxy):
+    """A call that outlives its bound because this process's event loop stalled, while
+    Redis answered, opens no breaker: a probe on a connection of its own finds Redis
+    there. A call that may run twice is tried again and answers; one that may not
+    (create) gets StoreBusy, a 503 to try again; nothing is served from memory."""
+    async with _fallback_store(redis_proxy.url) as store:
+        session = await store.create("alice", new_session_id())
+        bound = store.primary.timeout * 4
+        got = await _stall_during(store.get("alice", session.id), redis_proxy, 1.5 * bound)
+        found = await got
+        assert found is not None and found.id == session.id
+        assert not store.degraded and store.busy_failures == 1
+        created = await _stall_during(
+            store.create("alice", new_session_id()), redis_proxy, 1.5 * bound
+        )
+        with pytest.raises(StoreBusy):
+            await created
+        assert not store.degraded and store.busy_failures == 2
+        redis_proxy.heal()
+        assert (await store.status())["degraded"] is False
 
 
 # --- Recovery write-back -------------------------------------------------------------------
@@ -445,7 +488,9 @@ async def test_a_session_redis_expired_during_a_long_partition_is_not_brought_ba
     the write-back of heartbeats made here meanwhile does not recreate it (Redis cannot
     tell an expired session from one deleted elsewhere); the client gets 404 and starts
     a new session."""
-    ttl = 10 * UNIT
+    # Long enough that the first heartbeat, which waits for the call to time out and for
+    # a probe to confirm the outage, still finds the session alive in memory.
+    ttl = 20 * UNIT
     async with _fallback_store(redis_proxy.url, ttl=ttl) as store:
         session = await store.create("alice", new_session_id())
         redis_proxy.blackhole()
@@ -479,8 +524,8 @@ async def test_write_back_never_sets_a_ttl_beyond_the_maximum_with_a_fast_clock(
 
 async def test_two_processes_see_only_their_own_outage_writes_and_all_after(own_redis):
     """During an outage each process serves what it holds: sessions created on one are
-    unknown to the other, and one deleted elsewhere before the outage does not reappear;
-    once Redis is back both see everything."""
+    unknown to the other (503, try again: they may exist), and one deleted elsewhere
+    before the outage does not reappear (404); once Redis is back both see everything."""
     settings = _settings(own_redis.url)
     async with (
         serve(settings) as one,
@@ -500,8 +545,20 @@ async def test_two_processes_see_only_their_own_outage_writes_and_all_after(own_
             assert (await client.get(f"/sessions/{shared['id']}")).status_code == 200
             assert (await client.get(f"/sessions/{gone['id']}")).status_code == 404
         on_one, on_two = await _create(via_one), await _create(via_two)
-        assert (await via_two.get(f"/sessions/{on_one['id']}")).status_code == 404
-        assert (await via_one.get(f"/sessions/{on_two['id']}")).status_code == 404
+        # Unknown here, but maybe in Redis: "try again", never "not found".
+        for client, sid in [(via_two, on_one["id"]), (via_one, on_two["id"])]:
+            for unknown in (
+                await client.get(f"/sessions/{sid}"),
+                await client.post(f"/sessions/{sid}/heartbeat"),
+            ):
+                assert unknown.status_code == 503
+                assert unknown.json()["error"]["code"] == "store_unavailable"
+                assert unknown.headers["retry-after"] == "1"
+        url = f"{two.ws}{BASE}/sessions/{on_one['id']}/ws?token={token('alice')}"
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url, open_timeout=HANG)
+        assert refused.value.response.status_code == 503
+        assert refused.value.response.headers["retry-after"] == "1"
         own_redis.resume()
         await _recovered(one)
         await _recovered(two)
@@ -547,7 +604,9 @@ async def test_the_cap_bounds_outage_memory_not_the_mirror(own_redis):
             assert store.degraded
             for held in (s[2], s[3], s[4]):
                 assert await store.get("alice", held.id) is not None
-            assert await store.get("alice", s[0].id) is None
+            # Let go, so unknown here: it may be in Redis, so "try again", not "gone".
+            with pytest.raises(StoreBusy):
+                await store.get("alice", s[0].id)
             created = [await store.create("alice", new_session_id()) for _ in range(3)]
             with pytest.raises(StoreFull):
                 await store.create("alice", new_session_id())
@@ -584,7 +643,8 @@ async def test_outage_deletes_are_journalled_within_the_cap(own_redis):
     is refused with store_full rather than remembered without limit."""
     async with _fallback_store(own_redis.url, max_sessions=5) as store:
         own_redis.kill()
-        assert await store.get("alice", new_session_id()) is None
+        with pytest.raises(StoreBusy):
+            await store.get("alice", new_session_id())
         assert store.degraded
         # Repeated cleanups of one user are one entry: the latest cutoff covers the rest.
         for _ in range(20):

@@ -1,10 +1,13 @@
 """Redis with an in-memory fallback: the store a production process runs.
 
 While Redis answers, every operation goes to Redis and its result is mirrored into a
-bounded :class:`MemoryStore`. When Redis stops answering (connection refused or reset,
-a socket timeout), a circuit breaker opens: operations are served by the mirror at once,
-and every write is journalled. A probe pings Redis in the background; when it answers,
-the journal is written back and the breaker closes. The write-back order is what keeps
+bounded :class:`MemoryStore`. When a call fails (connection refused or reset, a socket
+timeout, no free pooled connection), Redis is pinged on a connection of its own. If it
+answers, this process was busy, not Redis away: the call is tried once more if it can
+safely run twice, and otherwise the request gets 503 (:class:`StoreBusy`). If it does
+not answer, a circuit breaker opens: operations are served by the mirror at once, and
+every write is journalled. A probe pings Redis in the background; when it answers, the
+journal is written back and the breaker closes. The write-back order is what keeps
 the acknowledged writes, and only them:
 
 1. heartbeats, each with its own time: Redis never moves last_seen or a TTL
@@ -26,7 +29,9 @@ gets :class:`StoreFull` (503). Journalled deletions count against the same cap.
 What a process cannot promise:
 
 - a session only Redis held, and that this process never saw (or let go), is unknown
-  during the outage: 404, and the client creates a new one;
+  during the outage: 503 with Retry-After (the client keeps it and tries again), never
+  404, which is kept for sessions known to be gone (deleted or ended here or announced
+  by another process, the latest 10,000 remembered);
 - a process that dies during an outage loses its journal: sessions it created are gone,
   and its heartbeats, deletes and cleanups never reach Redis (sessions it deleted are
   back as they were before the outage);
@@ -50,15 +55,31 @@ import contextlib
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, TypeVar
 
-from ..exceptions import StoreFull, StoreUnavailable
+from ..exceptions import StoreBusy, StoreFull, StoreUnavailable
 from ..sessions import JSON, Session, State, Transport
 from .base import UNSET, EndedCallback, SessionRef
 from .memory import MemoryStore
 from .redis import RedisStore
 
 logger = logging.getLogger("presence.store")
+
+_T = TypeVar("_T")
+
+# Most probes a failed call is followed by: one that missed its bound because this
+# process's event loop stalled is asked again, rather than taken for an outage.
+_PROBES = 3
+# Sessions remembered as gone (see FallbackStore._held).
+_TOMBSTONES = 10_000
+
+
+class _Away:
+    """Returned instead of a result when Redis is away: serve from memory."""
+
+
+_AWAY: Final = _Away()
 
 
 class _Journal:
@@ -131,6 +152,13 @@ class FallbackStore:
         # the mirror may let go when it needs room.
         self._lru: OrderedDict[SessionRef, None] = OrderedDict()
         self._probe: asyncio.Task[None] | None = None
+        # The probe that decides whether a failed call means Redis is away, if running.
+        self._probing: asyncio.Future[bool] | None = None
+        # Sessions recently known to be gone, so that while Redis is away they are "not
+        # found" rather than "try again".
+        self._gone: OrderedDict[SessionRef, None] = OrderedDict()
+        #: Calls that failed while Redis answered a probe (this process was busy).
+        self.busy_failures = 0
         self._recovered = asyncio.Event()
 
     @property
@@ -171,12 +199,12 @@ class FallbackStore:
         await self.fallback.close()
 
     async def status(self) -> dict[str, JSON]:
+        # Readiness must not wait for a request to fail first.
         if not self.degraded:
-            # Readiness must not wait for a request to fail first.
             try:
                 await self.primary.ping()
-            except StoreUnavailable:
-                self._trip("Redis did not answer a readiness check")
+            except StoreUnavailable as exc:
+                await self._redis_is_away(exc)
         return {
             "store": "memory" if self.degraded else "redis",
             "degraded": self.degraded,
@@ -184,39 +212,26 @@ class FallbackStore:
         }
 
     async def create(self, user: str, session_id: str, *, data: JSON = None) -> Session:
-        if not self.degraded:
-            try:
-                session = await self.primary.create(user, session_id, data=data)
-            except StoreUnavailable:
-                self._trip("Redis stopped answering")
-            else:
-                self._mirror(session)
-                return session
+        session = await self._on_redis(lambda: self.primary.create(user, session_id, data=data))
+        if not isinstance(session, _Away):
+            self._mirror(session)
+            return session
         self._make_room()
         session = await self.fallback.create(user, session_id, data=data)
         self._journal.created.add((user, session_id))
         return session
 
     async def get(self, user: str, session_id: str) -> Session | None:
-        if not self.degraded:
-            try:
-                session = await self.primary.get(user, session_id)
-            except StoreUnavailable:
-                self._trip("Redis stopped answering")
-            else:
-                if session is None:
-                    self._forget(user, [session_id])
-                else:
-                    self._mirror(session)
-                return session
-        return await self.fallback.get(user, session_id)
+        found = await self._on_redis(lambda: self.primary.get(user, session_id), retry=True)
+        if not isinstance(found, _Away):
+            self._follow(user, session_id, found)
+            return found
+        return self._held(user, session_id, await self.fallback.get(user, session_id))
 
     async def list_sessions(self, user: str) -> list[Session]:
-        if not self.degraded:
-            try:
-                return await self.primary.list_sessions(user)
-            except StoreUnavailable:
-                self._trip("Redis stopped answering")
+        listed = await self._on_redis(lambda: self.primary.list_sessions(user), retry=True)
+        if not isinstance(listed, _Away):
+            return listed
         return await self.fallback.list_sessions(user)
 
     async def touch(
@@ -228,35 +243,27 @@ class FallbackStore:
         state: State | None = None,
         data: JSON = UNSET,
     ) -> Session | None:
-        if not self.degraded:
-            try:
-                session = await self.primary.touch(
-                    user, session_id, transport=transport, state=state, data=data
-                )
-            except StoreUnavailable:
-                self._trip("Redis stopped answering")
-            else:
-                if session is None:
-                    self._forget(user, [session_id])
-                else:
-                    self._mirror(session)
-                return session
+        found = await self._on_redis(
+            lambda: self.primary.touch(
+                user, session_id, transport=transport, state=state, data=data
+            ),
+            retry=True,
+        )
+        if not isinstance(found, _Away):
+            self._follow(user, session_id, found)
+            return found
         session = await self.fallback.touch(
             user, session_id, transport=transport, state=state, data=data
         )
         if session is not None:
             self._journal_touch((user, session_id))
-        return session
+        return self._held(user, session_id, session)
 
     async def delete(self, user: str, session_ids: Sequence[str], reason: str) -> list[str]:
-        if not self.degraded:
-            try:
-                deleted = await self.primary.delete(user, session_ids, reason)
-            except StoreUnavailable:
-                self._trip("Redis stopped answering")
-            else:
-                self._forget(user, session_ids)
-                return deleted
+        deleted = await self._on_redis(lambda: self.primary.delete(user, session_ids, reason))
+        if not isinstance(deleted, _Away):
+            self._forget(user, session_ids)
+            return deleted
         ids = list(dict.fromkeys(session_ids))
         if not ids:
             return []
@@ -271,14 +278,10 @@ class FallbackStore:
         return deleted
 
     async def delete_all(self, user: str, reason: str) -> list[str]:
-        if not self.degraded:
-            try:
-                deleted = await self.primary.delete_all(user, reason)
-            except StoreUnavailable:
-                self._trip("Redis stopped answering")
-            else:
-                self._forget(user, deleted)
-                return deleted
+        deleted = await self._on_redis(lambda: self.primary.delete_all(user, reason))
+        if not isinstance(deleted, _Away):
+            self._forget(user, deleted)
+            return deleted
         # "All" is everything seen up to now. The cutoff also passes every session held
         # here (whatever the clocks say), so that all of them go; a session created
         # after this moment is a newer write and survives the write-back.
@@ -287,25 +290,21 @@ class FallbackStore:
         return await self.delete_seen_before(user, cutoff, reason)
 
     async def delete_inactive(self, user: str, inactive_for: float, reason: str) -> list[str]:
-        if not self.degraded:
-            try:
-                deleted = await self.primary.delete_inactive(user, inactive_for, reason)
-            except StoreUnavailable:
-                self._trip("Redis stopped answering")
-            else:
-                self._forget(user, deleted)
-                return deleted
+        deleted = await self._on_redis(
+            lambda: self.primary.delete_inactive(user, inactive_for, reason)
+        )
+        if not isinstance(deleted, _Away):
+            self._forget(user, deleted)
+            return deleted
         return await self.delete_seen_before(user, self.fallback.clock() - inactive_for, reason)
 
     async def delete_seen_before(self, user: str, cutoff: float, reason: str) -> list[str]:
-        if not self.degraded:
-            try:
-                deleted = await self.primary.delete_seen_before(user, cutoff, reason)
-            except StoreUnavailable:
-                self._trip("Redis stopped answering")
-            else:
-                self._forget(user, deleted)
-                return deleted
+        deleted = await self._on_redis(
+            lambda: self.primary.delete_seen_before(user, cutoff, reason)
+        )
+        if not isinstance(deleted, _Away):
+            self._forget(user, deleted)
+            return deleted
         self._check_journal_room(0 if user in self._journal.cleanups else 1)
         deleted = await self.fallback.delete_seen_before(user, cutoff, reason)
         self._forget(user, deleted)
@@ -314,20 +313,21 @@ class FallbackStore:
         return deleted
 
     async def refresh(self, refs: Sequence[SessionRef]) -> list[SessionRef]:
-        if not self.degraded:
-            try:
-                missing = await self.primary.refresh(refs)
-            except StoreUnavailable:
-                self._trip("Redis stopped answering")
-            else:
-                gone: set[SessionRef] = set(missing)
-                for ref in refs:
-                    if ref in gone:
-                        self._forget(ref[0], [ref[1]])
-                    elif await self.fallback.touch(*ref) is not None and ref in self._lru:
-                        # Open sockets' sessions are the last the mirror lets go.
-                        self._lru.move_to_end(ref)
-                return missing
+        try:
+            missing = await self._on_redis(lambda: self.primary.refresh(refs), retry=True)
+        except StoreBusy:
+            # Redis answers but did not take this tick in time: nothing is known to be
+            # gone, and the next tick extends every TTL again (ticks run well inside it).
+            return []
+        if not isinstance(missing, _Away):
+            gone: set[SessionRef] = set(missing)
+            for ref in refs:
+                if ref in gone:
+                    self._forget(ref[0], [ref[1]])
+                elif await self.fallback.touch(*ref) is not None and ref in self._lru:
+                    # Open sockets' sessions are the last the mirror lets go.
+                    self._lru.move_to_end(ref)
+            return missing
         # During an outage a socket's session may be one the mirror lacks; nothing here
         # can tell whether it still exists, so no socket is closed for it: Redis decides
         # on the first tick after recovery.
@@ -346,6 +346,88 @@ class FallbackStore:
             self._recovered.clear()
             await self._recovered.wait()
 
+    async def _on_redis(
+        self, call: Callable[[], Awaitable[_T]], *, retry: bool = False
+    ) -> _T | _Away:
+        """Runs ``call`` on Redis, or returns :data:`_AWAY` when the breaker is open.
+
+        A call that fails opens the breaker only if a probe on a connection of its own
+        fails too; otherwise this process, not Redis, was the trouble (every pooled
+        connection taken, or the event loop stalled past the call's bound). The call is
+        then tried once more if ``retry`` (it can safely run twice), and otherwise, or
+        if that fails too, the request gets :class:`StoreBusy` (503, try again).
+        """
+        cause: StoreUnavailable | None = None
+        for _ in range(2 if retry else 1):
+            if self.degraded:
+                return _AWAY
+            try:
+                return await call()
+            except StoreUnavailable as exc:
+                if await self._redis_is_away(exc):
+                    return _AWAY
+                cause = exc
+        raise StoreBusy("the session store is busy; try again shortly") from cause
+
+    async def _redis_is_away(self, failure: StoreUnavailable) -> bool:
+        """After a failed call: probes Redis and opens the breaker if it does not answer.
+        Calls that fail together share one probe."""
+        if self.degraded:
+            return True
+        if self._probing is None:
+            self._probing = asyncio.ensure_future(self._confirm(failure))
+        # Shielded: a request that goes away must not cancel the probe others wait on.
+        return await asyncio.shield(self._probing)
+
+    async def _confirm(self, failure: StoreUnavailable) -> bool:
+        try:
+            loop = asyncio.get_running_loop()
+            for _ in range(_PROBES):
+                started = loop.time()
+                try:
+                    await self.primary.probe()
+                except StoreUnavailable:
+                    if loop.time() - started > 1.5 * self.primary.probe_bound:
+                        # The probe's own timer fired late: the loop stalled, and the
+                        # failure says nothing about Redis. Ask again.
+                        continue
+                    self._trip(f"Redis stopped answering ({failure})")
+                    return True
+                self.busy_failures += 1
+                logger.warning("a Redis call failed (%s) but Redis answers: not an outage", failure)
+                return False
+            self._trip(f"Redis stopped answering ({failure}) and the event loop is stalling")
+            return True
+        finally:
+            self._probing = None
+
+    def _follow(self, user: str, session_id: str, session: Session | None) -> None:
+        """The mirror follows what Redis answered for one session."""
+        if session is None:
+            self._forget(user, [session_id])
+        else:
+            self._mirror(session)
+
+    def _held(self, user: str, session_id: str, session: Session | None) -> Session | None:
+        """What the fallback answers for one session while Redis is away: a session it
+        does not hold is "not found" only if it is known to be gone; otherwise it may
+        well be in Redis, so the request is to be tried again."""
+        if session is not None or self._known_gone(user, session_id):
+            return session
+        raise StoreBusy(
+            "the session store is unreachable and this server does not hold this "
+            "session; try again shortly"
+        )
+
+    def _known_gone(self, user: str, session_id: str) -> bool:
+        if (user, session_id) in self._gone:
+            return True
+        return any(
+            session_id in journal.deleted.get(user, ())
+            for journal in (self._journal, self._writing)
+            if journal is not None
+        )
+
     def _mirror(self, session: Session) -> None:
         ref = (session.user, session.id)
         if not self.fallback.put(session):
@@ -354,6 +436,7 @@ class FallbackStore:
                 return
         self._lru[ref] = None
         self._lru.move_to_end(ref)
+        self._gone.pop(ref, None)
         # Refs of sessions the mirror dropped by itself (expired) linger here; keep the
         # order no longer than the cap.
         while len(self._lru) > self.fallback.max_sessions:
@@ -374,9 +457,16 @@ class FallbackStore:
         return self._journal.holds(ref) or (self._writing is not None and self._writing.holds(ref))
 
     def _forget(self, user: str, session_ids: Sequence[str]) -> None:
+        """Drops sessions known to be gone (deleted, expired or ended, here or in Redis)
+        and remembers the latest of them as gone."""
         self.fallback.forget(user, session_ids)
         for sid in session_ids:
-            self._lru.pop((user, sid), None)
+            ref = (user, sid)
+            self._lru.pop(ref, None)
+            self._gone[ref] = None
+            self._gone.move_to_end(ref)
+        while len(self._gone) > _TOMBSTONES:
+            self._gone.popitem(last=False)
 
     def _journal_touch(self, ref: SessionRef) -> None:
         # A session created during the outage is written back whole, latest state

@@ -34,12 +34,14 @@ _STATE_LETTER = {"active": "a", "away": "y", "disconnected": "d"}
 _TRANSPORT_OF: dict[str, Transport] = {"w": "websocket", "h": "http", "n": "none"}
 _STATE_OF: dict[str, State] = {"a": "active", "y": "away", "d": "disconnected"}
 
-# Errors that mean "Redis cannot be reached right now", as opposed to a bug.
 # Connections per process: enough for bursts of concurrent requests, each call holding
 # one for a single round trip.
 _POOL_SIZE = 256
 
-# (OSError covers the builtin ConnectionError and TimeoutError that asyncio raises.)
+# Errors that mean "Redis did not answer this call", as opposed to a bug. They include a
+# pool with no free connection and a call that outlived its bound: on their own they do
+# not say that Redis is away (FallbackStore asks probe() for that). (OSError covers the
+# builtin ConnectionError and TimeoutError that asyncio raises.)
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -90,6 +92,8 @@ class RedisStore:
         self._callbacks: list[EndedCallback] = []
         self._listener: asyncio.Task[None] | None = None
         self._scripts: dict[str, AsyncScript] = {}
+        # A connection of its own, outside the pool, for probe().
+        self._probe_client: aioredis.Redis | None = None
 
     @property
     def client(self) -> Any:
@@ -131,6 +135,13 @@ class RedisStore:
                     health_check_interval=30,
                 )
                 self._client = aioredis.Redis.from_pool(pool)
+                self._probe_client = aioredis.Redis.from_url(
+                    self.url,
+                    decode_responses=True,
+                    single_connection_client=True,
+                    socket_connect_timeout=self.timeout,
+                    socket_timeout=self.probe_bound,
+                )
         for name in ("CREATE", "GET", "LIST", "TOUCH", "REFRESH", "DELETE", "RESTORE"):
             self._scripts[name] = self.client.register_script(getattr(_scripts, name))
         # Loaded up front so that each operation is one EVALSHA from the first call
@@ -148,6 +159,10 @@ class RedisStore:
                     for script in self._scripts.values():
                         pipe.script_load(script.script)
                     await asyncio.wait_for(pipe.execute(), timeout=self.timeout * 4)
+                if self._probe_client is not None:
+                    # Connected now, so that a probe is one PING, not a new connection's
+                    # handshake too.
+                    await asyncio.wait_for(self._probe_client.ping(), timeout=self.timeout * 4)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -158,10 +173,33 @@ class RedisStore:
         if self._client is not None and self._owns_client:
             await self._client.aclose()
             self._client = None
+        if self._probe_client is not None:
+            await self._probe_client.aclose()
+            self._probe_client = None
 
     async def ping(self) -> None:
         """Raises :class:`StoreUnavailable` unless Redis answers."""
         await self._call(self.client.ping)
+
+    @property
+    def probe_bound(self) -> float:
+        """Seconds :meth:`probe` waits for an answer."""
+        return self.timeout * 2
+
+    async def probe(self) -> None:
+        """Raises :class:`StoreUnavailable` unless Redis answers a PING on a connection
+        of its own, outside the pool, within twice the socket timeout.
+
+        This tells "Redis is away" from "this process is busy": a call that failed
+        because every pooled connection was taken, or because this process's event loop
+        stalled past the call's bound, is followed by a probe that Redis answers.
+        """
+        client = self._probe_client if self._probe_client is not None else self.client
+        try:
+            async with asyncio.timeout(self.probe_bound):
+                await client.ping()
+        except UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from exc
 
     async def status(self) -> dict[str, JSON]:
         try:
