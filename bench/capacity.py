@@ -15,8 +15,11 @@ open; a drop is a socket that closed or got an ``ended`` message.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from presence import keys
 
 from . import _harness as h
 from .idle import _cpu_rate
@@ -127,10 +130,18 @@ def _hold(
     for load, clients in zip(loads, held, strict=True):
         flags = load.request({"cmd": "open_map"})["map"]
         connected += [c for c, flag in zip(clients, flags, strict=True) if flag == "1"]
+    # A user's first session lives in the user's lone slot (its value starts with the
+    # session id), any other in a key of its own: see presence/keys.py.
     pipe = client.pipeline(transaction=False)
     for c in connected:
-        pipe.exists(f"presence:{{{c.user}}}:s:{c.session_id}")
-    missing = sum(1 for present in pipe.execute() if not present)
+        pipe.exists(keys.session_key("presence", c.user, c.session_id))
+        pipe.get(keys.lone_key("presence", c.user))
+    found = pipe.execute()
+    missing = sum(
+        1
+        for c, own, lone in zip(connected, found[::2], found[1::2], strict=True)
+        if not own and not (lone or "").startswith(f"{c.session_id}|")
+    )
     never_connected = len(all_clients) - len(connected)
     breaker: dict[str, int] = {}
     for server in servers:
@@ -143,8 +154,8 @@ def _hold(
     return {
         "requested": sizes.sessions,
         "connected": min(s["client_open"] for s in samples),
-        # One key per session and one index per user.
-        "expected_keys": len(all_clients) + len(set(owners)),
+        # One key per session, and an index per user with more than one.
+        "expected_keys": len(all_clients) + sum(1 for n in Counter(owners).values() if n > 1),
         "ramp_seconds": ramp_seconds,
         "ramp_failures": failures,
         "samples": samples,

@@ -3,6 +3,9 @@
 All keys of one user share the hash tag ``{<user tag>}`` so that a user's session keys
 and index live in one Redis Cluster slot, and the Lua scripts that touch them together
 stay legal on a cluster.
+
+A user with one session costs one key: the lone slot. Only further sessions get a key
+of their own each and the index that finds them.
 """
 
 from __future__ import annotations
@@ -24,16 +27,24 @@ def user_tag(user: str) -> str:
     return "{h:" + hashlib.blake2b(user.encode(), digest_size=12).hexdigest() + "}"
 
 
+def lone_key(prefix: str, user: str) -> str:
+    """The lone slot: one session of the user, whichever was created while it was free,
+    with its id and last_seen in its value. Its Redis TTL *is* the session TTL. It
+    spares the index key (about 180 B) for a user with one session, the common case."""
+    return f"{prefix}:{user_tag(user)}:one"
+
+
 def session_key(prefix: str, user: str, session_id: str) -> str:
-    """One session: a string holding compact JSON; its Redis TTL *is* the session TTL,
-    so an abandoned session disappears without any sweeper."""
+    """A session beside the one in the lone slot: a string holding its fields; its Redis
+    TTL *is* the session TTL, so an abandoned session disappears without any sweeper."""
     return f"{prefix}:{user_tag(user)}:s:{session_id}"
 
 
 def index_key(prefix: str, user: str) -> str:
-    """A user's sessions: a sorted set of session ids scored by last_seen (ms), so that
-    `inactive` cleanup and pruning of expired ids are range operations, O(log n + k).
-    Its own TTL is pushed to the newest session's expiry, so it goes when they all do."""
+    """The sessions that have keys of their own: a sorted set of their ids scored by
+    last_seen (ms), so that `inactive` cleanup and pruning of expired ids are range
+    operations, O(log n + k). Its own TTL is pushed to the newest of those sessions'
+    expiry, so it goes when they all do."""
     return f"{prefix}:{user_tag(user)}:idx"
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 
 import pytest
 import redis.asyncio as aioredis
 
-from presence.sessions import new_session_id
+from presence.sessions import Session, new_session_id
 from presence.stores import RedisStore
 
 from .utils import UNIT
@@ -35,16 +37,69 @@ async def _commands(client) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
 
 
-async def test_keys_share_the_users_hash_tag_and_carry_the_ttl(store, client):
-    """A session is one string key and one index entry, both under {user}, with the TTL."""
+LONE = "presence:{alice}:one"
+INDEX = "presence:{alice}:idx"
+
+
+def _key(sid: str) -> str:
+    return f"presence:{{alice}}:s:{sid}"
+
+
+async def test_a_users_only_session_is_one_key_with_the_ttl(store, client):
+    """A user's first session is the lone slot under {user}, holding its id and
+    last_seen, with the session's TTL; there is no index."""
+    session = await store.create("alice", new_session_id(), data={"n": 1})
+    assert await client.keys("*") == [LONE]
+    assert 59_000 < await client.pttl(LONE) <= 60_000
+    sid, seen, value = (await client.get(LONE)).split("|", 2)
+    assert sid == session.id
+    assert int(seen) == pytest.approx(session.last_seen * 1000, abs=5)
+    assert value == f"{seen}||na|" + '{"n":1}'
+
+
+async def test_later_sessions_have_keys_of_their_own_and_an_index(store, client):
+    """A user's later sessions are a string key each and an index entry, all under
+    {user}, with the TTL."""
+    first = await store.create("alice", new_session_id())
+    second = await store.create("alice", new_session_id())
+    assert sorted(await client.keys("*")) == sorted([LONE, _key(second.id), INDEX])
+    assert (await client.get(LONE)).startswith(first.id + "|")
+    assert 59_000 < await client.pttl(_key(second.id)) <= 60_000
+    assert 59_000 < await client.pttl(INDEX) <= 60_000
+    score = await client.zscore(INDEX, second.id)
+    assert score == pytest.approx(second.last_seen * 1000, abs=5)
+
+
+async def test_the_lone_slot_is_taken_again_once_free(store, client):
+    """With the lone session deleted the others keep their keys, and the next session
+    goes to the free slot; deleting them all leaves no key behind."""
+    first = await store.create("alice", new_session_id())
+    second = await store.create("alice", new_session_id())
+    await store.delete("alice", [first.id], "deleted")
+    assert sorted(await client.keys("*")) == sorted([_key(second.id), INDEX])
+    third = await store.create("alice", new_session_id())
+    assert (await client.get(LONE)).startswith(third.id + "|")
+    assert await client.zrange(INDEX, 0, -1) == [second.id]
+    await store.delete("alice", [second.id], "deleted")
+    assert await client.keys("*") == [LONE]
+    await store.delete_all("alice", "cleanup")
+    assert await client.keys("*") == []
+
+
+async def test_heartbeats_of_the_lone_session_move_its_last_seen(store, client):
+    """A touch and a refresh of the lone session store its new last_seen and TTL."""
     session = await store.create("alice", new_session_id())
-    key = f"presence:{{alice}}:s:{session.id}"
-    index = "presence:{alice}:idx"
-    assert sorted(await client.keys("*")) == sorted([key, index])
-    assert 59_000 < await client.pttl(key) <= 60_000
-    assert 59_000 < await client.pttl(index) <= 60_000
-    score = await client.zscore(index, session.id)
-    assert score == pytest.approx(session.last_seen * 1000, abs=5)
+    await asyncio.sleep(2 * UNIT)
+    touched = await store.touch("alice", session.id)
+    assert touched.last_seen > session.last_seen
+    seen = int((await client.get(LONE)).split("|")[1])
+    assert seen == pytest.approx(touched.last_seen * 1000, abs=1)
+    await asyncio.sleep(2 * UNIT)
+    assert await store.refresh([("alice", session.id)]) == []
+    refreshed = await store.get("alice", session.id)
+    assert refreshed.last_seen > touched.last_seen
+    assert refreshed.expires_at == pytest.approx(refreshed.last_seen + 60.0, abs=0.05)
+    assert 59_000 < await client.pttl(LONE) <= 60_000
 
 
 async def test_expired_sessions_leave_no_dangling_index_entries(redis_url, client):
@@ -53,11 +108,13 @@ async def test_expired_sessions_leave_no_dangling_index_entries(redis_url, clien
     short = RedisStore(redis_url, ttl=5 * UNIT)
     await short.open()
     try:
-        old = [await short.create("alice", new_session_id()) for _ in range(3)]
+        old = [await short.create("alice", new_session_id()) for _ in range(4)]
         await asyncio.sleep(8 * UNIT)
-        assert await client.exists("presence:{alice}:idx") == 0
+        assert await client.keys("*") == []
+        lone = await short.create("alice", new_session_id())
         fresh = await short.create("alice", new_session_id())
-        members = await client.zrange("presence:{alice}:idx", 0, -1)
+        assert (await client.get(LONE)).startswith(lone.id + "|")
+        members = await client.zrange(INDEX, 0, -1)
         assert members == [fresh.id]
         assert all(s.id not in members for s in old)
     finally:
@@ -104,7 +161,7 @@ async def test_inactive_cleanup_reads_only_the_inactive_range(store, client):
         await store.create("alice", new_session_id())
     deleted = await store.delete_inactive("alice", 3 * UNIT, "cleanup")
     assert sorted(deleted) == sorted(s.id for s in stale)
-    assert await client.zcard("presence:{alice}:idx") == 40
+    assert await client.zcard(INDEX) == 40
 
 
 async def test_a_touch_racing_a_delete_cannot_recreate(store, client):
@@ -116,16 +173,106 @@ async def test_a_touch_racing_a_delete_cannot_recreate(store, client):
         *[store.touch("alice", session.id) for _ in range(20)],
     )
     assert results[20] == [session.id]
-    assert await client.exists(f"presence:{{alice}}:s:{session.id}") == 0
-    assert await client.zscore("presence:{alice}:idx", session.id) is None
+    assert await client.keys("*") == []
 
 
-async def test_a_late_heartbeat_never_moves_the_ttl_backwards(store, client):
-    """A heartbeat replayed with an older time leaves last_seen and the TTL as they are."""
+async def test_a_touch_racing_a_delete_of_a_later_session_cannot_recreate(store, client):
+    """The same race on a session beside the lone one leaves no key or index entry."""
+    lone = await store.create("alice", new_session_id())
     session = await store.create("alice", new_session_id())
+    results = await asyncio.gather(
+        *[store.touch("alice", session.id) for _ in range(20)],
+        store.delete("alice", [session.id], "deleted"),
+        *[store.touch("alice", session.id) for _ in range(20)],
+    )
+    assert results[20] == [session.id]
+    assert await client.keys("*") == [LONE]
+    assert (await client.get(LONE)).startswith(lone.id + "|")
+
+
+@pytest.mark.parametrize("lone", [True, False], ids=["lone", "indexed"])
+async def test_a_late_heartbeat_never_moves_the_ttl_backwards(store, client, lone):
+    """A heartbeat replayed with an older time leaves last_seen and the TTL as they are."""
+    if not lone:
+        await store.create("alice", new_session_id())
+    session = await store.create("alice", new_session_id())
+    key = LONE if lone else _key(session.id)
     await asyncio.sleep(2 * UNIT)
     fresh = await store.touch("alice", session.id)
-    pttl = await client.pttl(f"presence:{{alice}}:s:{session.id}")
+    pttl = await client.pttl(key)
     late = await store.touch("alice", session.id, at=session.created_at)
     assert late.last_seen == pytest.approx(fresh.last_seen, abs=0.002)
-    assert await client.pttl(f"presence:{{alice}}:s:{session.id}") >= pttl - 50
+    assert (await store.get("alice", session.id)).last_seen == late.last_seen
+    assert await client.pttl(key) >= pttl - 50
+
+
+async def test_restore_writes_to_the_free_lone_slot(store, client):
+    """A session written back to a user with none in Redis is the lone slot, with its
+    fields, its last_seen and the TTL left from it."""
+    now = time.time()
+    session = Session(
+        id=new_session_id(),
+        user="alice",
+        created_at=now - 30,
+        last_seen=now - 10,
+        expires_at=now + 50,
+        transport="websocket",
+        state="away",
+        data=[1],
+    )
+    assert await store.restore(session, None)
+    assert await client.keys("*") == [LONE]
+    assert 49_000 < await client.pttl(LONE) <= 50_100
+    got = await store.get("alice", session.id)
+    assert got is not None
+    assert (got.transport, got.state, got.data) == ("websocket", "away", [1])
+    assert got.created_at == pytest.approx(session.created_at, abs=0.002)
+    assert got.last_seen == pytest.approx(session.last_seen, abs=0.002)
+
+
+async def test_restore_beside_the_lone_session_uses_a_key_and_the_index(store, client):
+    """With the slot taken, a written-back session gets its own key and index entry."""
+    lone = await store.create("alice", new_session_id())
+    now = time.time()
+    session = Session(
+        id=new_session_id(), user="alice", created_at=now, last_seen=now, expires_at=now + 60
+    )
+    assert await store.restore(session, None)
+    assert sorted(await client.keys("*")) == sorted([LONE, _key(session.id), INDEX])
+    assert (await client.get(LONE)).startswith(lone.id + "|")
+    assert {s.id for s in await store.list_sessions("alice")} == {lone.id, session.id}
+
+
+async def test_restore_of_a_session_redis_holds_only_moves_it_forward(store, client):
+    """Writing back a session Redis still holds, in the slot or under its own key,
+    keeps Redis's fields and moves last_seen and the TTL only forward; it never makes
+    a second copy."""
+    first = await store.create("alice", new_session_id())
+    second = await store.create("alice", new_session_id())
+    await store.delete("alice", [first.id], "deleted")
+    third = await store.create("alice", new_session_id())
+    await asyncio.sleep(2 * UNIT)
+    for session in (second, third):
+        await store.touch("alice", session.id, state="away")
+        touched = await store.get("alice", session.id)
+        # Older than Redis's copy: nothing moves.
+        assert await store.restore(dataclasses.replace(session, state="disconnected"), None)
+        got = await store.get("alice", session.id)
+        assert got.state == "away"
+        assert got.last_seen == pytest.approx(touched.last_seen, abs=0.002)
+        # Newer: last_seen moves forward, the fields stay Redis's.
+        await asyncio.sleep(UNIT)
+        later = time.time()
+        assert await store.restore(dataclasses.replace(session, last_seen=later), None)
+        got = await store.get("alice", session.id)
+        assert got.state == "away"
+        assert got.last_seen > touched.last_seen
+    assert sorted(await client.keys("*")) == sorted([LONE, _key(second.id), INDEX])
+    assert (await client.get(LONE)).startswith(third.id + "|")
+    assert await client.zrange(INDEX, 0, -1) == [second.id]
+
+
+async def test_a_session_id_with_a_bar_is_refused(store):
+    """The lone slot stores the id before a "|": an id holding one is refused."""
+    with pytest.raises(ValueError, match="may not contain"):
+        await store.create("alice", "a|b")

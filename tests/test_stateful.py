@@ -300,9 +300,11 @@ class FallbackMachine(RuleBasedStateMachine):
                 assert session.expires_at <= session.created_at + MAX_LIFETIME + LATENCY
 
     def _check_redis(self) -> None:
-        """Redis holds exactly the live sessions, each with its index entry, and no TTL
-        beyond the TTL or the absolute lifetime; the fate of uncertain ones is read."""
+        """Redis holds exactly the live sessions, each in the lone slot or with its index
+        entry, and no TTL beyond the TTL or the absolute lifetime; the fate of uncertain
+        ones is read."""
         stored: set[Ref] = set()
+        limit = min(TTL, MAX_LIFETIME) * 1000
         for user in USERS:
             pattern = keys.session_key("presence", user, "*")
             sids = {key.rsplit(":", 1)[1] for key in self.redis.keys(pattern)}
@@ -310,7 +312,13 @@ class FallbackMachine(RuleBasedStateMachine):
             assert index == sids, f"index and session keys of {user} disagree"
             for sid in sids:
                 pttl = self.redis.pttl(keys.session_key("presence", user, sid))
-                assert 0 < pttl <= min(TTL, MAX_LIFETIME) * 1000
+                assert 0 < pttl <= limit
+            lone = self.redis.get(keys.lone_key("presence", user))
+            if lone is not None:
+                sid = lone.split("|", 1)[0]
+                assert sid not in sids, f"a session of {user} is stored twice"
+                assert 0 < self.redis.pttl(keys.lone_key("presence", user)) <= limit
+                sids.add(sid)
             stored |= {(user, sid) for sid in sids}
         for ref in self.uncertain:
             if ref in stored:

@@ -233,3 +233,130 @@ async def test_users_with_unusual_ids_are_kept_apart(make_store):
     sessions = {user: await _create(store, user) for user in users}
     for user, session in sessions.items():
         assert [s.id for s in await store.list_sessions(user)] == [session.id]
+
+
+# A user's first session and its later ones may be stored apart (Redis keeps the first
+# in a lone slot and indexes the others): the tests below change which is which.
+
+
+async def test_one_to_two_and_back_to_one_session(make_store):
+    """A user's sessions read, heartbeat and list alike as they go from one to two and
+    back to one, whichever of the two ends."""
+    store = await make_store()
+    first = await _create(store)
+    second = await _create(store)
+    for session in (first, second):
+        assert (await store.get("alice", session.id)).id == session.id
+        assert await store.touch("alice", session.id, state="away") is not None
+    assert await store.delete("alice", [second.id], "deleted") == [second.id]
+    assert [s.id for s in await store.list_sessions("alice")] == [first.id]
+    assert (await store.touch("alice", first.id)).state == "away"
+    third = await _create(store)
+    assert await store.delete("alice", [first.id], "deleted") == [first.id]
+    assert [s.id for s in await store.list_sessions("alice")] == [third.id]
+    assert await store.get("alice", first.id) is None
+    assert await store.touch("alice", first.id) is None
+    assert (await store.touch("alice", third.id, data={"x": 1})).data == {"x": 1}
+
+
+async def test_deleting_the_first_session_keeps_the_others(make_store):
+    """With the first session deleted the later ones stay whole, and the next session
+    created lives beside them."""
+    store = await make_store()
+    first = await _create(store, data={"n": 1})
+    later = [await _create(store, data={"n": n}) for n in (2, 3)]
+    assert await store.delete("alice", [first.id], "deleted") == [first.id]
+    for session in later:
+        got = await store.get("alice", session.id)
+        assert got is not None and got.data == session.data
+    again = await _create(store, data={"n": 4})
+    ids = {s.id for s in await store.list_sessions("alice")}
+    assert ids == {s.id for s in later} | {again.id}
+    assert await store.delete("alice", [first.id], "deleted") == []
+    assert set(await store.delete_all("alice", "cleanup")) == ids
+    assert await store.list_sessions("alice") == []
+    last = await _create(store)
+    assert [s.id for s in await store.list_sessions("alice")] == [last.id]
+
+
+async def test_the_cap_counts_the_first_session_and_the_others(make_store):
+    """The per-user cap counts every live session, the first one included, and a
+    deletion of any of them frees a place."""
+    store = await make_store(max_sessions_per_user=3)
+    first, second, third = [await _create(store) for _ in range(3)]
+    with pytest.raises(TooManySessions):
+        await _create(store)
+    await store.delete("alice", [first.id], "deleted")
+    fourth = await _create(store)
+    with pytest.raises(TooManySessions):
+        await _create(store)
+    await store.delete("alice", [third.id], "deleted")
+    await _create(store)
+    with pytest.raises(TooManySessions):
+        await _create(store)
+    assert second.id in {s.id for s in await store.list_sessions("alice")}
+    assert fourth.id in {s.id for s in await store.list_sessions("alice")}
+
+
+async def test_a_cap_of_one(make_store):
+    """With a cap of one, a user holds one session and gets another once it is gone."""
+    store = await make_store(max_sessions_per_user=1)
+    first = await _create(store)
+    with pytest.raises(TooManySessions):
+        await _create(store)
+    await store.delete("alice", [first.id], "deleted")
+    second = await _create(store)
+    assert [s.id for s in await store.list_sessions("alice")] == [second.id]
+
+
+async def test_inactive_cleanup_takes_the_first_and_later_sessions_alike(make_store):
+    """Inactive cleanup deletes the stale sessions, the first one among them or not,
+    and keeps the fresh ones; so does deleting by a cutoff."""
+    store = await make_store()
+    first, second, third = [await _create(store) for _ in range(3)]
+    await asyncio.sleep(5 * UNIT)
+    await store.touch("alice", second.id)
+    deleted = await store.delete_inactive("alice", 3 * UNIT, "cleanup")
+    assert sorted(deleted) == sorted([first.id, third.id])
+    assert [s.id for s in await store.list_sessions("alice")] == [second.id]
+
+    fourth = await _create(store)
+    await asyncio.sleep(5 * UNIT)
+    cutoff = (await store.touch("alice", fourth.id)).last_seen - UNIT / 2
+    fifth = await _create(store)
+    assert await store.delete_seen_before("alice", cutoff, "cleanup") == [second.id]
+    assert {s.id for s in await store.list_sessions("alice")} == {fourth.id, fifth.id}
+    assert await store.delete_inactive("alice", 3 * UNIT, "cleanup") == []
+
+
+async def test_refresh_renews_the_first_and_later_sessions_alike(make_store):
+    """Refresh keeps a user's first and later sessions alive, moves their last_seen, and
+    reports the first once it is deleted."""
+    store = await make_store(ttl=TTL)
+    first, second, third = [await _create(store) for _ in range(3)]
+    bobs = await _create(store, "bob")
+    refs = [("alice", first.id), ("bob", bobs.id), ("alice", second.id), ("alice", third.id)]
+    for _ in range(4):
+        await asyncio.sleep(TTL / 2)
+        assert await store.refresh(refs) == []
+    for session in (first, second, third, bobs):
+        got = await store.get(session.user, session.id)
+        assert got is not None and got.last_seen > session.last_seen + TTL
+    await store.delete("alice", [first.id, third.id], "deleted")
+    assert sorted(await store.refresh(refs)) == sorted([("alice", first.id), ("alice", third.id)])
+    assert await store.get("alice", first.id) is None
+
+
+async def test_list_orders_the_first_and_later_sessions_by_last_seen(make_store):
+    """Listing orders sessions by last_seen, newest first, whichever was created first."""
+    store = await make_store()
+    first, second, third = [await _create(store) for _ in range(3)]
+    for order in ([first, third, second], [second, first, third], [third, second, first]):
+        for session in reversed(order):
+            await asyncio.sleep(UNIT / 5)
+            await store.touch("alice", session.id)
+        assert [s.id for s in await store.list_sessions("alice")] == [s.id for s in order]
+    await asyncio.sleep(UNIT / 5)
+    await store.refresh([("alice", first.id)])
+    listed = [s.id for s in await store.list_sessions("alice")]
+    assert listed == [first.id, third.id, second.id]

@@ -6,16 +6,27 @@ disagree still agree on last_seen and expiry.
 A session value is ``<created ms>|<deadline ms or empty>|<transport><state>|<data>``:
 one letter each for transport (w, h, n) and state (a, y, d), data as JSON or empty.
 It is edited with ``string.match`` rather than cjson, which would turn ``[]`` into ``{}``.
+
+A user's sessions live in two places (see :mod:`presence.keys`): at most one in the
+user's lone slot, whose value is ``<sid>|<last_seen ms>|<session value>``, and the
+others each in a key of its own, indexed by the user's sorted set. A script looks an id
+up in the slot first (by the id it stores), then under its own key.
 """
 
 from __future__ import annotations
 
-# Shared preamble: NOW in ms, a session key from the prefix in ARGV, and helpers.
+# Shared preamble: NOW in ms, and helpers.
 _PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function parse(v)
   return string.match(v, '^(%d+)|(%d*)|(.)(.)|(.*)$')
+end
+-- The lone slot's session: its id, last_seen and value; nil when the slot is free.
+local function lone(slot)
+  local v = redis.call('GET', slot)
+  if not v then return nil end
+  return string.match(v, '^([^|]*)|(%d+)|(.*)$')
 end
 local function ended(channel, user, sid, reason)
   if channel ~= '' then
@@ -27,14 +38,19 @@ local function push_index_ttl(idx, ttl)
 end
 """
 
-# KEYS: idx, session key. ARGV: ttl, max per user, sid, "<ts>|<data>", max lifetime.
+# KEYS: lone slot, idx, session key. ARGV: ttl, max per user, sid, "<ts>|<data>", max
+# lifetime. The session goes to the slot when it is free, else to its key and the index.
 # Returns {now, pttl} or an error code: -1 cap reached, -2 id taken.
 CREATE = (
     _PRELUDE
     + """
-local ttl = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return {-1} end
+local ttl, sid = tonumber(ARGV[1]), ARGV[3]
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+local lone_sid = lone(KEYS[1])
+local count = redis.call('ZCARD', KEYS[2])
+if lone_sid then count = count + 1 end
+if count >= tonumber(ARGV[2]) then return {-1} end
+if lone_sid == sid or redis.call('EXISTS', KEYS[3]) == 1 then return {-2} end
 local life = tonumber(ARGV[5])
 local deadline, px = '', ttl
 if life > 0 then
@@ -42,62 +58,88 @@ if life > 0 then
   if life < px then px = life end
 end
 local value = now .. '|' .. deadline .. '|' .. ARGV[4]
-if not redis.call('SET', KEYS[2], value, 'PX', px, 'NX') then return {-2} end
-redis.call('ZADD', KEYS[1], now, ARGV[3])
-push_index_ttl(KEYS[1], ttl)
+if not lone_sid then
+  redis.call('SET', KEYS[1], sid .. '|' .. now .. '|' .. value, 'PX', px)
+  return {now, px}
+end
+redis.call('SET', KEYS[3], value, 'PX', px)
+redis.call('ZADD', KEYS[2], now, sid)
+push_index_ttl(KEYS[2], ttl)
 return {now, px}
 """
 )
 
-# KEYS: idx, session key. ARGV: sid. Returns {value, last_seen, pttl, now} or false.
+# KEYS: lone slot, idx, session key. ARGV: sid.
+# Returns {value, last_seen, pttl, now} or false.
 GET = (
     _PRELUDE
     + """
-local v = redis.call('GET', KEYS[2])
+local lone_sid, lone_seen, lone_v = lone(KEYS[1])
+if lone_sid == ARGV[1] then
+  return {lone_v, lone_seen, redis.call('PTTL', KEYS[1]), now}
+end
+local v = redis.call('GET', KEYS[3])
 if not v then return false end
-local seen = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local seen = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not seen then seen = string.match(v, '^(%d+)') end
-return {v, tostring(seen), redis.call('PTTL', KEYS[2]), now}
+return {v, tostring(seen), redis.call('PTTL', KEYS[3]), now}
 """
 )
 
-# KEYS: idx. ARGV: ttl, key prefix up to the sid.
+# KEYS: lone slot, idx. ARGV: ttl, key prefix up to the sid.
 # Returns flat {now, sid, value, last_seen, pttl, ...} newest first; prunes dead ids.
 LIST = (
     _PRELUDE
     + """
 local ttl = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
-local entries = redis.call('ZREVRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+local entries = redis.call('ZREVRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+local lone_sid, lone_seen, lone_v = lone(KEYS[1])
 local out = {now}
+local function add(sid, v, seen, pttl)
+  table.insert(out, sid)
+  table.insert(out, v)
+  table.insert(out, seen)
+  table.insert(out, pttl)
+end
 for i = 1, #entries, 2 do
-  local sid = entries[i]
+  local sid, seen = entries[i], entries[i + 1]
+  if lone_sid and tonumber(lone_seen) >= tonumber(seen) then
+    add(lone_sid, lone_v, lone_seen, redis.call('PTTL', KEYS[1]))
+    lone_sid = nil
+  end
   local key = ARGV[2] .. sid
   local v = redis.call('GET', key)
   if v then
-    table.insert(out, sid)
-    table.insert(out, v)
-    table.insert(out, entries[i + 1])
-    table.insert(out, redis.call('PTTL', key))
+    add(sid, v, seen, redis.call('PTTL', key))
   else
-    redis.call('ZREM', KEYS[1], sid)
+    redis.call('ZREM', KEYS[2], sid)
   end
 end
+if lone_sid then add(lone_sid, lone_v, lone_seen, redis.call('PTTL', KEYS[1])) end
 return out
 """
 )
 
-# KEYS: idx, session key. ARGV: ttl, sid, transport letter or '', state letter or '',
-# '1' to replace data, data, at (ms; 0 = now), channel, user.
+# KEYS: lone slot, idx, session key. ARGV: ttl, sid, transport letter or '', state
+# letter or '', '1' to replace data, data, at (ms; 0 = now), channel, user.
 # Never recreates a missing key; never moves last_seen or expiry backwards.
 # Returns {value, last_seen, pttl, now} or false.
 TOUCH = (
     _PRELUDE
     + """
-local v = redis.call('GET', KEYS[2])
-if not v then
-  redis.call('ZREM', KEYS[1], ARGV[2])
-  return false
+local sid = ARGV[2]
+local lone_sid, seen, v = lone(KEYS[1])
+local in_lone = lone_sid == sid
+local key = KEYS[3]
+if in_lone then
+  key = KEYS[1]
+else
+  v = redis.call('GET', key)
+  if not v then
+    redis.call('ZREM', KEYS[2], sid)
+    return false
+  end
 end
 local ttl = tonumber(ARGV[1])
 local at = tonumber(ARGV[7])
@@ -107,9 +149,9 @@ local px = at + ttl - now
 if x ~= '' then
   local left = tonumber(x) - now
   if left <= 0 then
-    redis.call('DEL', KEYS[2])
-    redis.call('ZREM', KEYS[1], ARGV[2])
-    ended(ARGV[8], ARGV[9], ARGV[2], 'expired')
+    redis.call('DEL', key)
+    if not in_lone then redis.call('ZREM', KEYS[2], sid) end
+    ended(ARGV[8], ARGV[9], sid, 'expired')
     return false
   end
   if left < px then px = left end
@@ -118,104 +160,171 @@ local changed = false
 if ARGV[3] ~= '' and ARGV[3] ~= tr then tr = ARGV[3]; changed = true end
 if ARGV[4] ~= '' and ARGV[4] ~= st then st = ARGV[4]; changed = true end
 if ARGV[5] == '1' then d = ARGV[6]; changed = true end
-if changed then
-  v = c .. '|' .. x .. '|' .. tr .. st .. '|' .. d
-  redis.call('SET', KEYS[2], v, 'KEEPTTL')
+if changed then v = c .. '|' .. x .. '|' .. tr .. st .. '|' .. d end
+if in_lone then
+  seen = tonumber(seen)
+  if at > seen then seen = at; changed = true end
+  if changed then redis.call('SET', key, sid .. '|' .. seen .. '|' .. v, 'KEEPTTL') end
+else
+  if changed then redis.call('SET', key, v, 'KEEPTTL') end
+  redis.call('ZADD', KEYS[2], 'GT', at, sid)
+  push_index_ttl(KEYS[2], ttl)
+  seen = redis.call('ZSCORE', KEYS[2], sid)
 end
-if px > 0 then redis.call('PEXPIRE', KEYS[2], px, 'GT') end
-redis.call('ZADD', KEYS[1], 'GT', at, ARGV[2])
-push_index_ttl(KEYS[1], ttl)
-return {v, redis.call('ZSCORE', KEYS[1], ARGV[2]), redis.call('PTTL', KEYS[2]), now}
+if px > 0 then redis.call('PEXPIRE', key, px, 'GT') end
+return {v, tostring(seen), redis.call('PTTL', key), now}
 """
 )
 
-# KEYS: pairs of (idx, session key). ARGV: ttl, check deadlines ('1'/'0'), channel,
-# then (user, sid) pairs. Returns the 1-based pair numbers that no longer exist.
+# KEYS: for each user in turn, its lone slot, its idx, then the keys of its sids.
+# ARGV: ttl, check deadlines ('1'/'0'), channel, then for each user in turn: user, the
+# number of its sids, the sids. Returns the 1-based numbers, counted over all the sids
+# in order, of those that no longer exist.
 REFRESH = (
     _PRELUDE
     + """
 local ttl = tonumber(ARGV[1])
 local deadlines = ARGV[2] == '1'
+local channel = ARGV[3]
 local missing = {}
-for i = 1, #KEYS / 2 do
-  local idx, key = KEYS[2 * i - 1], KEYS[2 * i]
-  local user, sid = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
-  local px = ttl
-  local alive = true
-  if deadlines then
-    local v = redis.call('GET', key)
-    if not v then
-      alive = false
-    else
-      local c, x = parse(v)
-      if x ~= '' then
-        local left = tonumber(x) - now
-        if left <= 0 then
-          redis.call('DEL', key)
-          redis.call('ZREM', idx, sid)
-          ended(ARGV[3], user, sid, 'expired')
-          alive = false
-        elseif left < px then
-          px = left
+local k, a, n = 1, 4, 0
+while a <= #ARGV do
+  local user, count = ARGV[a], tonumber(ARGV[a + 1])
+  local slot, idx = KEYS[k], KEYS[k + 1]
+  local lone_sid, lone_seen, lone_v = lone(slot)
+  for j = 1, count do
+    local sid, key = ARGV[a + 1 + j], KEYS[k + 1 + j]
+    n = n + 1
+    local px = ttl
+    local alive = true
+    if lone_sid == sid then
+      if deadlines then
+        local c, x = parse(lone_v)
+        if x ~= '' then
+          local left = tonumber(x) - now
+          if left <= 0 then
+            redis.call('DEL', slot)
+            ended(channel, user, sid, 'expired')
+            lone_sid = nil
+            alive = false
+          elseif left < px then
+            px = left
+          end
         end
       end
+      if alive then
+        if now > tonumber(lone_seen) then
+          lone_seen = now
+          redis.call('SET', slot, sid .. '|' .. now .. '|' .. lone_v, 'KEEPTTL')
+        end
+        redis.call('PEXPIRE', slot, px, 'GT')
+      end
+    else
+      if deadlines then
+        local v = redis.call('GET', key)
+        if not v then
+          alive = false
+        else
+          local c, x = parse(v)
+          if x ~= '' then
+            local left = tonumber(x) - now
+            if left <= 0 then
+              redis.call('DEL', key)
+              ended(channel, user, sid, 'expired')
+              alive = false
+            elseif left < px then
+              px = left
+            end
+          end
+        end
+      end
+      if alive and redis.call('PEXPIRE', key, px, 'GT') == 0
+          and redis.call('EXISTS', key) == 0 then
+        alive = false
+      end
+      if alive then
+        redis.call('ZADD', idx, 'GT', now, sid)
+        push_index_ttl(idx, ttl)
+      else
+        redis.call('ZREM', idx, sid)
+      end
     end
+    if not alive then table.insert(missing, n) end
   end
-  if alive and redis.call('PEXPIRE', key, px, 'GT') == 0 and redis.call('EXISTS', key) == 0 then
-    alive = false
-  end
-  if alive then
-    redis.call('ZADD', idx, 'GT', now, sid)
-    push_index_ttl(idx, ttl)
-  else
-    redis.call('ZREM', idx, sid)
-    table.insert(missing, i)
-  end
+  k = k + 2 + count
+  a = a + 2 + count
 end
 return missing
 """
 )
 
-# KEYS: idx. ARGV: mode ('ids' | 'all' | 'inactive' | 'before'), key prefix up to the
-# sid, ttl, channel, user, reason, cutoff (inactive: an age in ms, measured by Redis's
-# clock; before: POSIX ms), then the ids (ids).
-# Returns the ids deleted; each deletion is published on the channel.
+# KEYS: lone slot, idx. ARGV: mode ('ids' | 'all' | 'inactive' | 'before'), key prefix
+# up to the sid, ttl, channel, user, reason, cutoff (inactive: an age in ms, measured by
+# Redis's clock; before: POSIX ms), then the ids (ids).
+# Returns the ids deleted, oldest first for the modes other than 'ids'; each deletion
+# is published on the channel.
 DELETE = (
     _PRELUDE
     + """
 local mode, base, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local channel, user, reason = ARGV[4], ARGV[5], ARGV[6]
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+local lone_sid, lone_seen = lone(KEYS[1])
 local ids
 if mode == 'ids' then
   ids = {}
   for i = 8, #ARGV do table.insert(ids, ARGV[i]) end
-elseif mode == 'all' then
-  ids = redis.call('ZRANGE', KEYS[1], 0, -1)
-elseif mode == 'inactive' then
-  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[7])))
 else
-  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[7])
+  local entries, cutoff
+  if mode == 'all' then
+    entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  else
+    if mode == 'inactive' then
+      cutoff = now - tonumber(ARGV[7])
+    else
+      cutoff = tonumber(ARGV[7])
+    end
+    entries = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff, 'WITHSCORES')
+  end
+  -- The lone session, when it is among them, in its place by last_seen.
+  local pending = lone_sid and (cutoff == nil or tonumber(lone_seen) < cutoff)
+  ids = {}
+  for i = 1, #entries, 2 do
+    if pending and tonumber(lone_seen) <= tonumber(entries[i + 1]) then
+      table.insert(ids, lone_sid)
+      pending = false
+    end
+    table.insert(ids, entries[i])
+  end
+  if pending then table.insert(ids, lone_sid) end
 end
 local deleted = {}
 for _, sid in ipairs(ids) do
-  if redis.call('DEL', base .. sid) == 1 then
+  local gone
+  if sid == lone_sid then
+    gone = redis.call('DEL', KEYS[1]) == 1
+    lone_sid = nil
+  else
+    gone = redis.call('DEL', base .. sid) == 1
+    redis.call('ZREM', KEYS[2], sid)
+  end
+  if gone then
     table.insert(deleted, sid)
     ended(channel, user, sid, reason)
   end
-  redis.call('ZREM', KEYS[1], sid)
 end
 return deleted
 """
 )
 
-# KEYS: idx, session key. ARGV: value, last_seen ms, ttl, sid, deadline ms or '' (as in
-# the value). Writes back a session created while Redis was away. Returns 1 if it is
-# now in Redis, 0 if it had already expired by its own clock.
+# KEYS: lone slot, idx, session key. ARGV: value, last_seen ms, ttl, sid, deadline ms or
+# '' (as in the value). Writes back a session created while Redis was away: where Redis
+# still holds it, only its last_seen and expiry move forward; else into the slot when it
+# is free. Returns 1 if it is now in Redis, 0 if it had already expired by its own clock.
 RESTORE = (
     _PRELUDE
     + """
-local value, seen, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local value, seen, ttl, sid = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local c, x, tr, st, d = parse(value)
 -- Times from a process whose clock runs ahead of Redis's would date the session in
 -- Redis's future and stretch it past its TTL and lifetime: none is later than now.
@@ -228,11 +337,23 @@ if seen > now then seen = now end
 local px = seen + ttl - now
 if x ~= '' and tonumber(x) - now < px then px = tonumber(x) - now end
 if px <= 0 then return 0 end
-if not redis.call('SET', KEYS[2], value, 'PX', px, 'NX') then
-  redis.call('PEXPIRE', KEYS[2], px, 'GT')
+local lone_sid, lone_seen, lone_v = lone(KEYS[1])
+if lone_sid == sid then
+  if seen > tonumber(lone_seen) then
+    redis.call('SET', KEYS[1], sid .. '|' .. seen .. '|' .. lone_v, 'KEEPTTL')
+  end
+  redis.call('PEXPIRE', KEYS[1], px, 'GT')
+  return 1
 end
-redis.call('ZADD', KEYS[1], 'GT', seen, ARGV[4])
-push_index_ttl(KEYS[1], ttl)
+if not lone_sid and redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('SET', KEYS[1], sid .. '|' .. seen .. '|' .. value, 'PX', px)
+  return 1
+end
+if not redis.call('SET', KEYS[3], value, 'PX', px, 'NX') then
+  redis.call('PEXPIRE', KEYS[3], px, 'GT')
+end
+redis.call('ZADD', KEYS[2], 'GT', seen, sid)
+push_index_ttl(KEYS[2], ttl)
 return 1
 """
 )

@@ -1,5 +1,6 @@
-"""Sessions in Redis: one string key per session with the session's TTL, and a sorted
-set per user indexing them by last_seen. See :mod:`presence.keys` for the layout."""
+"""Sessions in Redis: a user's first session in a key of the user's (the lone slot),
+any others in a string key each, indexed by a sorted set per user by last_seen; each key
+carries its session's TTL. See :mod:`presence.keys` for the layout."""
 
 from __future__ import annotations
 
@@ -209,10 +210,11 @@ class RedisStore:
         return {"store": self.name, "degraded": False}
 
     async def create(self, user: str, session_id: str, *, data: JSON = None) -> Session:
+        _check_id(session_id)
         encoded = "" if data is None else _dump(data)
         result = await self._run(
             "CREATE",
-            [self._idx(user), self._key(user, session_id)],
+            self._keys(user, session_id),
             [
                 self.ttl_ms,
                 self.max_sessions_per_user,
@@ -240,15 +242,15 @@ class RedisStore:
         )
 
     async def get(self, user: str, session_id: str) -> Session | None:
-        result = await self._run(
-            "GET", [self._idx(user), self._key(user, session_id)], [session_id]
-        )
+        result = await self._run("GET", self._keys(user, session_id), [session_id])
         if not result:
             return None
         return _session(user, session_id, *result)
 
     async def list_sessions(self, user: str) -> list[Session]:
-        now, *flat = await self._run("LIST", [self._idx(user)], [self.ttl_ms, self._key(user, "")])
+        now, *flat = await self._run(
+            "LIST", [self._lone(user), self._idx(user)], [self.ttl_ms, self._key(user, "")]
+        )
         return [
             _session(user, flat[i], flat[i + 1], flat[i + 2], flat[i + 3], now)
             for i in range(0, len(flat), 4)
@@ -266,7 +268,7 @@ class RedisStore:
     ) -> Session | None:
         result = await self._run(
             "TOUCH",
-            [self._idx(user), self._key(user, session_id)],
+            self._keys(user, session_id),
             [
                 self.ttl_ms,
                 session_id,
@@ -312,19 +314,27 @@ class RedisStore:
         return await self._refresh(refs)
 
     async def _refresh(self, refs: Sequence[SessionRef]) -> list[SessionRef]:
+        # Grouped by user, so that each user's lone slot is named and read once.
+        by_user: dict[str, list[str]] = {}
+        for user, sid in refs:
+            by_user.setdefault(user, []).append(sid)
         script_keys: list[str] = []
         args: list[Any] = [self.ttl_ms, "1" if self.max_lifetime_ms > 0 else "0", self.channel]
-        for user, sid in refs:
-            script_keys += [self._idx(user), self._key(user, sid)]
-            args += [user, sid]
+        ordered: list[SessionRef] = []
+        for user, sids in by_user.items():
+            script_keys += [self._lone(user), self._idx(user)]
+            script_keys += [self._key(user, sid) for sid in sids]
+            args += [user, len(sids), *sids]
+            ordered += [(user, sid) for sid in sids]
         missing = await self._run("REFRESH", script_keys, args)
-        return [refs[int(i) - 1] for i in missing]
+        return [ordered[int(i) - 1] for i in missing]
 
     async def restore(self, session: Session, deadline: float | None) -> bool:
         """Writes back a session created elsewhere (the fallback), as it is now.
 
         Returns False when it has expired meanwhile; it is then not written.
         """
+        _check_id(session.id)
         value = "|".join(
             [
                 str(round(session.created_at * 1000)),
@@ -335,7 +345,7 @@ class RedisStore:
         )
         written = await self._run(
             "RESTORE",
-            [self._idx(session.user), self._key(session.user, session.id)],
+            self._keys(session.user, session.id),
             [
                 value,
                 round(session.last_seen * 1000),
@@ -366,7 +376,7 @@ class RedisStore:
     ) -> list[str]:
         deleted = await self._run(
             "DELETE",
-            [self._idx(user)],
+            [self._lone(user), self._idx(user)],
             [
                 mode,
                 self._key(user, ""),
@@ -437,9 +447,23 @@ class RedisStore:
     def _idx(self, user: str) -> str:
         return keys.index_key(self.prefix, user)
 
+    def _lone(self, user: str) -> str:
+        return keys.lone_key(self.prefix, user)
+
+    def _keys(self, user: str, session_id: str) -> list[str]:
+        """The keys where a session may be: the lone slot, the index and its own key."""
+        return [self._lone(user), self._idx(user), self._key(user, session_id)]
+
 
 def _dump(data: JSON) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _check_id(session_id: str) -> None:
+    # The lone slot's value starts with "<id>|": an id with a "|" could not be read back.
+    # new_session_id never mints one, and the API refuses any other shape.
+    if "|" in session_id:
+        raise ValueError("a session id may not contain '|'")
 
 
 def _session(
