@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
 import pytest
 
+from presence.cli import NoDelayH11Protocol, no_delay, uvicorn_options
 from presence.exceptions import ConfigError
 from presence.settings import Settings
+
+from .utils import make_settings
 
 
 def test_defaults_follow_the_spec():
@@ -103,3 +107,23 @@ def test_cli_version():
         check=True,
     )
     assert result.stdout.startswith("presence ")
+
+
+def test_every_connection_gets_tcp_nodelay_even_from_a_proto_0_listener():
+    """uvicorn's bind for --workers makes its socket with proto 0, so asyncio sets no
+    TCP_NODELAY on the connections; the server's HTTP protocol sets it itself."""
+    assert uvicorn_options(make_settings())["http"] is NoDelayH11Protocol
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with socket.create_connection(listener.getsockname()):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+
+                class Transport:
+                    def get_extra_info(self, name: str) -> object:
+                        return accepted if name == "socket" else None
+
+                no_delay(Transport())
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
