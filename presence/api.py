@@ -6,19 +6,21 @@ Every handler resolves the caller's identity first; sessions are always looked u
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route
+from starlette.types import Message, Receive, Scope, Send
 
-from .auth import Identity
+from .auth import Identity, cookie_token, first_headers, header
 from .exceptions import BadRequest, Forbidden, NotFound, Unauthorized
 from .sessions import JSON, STATES, is_session_id
-from .sockets import session_socket
 from .stores.base import UNSET
 
 if TYPE_CHECKING:
@@ -32,6 +34,9 @@ _JSON_TYPES = {"application/json", "text/plain", ""}
 _STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 
 _HEARTBEAT_STATES = tuple(sorted(STATES - {"disconnected"}))
+_CREATE_FIELDS = frozenset({"data"})
+_HEARTBEAT_FIELDS = frozenset({"data", "state"})
+_CLEANUP_FIELDS = frozenset({"type", "session_ids"})
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -41,10 +46,19 @@ def _services(request: Request) -> Services:
     return services
 
 
-def identify(request: Request, *, mint: bool = False) -> Identity:
+def identify(
+    request: Request,
+    headers: Mapping[bytes, bytes] | None = None,
+    services: Services | None = None,
+    *,
+    mint: bool = False,
+) -> Identity:
     """The caller's identity, checked for origin when a browser sent it by itself.
 
     Args:
+        headers: the request's :func:`~presence.auth.first_headers`, when the caller
+            has them already; each header is read once per request.
+        services: the app's, when the caller has them already.
         mint: in development mode, give a caller without identity a new anonymous one
             (its cookie is set on the response by :func:`respond`).
 
@@ -52,17 +66,32 @@ def identify(request: Request, *, mint: bool = False) -> Identity:
         Unauthorized: no valid identity.
         Forbidden: a cookie-authenticated state-changing request from a foreign origin.
     """
-    services = _services(request)
-    identity = services.authenticator.identify(request.headers, request.cookies)
-    if identity is None and mint and services.authenticator.dev_mode:
-        identity, token = services.authenticator.mint_anonymous()
+    scope = request.scope
+    if headers is None:
+        headers = first_headers(scope["headers"])
+    if services is None:
+        services = _services(request)
+    authenticator = services.authenticator
+    # The cookies are parsed only when no bearer token came.
+    identity = authenticator.identify(
+        header(headers, b"authorization"),
+        functools.partial(cookie_token, scope["headers"]),
+    )
+    if identity is None and mint and authenticator.dev_mode:
+        identity, token = authenticator.mint_anonymous()
         request.state.new_token = token
     if identity is None:
         raise Unauthorized("a valid bearer token or identity cookie is required")
     if (
         identity.ambient
         and request.method in _STATE_CHANGING
-        and not services.origins.allows_http(request.headers, scheme=request.url.scheme)
+        and not services.origins.allows_http(
+            header(headers, b"origin"),
+            header(headers, b"sec-fetch-site"),
+            # What request.url.scheme answers, without building the URL.
+            scheme=scope.get("scheme", "http"),
+            host=header(headers, b"host"),
+        )
     ):
         raise Forbidden("origin not allowed for a cookie-authenticated request")
     return identity
@@ -80,43 +109,49 @@ def respond(request: Request, response: Response) -> Response:
     return response
 
 
-async def read_json(request: Request) -> dict[str, JSON]:
+async def read_json(
+    request: Request,
+    headers: Mapping[bytes, bytes] | None = None,
+    services: Services | None = None,
+) -> dict[str, JSON]:
     """Reads a JSON object body of at most ``max_body_bytes``; an empty body is ``{}``.
 
     ``text/plain`` is accepted because ``navigator.sendBeacon`` sends strings that way
     (and it keeps a cross-origin beacon a simple request, without a preflight).
 
+    Args:
+        headers: the request's :func:`~presence.auth.first_headers`, if at hand.
+        services: the app's, if at hand.
+
     Raises:
         BadRequest: 413 too large, 415 wrong media type, 400 malformed JSON (also
             NaN, Infinity, unpaired surrogates, nesting too deep), 422 not an object.
     """
-    limit = _services(request).settings.max_body_bytes
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if headers is None:
+        headers = first_headers(request.scope["headers"])
+    if services is None:
+        services = _services(request)
+    limit = services.settings.max_body_bytes
+    content_type = header(headers, b"content-type") or ""
+    media_type = content_type.split(";")[0].strip().lower()
     if media_type not in _JSON_TYPES:
         raise BadRequest(
             f"unsupported content type {media_type!r}; send application/json or text/plain",
             code="unsupported_media_type",
             status=415,
         )
-    declared = request.headers.get("content-length")
-    too_large = BadRequest(
-        f"request body exceeds {limit} bytes", code="payload_too_large", status=413
-    )
+    declared = header(headers, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise too_large
+            raise _too_large(limit)
     if not body.strip():
         return {}
     try:
-        value = json.loads(body)
-        # What is kept must be sendable back: Python's parser takes NaN, Infinity and
-        # unpaired surrogates ("\ud800"), which no response can encode, and nesting too
-        # deep for the parser raises RecursionError, not ValueError.
-        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+        value = parse_json(body)
     except (ValueError, RecursionError) as exc:
         raise BadRequest(f"malformed JSON: {exc}", code="malformed_json") from None
     if not isinstance(value, dict):
@@ -124,21 +159,92 @@ async def read_json(request: Request) -> dict[str, JSON]:
     return value
 
 
+def _too_large(limit: int) -> BadRequest:
+    return BadRequest(f"request body exceeds {limit} bytes", code="payload_too_large", status=413)
+
+
+class _Unsure(Exception):
+    """The quick parse met a value that only the full check can judge."""
+
+
+def _unsure_constant(name: str) -> float:
+    raise _Unsure(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise _Unsure(text)
+    return value
+
+
+_QUICK_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_unsure_constant)
+# Bodies with at most this many "[" and "{" are nested at most this deep: far from
+# the recursion limit, in the parser here and in every encoder the value meets later.
+_QUICK_MAX_OPENINGS = 64
+
+
+def parse_json(body: bytes | bytearray) -> JSON:
+    """Parses a request body, refusing JSON that no response could carry back.
+
+    Python's parser takes NaN, Infinity, numbers too large for a float (which become
+    infinity) and unpaired surrogates (``"\\ud800"``), none of which a response can
+    encode, and nesting too deep for the parser raises RecursionError, not ValueError.
+    The refusal is the encoder's own: the value is encoded again, as a response would.
+
+    That costs as much again as the parse, so most bodies skip it. Without a backslash
+    or a byte beyond ASCII, no string can hold a surrogate (an escape needs a
+    backslash, a raw one non-ASCII bytes, in UTF-8, -16 and -32 alike); with few
+    brackets, nothing is nested deep; NaN, Infinity and overflowing numbers are caught
+    by the parser's hooks, which send such a body down the full path. So the result,
+    and every error and its message, are those of the full path.
+
+    Raises:
+        ValueError: malformed or unsendable JSON.
+        RecursionError: nested too deep.
+    """
+    if (
+        body.isascii()
+        and b"\\" not in body
+        and body.count(b"[") + body.count(b"{") <= _QUICK_MAX_OPENINGS
+    ):
+        try:
+            # What json.loads does with bytes, with hooks on the decoder.
+            return _QUICK_DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+        except _Unsure:
+            pass
+    value = json.loads(body)
+    json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    return value
+
+
+class _JSONResponse(JSONResponse):
+    """Starlette's JSONResponse, byte for byte, from one encoder made once rather than
+    one made by ``json.dumps`` for every response (its options are not the defaults)."""
+
+    def render(self, content: Any) -> bytes:
+        return _ENCODER.encode(content).encode("utf-8")
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+
+
 def _invalid(message: str) -> BadRequest:
     return BadRequest(message, code="invalid_body", status=422)
 
 
-def _check_fields(body: dict[str, JSON], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise _invalid(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+def _check_fields(body: dict[str, JSON], allowed: frozenset[str]) -> None:
+    if body.keys() <= allowed:
+        return
+    unknown = sorted(body.keys() - allowed)
+    raise _invalid(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
 
 
-def _data(request: Request, body: dict[str, JSON]) -> JSON:
+def _data(services: Services, body: dict[str, JSON]) -> JSON:
     data = body.get("data", UNSET)
     if data is UNSET:
         return UNSET
-    limit = _services(request).settings.max_data_bytes
+    limit = services.settings.max_data_bytes
     size = len(json.dumps(data, separators=(",", ":")).encode())
     if size > limit:
         raise _invalid(f"data is {size} bytes once encoded; the limit is {limit}")
@@ -153,15 +259,16 @@ def _session_id(request: Request) -> str:
 
 
 async def create_session(request: Request) -> Response:
-    identity = identify(request, mint=True)
-    body = await read_json(request)
-    _check_fields(body, {"data"})
-    data = _data(request, body)
     services = _services(request)
+    headers = first_headers(request.scope["headers"])
+    identity = identify(request, headers, services, mint=True)
+    body = await read_json(request, headers, services)
+    _check_fields(body, _CREATE_FIELDS)
+    data = _data(services, body)
     session = await services.store.create(
         identity.user, services.new_session_id(), data=None if data is UNSET else data
     )
-    response = JSONResponse(session.to_json(), status_code=201)
+    response = _JSONResponse(session.to_json(), status_code=201)
     response.headers["location"] = f"{request.url.path.rstrip('/')}/{session.id}"
     return respond(request, response)
 
@@ -169,7 +276,7 @@ async def create_session(request: Request) -> Response:
 async def list_sessions(request: Request) -> Response:
     identity = identify(request)
     sessions = await _services(request).store.list_sessions(identity.user)
-    return JSONResponse({"sessions": [s.to_json() for s in sessions]})
+    return _JSONResponse({"sessions": [s.to_json() for s in sessions]})
 
 
 async def get_session(request: Request) -> Response:
@@ -177,7 +284,7 @@ async def get_session(request: Request) -> Response:
     session = await _services(request).store.get(identity.user, _session_id(request))
     if session is None:
         raise NotFound("no such session")
-    return JSONResponse(session.to_json())
+    return _JSONResponse(session.to_json())
 
 
 async def delete_session(request: Request) -> Response:
@@ -191,35 +298,38 @@ async def delete_session(request: Request) -> Response:
 
 
 async def heartbeat(request: Request) -> Response:
-    identity = identify(request)
+    services = _services(request)
+    headers = first_headers(request.scope["headers"])
+    identity = identify(request, headers, services)
     session_id = _session_id(request)
-    body = await read_json(request)
-    _check_fields(body, {"data", "state"})
+    body = await read_json(request, headers, services)
+    _check_fields(body, _HEARTBEAT_FIELDS)
     state = body.get("state", "active")
     # A tuple, not a set: `in` on a set hashes, and a list or object sent as the state
     # is unhashable (TypeError, a 500).
     if state not in _HEARTBEAT_STATES:
         raise _invalid('state must be "active" or "away"')
-    session = await _services(request).store.touch(
+    session = await services.store.touch(
         identity.user,
         session_id,
         transport="http",
         state=state,
-        data=_data(request, body),
+        data=_data(services, body),
     )
     if session is None:
         raise NotFound("no such session; create a new one")
-    return JSONResponse(session.to_json())
+    return _JSONResponse(session.to_json())
 
 
 async def cleanup(request: Request) -> Response:
-    identity = identify(request)
-    body = await read_json(request)
-    _check_fields(body, {"type", "session_ids"})
+    services = _services(request)
+    headers = first_headers(request.scope["headers"])
+    identity = identify(request, headers, services)
+    body = await read_json(request, headers, services)
+    _check_fields(body, _CLEANUP_FIELDS)
     kind = body.get("type")
     if kind not in CLEANUP_TYPES:
         raise _invalid(f"type must be one of {', '.join(CLEANUP_TYPES)}; got {kind!r}")
-    services = _services(request)
     ids: Any = body.get("session_ids")
     store = services.store
     if kind == "specific":
@@ -243,17 +353,21 @@ async def cleanup(request: Request) -> Response:
             deleted = await store.delete_inactive(
                 identity.user, services.settings.inactive_threshold, "cleanup"
             )
-    return JSONResponse({"deleted": len(deleted), "session_ids": deleted})
+    return _JSONResponse({"deleted": len(deleted), "session_ids": deleted})
 
 
 def routes() -> list[BaseRoute]:
-    """The API's routes, to mount under ``/api/v1/chat``."""
+    """The API's HTTP routes, to mount under ``/api/v1/chat``.
+
+    The socket, ``/sessions/{session_id}/ws``, is routed by the app itself, beside the
+    mount (see :func:`presence.app.create_app`). The heartbeat comes first: it is the
+    route most requests take, and no other route matches its paths.
+    """
     return [
+        _route("/sessions/{session_id}/heartbeat", post=heartbeat),
         _route("/sessions", get=list_sessions, post=create_session),
         _route("/sessions/cleanup", post=cleanup),
         _route("/sessions/{session_id}", get=get_session, delete=delete_session),
-        _route("/sessions/{session_id}/heartbeat", post=heartbeat),
-        WebSocketRoute("/sessions/{session_id}/ws", session_socket),
     ]
 
 
@@ -264,4 +378,49 @@ def _route(path: str, **handlers: Handler) -> Route:
     # /sessions/cleanup fell through to /sessions/{session_id} as a session "cleanup".
     methods = {method: staticmethod(handler) for method, handler in handlers.items()}
     name = "_".join(handler.__name__ for handler in handlers.values())
-    return Route(path, type(name, (HTTPEndpoint,), methods), name=name)
+    return Route(path, type(name, (_Endpoint,), methods), name=name)
+
+
+class _Endpoint(HTTPEndpoint):
+    """An HTTPEndpoint that works out once per class what Starlette's works out on every
+    request: the methods allowed (Starlette's own reckoning, so HEAD goes with GET and
+    the 405's Allow header is the same) and each one's handler, all coroutine
+    functions."""
+
+    _allowed: ClassVar[list[str]] = []
+    _handlers: ClassVar[dict[str, Handler]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        probe = HTTPEndpoint.__new__(cls)
+        HTTPEndpoint.__init__(probe, {"type": "http"}, _unused_receive, _unused_send)
+        cls._allowed = probe._allowed_methods
+        head = "head" if hasattr(cls, "head") else "get"
+        cls._handlers = {
+            method: getattr(cls, head if method == "HEAD" else method.lower())
+            for method in cls._allowed
+        }
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self._allowed_methods = self._allowed
+
+    async def dispatch(self) -> None:
+        request = Request(self.scope, receive=self.receive, send=self.send)
+        handler = self._handlers.get(request.method)
+        if handler is None:
+            response = await self.method_not_allowed(request)
+        else:
+            response = await handler(request)
+        await response(self.scope, self.receive, self.send)
+
+
+async def _unused_receive() -> Message:  # pragma: no cover - for the probe alone
+    raise RuntimeError("not a request")
+
+
+async def _unused_send(message: Message) -> None:  # pragma: no cover - for the probe alone
+    raise RuntimeError("not a request")

@@ -4,11 +4,13 @@ store, subscribes to ended sessions and runs the refresher."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -17,17 +19,18 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 
 from . import api, openapi
-from .auth import Authenticator, OriginPolicy
+from .auth import Authenticator, OriginPolicy, cookie_token, first_headers, header
 from .connections import Refresher, Registry
 from .exceptions import ApiError
 from .sessions import new_session_id
 from .settings import Settings
+from .sockets import session_socket
 from .stores import SessionStore, store_from_settings
 
 logger = logging.getLogger("presence")
@@ -37,6 +40,7 @@ access_logger = logging.getLogger("presence.access")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 _ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+API_PREFIX = "/api/v1/chat"
 
 
 @dataclass
@@ -82,6 +86,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
             ) as refresher:
                 services.refresher = refresher
                 _log_start(settings, services.store)
+                _freeze_startup_objects()
                 yield
         finally:
             services.refresher = None
@@ -109,12 +114,17 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
 
 
 def _routes() -> list[BaseRoute]:
+    # The socket is routed here, ahead of the API's Mount (which would take its path
+    # too), not under it: a socket held under a Mount keeps the nested router's frames
+    # and child scope for its life. No other two routes match the same path, so their
+    # order only decides how soon a request finds its own: the API's come first.
     routes: list[BaseRoute] = [
+        WebSocketRoute(f"{API_PREFIX}/sessions/{{session_id}}/ws", session_socket),
+        Mount(API_PREFIX, routes=api.routes()),
         Route("/", lambda request: RedirectResponse("/chat"), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
-        Mount("/api/v1/chat", routes=api.routes()),
         Route("/chat", _page("chat.html"), methods=["GET"]),
         Route("/hub", _page("hub.html"), methods=["GET"]),
     ]
@@ -151,7 +161,9 @@ def _page(name: str) -> Callable[[Request], Response]:
         # Hands a development-mode identity to a browser arriving without one, so the
         # page's own API calls and socket are authenticated by the cookie.
         services: Services = request.app.state.services
-        if services.authenticator.identify(request.headers, request.cookies) is None:
+        raw = request.scope["headers"]
+        authorization = header(first_headers(raw), b"authorization")
+        if services.authenticator.identify(authorization, partial(cookie_token, raw)) is None:
             if services.authenticator.dev_mode:
                 _, request.state.new_token = services.authenticator.mint_anonymous()
         response = FileResponse(path, headers={"cache-control": "no-store"})
@@ -162,8 +174,11 @@ def _page(name: str) -> Callable[[Request], Response]:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    headers = None if exc.retry_after is None else {"retry-after": str(exc.retry_after)}
     return JSONResponse(
-        {"error": {"code": exc.code, "message": exc.message}}, status_code=exc.status
+        {"error": {"code": exc.code, "message": exc.message}},
+        status_code=exc.status,
+        headers=headers,
     )
 
 
@@ -198,15 +213,24 @@ def _log_start(settings: Settings, store: SessionStore) -> None:
 class AccessLog:
     """Logs one line per HTTP request with the route's template, never the concrete path:
     session ids are capabilities and tokens can ride in query strings, so neither may
-    reach a log."""
+    reach a log.
+
+    While the ``presence.access`` logger is off for INFO (``LOG_LEVEL=warning``), a
+    request is handed straight to the app: ``__call__`` is not a coroutine function,
+    so it returns the app's own awaitable and leaves no frame or closure behind, for a
+    WebSocket none for the socket's whole life. It is asked per request, so a level
+    set after the app is built (a test's ``caplog.set_level``) is obeyed.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] in ("http", "websocket") and access_logger.isEnabledFor(logging.INFO):
+            return self._logged(scope, receive, send)
+        return self.app(scope, receive, send)
+
+    async def _logged(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 0
 
@@ -272,6 +296,29 @@ _CREDENTIAL_HEADERS = frozenset(
 )
 # The segment after /sessions/ is a session id, unless it is the cleanup endpoint.
 _SESSION_SEGMENT = re.compile(r"(?<=/sessions/)(?!cleanup(?:/|$))[^/?#]+")
+
+
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """Moves every object alive once the app has started (modules, classes, functions,
+    settings, the store's clients: nearly all of them live as long as the process) out
+    of the garbage collector's generations, so no full collection walks them again.
+
+    Once per process, right after start-up, and never again later (as in the refresher,
+    which was considered): a frozen object is still freed when its last reference goes,
+    but a reference cycle of frozen objects is never collected. The objects of sockets
+    open at that later moment, which would be frozen with the rest, hold such cycles
+    (tasks and their futures, protocols and transports, exceptions and their frames),
+    so each socket closed after a freeze would leak what it held.
+    """
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
+    gc.collect()  # Start-up's own garbage goes first, rather than stay frozen for good.
+    gc.freeze()
 
 
 def _redact_path(path: str) -> str:

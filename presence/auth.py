@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import parse_qsl
 
 import jwt
+from starlette.requests import cookie_parser
 
 from .settings import Settings
 
 COOKIE_NAME = "presence_token"
 QUERY_PARAM = "token"
+_COOKIE_NAME_BYTES = COOKIE_NAME.encode()
 _ALGORITHM = "HS256"
 _DEV_ISSUER = "presence-dev"
 # Anonymous identities last a year; the session TTL, not the cookie, bounds sessions.
@@ -65,23 +68,34 @@ class Authenticator:
 
     def identify(
         self,
-        headers: Mapping[str, str],
-        cookies: Mapping[str, str],
-        query: Mapping[str, str] | None = None,
+        authorization: str | None,
+        cookie: Callable[[], str | None] | None = None,
+        query_token: str | None = None,
     ) -> Identity | None:
         """Returns the identity a request proves, or None.
 
-        ``query`` is passed only for the WebSocket handshake, where a browser cannot
-        set headers; elsewhere a token in a URL would end up in logs and histories.
+        The first credential present is the one judged, in this order: a bearer token,
+        the query token, the cookie.
+
+        Args:
+            authorization: the request's ``Authorization`` header (its first).
+            cookie: reads the ``presence_token`` cookie (see :func:`cookie_token`); called
+                only when no token came another way, so most requests never parse their
+                cookies.
+            query_token: the ``token`` query parameter (see :func:`query_token`), passed
+                only for the WebSocket handshake, where a browser cannot set headers;
+                elsewhere a token in a URL would end up in logs and histories.
         """
-        authorization = headers.get("authorization", "")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token:
-            return self._verify(token.strip(), "bearer")
-        if query is not None and query.get(QUERY_PARAM):
-            return self._verify(query[QUERY_PARAM], "query")
-        if cookies.get(COOKIE_NAME):
-            return self._verify(cookies[COOKIE_NAME], "cookie")
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() == "bearer" and token:
+                return self._verify(token.strip(), "bearer")
+        if query_token:
+            return self._verify(query_token, "query")
+        if cookie is not None:
+            value = cookie()
+            if value:
+                return self._verify(value, "cookie")
         return None
 
     def mint_anonymous(self) -> tuple[Identity, str]:
@@ -157,10 +171,48 @@ class OriginPolicy:
         http_scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
         return origin == f"{http_scheme}://{host.lower()}"
 
-    def allows_http(self, headers: Mapping[str, str], *, scheme: str) -> bool:
+    def allows_http(
+        self, origin: str | None, sec_fetch_site: str | None, *, scheme: str, host: str | None
+    ) -> bool:
         """The CSRF rule for a state-changing HTTP request authenticated by cookie:
-        an allowed Origin, or, when the browser sent none, ``Sec-Fetch-Site: same-origin``."""
-        origin = headers.get("origin")
+        an allowed Origin, or, when the browser sent none, ``Sec-Fetch-Site: same-origin``.
+
+        Each header is the request's first of that name."""
         if origin is None:
-            return headers.get("sec-fetch-site") == "same-origin"
-        return self.allows(origin, scheme=scheme, host=headers.get("host"))
+            return sec_fetch_site == "same-origin"
+        return self.allows(origin, scheme=scheme, host=host)
+
+
+def first_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """A request's headers read once, in one pass: the first value of each name, what
+    Starlette's ``Headers.get`` answers, without its scan of the list per lookup. Names
+    are lower case, as ASGI servers send them."""
+    return dict(reversed(raw if isinstance(raw, list) else list(raw)))
+
+
+def header(headers: Mapping[bytes, bytes], name: bytes) -> str | None:
+    """One value of :func:`first_headers`, decoded as Starlette does (Latin-1)."""
+    value = headers.get(name)
+    return None if value is None else value.decode("latin-1")
+
+
+def cookie_token(raw: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The ``presence_token`` cookie, read as Starlette's ``request.cookies`` reads it:
+    every ``Cookie`` header parsed in order, the last value of the name winning. A
+    header that does not hold the name at all cannot set it, so it is not parsed."""
+    token = None
+    for name, value in raw:
+        if name == b"cookie" and _COOKIE_NAME_BYTES in value:
+            token = cookie_parser(value.decode("latin-1")).get(COOKIE_NAME, token)
+    return token
+
+
+def query_token(query_string: bytes) -> str | None:
+    """The ``token`` query parameter as Starlette's ``query_params`` reads it (the last
+    one wins), without keeping the parsed query anywhere."""
+    token = None
+    if query_string:
+        for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+            if name == QUERY_PARAM:
+                token = value
+    return token

@@ -27,36 +27,52 @@ class Endable(Protocol):
 
 
 class Registry:
-    """Open sockets by session. Most sessions have one socket; a few (two tabs sharing
-    an id by a copied URL) have more, so the value is a list, not a set."""
+    """Open sockets by session. Most sessions have one socket here, held as it is; a few
+    (two tabs sharing an id by a copied URL) have more, held in a list. A list for every
+    session would cost each socket one more object for its whole life."""
+
+    __slots__ = ("_sockets",)
 
     def __init__(self) -> None:
-        self._sockets: dict[SessionRef, list[Endable]] = {}
+        self._sockets: dict[SessionRef, Endable | list[Endable]] = {}
 
     def __len__(self) -> int:
         return len(self._sockets)
 
     def add(self, ref: SessionRef, socket: Endable) -> None:
-        self._sockets.setdefault(ref, []).append(socket)
+        held = self._sockets.get(ref)
+        if held is None:
+            self._sockets[ref] = socket
+        elif isinstance(held, list):
+            held.append(socket)
+        else:
+            self._sockets[ref] = [held, socket]
 
     def discard(self, ref: SessionRef, socket: Endable) -> bool:
         """Forgets a socket; returns True when it was the session's last one here."""
-        sockets = self._sockets.get(ref)
-        if sockets is None:
+        held = self._sockets.get(ref)
+        if held is None:
+            return True
+        if not isinstance(held, list):
+            if held != socket:
+                return False
+            del self._sockets[ref]
             return True
         with contextlib.suppress(ValueError):
-            sockets.remove(socket)
-        if sockets:
-            return False
-        del self._sockets[ref]
-        return True
+            held.remove(socket)
+        if len(held) == 1:  # Back to one: held as it is again. A list never gets empty.
+            self._sockets[ref] = held[0]
+        return False
 
     def refs(self) -> list[SessionRef]:
         return list(self._sockets)
 
     async def end(self, user: str, session_id: str, reason: str) -> None:
         """Ends every socket of a session held here (an ``ended`` callback)."""
-        for socket in list(self._sockets.get((user, session_id), ())):
+        held = self._sockets.get((user, session_id))
+        if held is None:
+            return
+        for socket in list(held) if isinstance(held, list) else [held]:
             await socket.end(reason)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
@@ -60,6 +61,46 @@ class Session:
         }
 
 
+# Timestamps from the epoch to the end of year 9999, less a second for the carry below;
+# anything else (negative, NaN, later) goes through datetime, which also raises for it.
+_FAST_ISO_LIMIT = datetime.max.replace(tzinfo=UTC).timestamp() - 1
+_MICROS = 1_000_000
+# "2024-05-01T12:00:00." by whole second: a response's last_seen and expires_at, and
+# every other response sent in the same second, share theirs. Cleared when full.
+_ISO_SECONDS: dict[int, str] = {}
+_ISO_SECONDS_MAX = 1024
+_ISO_MILLIS = tuple(f"{millis:03d}Z" for millis in range(10**3))
+
+
 def _iso(timestamp: float) -> str:
+    """``2024-05-01T12:00:00.123Z``: UTC, milliseconds truncated.
+
+    The same string as ``datetime.fromtimestamp(timestamp, UTC).isoformat(
+    timespec="milliseconds")`` with ``Z`` for ``+00:00``, rounded the same way (to the
+    microsecond, half to even, then truncated to the millisecond), at a fraction of the
+    cost: three are formatted for every session sent.
+    """
+    if not 0.0 <= timestamp < _FAST_ISO_LIMIT:
+        return _iso_datetime(timestamp)
+    seconds = int(timestamp)
+    # timestamp - seconds is exact (math.modf's fraction); round() is half to even.
+    micros = round((timestamp - seconds) * _MICROS)
+    if micros >= _MICROS:
+        seconds += 1
+        micros -= _MICROS
+    prefix = _ISO_SECONDS.get(seconds)
+    if prefix is None:
+        if len(_ISO_SECONDS) >= _ISO_SECONDS_MAX:
+            _ISO_SECONDS.clear()
+        t = time.gmtime(seconds)
+        prefix = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+            f"T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}."
+        )
+        _ISO_SECONDS[seconds] = prefix
+    return prefix + _ISO_MILLIS[micros // 10**3]
+
+
+def _iso_datetime(timestamp: float) -> str:
     moment = datetime.fromtimestamp(timestamp, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

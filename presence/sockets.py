@@ -9,20 +9,24 @@ checking that the peer is there.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from starlette import status
 from starlette.responses import JSONResponse
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from . import protocol
+from .auth import cookie_token, first_headers, header, query_token
 from .exceptions import ApiError, Forbidden, NotFound, StoreUnavailable, Unauthorized
 from .sessions import is_session_id
 
 if TYPE_CHECKING:
     from .app import Services
+    from .auth import Identity
 
 logger = logging.getLogger("presence.sockets")
 
@@ -70,19 +74,15 @@ class SessionSocket:
 
 
 async def session_socket(websocket: WebSocket) -> None:
-    services: Services = websocket.app.state.services
-    session_id = websocket.path_params["session_id"]
+    # This coroutine's frame lives as long as the socket, and so does whatever it or
+    # `websocket` references: the checks read the scope into locals, never through
+    # websocket.headers, .cookies, .query_params or .url (each parses once and keeps its
+    # copy on the connection), and the loop that reads the socket runs here, inline,
+    # rather than in a second coroutine with a frame of its own.
+    services: Services = websocket.scope["app"].state.services
+    session_id: str = websocket.scope["path_params"]["session_id"]
     try:
-        identity = services.authenticator.identify(
-            websocket.headers, websocket.cookies, websocket.query_params
-        )
-        if identity is None:
-            raise Unauthorized("a valid token or identity cookie is required")
-        origin = websocket.headers.get("origin")
-        if (origin is not None or identity.ambient) and not services.origins.allows(
-            origin, scheme=websocket.url.scheme, host=websocket.headers.get("host")
-        ):
-            raise Forbidden("origin not allowed")
+        identity = _identify(websocket, services)
         if not is_session_id(session_id):
             raise NotFound("no such session")
         session = await services.store.touch(
@@ -91,23 +91,34 @@ async def session_socket(websocket: WebSocket) -> None:
         if session is None:
             raise NotFound("no such session")
     except ApiError as exc:
-        await _deny(websocket, exc.status, exc.code, exc.message)
+        await _deny(websocket, exc.status, exc.code, exc.message, exc.retry_after)
         return
     except StoreUnavailable:
         await _deny(websocket, 503, "store_unavailable", "session store unavailable")
         return
 
     await websocket.accept()
-    socket = SessionSocket(websocket, identity.user, session_id, services)
-    ref = (identity.user, session_id)
+    user = identity.user
+    socket = SessionSocket(websocket, user, session_id, services)
+    ref = (user, session_id)
     services.registry.add(ref, socket)
     lifetime = services.settings.max_lifetime
     expiry = None
     if lifetime > 0:
-        expiry = asyncio.create_task(_end_at(socket, session.created_at + lifetime))
+        # A timer, not a task asleep until then: a handle instead of a task, a future
+        # and two coroutine frames held by every socket.
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, session.created_at + lifetime - time.time()), _expire, socket
+        )
+    snapshot = protocol.snapshot(session)
+    del identity, session  # Sent: not to be held for the socket's life.
     try:
-        await socket.send(protocol.snapshot(session))
-        await _read_loop(socket, services)
+        await socket.send(snapshot)
+        del snapshot
+        # Each message is handed over unnamed, so that this frame does not hold the
+        # last one (nor its text, nor what it parsed to) while the socket idles.
+        while not socket.ended and await _receive(socket, services, await websocket.receive()):
+            pass
     except (WebSocketDisconnect, OSError):
         pass
     finally:
@@ -115,59 +126,94 @@ async def session_socket(websocket: WebSocket) -> None:
             expiry.cancel()
         last_here = services.registry.discard(ref, socket)
         if last_here and not socket.ended:
-            await _mark_disconnected(services, identity.user, session_id)
+            await _mark_disconnected(services, user, session_id)
 
 
-async def _read_loop(socket: SessionSocket, services: Services) -> None:
-    websocket = socket.websocket
-    while not socket.ended:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if not socket.bucket.allow(time.monotonic()):
-            await socket.send(protocol.error("rate_limited", "too many messages"))
-            await socket.close(status.WS_1008_POLICY_VIOLATION, "too many messages")
-            return
-        text = message.get("text")
-        if text is None:
-            await socket.send(protocol.error("bad_message", "messages must be text JSON"))
-            continue
-        try:
-            parsed = protocol.parse(text)
-        except protocol.ProtocolError as exc:
-            await socket.send(protocol.error(exc.code, exc.message))
-            continue
-        await _dispatch(socket, services, parsed)
+def _identify(websocket: WebSocket, services: Services) -> Identity:
+    """The handshake's identity and origin checks (raising the refusal), reading the
+    scope directly: the same headers Starlette's accessors would answer, none kept."""
+    scope = websocket.scope
+    headers = first_headers(scope["headers"])
+    identity = services.authenticator.identify(
+        header(headers, b"authorization"),
+        functools.partial(cookie_token, scope["headers"]),
+        query_token(scope["query_string"]),
+    )
+    if identity is None:
+        raise Unauthorized("a valid token or identity cookie is required")
+    origin = header(headers, b"origin")
+    # The scheme is what websocket.url.scheme answers, without building the URL.
+    if (origin is not None or identity.ambient) and not services.origins.allows(
+        origin, scheme=scope.get("scheme", "http"), host=header(headers, b"host")
+    ):
+        raise Forbidden("origin not allowed")
+    return identity
+
+
+async def _receive(socket: SessionSocket, services: Services, message: Message) -> bool:
+    """Acts on one received message; False when the socket is done with (the client
+    left, or it was closed for sending too much)."""
+    if message["type"] == "websocket.disconnect":
+        return False
+    if not socket.bucket.allow(time.monotonic()):
+        await socket.send(protocol.error("rate_limited", "too many messages"))
+        await socket.close(status.WS_1008_POLICY_VIOLATION, "too many messages")
+        return False
+    text = message.get("text")
+    if text is None:
+        await socket.send(protocol.error("bad_message", "messages must be text JSON"))
+        return True
+    try:
+        parsed = protocol.parse(text)
+    except protocol.ProtocolError as exc:
+        await socket.send(protocol.error(exc.code, exc.message))
+        return True
+    await _dispatch(socket, services, parsed)
+    return True
 
 
 async def _dispatch(
     socket: SessionSocket, services: Services, message: protocol.ClientMessage
 ) -> None:
     if isinstance(message, protocol.Visibility):
-        session = await services.store.touch(socket.user, socket.session_id, state=message.state)
+        try:
+            session = await services.store.touch(
+                socket.user, socket.session_id, state=message.state
+            )
+        except ApiError as exc:  # the store is busy or away: the socket stays open
+            await socket.send(protocol.error(exc.code, exc.message))
+            return
         if session is None:
             await socket.end("expired")
         else:
             await socket.send(protocol.snapshot(session))
 
 
-async def _end_at(socket: SessionSocket, deadline: float) -> None:
+# Sockets being ended at their deadline: the loop keeps only weak references to tasks.
+_expiring: set[asyncio.Task[None]] = set()
+
+
+def _expire(socket: SessionSocket) -> None:
     # The store forgets a session at its absolute deadline by itself, and a Redis key
     # that expires announces nothing; without this, the socket would learn of it only
     # on the refresher's next tick, up to a heartbeat interval later.
-    await asyncio.sleep(max(0.0, deadline - time.time()))
-    await socket.end("expired")
+    task = asyncio.ensure_future(socket.end("expired"))
+    _expiring.add(task)
+    task.add_done_callback(_expiring.discard)
 
 
 async def _mark_disconnected(services: Services, user: str, session_id: str) -> None:
     try:
         await services.store.touch(user, session_id, transport="none", state="disconnected")
-    except StoreUnavailable:
+    except (StoreUnavailable, ApiError):
         logger.warning("could not mark a session disconnected: store unavailable")
 
 
-async def _deny(websocket: WebSocket, status_code: int, code: str, message: str) -> None:
-    response = JSONResponse({"error": {"code": code, "message": message}}, status_code)
+async def _deny(
+    websocket: WebSocket, status_code: int, code: str, message: str, retry_after: int | None = None
+) -> None:
+    headers = None if retry_after is None else {"retry-after": str(retry_after)}
+    response = JSONResponse({"error": {"code": code, "message": message}}, status_code, headers)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(response)
     else:  # pragma: no cover - every server we run supports denial responses

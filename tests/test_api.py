@@ -332,3 +332,137 @@ async def test_unknown_routes_answer_json_errors(server):
     async with httpx.AsyncClient(base_url=server.http) as client:
         _error(await client.get("/nope"), 404, "not_found")
         _error(await client.put(BASE + "/sessions"), 405, "method_not_allowed")
+
+
+def _iso_by_datetime(timestamp: float) -> str:
+    from datetime import UTC, datetime
+
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_times_are_formatted_exactly_as_datetime_formats_them():
+    """The wire form of a time is byte for byte datetime's isoformat to the millisecond
+    (rounded to the microsecond half to even, then truncated), with Z: at the
+    boundaries where rounding carries into the next millisecond, second, day or year,
+    and for random times."""
+    import math
+    import random
+
+    from presence.sessions import _iso
+
+    cases = [
+        0.0,
+        -0.0,
+        0.0005,
+        0.0009995,
+        0.9995,
+        0.9999994,
+        0.9999995,
+        0.9999996,
+        1_700_000_000.9995,
+        1_700_000_000.9999995,
+        1_700_000_000.99999949,
+        951_868_799.9999996,  # into 2000-02-29
+        1_704_067_199.9999996,  # into a new year
+        253_402_300_798.5,
+        1,
+        1_800_000_000,
+    ]
+    rng = random.Random(1)
+    for _ in range(20_000):
+        base = rng.randrange(0, 4_000_000_000) + rng.randrange(0, 2_000_000) / 2_000_000
+        cases.append(base)
+        cases.append(math.nextafter(base, math.inf))
+        cases.append(math.nextafter(base, -math.inf))
+        cases.append(rng.uniform(0, 253_402_300_000))
+    for timestamp in cases:
+        assert _iso(timestamp) == _iso_by_datetime(timestamp), repr(timestamp)
+    for beyond in (-1.5, -1e-9, 253_402_300_799.5, math.nan, math.inf, 1e20):
+        try:
+            expected: object = _iso_by_datetime(beyond)
+        except (ValueError, OverflowError) as exc:
+            expected = type(exc)
+        try:
+            got: object = _iso(beyond)
+        except (ValueError, OverflowError) as exc:
+            got = type(exc)
+        assert got == expected, repr(beyond)
+
+
+def _parse_in_full(body: bytes) -> object:
+    """How bodies were parsed before the quick path: parse, then encode to refuse what
+    no response could carry."""
+    value = json.loads(body)
+    json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    return value
+
+
+def _outcome(parse, body: bytes) -> tuple[str, object]:
+    try:
+        return "ok", parse(body)
+    except (ValueError, RecursionError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+_NESTED_AT_THE_QUICK_LIMIT = b'{"data": ' + b"[" * 63 + b"]" * 63 + b"}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"state": "away"}',
+        b'{"data": {"n": 1.5, "m": [1e308, -2.5e-300, 0.1]}}',
+        b'{"data": 1e309}',
+        b'{"data": -1e309}',
+        b'{"data": 1' + b"0" * 400 + b".0}",
+        b'{"data": NaN}',
+        b'{"data": [Infinity]}',
+        b'{"data": -Infinity}',
+        b'{"data": "NaN Infinity"}',
+        b'{"data": "\\ud800"}',
+        b'{"data": "\\ud83d\\ude00"}',
+        b'{"data": "\\u00e9\\n"}',
+        b'{"\\udfff": 1}',
+        '{"data": "caf\u00e9"}'.encode(),
+        b'{"data": "\xed\xa0\x80"}',  # a surrogate as raw UTF-8 bytes
+        b'{"data": "\xff"}',
+        '{"data": "\\ud800"}'.encode("utf-16-le"),
+        '{"data": "ok"}'.encode("utf-16-be"),
+        '{"data": "ok"}'.encode("utf-32"),
+        b"\xef\xbb\xbf{}",
+        b'{"a": 1} x',
+        b"{not json",
+        b"[1, 2]",
+        b'"text"',
+        b"\x00\x00\x00{",
+        b'{"data": ' + b"9" * 5000 + b"}",
+        _NESTED_AT_THE_QUICK_LIMIT,
+        b'{"data": ' + b"[" * 64 + b"]" * 64 + b"}",
+        b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b"[" * 20_000 + b"]" * 20_000,
+    ],
+)
+def test_the_quick_parse_refuses_and_accepts_what_the_full_check_does(body):
+    """parse_json() takes its quick path for most bodies, and still ends exactly as
+    the full parse-and-encode check does: the same value, or the same error and
+    message, for NaN, overflowing numbers, surrogates escaped or raw, UTF-16 and -32
+    bodies, BOMs, deep nesting and malformed JSON."""
+    from presence.api import parse_json
+
+    assert _outcome(parse_json, body) == _outcome(_parse_in_full, body)
+
+
+def test_a_plain_heartbeat_body_takes_the_quick_path(monkeypatch):
+    """A body without escapes, non-ASCII bytes or deep nesting is not encoded again."""
+    from presence import api
+
+    def no_encode(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(api.json, "dumps", no_encode)
+    assert api.parse_json(b'{"state": "away", "data": {"n": [1, 2.5]}}') == {
+        "state": "away",
+        "data": {"n": [1, 2.5]},
+    }
+    assert api.parse_json(_NESTED_AT_THE_QUICK_LIMIT)["data"]

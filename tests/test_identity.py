@@ -159,10 +159,88 @@ def test_a_remembered_token_is_not_trusted_past_its_expiry():
 
     auth = Authenticator(make_settings())
     short = token("alice", expires_in=2)
-    assert auth.identify({"authorization": f"Bearer {short}"}, {}).user == "alice"
+    assert auth.identify(f"Bearer {short}").user == "alice"
     _, valid_until = auth._verified[short]
     assert valid_until <= time.time() + 2 + 5
     forged = token("alice", secret="z" * 40)
-    assert auth.identify({"authorization": f"Bearer {forged}"}, {}) is None
+    assert auth.identify(f"Bearer {forged}") is None
     assert forged not in auth._verified
-    assert Authenticator(make_settings(jwt_secret=JWT_SECRET)).identify({}, {}) is None
+    assert Authenticator(make_settings(jwt_secret=JWT_SECRET)).identify(None) is None
+
+
+# What a request's credentials are read from, next to what Starlette's accessors answer
+# for the same request: the service reads them from the ASGI scope itself, once.
+_HEADER_CASES = [
+    [],
+    [(b"cookie", b"presence_token=abc")],
+    [(b"cookie", b"a=1; presence_token=one"), (b"cookie", b"presence_token=two; b=2")],
+    [(b"cookie", b"presence_token=one"), (b"cookie", b"presence_token=")],
+    [(b"cookie", b"presence_token=one"), (b"cookie", b"other=presence_token")],
+    [(b"cookie", b' presence_token = "quoted\\073value" ; x')],
+    [(b"cookie", b"presence_tokenx=1; xpresence_token=2")],
+    [(b"cookie", b"presence_token"), (b"cookie", b"=presence_token")],
+    [(b"cookie", "presence_token=caf\u00e9".encode("latin-1"))],
+    [(b"authorization", b"Bearer a"), (b"authorization", b"Bearer b"), (b"origin", b"o")],
+    [(b"host", b"h1"), (b"x", b"y"), (b"host", b"h2"), (b"sec-fetch-site", b"same-origin")],
+]
+_QUERY_CASES = [
+    b"",
+    b"token=abc",
+    b"token=a&token=b",
+    b"token=a&token=",
+    b"%74oken=encoded",
+    b"token=a+b%2Bc",
+    b"x=1&tokens=2",
+    b"token",
+    b"token=caf%C3%A9&token=%FF",
+    "token=caf\u00e9".encode("latin-1"),
+    b"a=1;token=2",
+]
+
+
+@pytest.mark.parametrize("raw", _HEADER_CASES)
+def test_headers_and_cookie_are_read_as_starlette_reads_them(raw):
+    """first_headers() answers what Headers.get does, and cookie_token() what
+    request.cookies does, for repeated, quoted, empty and look-alike cookies."""
+    from starlette.requests import Request
+
+    from presence.auth import COOKIE_NAME, cookie_token, first_headers, header
+
+    scope = {"type": "http", "headers": list(raw), "query_string": b""}
+    request = Request(scope)
+    headers = first_headers(raw)
+    for name in ("authorization", "cookie", "origin", "host", "sec-fetch-site", "x"):
+        assert header(headers, name.encode()) == request.headers.get(name)
+    assert cookie_token(raw) == request.cookies.get(COOKIE_NAME)
+
+
+@pytest.mark.parametrize("query_string", _QUERY_CASES)
+def test_the_query_token_is_read_as_starlette_reads_it(query_string):
+    """query_token() answers what websocket.query_params.get("token") does."""
+    from starlette.requests import Request
+
+    from presence.auth import query_token
+
+    request = Request({"type": "http", "headers": [], "query_string": query_string})
+    assert query_token(query_string) == request.query_params.get("token")
+
+
+def test_cookies_are_read_only_when_no_token_came_another_way():
+    """A bearer or query token is judged without reading the cookie at all; the cookie
+    is read only when neither came, and a bad bearer token never falls back to it."""
+    from presence.auth import Authenticator
+
+    auth = Authenticator(make_settings())
+    good = token("alice")
+
+    def unread() -> str:
+        raise AssertionError("the cookie was read")
+
+    assert auth.identify(f"Bearer {good}", unread).via == "bearer"
+    assert auth.identify(f"bearer  {good} ", unread).user == "alice"
+    assert auth.identify("Bearer forged", unread) is None
+    assert auth.identify(None, unread, query_token=good).via == "query"
+    assert auth.identify("Basic abc", lambda: good).via == "cookie"
+    assert auth.identify("Bearer", lambda: good).via == "cookie"  # No token after it.
+    assert auth.identify(None, lambda: "") is None
+    assert auth.identify(None, lambda: None, query_token="") is None

@@ -206,3 +206,30 @@ async def test_in_process_records_at_debug_level_hold_no_secret(request, caplog,
         assert any(r.name == "uvicorn.error" and r.levelno == logging.DEBUG for r in caplog.records)
         assert any("{session_id}" in line for line in lines)
         assert secrets.leaks("\n".join(lines)) == []
+
+
+async def test_the_access_log_steps_aside_while_it_is_off(caplog):
+    """With presence.access off for INFO, a request (a socket too) goes straight to the
+    app, with no wrapper frame held for its life; turned on later, it logs again."""
+    from presence.app import AccessLog
+
+    calls = []
+
+    async def inner(scope, receive, send):
+        calls.append(scope["type"])
+        await send({"type": "http.response.start", "status": 204})
+
+    async def send(message):
+        pass
+
+    middleware = AccessLog(inner)
+    scope = {"type": "http", "method": "GET", "path": "/healthz", "client": ("1.2.3.4", 1)}
+    caplog.set_level(logging.WARNING, logger="presence.access")
+    handed = middleware(scope, None, send)
+    assert handed.cr_code is inner.__code__  # The app's own coroutine, unwrapped.
+    await handed
+    caplog.set_level(logging.INFO, logger="presence.access")
+    await middleware(scope, None, send)
+    assert calls == ["http", "http"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "presence.access"]
+    assert lines == [lines[0]] and '"GET (no route)" 204 ' in lines[0]

@@ -278,3 +278,61 @@ async def test_message_flood_closes_1008(server, alice):
             while True:
                 await asyncio.wait_for(websocket.recv(), timeout=20 * UNIT)
     assert closed.value.rcvd.code == status.WS_1008_POLICY_VIOLATION
+
+
+async def test_an_open_socket_keeps_no_parsed_request(server, alice):
+    """Identity and origin are checked from the scope itself: the open connection holds
+    no parsed headers, cookies, query string or URL for its life, and it is routed
+    beside the API's Mount, not under it."""
+    sid = await _new_session(alice)
+    async with connect(
+        _url(server, sid),
+        additional_headers={"cookie": "other=1"},
+        origin=f"http://127.0.0.1:{server.port}",
+        ping_interval=None,
+    ) as websocket:
+        await _recv(websocket)
+        registry = server.services.registry
+        (held,) = [registry._sockets[ref] for ref in registry.refs() if ref[1] == sid]
+        connection = held.websocket
+        cached = {"_headers", "_cookies", "_query_params", "_url", "_base_url"}
+        assert not cached & set(vars(connection))
+        assert connection.scope["root_path"] == ""  # No Mount's child scope.
+
+
+def test_the_registry_holds_one_socket_as_it_is_and_more_in_a_list():
+    """The registry's add, discard and end, with one socket per session (held without
+    a list) and with several."""
+    from presence.connections import Registry
+
+    ended: list[tuple[str, str]] = []
+
+    class Socket:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def end(self, reason: str) -> None:
+            ended.append((self.name, reason))
+
+    registry = Registry()
+    a, b, c = Socket("a"), Socket("b"), Socket("c")
+    ref = ("alice", "s1")
+    assert registry.discard(ref, a) is True  # Nothing held: nothing left.
+    registry.add(ref, a)
+    assert registry._sockets[ref] is a and len(registry) == 1
+    assert registry.discard(ref, b) is False  # Not held: a stays.
+    registry.add(ref, b)
+    registry.add(ref, c)
+    assert registry._sockets[ref] == [a, b, c] and registry.refs() == [ref]
+    asyncio.run(registry.end("alice", "s1", "deleted"))
+    assert ended == [("a", "deleted"), ("b", "deleted"), ("c", "deleted")]
+    assert registry.discard(ref, b) is False
+    assert registry.discard(ref, b) is False
+    assert registry.discard(ref, a) is False
+    assert registry._sockets[ref] is c
+    ended.clear()
+    asyncio.run(registry.end("alice", "s1", "expired"))
+    asyncio.run(registry.end("alice", "nothing", "expired"))
+    assert ended == [("c", "expired")]
+    assert registry.discard(ref, c) is True
+    assert len(registry) == 0
