@@ -152,6 +152,49 @@ async def test_refresh_of_many_sockets_is_one_round_trip(store, client):
     assert commands.get("evalsha") == 1
 
 
+async def test_heartbeats_made_together_are_one_round_trip(store, client):
+    """Heartbeats of many users made in one pass of the event loop (64 REST requests in
+    flight, a burst of handshakes, sockets closing at shutdown) share one EVALSHA."""
+    sessions = [await store.create(f"user{n}", new_session_id()) for n in range(50)]
+    await client.config_resetstat()
+    touched = await asyncio.gather(*(store.touch(s.user, s.id, state="away") for s in sessions))
+    assert [t.id for t in touched] == [s.id for s in sessions]
+    assert all(t.state == "away" for t in touched)
+    assert (await _commands(client)).get("evalsha") == 1
+
+
+async def test_a_burst_of_heartbeats_goes_in_batches_of_bounded_size(store, client):
+    """A burst larger than one batch goes in several, none over the bound, so that no
+    single script holds Redis for long."""
+    from presence.stores.redis import _TOUCH_BATCH
+
+    sessions = [await store.create(f"user{n}", new_session_id()) for n in range(300)]
+    await client.config_resetstat()
+    touched = await asyncio.gather(*(store.touch(s.user, s.id) for s in sessions))
+    assert all(t is not None for t in touched)
+    assert (await _commands(client)).get("evalsha") == -(-300 // _TOUCH_BATCH)
+
+
+async def test_a_failed_batch_fails_each_of_its_heartbeats():
+    """When Redis does not answer a batch, every heartbeat in it raises
+    StoreUnavailable, each its own exception."""
+    from presence.exceptions import StoreUnavailable
+
+    from .utils import free_port
+
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", ttl=60.0)  # nothing listens
+    await store.open()
+    try:
+        results = await asyncio.gather(
+            *(store.touch(f"user{n}", new_session_id()) for n in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert len({id(r) for r in results}) == len(results)
+    finally:
+        await store.close()
+
+
 async def test_inactive_cleanup_reads_only_the_inactive_range(store, client):
     """Inactive cleanup touches the k stale ids, not every session of the user."""
     stale = [await store.create("alice", new_session_id()) for _ in range(3)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -360,3 +361,42 @@ async def test_list_orders_the_first_and_later_sessions_by_last_seen(make_store)
     await store.refresh([("alice", first.id)])
     listed = [s.id for s in await store.list_sessions("alice")]
     assert listed == [first.id, third.id, second.id]
+
+
+async def test_concurrent_heartbeats_each_get_their_own_session(make_store):
+    """Heartbeats made at once (which the Redis store sends together) each answer for
+    their own session: fields as asked, users apart, an unknown or foreign id None,
+    and data with the script's separator in it intact."""
+    store = await make_store()
+    store.max_sessions_per_user = 100
+    users = ["alice", "bob", "user|with|pipes", "ünï cödé", "carol"]
+    sessions = [await _create(store, user) for user in users for _ in range(3)]
+    asks = [
+        (
+            s,
+            {"state": "away"}
+            if i % 3 == 0
+            else {"transport": "http", "data": {"i": i, "p": "a|b"}},
+        )
+        for i, s in enumerate(sessions)
+    ]
+    results = await asyncio.gather(
+        *(store.touch(s.user, s.id, **ask) for s, ask in asks),
+        store.touch("mallory", sessions[0].id),
+        store.touch("alice", new_session_id()),
+    )
+    *touched, foreign, unknown = results
+    assert foreign is None and unknown is None
+    for (session, ask), result in zip(asks, touched, strict=True):
+        assert result is not None
+        assert (result.user, result.id) == (session.user, session.id)
+        assert result.last_seen >= session.last_seen
+        if "state" in ask:
+            assert (result.state, result.transport, result.data) == ("away", "none", None)
+        else:
+            assert (result.state, result.transport) == ("active", "http")
+            assert result.data == ask["data"]
+        stored = await store.get(session.user, session.id)
+        assert stored is not None
+        assert stored.expires_at == pytest.approx(result.expires_at, abs=0.01)
+        assert dataclasses.replace(stored, expires_at=result.expires_at) == result

@@ -121,58 +121,70 @@ return out
 """
 )
 
-# KEYS: lone slot, idx, session key. ARGV: ttl, sid, transport letter or '', state
-# letter or '', '1' to replace data, data, at (ms; 0 = now), channel, user.
-# Never recreates a missing key; never moves last_seen or expiry backwards.
-# Returns {value, last_seen, pttl, now} or false.
+# KEYS: each heartbeat's lone slot, idx and session key in turn. ARGV: ttl, channel,
+# then for each heartbeat in turn: "<sid>|<transport letter or ''>|<state letter or
+# ''>|<'1' to replace data, else '0'>|<at ms; 0 = now>", its user, its data.
+# Heartbeats made together go in one call (see presence.stores._batch); each runs in
+# order. Never recreates a missing key; never moves last_seen or expiry backwards.
+# Returns, for each heartbeat, {value, last_seen, pttl, now} or false.
 TOUCH = (
     _PRELUDE
     + """
-local sid = ARGV[2]
-local lone_sid, seen, v = lone(KEYS[1])
-local in_lone = lone_sid == sid
-local key = KEYS[3]
-if in_lone then
-  key = KEYS[1]
-else
-  v = redis.call('GET', key)
-  if not v then
-    redis.call('ZREM', KEYS[2], sid)
-    return false
+local ttl, channel = tonumber(ARGV[1]), ARGV[2]
+local function touch(slot, idx, skey, head, user, data)
+  local sid, tr_new, st_new, replace, at =
+    string.match(head, '^([^|]*)|(%a?)|(%a?)|([01])|(%d+)$')
+  local lone_sid, seen, v = lone(slot)
+  local in_lone = lone_sid == sid
+  local key = skey
+  if in_lone then
+    key = slot
+  else
+    v = redis.call('GET', key)
+    if not v then
+      redis.call('ZREM', idx, sid)
+      return false
+    end
   end
-end
-local ttl = tonumber(ARGV[1])
-local at = tonumber(ARGV[7])
-if at == 0 or at > now then at = now end
-local c, x, tr, st, d = parse(v)
-local px = at + ttl - now
-if x ~= '' then
-  local left = tonumber(x) - now
-  if left <= 0 then
-    redis.call('DEL', key)
-    if not in_lone then redis.call('ZREM', KEYS[2], sid) end
-    ended(ARGV[8], ARGV[9], sid, 'expired')
-    return false
+  at = tonumber(at)
+  if at == 0 or at > now then at = now end
+  local c, x, tr, st, d = parse(v)
+  local px = at + ttl - now
+  if x ~= '' then
+    local left = tonumber(x) - now
+    if left <= 0 then
+      redis.call('DEL', key)
+      if not in_lone then redis.call('ZREM', idx, sid) end
+      ended(channel, user, sid, 'expired')
+      return false
+    end
+    if left < px then px = left end
   end
-  if left < px then px = left end
+  local changed = false
+  if tr_new ~= '' and tr_new ~= tr then tr = tr_new; changed = true end
+  if st_new ~= '' and st_new ~= st then st = st_new; changed = true end
+  if replace == '1' then d = data; changed = true end
+  if changed then v = c .. '|' .. x .. '|' .. tr .. st .. '|' .. d end
+  if in_lone then
+    seen = tonumber(seen)
+    if at > seen then seen = at; changed = true end
+    if changed then redis.call('SET', key, sid .. '|' .. seen .. '|' .. v, 'KEEPTTL') end
+  else
+    if changed then redis.call('SET', key, v, 'KEEPTTL') end
+    redis.call('ZADD', idx, 'GT', at, sid)
+    push_index_ttl(idx, ttl)
+    seen = redis.call('ZSCORE', idx, sid)
+  end
+  if px > 0 then redis.call('PEXPIRE', key, px, 'GT') end
+  return {v, tostring(seen), redis.call('PTTL', key), now}
 end
-local changed = false
-if ARGV[3] ~= '' and ARGV[3] ~= tr then tr = ARGV[3]; changed = true end
-if ARGV[4] ~= '' and ARGV[4] ~= st then st = ARGV[4]; changed = true end
-if ARGV[5] == '1' then d = ARGV[6]; changed = true end
-if changed then v = c .. '|' .. x .. '|' .. tr .. st .. '|' .. d end
-if in_lone then
-  seen = tonumber(seen)
-  if at > seen then seen = at; changed = true end
-  if changed then redis.call('SET', key, sid .. '|' .. seen .. '|' .. v, 'KEEPTTL') end
-else
-  if changed then redis.call('SET', key, v, 'KEEPTTL') end
-  redis.call('ZADD', KEYS[2], 'GT', at, sid)
-  push_index_ttl(KEYS[2], ttl)
-  seen = redis.call('ZSCORE', KEYS[2], sid)
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = i * 3, 2 + i * 3
+  out[i + 1] = touch(
+    KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
 end
-if px > 0 then redis.call('PEXPIRE', key, px, 'GT') end
-return {v, tostring(seen), redis.call('PTTL', key), now}
+return out
 """
 )
 
