@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -123,7 +124,7 @@ class RedisStore:
                     self.url,
                     decode_responses=True,
                     socket_connect_timeout=self.timeout,
-                    socket_timeout=self.timeout,
+                    socket_timeout=self.backstop,
                 )
             else:
                 # A blocking pool: past its size a call waits for a free connection
@@ -133,10 +134,10 @@ class RedisStore:
                 pool = aioredis.BlockingConnectionPool.from_url(
                     self.url,
                     max_connections=_POOL_SIZE,
-                    timeout=self.timeout * 4,
+                    timeout=self.bound,
                     decode_responses=True,
                     socket_connect_timeout=self.timeout,
-                    socket_timeout=self.timeout,
+                    socket_timeout=self.backstop,
                     # Only a dropped connection is retried: Retry's defaults include
                     # timeouts, which would double the wait on a stalled Redis.
                     retry=Retry(
@@ -153,7 +154,7 @@ class RedisStore:
                     decode_responses=True,
                     single_connection_client=True,
                     socket_connect_timeout=self.timeout,
-                    socket_timeout=self.probe_bound,
+                    socket_timeout=self.backstop,
                 )
         for name in (
             "CREATE",
@@ -204,9 +205,29 @@ class RedisStore:
         await self._call(self.client.ping)
 
     @property
+    def bound(self) -> float:
+        """Seconds a call may take, from asking for a pooled connection to the reply.
+
+        Twice the timeout: a stall of this process's event loop cannot make a call
+        outlive it when Redis answered in time (see :func:`within`), so it need only
+        cover Redis's own time and a wait for a pooled connection.
+        """
+        return self.timeout * 2
+
+    @property
     def probe_bound(self) -> float:
         """Seconds :meth:`probe` waits for an answer."""
         return self.timeout * 2
+
+    @property
+    def backstop(self) -> float:
+        """redis-py's own per-read timeout, far above every bound here. Its timer, like
+        ``asyncio.timeout``, takes a reply that arrived during a stall of the event loop
+        for a timeout (see :func:`within`); a stall longer than it would fail calls that
+        Redis answered (a reconnect storm showed collections of ~0.9 s at 1 s). It only
+        catches a read that no bound covers.
+        """
+        return self.bound * 10
 
     async def probe(self) -> None:
         """Raises :class:`StoreUnavailable` unless Redis answers a PING on a connection
@@ -218,7 +239,7 @@ class RedisStore:
         """
         client = self._probe_client if self._probe_client is not None else self.client
         try:
-            async with asyncio.timeout(self.probe_bound):
+            async with within(self.probe_bound):
                 await client.ping()
         except UNAVAILABLE_ERRORS as exc:
             raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from exc
@@ -478,9 +499,9 @@ class RedisStore:
 
     async def _call(self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
         try:
-            # asyncio.timeout rather than wait_for: on 3.11 wait_for wraps every call in a
+            # A timer rather than wait_for: on 3.11 wait_for wraps every call in a
             # new Task, a cost paid on each request.
-            async with asyncio.timeout(self.timeout * 4):
+            async with within(self.bound):
                 return await fn(*args, **kwargs)
         except UNAVAILABLE_ERRORS as exc:
             raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from exc
@@ -497,6 +518,45 @@ class RedisStore:
     def _keys(self, user: str, session_id: str) -> list[str]:
         """The keys where a session may be: the lone slot, the index and its own key."""
         return [self._lone(user), self._idx(user), self._key(user, session_id)]
+
+
+class within:  # lower case: used as asyncio.timeout is
+    """``asyncio.timeout(seconds)``, except that a reply already received when the
+    deadline is checked still wins.
+
+    After a stall of the event loop (a long garbage collection, a burst of handshakes in
+    one pass), the reply that Redis sent in time and the expired timer come out of the
+    same pass of the loop: the reply's data first, but the task it wakes only on the
+    next pass, so ``asyncio.timeout`` cancels the call first and a Redis that answered
+    in time is taken for one that did not. Here the deadline expires one pass later,
+    behind whatever that pass delivered; a call whose reply is not there fails then.
+    """
+
+    __slots__ = ("_handle", "_seconds", "_timeout")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._timeout = asyncio.timeout(None)
+        self._handle: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+        self._handle = asyncio.get_running_loop().call_later(self._seconds, self._expire)
+
+    def _expire(self) -> None:
+        # A deadline in the past: asyncio.Timeout fires it with call_soon, behind the
+        # wake-ups this pass of the loop has queued.
+        self._timeout.reschedule(0)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        await self._timeout.__aexit__(exc_type, exc, tb)
 
 
 def _dump(data: JSON) -> str:
