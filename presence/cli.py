@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from starlette.applications import Starlette
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import __version__
 from .exceptions import ConfigError
@@ -39,9 +39,14 @@ def no_delay(transport: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class NoDelayH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with :func:`no_delay` on every connection (a WebSocket
-    upgraded from it keeps the socket, and so the option)."""
+class NoDelayHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with :func:`no_delay` on every connection (a
+    WebSocket upgraded from it keeps the socket, and so the option).
+
+    httptools (llhttp, in C) rather than h11 (pure Python): on the REST heartbeat h11's
+    parsing and header checks were a tenth of the server's time (bench/RESULTS.md,
+    profile under REST heartbeats).
+    """
 
     def connection_made(self, transport: Any) -> None:
         no_delay(transport)
@@ -61,8 +66,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """
     return {
         "backlog": 8192,
-        "http": NoDelayH11Protocol,
-        "ws": "websockets-sansio",
+        "http": NoDelayHttpToolsProtocol,
+        "ws": "presence.wsproto:PresenceWebSocketProtocol",
         "ws_ping_interval": settings.heartbeat_interval,
         "ws_ping_timeout": settings.ping_timeout,
         "ws_per_message_deflate": False,
