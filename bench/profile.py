@@ -28,6 +28,10 @@ class Sizes:
     rest_seconds: float = 10.0
     traced_sockets: int = 3_000
     top: int = 15
+    # Sample idle stacks too. The quick run's server holds a few sockets for a second
+    # and is idle nearly all of it; without this, py-spy (which by default leaves idle
+    # samples out) can come back with no stack at all, and the tests would check nothing.
+    idle: bool = False
     # Under bench/.work/; the quick run keeps its own, so the tests leave the full
     # run's raw stacks alone.
     folder: str = "profiles"
@@ -40,6 +44,7 @@ QUICK = Sizes(
     window=1.0,
     rest_seconds=1.0,
     traced_sockets=20,
+    idle=True,
     folder="profiles-quick",
 )
 
@@ -64,14 +69,14 @@ def _py_spy() -> str:
     return path
 
 
-def _record(pid: int, seconds: float, name: str, folder: str) -> dict[str, Any]:
-    out = h.WORK / folder / f"{name}.txt"
+def _record(pid: int, seconds: float, name: str, sizes: Sizes) -> dict[str, Any]:
+    out = h.WORK / sizes.folder / f"{name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
             _py_spy(), "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
             "--rate", "200", "--format", "raw", "--function", "--nonblocking",
-            "--output", str(out),
+            *(["--idle"] if sizes.idle else []), "--output", str(out),
         ],
         check=True,
         capture_output=True,
@@ -142,7 +147,7 @@ def _idle(kind: str, sizes: Sizes) -> dict[str, Any]:
             )
             time.sleep(2 * sizes.ping_interval)
             cpu_before = server.cpu_seconds()
-            profile = _record(server.pid, sizes.window, f"idle-{kind}", sizes.folder)
+            profile = _record(server.pid, sizes.window, f"idle-{kind}", sizes)
             profile["cpu_s"] = server.cpu_seconds() - cpu_before
             profile["gc_pauses_ms"] = server.gc_pauses_ms()
             profile["sockets"] = sizes.sockets
@@ -163,7 +168,7 @@ def _rest(sizes: Sizes) -> dict[str, Any]:
             )
             load.start()
             time.sleep(1)
-            profile = _record(server.pid, sizes.rest_seconds, "rest-service", sizes.folder)
+            profile = _record(server.pid, sizes.rest_seconds, "rest-service", sizes)
             load.join()
             return profile
 
