@@ -1,15 +1,17 @@
-"""presence.stores.redis.within: a call's bound that a stall of the event loop cannot
-turn into a timeout when the reply had arrived."""
+"""presence.stores._deadline.within: a call's bound that counts only the time the process
+was running, so a stall of the event loop (a collection, a long pass) cannot turn a
+reply that Redis sent in time into a timeout."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 
 import pytest
 
-from presence.stores.redis import within
+from presence.stores._deadline import within
 
 
 async def _reply_during_a_stall(bound, stall: float) -> bytes:
@@ -68,3 +70,49 @@ async def test_an_exception_inside_passes_through():
     with pytest.raises(KeyError):
         async with within(10):
             raise KeyError("x")
+
+
+def _a_heap_that_takes_a_while_to_collect() -> list[list[object]]:
+    # Objects the collector must walk: enough for a collection well over the bounds used
+    # below (checked by each test, so that a faster machine cannot make them vacuous).
+    return [[None] for _ in range(1_000_000)]  # ~0.1 s to collect here
+
+
+async def _collect_then_step(bound) -> float:
+    """A call of two steps with a full collection between them, as a new connection
+    (connect, then the command) caught by a collection would be; returns how long the
+    collection took."""
+    heap = _a_heap_that_takes_a_while_to_collect()
+    async with bound:
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        gc.collect()
+        pause = time.perf_counter() - started
+        await asyncio.sleep(0.01)  # the second step, after the collection
+    del heap
+    return pause
+
+
+async def test_time_taken_by_collections_is_given_back():
+    pause = await _collect_then_step(within(0.01))
+    assert pause > 0.01 + 0.01  # the collection alone outlasted the bound and the step
+
+
+async def test_asyncio_timeout_alone_counts_collections_against_the_call():
+    with pytest.raises(TimeoutError):
+        await _collect_then_step(asyncio.timeout(0.01))
+
+
+async def test_what_collections_may_add_is_capped():
+    """A Redis that never answers still fails the call, however much the collector
+    runs meanwhile: at most ``max_extension`` bounds later."""
+    heap = _a_heap_that_takes_a_while_to_collect()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async with within(0.01, max_extension=2):
+            while True:  # a collection in every step, and no reply ever
+                gc.collect()
+                await asyncio.sleep(0.001)
+    del heap
+    # 0.01 s of bound, at most 0.02 s given back, plus the collection in progress.
+    assert time.monotonic() - started < 5

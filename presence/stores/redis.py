@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -26,6 +25,7 @@ from ..exceptions import StoreUnavailable, TooManySessions
 from ..sessions import JSON, Session, State, Transport
 from . import _scripts
 from ._batch import Coalescer
+from ._deadline import within
 from .base import UNSET, EndedCallback, SessionRef
 
 logger = logging.getLogger("presence.store")
@@ -123,7 +123,7 @@ class RedisStore:
                 self._client = RedisCluster.from_url(
                     self.url,
                     decode_responses=True,
-                    socket_connect_timeout=self.timeout,
+                    socket_connect_timeout=self.backstop,
                     socket_timeout=self.backstop,
                 )
             else:
@@ -134,9 +134,9 @@ class RedisStore:
                 pool = aioredis.BlockingConnectionPool.from_url(
                     self.url,
                     max_connections=_POOL_SIZE,
-                    timeout=self.bound,
+                    timeout=self.backstop,
                     decode_responses=True,
-                    socket_connect_timeout=self.timeout,
+                    socket_connect_timeout=self.backstop,
                     socket_timeout=self.backstop,
                     # Only a dropped connection is retried: Retry's defaults include
                     # timeouts, which would double the wait on a stalled Redis.
@@ -153,7 +153,7 @@ class RedisStore:
                     self.url,
                     decode_responses=True,
                     single_connection_client=True,
-                    socket_connect_timeout=self.timeout,
+                    socket_connect_timeout=self.backstop,
                     socket_timeout=self.backstop,
                 )
         for name in (
@@ -209,7 +209,7 @@ class RedisStore:
         """Seconds a call may take, from asking for a pooled connection to the reply.
 
         Twice the timeout: a stall of this process's event loop cannot make a call
-        outlive it when Redis answered in time (see :func:`within`), so it need only
+        outlive it when Redis answered in time (see :mod:`presence.stores._deadline`), so it need only
         cover Redis's own time and a wait for a pooled connection.
         """
         return self.timeout * 2
@@ -221,11 +221,11 @@ class RedisStore:
 
     @property
     def backstop(self) -> float:
-        """redis-py's own per-read timeout, far above every bound here. Its timer, like
-        ``asyncio.timeout``, takes a reply that arrived during a stall of the event loop
-        for a timeout (see :func:`within`); a stall longer than it would fail calls that
-        Redis answered (a reconnect storm showed collections of ~0.9 s at 1 s). It only
-        catches a read that no bound covers.
+        """redis-py's own timeouts (connect, read, wait for a pooled connection), far
+        above every bound here. Their timers take a reply or a connection that came
+        during a stall of the event loop for a timeout, which :func:`within` does not
+        (a reconnect storm showed collections of ~0.9 s failing connects and reads);
+        every call is under a bound, so these only catch what no bound covers.
         """
         return self.bound * 10
 
@@ -518,45 +518,6 @@ class RedisStore:
     def _keys(self, user: str, session_id: str) -> list[str]:
         """The keys where a session may be: the lone slot, the index and its own key."""
         return [self._lone(user), self._idx(user), self._key(user, session_id)]
-
-
-class within:  # lower case: used as asyncio.timeout is
-    """``asyncio.timeout(seconds)``, except that a reply already received when the
-    deadline is checked still wins.
-
-    After a stall of the event loop (a long garbage collection, a burst of handshakes in
-    one pass), the reply that Redis sent in time and the expired timer come out of the
-    same pass of the loop: the reply's data first, but the task it wakes only on the
-    next pass, so ``asyncio.timeout`` cancels the call first and a Redis that answered
-    in time is taken for one that did not. Here the deadline expires one pass later,
-    behind whatever that pass delivered; a call whose reply is not there fails then.
-    """
-
-    __slots__ = ("_handle", "_seconds", "_timeout")
-
-    def __init__(self, seconds: float) -> None:
-        self._seconds = seconds
-        self._timeout = asyncio.timeout(None)
-        self._handle: asyncio.TimerHandle | None = None
-
-    async def __aenter__(self) -> None:
-        await self._timeout.__aenter__()
-        self._handle = asyncio.get_running_loop().call_later(self._seconds, self._expire)
-
-    def _expire(self) -> None:
-        # A deadline in the past: asyncio.Timeout fires it with call_soon, behind the
-        # wake-ups this pass of the loop has queued.
-        self._timeout.reschedule(0)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        await self._timeout.__aexit__(exc_type, exc, tb)
 
 
 def _dump(data: JSON) -> str:
