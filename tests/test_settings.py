@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -127,3 +129,29 @@ def test_every_connection_gets_tcp_nodelay_even_from_a_proto_0_listener():
 
                 no_delay(Transport())
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_start_up_freezes_its_objects_and_sets_the_collectors_thresholds():
+    """Once the app has started, what start-up made is out of the collector's reach and
+    the thresholds are the service's own, in a process of its own (as uvicorn runs it)."""
+    script = (
+        "import asyncio, gc, json\n"
+        "from presence.app import GC_THRESHOLDS, create_app\n"
+        "from presence.settings import Settings\n"
+        "async def main():\n"
+        "    app = create_app(Settings())\n"
+        "    async with app.router.lifespan_context(app):\n"
+        "        print(json.dumps([gc.get_threshold(), GC_THRESHOLDS, gc.get_freeze_count()]))\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "REDIS_URL"},
+    )
+    thresholds, wanted, frozen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert thresholds == list(wanted) and wanted[0] > 700  # not CPython's default
+    assert frozen > 10_000  # modules, classes and functions of the whole stack
