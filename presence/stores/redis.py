@@ -209,8 +209,8 @@ class RedisStore:
         """Seconds a call may take, from asking for a pooled connection to the reply.
 
         Twice the timeout: a stall of this process's event loop cannot make a call
-        outlive it when Redis answered in time (see :mod:`presence.stores._deadline`), so it need only
-        cover Redis's own time and a wait for a pooled connection.
+        outlive it when Redis answered in time (see :mod:`presence.stores._deadline`),
+        so it need only cover Redis's own time and a wait for a pooled connection.
         """
         return self.timeout * 2
 
