@@ -114,13 +114,14 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
 
 
 def _routes() -> list[BaseRoute]:
-    # The socket is routed here, ahead of the API's Mount (which would take its path
-    # too), not under it: a socket held under a Mount keeps the nested router's frames
-    # and child scope for its life. No other two routes match the same path, so their
-    # order only decides how soon a request finds its own: the API's come first.
+    # No Mount for the API (see api.routes): a socket held under one would keep the
+    # nested router's frames and child scope for its life, and each request would be
+    # matched twice. No other two routes match the same path (the socket's matches
+    # only WebSocket scopes), so their order only decides how soon a request finds its
+    # own: the heartbeat, the route most requests take, comes first.
     routes: list[BaseRoute] = [
+        *api.routes(API_PREFIX),
         WebSocketRoute(f"{API_PREFIX}/sessions/{{session_id}}/ws", session_socket),
-        Mount(API_PREFIX, routes=api.routes()),
         Route("/", lambda request: RedirectResponse("/chat"), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
