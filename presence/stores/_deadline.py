@@ -54,7 +54,7 @@ class _Collections:
             self.total += time.perf_counter() - self._started
 
 
-collections = _Collections()
+pauses = _Collections()
 
 
 class within:  # lower case: used as asyncio.timeout is
@@ -70,7 +70,7 @@ class within:  # lower case: used as asyncio.timeout is
     __slots__ = ("_collected", "_extended", "_handle", "_max", "_seconds", "_timeout")
 
     def __init__(self, seconds: float, *, max_extension: float = 8.0) -> None:
-        collections.install()
+        pauses.install()
         self._seconds = seconds
         self._max = seconds * max_extension
         self._extended = 0.0
@@ -80,11 +80,11 @@ class within:  # lower case: used as asyncio.timeout is
 
     async def __aenter__(self) -> None:
         await self._timeout.__aenter__()
-        self._collected = collections.total
+        self._collected = pauses.total
         self._handle = asyncio.get_running_loop().call_later(self._seconds, self._expire)
 
     def _expire(self) -> None:
-        collected = collections.total
+        collected = pauses.total
         owed = min(collected - self._collected, self._max - self._extended)
         if owed > 0.001:
             # The collector took this much of the bound: the call gets it again.

@@ -41,7 +41,7 @@ _STATE_OF: dict[str, State] = {"a": "active", "y": "away", "d": "disconnected"}
 # one for a single round trip.
 _POOL_SIZE = 256
 
-# Most heartbeats sent in one TOUCH_MANY: about a millisecond of Redis's time, which no
+# Most heartbeats sent in one TOUCH: about a millisecond of Redis's time, which no
 # other client waits longer than.
 _TOUCH_BATCH = 128
 
@@ -156,15 +156,7 @@ class RedisStore:
                     socket_connect_timeout=self.backstop,
                     socket_timeout=self.backstop,
                 )
-        for name in (
-            "CREATE",
-            "GET",
-            "LIST",
-            "TOUCH",
-            "REFRESH",
-            "DELETE",
-            "RESTORE",
-        ):
+        for name in ("CREATE", "GET", "LIST", "TOUCH", "REFRESH", "DELETE", "RESTORE"):
             self._scripts[name] = self.client.register_script(getattr(_scripts, name))
         # Loaded up front so that each operation is one EVALSHA from the first call
         # (otherwise the first is EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA). If Redis is
@@ -231,7 +223,8 @@ class RedisStore:
 
     async def probe(self) -> None:
         """Raises :class:`StoreUnavailable` unless Redis answers a PING on a connection
-        of its own, outside the pool, within twice the socket timeout.
+        of its own, outside the pool, within :attr:`probe_bound` (counted as
+        :func:`within` counts).
 
         This tells "Redis is away" from "this process is busy": a call that failed
         because every pooled connection was taken, or because this process's event loop
