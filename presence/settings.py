@@ -30,15 +30,23 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     jwt_secret: str | None = field(default=None, repr=False)
+    jwt_require_exp: bool = True
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
     dev_secret: str | None = field(default=None, repr=False)
     allowed_origins: tuple[str, ...] = ()
     max_sessions_per_user: int = 50
+    max_sockets_per_user: int = 20
+    anonymous_per_minute: int = 60
     max_cleanup_ids: int = 100
     max_body_bytes: int = 64 * 1024
     max_data_bytes: int = 1024
     ws_max_message_bytes: int = 64 * 1024
     ws_messages_per_second: float = 10.0
     ws_message_burst: int = 40
+    ws_max_unsent_bytes: int = 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    header_timeout: float = 10.0
     fallback_max_sessions: int = 100_000
     redis_timeout: float = 0.25
     key_prefix: str = "presence"
@@ -80,6 +88,7 @@ class Settings:
             ("PRESENCE_PING_TIMEOUT", "ping_timeout"),
             ("INACTIVE_THRESHOLD", "inactive_threshold"),
             ("PRESENCE_REDIS_TIMEOUT", "redis_timeout"),
+            ("PRESENCE_HEADER_TIMEOUT", "header_timeout"),
         ]:
             value = env.number(var, minimum=0.0)
             if value is not None:
@@ -95,6 +104,10 @@ class Settings:
             ("PRESENCE_MAX_SESSIONS_PER_USER", "max_sessions_per_user"),
             ("PRESENCE_MAX_CLEANUP_IDS", "max_cleanup_ids"),
             ("PRESENCE_FALLBACK_MAX_SESSIONS", "fallback_max_sessions"),
+            ("PRESENCE_MAX_SOCKETS_PER_USER", "max_sockets_per_user"),
+            ("PRESENCE_ANONYMOUS_PER_MINUTE", "anonymous_per_minute"),
+            ("PRESENCE_MAX_HEADER_BYTES", "max_header_bytes"),
+            ("PRESENCE_WS_MAX_UNSENT_BYTES", "ws_max_unsent_bytes"),
         ]:
             number = env.whole(var)
             if number is not None:
@@ -104,6 +117,11 @@ class Settings:
             values["host"] = host
         values["jwt_secret"] = env.text("PRESENCE_JWT_SECRET")
         values["dev_secret"] = env.text("PRESENCE_DEV_SECRET")
+        require_exp = env.text("PRESENCE_JWT_REQUIRE_EXP")
+        if require_exp is not None:
+            values["jwt_require_exp"] = _parse_bool("PRESENCE_JWT_REQUIRE_EXP", require_exp)
+        values["jwt_audience"] = env.text("PRESENCE_JWT_AUDIENCE")
+        values["jwt_issuer"] = env.text("PRESENCE_JWT_ISSUER")
         origins = env.text("PRESENCE_ALLOWED_ORIGINS")
         if origins is not None:
             values["allowed_origins"] = _parse_origins(origins)
@@ -161,6 +179,21 @@ class Settings:
             raise ConfigError("PORT", "must be between 0 and 65535")
         if self.max_sessions_per_user < 1:
             raise ConfigError("PRESENCE_MAX_SESSIONS_PER_USER", "must be at least 1")
+        if self.max_sockets_per_user < 1:
+            raise ConfigError("PRESENCE_MAX_SOCKETS_PER_USER", "must be at least 1")
+        if self.anonymous_per_minute < 1:
+            raise ConfigError("PRESENCE_ANONYMOUS_PER_MINUTE", "must be at least 1")
+        if self.max_header_bytes < 1024:
+            # A browser's request line and headers (cookies included) need a few KiB.
+            raise ConfigError("PRESENCE_MAX_HEADER_BYTES", "must be at least 1024")
+        if self.header_timeout <= 0:
+            raise ConfigError("PRESENCE_HEADER_TIMEOUT", "must be greater than 0")
+        if self.ws_max_unsent_bytes < self.ws_max_message_bytes:
+            # A socket must be able to hold at least one message of the largest size.
+            raise ConfigError(
+                "PRESENCE_WS_MAX_UNSENT_BYTES",
+                f"must be at least the largest message ({self.ws_max_message_bytes} bytes)",
+            )
         if self.max_cleanup_ids < 1:
             raise ConfigError("PRESENCE_MAX_CLEANUP_IDS", "must be at least 1")
         if self.fallback_max_sessions < 1:
