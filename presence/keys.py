@@ -14,17 +14,32 @@ import functools
 import hashlib
 import re
 
-# A user id is used verbatim inside the hash tag when it is short and plain; anything
-# else (braces would end the tag early, long ids waste memory) is replaced by a digest.
+# A user id is used verbatim inside the hash tag when it is short and plain, so that
+# the keys stay readable and short for the common case (UUIDs, numeric ids, short
+# names). Any other id (braces would end the tag early, long ids waste memory) is
+# replaced by a digest behind a marker, "#", that the plain form can never contain:
+# the two forms are disjoint by construction, so no user can name a plain id that
+# lands on another user's digest. (The marker was once "h:", which is itself plain:
+# the user "h:<digest of alice+work@example.com>" shared every key of that user.)
 _PLAIN_USER = re.compile(r"[A-Za-z0-9_.:@\-]{1,64}")
+_DIGEST_MARKER = "#"
+# 128 bits: a second user can only land on an existing digest by a second preimage.
+_DIGEST_BYTES = 16
 
 
 @functools.lru_cache(maxsize=65536)
 def user_tag(user: str) -> str:
-    """The part of a key that stands for a user, braces included."""
+    """The part of a key that stands for a user, braces included.
+
+    Distinct users get distinct tags: a plain id stands for itself, and anything else
+    for a digest of its exact code points behind a marker that no plain id contains.
+    """
     if _PLAIN_USER.fullmatch(user):
         return "{" + user + "}"
-    return "{h:" + hashlib.blake2b(user.encode(), digest_size=12).hexdigest() + "}"
+    # surrogatepass: a JWT's JSON may carry a lone surrogate, which plain UTF-8 refuses;
+    # this encoding stays one-to-one on every str.
+    digest = hashlib.blake2b(user.encode("utf-8", "surrogatepass"), digest_size=_DIGEST_BYTES)
+    return "{" + _DIGEST_MARKER + digest.hexdigest() + "}"
 
 
 def lone_key(prefix: str, user: str) -> str:
