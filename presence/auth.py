@@ -20,6 +20,7 @@ from typing import Literal
 from urllib.parse import parse_qsl
 
 import jwt
+from jwt.types import Options
 from starlette.requests import cookie_parser
 
 from .settings import Settings
@@ -65,6 +66,23 @@ class Authenticator:
         self.dev_mode = settings.dev_mode
         self._key = settings.jwt_secret or settings.dev_secret or secrets.token_urlsafe(32)
         self._verified: dict[str, tuple[str, float]] = {}
+        # A token without an expiry is a credential that never dies once it leaks:
+        # refused unless the operator says otherwise. Development-mode tokens are ours
+        # and always carry one. An audience or issuer, when set, must match.
+        required = ["sub"]
+        if settings.jwt_require_exp:
+            required.append("exp")
+        self._audience = None if self.dev_mode else settings.jwt_audience
+        self._issuer = None if self.dev_mode else settings.jwt_issuer
+        if self._audience is not None:
+            required.append("aud")
+        if self._issuer is not None:
+            required.append("iss")
+        self._options: Options = {"require": required}
+        if self._audience is None:
+            # PyJWT refuses every token that has an "aud" when no audience is expected;
+            # with none configured, an audience claim is not ours to judge.
+            self._options["verify_aud"] = False
 
     def identify(
         self,
@@ -128,13 +146,15 @@ class Authenticator:
                 token,
                 self._key,
                 algorithms=[_ALGORITHM],
-                options={"require": ["sub"]},
+                options=self._options,
+                audience=self._audience,
+                issuer=self._issuer,
                 leeway=_LEEWAY,
             )
         except jwt.PyJWTError:
             return None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not 0 < len(sub) <= _MAX_SUB_LENGTH:
+        if not isinstance(sub, str) or not 0 < len(sub) <= _MAX_SUB_LENGTH or not _encodable(sub):
             return None
         valid_until = now + _VERIFIED_SECONDS
         expiry = claims.get("exp")
@@ -144,6 +164,15 @@ class Authenticator:
             self._verified.clear()
         self._verified[token] = (sub, valid_until)
         return Identity(sub, via)
+
+
+def _encodable(text: str) -> bool:
+    # JSON lets a token carry an unpaired surrogate, which no Redis command can send.
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class OriginPolicy:
