@@ -346,9 +346,14 @@ def _redact_path(path: str) -> str:
 
 def _template(scope: Scope) -> str:
     # An unmatched path may hold anything; never log it. Under a Mount, the endpoint of
-    # a path that none of its routes matched is the Mount's router.
-    if scope.get("endpoint") is None or isinstance(scope["endpoint"], Router):
+    # a path that none of its routes matched is the Mount's router; a mounted app (the
+    # static files) is logged by its mount point, never the rest of the path, which the
+    # client chose.
+    endpoint = scope.get("endpoint")
+    if endpoint is None or isinstance(endpoint, Router):
         return "(no route)"
+    if isinstance(endpoint, StaticFiles):
+        return str(scope.get("root_path", "")) + "/{path}"
     path: str = scope["path"]
     for name, value in scope.get("path_params", {}).items():
         path = path.replace(str(value), "{" + name + "}")

@@ -87,7 +87,11 @@ def logging_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+            # Escapes what requests put into records (see presence.logs).
+            "plain": {
+                "()": "presence.logs.SafeFormatter",
+                "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+            },
         },
         "handlers": {
             "stderr": {

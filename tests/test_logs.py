@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 from dataclasses import dataclass, field
 
@@ -233,3 +234,81 @@ async def test_the_access_log_steps_aside_while_it_is_off(caplog):
     assert calls == ["http", "http"]
     lines = [r.getMessage() for r in caplog.records if r.name == "presence.access"]
     assert lines == [lines[0]] and '"GET (no route)" 204 ' in lines[0]
+
+
+# -- Log forging ------------------------------------------------------------------------
+
+# Text a request can carry that would forge a line or rewrite a terminal: CR, LF, ESC
+# sequences, NUL, DEL, a C1 control, Unicode line separators and a bidi override.
+FORGERIES = ["%0d", "%0a", "%0d%0a", "%1b[31m", "%1b]0;owned%07", "%00", "%7f", "%c2%85",
+             "%e2%80%a8", "%e2%80%ae"]  # fmt: skip
+_LINE_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
+
+
+async def test_request_controlled_text_never_forges_a_log_line():
+    """Paths full of CR, LF, terminal escapes and Unicode separators, sent to the static
+    files, unknown paths, the API and the socket of a real server process at debug level,
+    leave a log in which every line starts a record (or is an indented traceback line)
+    and no control character but the line ends appears."""
+    env = {"LOG_LEVEL": "debug", "PRESENCE_JWT_SECRET": JWT_SECRET}
+    with server_process(env) as server:
+        bearer = {"authorization": f"Bearer {token('alice')}"}
+        async with httpx.AsyncClient(base_url=server.http, timeout=50 * UNIT) as client:
+            for forgery in FORGERIES:
+                text = f"x{forgery}2026-01-01%2000:00:00,000%20ERROR%20presence:%20forged"
+                for path in (
+                    f"/static/src/{text}",
+                    f"/static/demo/{text}.js",
+                    f"/{text}",
+                    f"{BASE}/sessions/{text}",
+                    f"{BASE}/sessions/{text}/heartbeat",
+                    f"/healthz?{text}",
+                ):
+                    response = await client.get(path, headers=bearer)
+                    assert response.status_code < 500
+                with pytest.raises(InvalidStatus):
+                    async with connect(f"{server.ws}/{text}/ws?token={token('alice')}"):
+                        pass
+                with pytest.raises(InvalidStatus):
+                    async with connect(f"{server.ws}{BASE}/sessions/{text}/ws"):
+                        pass
+        assert server.process is not None
+        server.process.send_signal(signal.SIGINT)
+        server.process.wait(timeout=100 * UNIT)
+        server.process = None
+        raw = server.log.read_bytes()
+    log = raw.decode()
+    unsafe = [
+        line
+        for line in log.splitlines()
+        if re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e]", line)
+    ]
+    assert unsafe == []
+    assert b"\r" not in raw
+    stray = [
+        line for line in log.splitlines() if not (_LINE_START.match(line) or line.startswith("  "))
+    ]
+    assert stray == []
+    assert "forged" not in "".join(line for line in log.splitlines() if " ERROR " in line)
+    assert "/static/src/{path}" in log  # the requests were logged, by template
+
+
+def test_the_formatter_escapes_messages_and_indents_tracebacks():
+    """A record whose message and exception carry line breaks and escapes is written as
+    one line, with its traceback's lines indented and escaped."""
+    from presence.logs import SafeFormatter
+
+    formatter = SafeFormatter("%(levelname)s %(name)s: %(message)s")
+    try:
+        raise ValueError("bad\npath\x1b[31m\r\nWARNING presence: forged")
+    except ValueError:
+        record = logging.LogRecord(
+            "presence", logging.ERROR, __file__, 1, "got %s", ("a\r\nERROR x: y\u2028",), True
+        )
+        import sys
+
+        record.exc_info = sys.exc_info()
+    lines = formatter.format(record).splitlines()
+    assert lines[0] == "ERROR presence: got a\\x0d\\x0aERROR x: y\\u2028"
+    assert all(line.startswith("  ") for line in lines[1:])
+    assert "\x1b" not in "".join(lines) and "\\x1b[31m" in lines[-2] + lines[-1]
