@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from .app import create_app
 from .exceptions import (
-    ApiError,
     ConfigError,
     NotFound,
     PresenceError,
@@ -19,7 +18,6 @@ from .stores import FallbackStore, MemoryStore, RedisStore, SessionStore
 __version__ = "0.1.0"
 
 __all__ = [
-    "ApiError",
     "ConfigError",
     "FallbackStore",
     "MemoryStore",

@@ -19,7 +19,15 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from .auth import Identity, cookie_token, first_headers, header
-from .exceptions import BadRequest, Forbidden, NotFound, Unauthorized
+from .exceptions import (
+    Forbidden,
+    InvalidBody,
+    MalformedJSON,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from .sessions import JSON, STATES, is_session_id
 from .stores.base import UNSET
 
@@ -124,8 +132,10 @@ async def read_json(
         services: the app's, if at hand.
 
     Raises:
-        BadRequest: 413 too large, 415 wrong media type, 400 malformed JSON (also
-            NaN, Infinity, unpaired surrogates, nesting too deep), 422 not an object.
+        PayloadTooLarge: over the limit.
+        UnsupportedMediaType: neither JSON nor text.
+        MalformedJSON: not JSON, or NaN, Infinity, unpaired surrogates, nesting too deep.
+        InvalidBody: JSON, but not an object.
     """
     if headers is None:
         headers = first_headers(request.scope["headers"])
@@ -135,10 +145,8 @@ async def read_json(
     content_type = header(headers, b"content-type") or ""
     media_type = content_type.split(";")[0].strip().lower()
     if media_type not in _JSON_TYPES:
-        raise BadRequest(
-            f"unsupported content type {media_type!r}; send application/json or text/plain",
-            code="unsupported_media_type",
-            status=415,
+        raise UnsupportedMediaType(
+            f"unsupported content type {media_type!r}; send application/json or text/plain"
         )
     declared = header(headers, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -153,14 +161,14 @@ async def read_json(
     try:
         value = parse_json(body)
     except (ValueError, RecursionError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}", code="malformed_json") from None
+        raise MalformedJSON(f"malformed JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise BadRequest("the body must be a JSON object", code="invalid_body", status=422)
+        raise InvalidBody("the body must be a JSON object")
     return value
 
 
-def _too_large(limit: int) -> BadRequest:
-    return BadRequest(f"request body exceeds {limit} bytes", code="payload_too_large", status=413)
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body exceeds {limit} bytes")
 
 
 class _Unsure(Exception):
@@ -229,8 +237,8 @@ class _JSONResponse(JSONResponse):
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
 
 
-def _invalid(message: str) -> BadRequest:
-    return BadRequest(message, code="invalid_body", status=422)
+def _invalid(message: str) -> InvalidBody:
+    return InvalidBody(message)
 
 
 def _check_fields(body: dict[str, JSON], allowed: frozenset[str]) -> None:

@@ -24,10 +24,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 
-from . import api, openapi
+from . import api, errors, openapi
 from .auth import Authenticator, OriginPolicy, cookie_token, first_headers, header
 from .connections import Refresher, Registry
-from .exceptions import ApiError
+from .exceptions import PresenceError
 from .sessions import new_session_id
 from .settings import Settings
 from .sockets import session_socket
@@ -39,7 +39,6 @@ access_logger = logging.getLogger("presence.access")
 #: The browser package and demo pages, beside the Python package in a checkout.
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
-_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 API_PREFIX = "/api/v1/chat"
 
 
@@ -69,7 +68,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     settings = settings or Settings()
     services = Services(
         settings=settings,
-        store=store or store_from_settings(settings),
+        store=store if store is not None else store_from_settings(settings),
         authenticator=Authenticator(settings),
         origins=OriginPolicy(settings.allowed_origins),
     )
@@ -106,7 +105,10 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
     app = Starlette(
         routes=_routes(),
         middleware=middleware,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        exception_handlers={
+            PresenceError: errors.handle_presence_error,
+            HTTPException: errors.handle_http_exception,
+        },
         lifespan=lifespan,
     )
     app.state.services = services
@@ -171,26 +173,6 @@ def _page(name: str) -> Callable[[Request], Response]:
         return api.respond(request, response)
 
     return page
-
-
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    headers = None if exc.retry_after is None else {"retry-after": str(exc.retry_after)}
-    return JSONResponse(
-        {"error": {"code": exc.code, "message": exc.message}},
-        status_code=exc.status,
-        headers=headers,
-    )
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = _ERROR_CODES.get(exc.status_code, "http_error")
-    return JSONResponse(
-        {"error": {"code": code, "message": exc.detail}},
-        status_code=exc.status_code,
-        headers=exc.headers,
-    )
 
 
 def _log_start(settings: Settings, store: SessionStore) -> None:

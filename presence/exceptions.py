@@ -1,27 +1,46 @@
-"""Exceptions raised by Presence.
+"""Exceptions raised by Presence: what went wrong, in the service's own terms.
+
+None of them knows about HTTP or WebSocket close codes: :mod:`presence.errors` maps
+each one, in one table, to what the edges answer (a status, a code, ``Retry-After``,
+a close code), for REST, the socket handshake and in-band errors alike.
 
 The tree::
 
     PresenceError
     ├── ConfigError               a setting has a bad value (names the variable)
-    ├── ApiError                  an HTTP request is refused (status, code, message)
-    │   ├── BadRequest            400/413/415/422: the request itself is wrong
-    │   ├── Unauthorized          401: no valid identity
-    │   ├── Forbidden             403: origin or CSRF check failed
-    │   ├── NotFound              404: no such session for this user
-    │   ├── TooManySessions       429: per-user session cap reached
-    │   ├── StoreFull             503: the fallback store is at its cap
-    │   └── StoreBusy             503: this request cannot be answered now; retry
-    └── StoreUnavailable          the store cannot be reached right now
-
-``ApiError`` subclasses become ``{"error": {"code": ..., "message": ...}}`` responses.
+    ├── InvalidRequest            the request itself is wrong
+    │   ├── MalformedJSON         not JSON, or JSON that no answer could carry
+    │   ├── PayloadTooLarge       a body over its limit
+    │   ├── UnsupportedMediaType  a body that is not JSON or text
+    │   ├── InvalidBody           well-formed, but a field is missing, unknown or bad
+    │   ├── InvalidMessage        a socket message that is not an object or has a bad field
+    │   └── UnknownMessageType    a socket message of a type the server does not know
+    ├── Unauthorized              no valid identity
+    ├── Forbidden                 origin or CSRF check failed
+    ├── NotFound                  no such session for this user
+    ├── LimitExceeded             a bound on what one client may hold or do
+    │   ├── TooManySessions       the user's live sessions
+    │   ├── TooManySockets        the user's open sockets
+    │   └── RateLimited           too many requests or messages in a while
+    └── StoreError                the store cannot do it now
+        ├── StoreUnavailable      Redis did not answer in time
+        ├── StoreBusy             nothing is known lost, but no answer now: try again
+        └── StoreFull             the in-memory fallback is at its cap
 """
 
 from __future__ import annotations
 
 
 class PresenceError(Exception):
-    """Base class of every exception Presence raises on purpose."""
+    """Base class of every exception Presence raises on purpose.
+
+    Attributes:
+        message: a sentence for humans naming the problem.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class ConfigError(PresenceError):
@@ -38,78 +57,84 @@ class ConfigError(PresenceError):
         self.reason = reason
 
 
-class ApiError(PresenceError):
-    """A request that is answered with an error response.
-
-    Attributes:
-        status: the HTTP status code.
-        code: a stable, machine-readable error code.
-        message: a sentence for humans naming the problem.
-    """
-
-    status = 400
-    code = "bad_request"
-    #: Seconds for a ``Retry-After`` header, for errors that pass.
-    retry_after: int | None = None
-
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        if status is not None:
-            self.status = status
+class InvalidRequest(PresenceError):
+    """The request (or socket message) is malformed, too large or fails validation."""
 
 
-class BadRequest(ApiError):
-    """The request is malformed, too large or fails validation."""
+class MalformedJSON(InvalidRequest):
+    """The body or message is not JSON, or is JSON that no answer could carry back
+    (NaN, Infinity, unpaired surrogates, nesting too deep)."""
 
 
-class Unauthorized(ApiError):
+class PayloadTooLarge(InvalidRequest):
+    """The body is larger than its limit."""
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """The body's media type is neither JSON nor text."""
+
+
+class InvalidBody(InvalidRequest):
+    """The body is JSON, but not a valid request: a field missing, unknown or bad."""
+
+
+class InvalidMessage(InvalidRequest):
+    """A socket message that is not a JSON object, or has a bad field."""
+
+
+class UnknownMessageType(InvalidRequest):
+    """A socket message of a type the server does not know."""
+
+
+class Unauthorized(PresenceError):
     """The request carries no valid identity."""
 
-    status = 401
-    code = "unauthorized"
 
-
-class Forbidden(ApiError):
+class Forbidden(PresenceError):
     """The request's origin is not allowed."""
 
-    status = 403
-    code = "forbidden"
 
-
-class NotFound(ApiError):
+class NotFound(PresenceError):
     """No session with that id exists for this user (whether or not another user has one)."""
 
-    status = 404
-    code = "session_not_found"
+
+class LimitExceeded(PresenceError):
+    """A bound on what one client may hold or do is reached."""
 
 
-class TooManySessions(ApiError):
-    """The user already holds the maximum number of sessions."""
-
-    status = 429
-    code = "too_many_sessions"
+class TooManySessions(LimitExceeded):
+    """The user already holds the maximum number of live sessions, every one held open."""
 
 
-class StoreFull(ApiError):
-    """The in-memory fallback is at its size cap while Redis is unavailable."""
-
-    status = 503
-    code = "store_full"
-    retry_after = 5
+class TooManySockets(LimitExceeded):
+    """The user already holds the maximum number of open sockets on this process."""
 
 
-class StoreBusy(ApiError):
+class RateLimited(LimitExceeded):
+    """Too many requests or messages in a short while.
+
+    Attributes:
+        retry_after: seconds until the next one would be allowed.
+    """
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StoreError(PresenceError):
+    """The store cannot do this now."""
+
+
+class StoreUnavailable(StoreError):
+    """The backing store could not be reached within its timeout."""
+
+
+class StoreBusy(StoreError):
     """The store cannot answer this request now, though nothing is known to be lost: a
     Redis call outlived its bound while Redis itself answers (this process is busy), or
     Redis is away and the fallback cannot tell whether the session exists."""
 
-    status = 503
-    code = "store_unavailable"
-    retry_after = 1
 
-
-class StoreUnavailable(PresenceError):
-    """The backing store could not be reached within its timeout."""
+class StoreFull(StoreError):
+    """The in-memory fallback is at its size cap while Redis is unavailable."""

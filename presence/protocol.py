@@ -21,21 +21,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from .exceptions import InvalidMessage, MalformedJSON, UnknownMessageType
 from .sessions import Session, State
-
-
-class ProtocolError(Exception):
-    """A client message that cannot be used; answered with an ``error`` message.
-
-    Attributes:
-        code: machine-readable reason.
-        message: what was wrong, for a human.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +41,16 @@ def parse(text: str) -> ClientMessage:
     """Parses one client message.
 
     Raises:
-        ProtocolError: not JSON, not an object, an unknown type or a bad field.
+        MalformedJSON: not JSON.
+        InvalidMessage: not an object, or a bad field.
+        UnknownMessageType: a type the server does not know.
     """
     try:
         message = json.loads(text)
     except (ValueError, RecursionError):  # Nesting too deep raises RecursionError.
-        raise ProtocolError("malformed_json", "message is not valid JSON") from None
+        raise MalformedJSON("message is not valid JSON") from None
     if not isinstance(message, dict):
-        raise ProtocolError("bad_message", "message must be a JSON object")
+        raise InvalidMessage("message must be a JSON object")
     kind = message.get("type")
     if kind == "visibility":
         raw = message.get("state")
@@ -69,9 +58,9 @@ def parse(text: str) -> ClientMessage:
         # even reach the lookup.
         state = _VISIBILITY_STATES.get(raw) if isinstance(raw, str) else None
         if state is None:
-            raise ProtocolError("bad_message", 'visibility state must be "visible" or "hidden"')
+            raise InvalidMessage('visibility state must be "visible" or "hidden"')
         return Visibility(state)
-    raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+    raise UnknownMessageType(f"unknown message type {kind!r}")
 
 
 def snapshot(session: Session) -> str:

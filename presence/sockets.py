@@ -15,13 +15,20 @@ import time
 from typing import TYPE_CHECKING
 
 from starlette import status
-from starlette.responses import JSONResponse
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from . import protocol
+from . import errors, protocol
 from .auth import cookie_token, first_headers, header, query_token
-from .exceptions import ApiError, Forbidden, NotFound, StoreUnavailable, Unauthorized
+from .exceptions import (
+    Forbidden,
+    InvalidMessage,
+    NotFound,
+    PresenceError,
+    RateLimited,
+    StoreError,
+    Unauthorized,
+)
 from .sessions import is_session_id
 
 if TYPE_CHECKING:
@@ -90,11 +97,8 @@ async def session_socket(websocket: WebSocket) -> None:
         )
         if session is None:
             raise NotFound("no such session")
-    except ApiError as exc:
-        await _deny(websocket, exc.status, exc.code, exc.message, exc.retry_after)
-        return
-    except StoreUnavailable:
-        await _deny(websocket, 503, "store_unavailable", "session store unavailable")
+    except PresenceError as error:
+        await _deny(websocket, error)
         return
 
     await websocket.accept()
@@ -156,17 +160,17 @@ async def _receive(socket: SessionSocket, services: Services, message: Message) 
     if message["type"] == "websocket.disconnect":
         return False
     if not socket.bucket.allow(time.monotonic()):
-        await socket.send(protocol.error("rate_limited", "too many messages"))
-        await socket.close(status.WS_1008_POLICY_VIOLATION, "too many messages")
+        flood = RateLimited("too many messages")
+        await socket.send(errors.in_band(flood))
+        await socket.close(errors.close_code(flood), flood.message)
         return False
     text = message.get("text")
-    if text is None:
-        await socket.send(protocol.error("bad_message", "messages must be text JSON"))
-        return True
     try:
+        if text is None:
+            raise InvalidMessage("messages must be text JSON")
         parsed = protocol.parse(text)
-    except protocol.ProtocolError as exc:
-        await socket.send(protocol.error(exc.code, exc.message))
+    except PresenceError as error:
+        await socket.send(errors.in_band(error))
         return True
     await _dispatch(socket, services, parsed)
     return True
@@ -180,8 +184,8 @@ async def _dispatch(
             session = await services.store.touch(
                 socket.user, socket.session_id, state=message.state
             )
-        except ApiError as exc:  # the store is busy or away: the socket stays open
-            await socket.send(protocol.error(exc.code, exc.message))
+        except StoreError as error:  # the store is busy or away: the socket stays open
+            await socket.send(errors.in_band(error))
             return
         if session is None:
             await socket.end("expired")
@@ -205,16 +209,13 @@ def _expire(socket: SessionSocket) -> None:
 async def _mark_disconnected(services: Services, user: str, session_id: str) -> None:
     try:
         await services.store.touch(user, session_id, transport="none", state="disconnected")
-    except (StoreUnavailable, ApiError):
+    except StoreError:
         logger.warning("could not mark a session disconnected: store unavailable")
 
 
-async def _deny(
-    websocket: WebSocket, status_code: int, code: str, message: str, retry_after: int | None = None
-) -> None:
-    headers = None if retry_after is None else {"retry-after": str(retry_after)}
-    response = JSONResponse({"error": {"code": code, "message": message}}, status_code, headers)
+async def _deny(websocket: WebSocket, error: PresenceError) -> None:
+    response = errors.response(error)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(response)
     else:  # pragma: no cover - every server we run supports denial responses
-        await websocket.close(status.WS_1008_POLICY_VIOLATION, message)
+        await websocket.close(errors.close_code(error), errors.message_of(error))
