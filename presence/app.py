@@ -36,8 +36,17 @@ from .stores import SessionStore, store_from_settings
 logger = logging.getLogger("presence")
 access_logger = logging.getLogger("presence.access")
 
-#: The browser package and demo pages, beside the Python package in a checkout.
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+def web_dir() -> Path:
+    """Where the browser package and the demo pages are: ``presence/static`` in an
+    installed wheel (setup.py copies them there), else ``web/`` beside the package in a
+    checkout or an editable install."""
+    here = Path(__file__).resolve().parent
+    installed = here / "static"
+    return installed if (installed / "chat.html").is_file() else here.parent / "web"
+
+
+WEB_DIR = web_dir()
 
 API_PREFIX = "/api/v1/chat"
 

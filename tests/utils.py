@@ -207,13 +207,15 @@ class ServerProcess(_Local):
         self.env["PORT"] = str(self.port)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="presence-server-", suffix=".log")[1])
+        #: Where the process runs: the checkout, unless a test runs it elsewhere.
+        self.cwd = REPO
 
     def start(self, *args: str) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "presence", "serve", *args],
                 env=self.env,
-                cwd=REPO,
+                cwd=self.cwd,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
