@@ -86,7 +86,7 @@ def identify(
         functools.partial(cookie_token, scope["headers"]),
     )
     if identity is None and mint and authenticator.dev_mode:
-        identity, token = authenticator.mint_anonymous()
+        identity, token = authenticator.mint_anonymous(client_address(scope))
         request.state.new_token = token
     if identity is None:
         raise Unauthorized("a valid bearer token or identity cookie is required")
@@ -103,6 +103,13 @@ def identify(
     ):
         raise Forbidden("origin not allowed for a cookie-authenticated request")
     return identity
+
+
+def client_address(scope: Scope) -> str:
+    """The client's address as the server saw it (from X-Forwarded-For behind a
+    trusted proxy, as uvicorn is told)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "-"
 
 
 def respond(request: Request, response: Response) -> Response:

@@ -156,7 +156,7 @@ async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
     status = await services.store.status()
     status["status"] = "degraded" if status.get("degraded") else "ready"
-    status["sockets"] = len(services.registry)
+    status["sockets"] = services.registry.sockets
     return JSONResponse(status)
 
 
@@ -177,7 +177,9 @@ def _page(name: str) -> Callable[[Request], Response]:
         authorization = header(first_headers(raw), b"authorization")
         if services.authenticator.identify(authorization, partial(cookie_token, raw)) is None:
             if services.authenticator.dev_mode:
-                _, request.state.new_token = services.authenticator.mint_anonymous()
+                _, request.state.new_token = services.authenticator.mint_anonymous(
+                    api.client_address(request.scope)
+                )
         response = FileResponse(path, headers={"cache-control": "no-store"})
         return api.respond(request, response)
 
@@ -240,7 +242,7 @@ class AccessLog:
             if access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(
                     '%s "%s %s" %d %.1fms',
-                    _client(scope),
+                    api.client_address(scope),
                     scope.get("method", "WS"),
                     _template(scope),
                     status,
@@ -349,8 +351,3 @@ def _template(scope: Scope) -> str:
     for name, value in scope.get("path_params", {}).items():
         path = path.replace(str(value), "{" + name + "}")
     return path
-
-
-def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    return client[0] if client else "-"

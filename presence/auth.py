@@ -23,6 +23,8 @@ import jwt
 from jwt.types import Options
 from starlette.requests import cookie_parser
 
+from .exceptions import RateLimited
+from .limits import KeyedLimiter
 from .settings import Settings
 
 COOKIE_NAME = "presence_token"
@@ -66,6 +68,10 @@ class Authenticator:
         self.dev_mode = settings.dev_mode
         self._key = settings.jwt_secret or settings.dev_secret or secrets.token_urlsafe(32)
         self._verified: dict[str, tuple[str, float]] = {}
+        # Every anonymous identity may become sessions in the store, each kept a TTL:
+        # one address minting without bound (931 a second were seen) fills Redis.
+        per_minute = settings.anonymous_per_minute
+        self._minted = KeyedLimiter(per_minute / 60, per_minute)
         # A token without an expiry is a credential that never dies once it leaks:
         # refused unless the operator says otherwise. Development-mode tokens are ours
         # and always carry one. An audience or issuer, when set, must match.
@@ -116,8 +122,22 @@ class Authenticator:
                 return self._verify(value, "cookie")
         return None
 
-    def mint_anonymous(self) -> tuple[Identity, str]:
-        """Development mode: a new anonymous user and the token to set as cookie."""
+    def mint_anonymous(self, address: str) -> tuple[Identity, str]:
+        """Development mode: a new anonymous user and the token to set as cookie.
+
+        Args:
+            address: the client's address; each may be given at most
+                ``PRESENCE_ANONYMOUS_PER_MINUTE`` new identities a minute.
+
+        Raises:
+            RateLimited: this address has had its share for now.
+        """
+        wait = self._minted.allow(address, time.monotonic())
+        if wait:
+            raise RateLimited(
+                "too many new anonymous identities from this address; try again later",
+                retry_after=wait,
+            )
         user = "anon:" + secrets.token_urlsafe(12)
         now = int(time.time())
         claims = {"sub": user, "iss": _DEV_ISSUER, "iat": now, "exp": now + _DEV_TOKEN_SECONDS}

@@ -29,15 +29,42 @@ class Endable(Protocol):
 class Registry:
     """Open sockets by session. Most sessions have one socket here, held as it is; a few
     (two tabs sharing an id by a copied URL) have more, held in a list. A list for every
-    session would cost each socket one more object for its whole life."""
+    session would cost each socket one more object for its whole life.
 
-    __slots__ = ("_sockets",)
+    It also counts each user's sockets, from the moment a handshake takes a place
+    (:meth:`reserve`, before anything is awaited, so concurrent handshakes cannot all
+    pass the bound) until the socket is gone (:meth:`release`)."""
+
+    __slots__ = ("_per_user", "_sockets", "sockets")
 
     def __init__(self) -> None:
         self._sockets: dict[SessionRef, Endable | list[Endable]] = {}
+        self._per_user: dict[str, int] = {}
+        #: Sockets open or being opened on this process.
+        self.sockets = 0
 
     def __len__(self) -> int:
+        """Sessions with at least one socket here."""
         return len(self._sockets)
+
+    def reserve(self, user: str, limit: int) -> bool:
+        """Takes one of the user's ``limit`` places for a socket; False when all are
+        taken. Every place taken is given back with :meth:`release`."""
+        held = self._per_user.get(user, 0)
+        if held >= limit:
+            return False
+        self._per_user[user] = held + 1
+        self.sockets += 1
+        return True
+
+    def release(self, user: str) -> None:
+        """Gives back a place taken by :meth:`reserve`."""
+        held = self._per_user.get(user, 0) - 1
+        if held > 0:
+            self._per_user[user] = held
+        else:
+            self._per_user.pop(user, None)
+        self.sockets -= 1
 
     def add(self, ref: SessionRef, socket: Endable) -> None:
         held = self._sockets.get(ref)

@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass
 
 from .exceptions import InvalidMessage, MalformedJSON, UnknownMessageType
+from .limits import TokenBucket
 from .sessions import Session, State
 
 
@@ -75,28 +76,4 @@ def error(code: str, message: str) -> str:
     return json.dumps({"type": "error", "code": code, "message": message})
 
 
-class TokenBucket:
-    """Allows ``rate`` messages a second on average, in bursts of up to ``burst``.
-
-    Args:
-        rate: tokens added per second.
-        burst: the bucket's size, and how many it starts with.
-        now: the current time in seconds (a monotonic clock).
-    """
-
-    __slots__ = ("_stamp", "_tokens", "burst", "rate")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = float(burst)
-        self._stamp = now
-
-    def allow(self, now: float) -> bool:
-        """Takes a token if there is one; False means the sender is over its rate."""
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
+__all__ = ["ClientMessage", "TokenBucket", "Visibility", "ended", "error", "parse", "snapshot"]

@@ -27,6 +27,7 @@ from .exceptions import (
     PresenceError,
     RateLimited,
     StoreError,
+    TooManySockets,
     Unauthorized,
 )
 from .sessions import is_session_id
@@ -88,49 +89,61 @@ async def session_socket(websocket: WebSocket) -> None:
     # rather than in a second coroutine with a frame of its own.
     services: Services = websocket.scope["app"].state.services
     session_id: str = websocket.scope["path_params"]["session_id"]
+    registry = services.registry
     try:
         identity = _identify(websocket, services)
         if not is_session_id(session_id):
             raise NotFound("no such session")
-        session = await services.store.touch(
-            identity.user, session_id, transport="websocket", state="active"
-        )
-        if session is None:
-            raise NotFound("no such session")
+        # Taken before anything is awaited, so that concurrent handshakes of one user
+        # cannot all pass the bound; given back in the finally below.
+        limit = services.settings.max_sockets_per_user
+        if not registry.reserve(identity.user, limit):
+            raise TooManySockets(f"a user may hold at most {limit} open sockets on a server")
     except PresenceError as error:
         await _deny(websocket, error)
         return
-
-    await websocket.accept()
     user = identity.user
-    socket = SessionSocket(websocket, user, session_id, services)
-    ref = (user, session_id)
-    services.registry.add(ref, socket)
-    lifetime = services.settings.max_lifetime
-    expiry = None
-    if lifetime > 0:
-        # A timer, not a task asleep until then: a handle instead of a task, a future
-        # and two coroutine frames held by every socket.
-        expiry = asyncio.get_running_loop().call_later(
-            max(0.0, session.created_at + lifetime - time.time()), _expire, socket
-        )
-    snapshot = protocol.snapshot(session)
-    del identity, session  # Sent: not to be held for the socket's life.
     try:
-        await socket.send(snapshot)
-        del snapshot
-        # Each message is handed over unnamed, so that this frame does not hold the
-        # last one (nor its text, nor what it parsed to) while the socket idles.
-        while not socket.ended and await _receive(socket, services, await websocket.receive()):
+        try:
+            session = await services.store.touch(
+                user, session_id, transport="websocket", state="active"
+            )
+            if session is None:
+                raise NotFound("no such session")
+        except PresenceError as error:
+            await _deny(websocket, error)
+            return
+        await websocket.accept()
+        socket = SessionSocket(websocket, user, session_id, services)
+        ref = (user, session_id)
+        registry.add(ref, socket)
+        lifetime = services.settings.max_lifetime
+        expiry = None
+        if lifetime > 0:
+            # A timer, not a task asleep until then: a handle instead of a task, a
+            # future and two coroutine frames held by every socket.
+            expiry = asyncio.get_running_loop().call_later(
+                max(0.0, session.created_at + lifetime - time.time()), _expire, socket
+            )
+        snapshot = protocol.snapshot(session)
+        del identity, session  # Sent: not to be held for the socket's life.
+        try:
+            await socket.send(snapshot)
+            del snapshot
+            # Each message is handed over unnamed, so that this frame does not hold the
+            # last one (nor its text, nor what it parsed to) while the socket idles.
+            while not socket.ended and await _receive(socket, services, await websocket.receive()):
+                pass
+        except (WebSocketDisconnect, OSError):
             pass
-    except (WebSocketDisconnect, OSError):
-        pass
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            last_here = registry.discard(ref, socket)
+            if last_here and not socket.ended:
+                await _mark_disconnected(services, user, session_id)
     finally:
-        if expiry is not None:
-            expiry.cancel()
-        last_here = services.registry.discard(ref, socket)
-        if last_here and not socket.ended:
-            await _mark_disconnected(services, user, session_id)
+        registry.release(user)
 
 
 def _identify(websocket: WebSocket, services: Services) -> Identity:
