@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
+import pickle
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from uvicorn.importer import import_from_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
@@ -29,7 +30,7 @@ from websockets.http11 import Request
 from presence.app import create_app
 from presence.cli import uvicorn_options
 from presence.settings import Settings
-from presence.wsproto import Gate, Inbox, PresenceWebSocketProtocol
+from presence.wsproto import FrameLimits, Gate, Inbox, PresenceWebSocketProtocol
 
 from .test_attacks import RawSocket
 from .utils import UNIT, RunningServer, make_settings, serve, token
@@ -85,9 +86,15 @@ def _protocols(server: RunningServer) -> list[PresenceWebSocketProtocol]:
 # -- What an open socket holds ---------------------------------------------------------
 
 
-def test_the_production_options_run_this_protocol() -> None:
-    ws = uvicorn_options(make_settings())["ws"]
-    assert import_from_string(ws) is PresenceWebSocketProtocol
+def test_the_production_options_run_this_protocol_with_the_settings_limits() -> None:
+    """uvicorn is given this class with the settings' frame limits bound, in a form that
+    pickles (uvicorn pickles its Config for --workers)."""
+    settings = make_settings(ws_messages_per_second=3.0)
+    ws = uvicorn_options(settings)["ws"]
+    assert isinstance(ws, functools.partial) and ws.func is PresenceWebSocketProtocol
+    assert ws.keywords == {"limits": FrameLimits(3.0, settings.ws_message_burst)}
+    copy = pickle.loads(pickle.dumps(ws))  # noqa: S301 - our own bytes, as uvicorn does
+    assert copy.func is PresenceWebSocketProtocol and copy.keywords == ws.keywords
 
 
 def test_no_slot_hides_a_method_or_class_attribute_of_uvicorns_class() -> None:
