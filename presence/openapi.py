@@ -221,7 +221,10 @@ def document(settings: Settings) -> OpenAPI:
                         f"(bursts of {settings.ws_message_burst}) with 1008; ping, pong and "
                         "continuation frames count against the same rate, apart from "
                         f"messages (1008), and a message in more than {MAX_FRAGMENTS} frames "
-                        "closes with 1009. Per-message compression is not offered."
+                        "closes with 1009. A client that leaves more than "
+                        f"{settings.ws_max_unsent_bytes} bytes unread, or none read for "
+                        f"{settings.ping_timeout:g} s while more waits, is dropped. "
+                        "Per-message compression is not offered."
                     ),
                     "security": [*_security(), {"queryToken": []}],
                     "responses": {

@@ -1,17 +1,19 @@
-"""WebSocket frames that no message limit sees: control frames and continuation frames
-(``presence.wsproto``).
+"""WebSocket frames that no message limit sees: control frames, continuation frames, and
+what a client leaves unread (``presence.wsproto``).
 
 Each attack is mounted against a real ``presence serve`` process by a client that speaks
 frames itself (a TCP socket; websockets' sans-I/O client parses what it reads), while
-the server's memory (VmRSS) and ``/healthz`` are measured. Figures are printed
-(``pytest -s``); the bounds asserted are generous.
+the server's memory (VmRSS), descriptors (``/proc/<pid>/fd``) and ``/healthz`` are
+measured. Figures are printed (``pytest -s``); the bounds asserted are generous.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import random
 import socket
 import threading
 import time
@@ -22,15 +24,17 @@ from pathlib import Path
 import httpx
 import pytest
 from starlette import status
+from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from presence.wsproto import MAX_FRAGMENTS
+from presence.wsproto import MAX_FRAGMENTS, PresenceWebSocketProtocol
 
-from .utils import JWT_SECRET, UNIT, ServerProcess, server_process, token
+from .utils import JWT_SECRET, UNIT, ServerProcess, make_settings, serve, server_process, token
 
 BASE = "/api/v1/chat"
 BURST = 40  # Settings.ws_message_burst
@@ -397,7 +401,194 @@ def test_a_message_of_the_fragment_limit_is_read_and_one_fragment_more_closes_10
             client.close()
 
 
-# -- Every worker ---------------------------------------------
+# -- What a client leaves unread --------------------------------------------------------------
+
+
+def test_a_client_that_reads_no_pongs_is_dropped_past_the_unsent_limit(user):
+    """With no rate to speak of, pongs that a client never reads pile up in the server's
+    write buffer until they pass PRESENCE_WS_MAX_UNSENT_BYTES: the connection is then
+    dropped at once (long before the ping timeout), the server's memory stays bounded,
+    its socket is closed and the session is marked disconnected."""
+    env = _env(
+        PRESENCE_WS_MESSAGES_PER_SECOND=NO_RATE,
+        PRESENCE_WS_MAX_UNSENT_BYTES=str(256 * 1024),
+        PRESENCE_PING_TIMEOUT="60",
+        LOG_LEVEL="info",
+        **QUIET,
+    )
+    with server_process(env) as server, _api(server, user) as api:
+        sid = _session(api)
+        pid = _pid(server)
+        before = _sockets(pid)
+        client = RawClient(server.port, sid, user, rcvbuf=4096)
+        try:
+            client.message()
+            assert _sockets(pid) == before + 1
+            pings = _frames(Opcode.PING, 500, b"p" * 125)
+            how, took, growth = _flood_and_measure(client, pings, 100 * UNIT, pid)
+        finally:
+            client.close()
+        print(f"unread pongs: {how} after {took:.2f}s, server RSS +{growth / MiB:.1f} MiB")
+        assert how == "dropped"
+        assert growth < RSS_SLACK
+        assert _wait_until(lambda: _sockets(pid) == before, 50 * UNIT)
+        assert _wait_until(lambda: _state(api, sid) == "disconnected", 50 * UNIT)
+        assert "bytes unsent" in server.log.read_text()
+
+
+def test_a_client_that_reads_none_of_its_messages_is_dropped_within_the_ping_timeout(user):
+    """A client that sends messages (each answered by a snapshot) and reads none of the
+    answers fills the server's buffers until the app's send waits on flow control; one
+    ping timeout later the connection is dropped, the app's send gives up, and the
+    session is marked disconnected. The keepalive is far off, so it is not what ends it."""
+    ping_timeout = 10 * UNIT
+    env = _env(
+        PRESENCE_WS_MESSAGES_PER_SECOND=NO_RATE,
+        PRESENCE_PING_TIMEOUT=str(ping_timeout),
+        LOG_LEVEL="info",
+        **QUIET,
+    )
+    with server_process(env) as server, _api(server, user) as api:
+        sid = _session(api)
+        pid = _pid(server)
+        before = _sockets(pid)
+        client = RawClient(server.port, sid, user, rcvbuf=4096)
+        try:
+            client.message()
+            messages = (
+                Frame(Opcode.TEXT, HIDDEN).serialize(mask=True)
+                + Frame(Opcode.TEXT, VISIBLE).serialize(mask=True)
+            ) * 50
+            # Sends until the server stops taking them (the app is stuck in a send).
+            how, took = _flood(client, messages, 100 * UNIT)
+            print(f"unread snapshots: the flood ended ({how}) after {took:.2f}s")
+            assert how in ("blocked", "dropped")
+            assert _wait_until(lambda: _state(api, sid) == "disconnected", 100 * UNIT)
+            assert _wait_until(lambda: _sockets(pid) == before, 50 * UNIT)
+        finally:
+            client.close()
+        assert "not taken in time" in server.log.read_text()
+
+
+@pytest.mark.parametrize("how", ["client-close", "keepalive-timeout"])
+async def test_a_socket_closed_with_bytes_unsent_is_dropped_after_the_ping_timeout(how):
+    """A socket closed while its client leaves bytes unread (the client's close frame
+    echoed, or its ping unanswered) is dropped one ping timeout after the close rather
+    than waiting for a drain that never comes; the app sees the disconnect."""
+    # The first keepalive ping comes once the pongs wait in the buffer.
+    interval, ping_timeout = 20 * UNIT, 5 * UNIT
+    settings = make_settings(
+        heartbeat_interval=interval if how == "keepalive-timeout" else 600.0,
+        session_ttl=3600.0,
+        ping_timeout=ping_timeout,
+        ws_messages_per_second=float(NO_RATE),
+    )
+    async with serve(settings) as server:
+        async with httpx.AsyncClient(
+            base_url=server.http + BASE, headers={"authorization": f"Bearer {token('alice')}"}
+        ) as api:
+            sid = (await api.post("/sessions")).json()["id"]
+            loop = asyncio.get_running_loop()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, ("127.0.0.1", server.port))
+                uri = parse_uri(f"{server.ws}{BASE}/sessions/{sid}/ws?token={token('alice')}")
+                client = ClientProtocol(uri)
+                client.send_request(client.connect())
+                await loop.sock_sendall(sock, b"".join(client.data_to_send()))
+                async with asyncio.timeout(50 * UNIT):
+                    while client.state is State.CONNECTING:
+                        client.receive_data(await loop.sock_recv(sock, 65536))
+                (protocol,) = [
+                    c
+                    for c in server.server.server_state.connections
+                    if isinstance(c, PresenceWebSocketProtocol)
+                ]
+                # Pongs, read by no one, until some wait in the server's write buffer.
+                pings, sent = _frames(Opcode.PING, 200, b"p" * 125), 0
+                async with asyncio.timeout(100 * UNIT):
+                    while protocol.transport.get_write_buffer_size() == 0:
+                        await loop.sock_sendall(sock, pings)
+                        sent += 200
+                        await asyncio.sleep(UNIT / 100)
+                unsent = protocol.transport.get_write_buffer_size()
+                assert 0 < unsent < 64 * 1024  # Not paused: the close is what must bound it.
+                if how == "client-close":
+                    await loop.sock_sendall(
+                        sock, Frame(Opcode.CLOSE, Close(1000, "").serialize()).serialize(mask=True)
+                    )
+                started = loop.time()
+                async with asyncio.timeout(interval + 2 * ping_timeout + 50 * UNIT):
+                    while protocol in server.server.server_state.connections:  # noqa: ASYNC110 - polls the server
+                        await asyncio.sleep(UNIT / 10)
+                print(
+                    f"{how}: dropped {loop.time() - started:.2f}s on, {unsent} bytes unsent "
+                    f"after {sent} pings"
+                )
+                async with asyncio.timeout(50 * UNIT):
+                    while (await api.get(f"/sessions/{sid}")).json()["state"] != "disconnected":  # noqa: ASYNC110 - polls the server
+                        await asyncio.sleep(UNIT / 2)
+            finally:
+                sock.close()
+
+
+# -- Clients that do nothing wrong, and every worker ---------------------------------------------
+
+
+async def test_browser_like_clients_are_never_closed_even_a_thousand_at_once(redis_url):
+    """A thousand clients that answer the server's pings (every half second here), send a
+    visibility change now and then and some a ping of their own, are never closed by any
+    of these limits."""
+    count, seconds = 1000, 40 * UNIT
+    env = _env(
+        REDIS_URL=redis_url,
+        HEARTBEAT_INTERVAL=str(5 * UNIT),
+        PRESENCE_PING_TIMEOUT="20",
+        LOG_LEVEL="info",
+    )
+    with server_process(env) as server:
+        users = [f"user-{uuid.uuid4().hex}" for _ in range(count)]
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(base_url=server.http + BASE, limits=limits) as api:
+            created = await asyncio.gather(
+                *(
+                    api.post("/sessions", headers={"authorization": f"Bearer {token(u)}"})
+                    for u in users
+                )
+            )
+        sids = [response.json()["id"] for response in created]
+        closed: list[str] = []
+        answers = [0] * count
+        opening = asyncio.Semaphore(50)
+
+        async def browser(index: int) -> None:
+            url = f"{server.ws}{BASE}/sessions/{sids[index]}/ws?token={token(users[index])}"
+            async with opening:
+                websocket = await connect(
+                    url, ping_interval=1.0 if index % 2 else None, open_timeout=100 * UNIT
+                )
+            try:
+                assert json.loads(await websocket.recv())["type"] == "snapshot"
+                started = time.monotonic()
+                state = "hidden"
+                while time.monotonic() - started < seconds:
+                    await asyncio.sleep(random.uniform(5 * UNIT, 15 * UNIT))
+                    await websocket.send(json.dumps({"type": "visibility", "state": state}))
+                    assert json.loads(await websocket.recv())["type"] == "snapshot"
+                    answers[index] += 1
+                    state = "visible" if state == "hidden" else "hidden"
+            except ConnectionClosed as exc:
+                closed.append(f"{index}: {exc}")
+            finally:
+                await websocket.close()
+
+        await asyncio.gather(*(browser(index) for index in range(count)))
+        print(f"{count} browsers: {sum(answers)} snapshots, {len(closed)} closed")
+        assert closed == []
+        assert min(answers) >= 1
+        assert "aborted" not in server.log.read_text()
 
 
 def _workers(server: ServerProcess) -> list[int]:

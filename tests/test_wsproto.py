@@ -89,10 +89,10 @@ def _protocols(server: RunningServer) -> list[PresenceWebSocketProtocol]:
 def test_the_production_options_run_this_protocol_with_the_settings_limits() -> None:
     """uvicorn is given this class with the settings' frame limits bound, in a form that
     pickles (uvicorn pickles its Config for --workers)."""
-    settings = make_settings(ws_messages_per_second=3.0)
+    settings = make_settings(ws_messages_per_second=3.0, ws_max_unsent_bytes=2**17)
     ws = uvicorn_options(settings)["ws"]
     assert isinstance(ws, functools.partial) and ws.func is PresenceWebSocketProtocol
-    assert ws.keywords == {"limits": FrameLimits(3.0, settings.ws_message_burst)}
+    assert ws.keywords == {"limits": FrameLimits(3.0, settings.ws_message_burst, 2**17)}
     copy = pickle.loads(pickle.dumps(ws))  # noqa: S301 - our own bytes, as uvicorn does
     assert copy.func is PresenceWebSocketProtocol and copy.keywords == ws.keywords
 
@@ -270,7 +270,8 @@ async def test_server_closes_keep_their_codes(
 
 async def test_sends_wait_while_the_transport_is_paused(server, alice):
     """uvicorn's flow control goes through the gate: while the transport has paused
-    writing, the app's send waits; on resume it goes out."""
+    writing (for less than the ping timeout, which would abort it), the app's send
+    waits; on resume it goes out."""
     sid = await _session(alice)
     async with connect(_url(server, sid), ping_interval=None) as websocket:
         await _recv(websocket)
@@ -278,7 +279,7 @@ async def test_sends_wait_while_the_transport_is_paused(server, alice):
         protocol.pause_writing()
         await websocket.send(json.dumps({"type": "visibility", "state": "hidden"}))
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(websocket.recv(), timeout=5 * UNIT)
+            await asyncio.wait_for(websocket.recv(), timeout=PING_TIMEOUT / 3)
         protocol.resume_writing()
         assert (await _recv(websocket))["session"]["state"] == "away"
 
