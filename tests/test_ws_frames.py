@@ -537,6 +537,7 @@ async def test_a_socket_closed_with_bytes_unsent_is_dropped_after_the_ping_timeo
 # -- Clients that do nothing wrong, and every worker ---------------------------------------------
 
 
+@pytest.mark.slow
 async def test_browser_like_clients_are_never_closed_even_a_thousand_at_once(redis_url):
     """A thousand clients that answer the server's pings (every half second here), send a
     visibility change now and then and some a ping of their own, are never closed by any
@@ -622,6 +623,7 @@ def _holder(workers: list[int], server_port: int, client: RawClient) -> int:
     raise AssertionError("no worker holds the connection")
 
 
+@pytest.mark.slow
 def test_the_limits_reach_every_worker(redis_url):
     """Under --workers 2 (sharing a redis-server) each worker applies the limits from the
     environment: with no rate to speak of, a message in 100 fragments (past the default
