@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import secrets
 import socket
@@ -16,6 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from . import __version__
 from .exceptions import ConfigError
 from .settings import Settings
+from .wsproto import FrameLimits, PresenceWebSocketProtocol
 
 
 def app_from_env() -> Starlette:
@@ -60,6 +62,11 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     ping timeout; per-message compression is refused (it costs ~64 KiB a socket with
     zlib's defaults, and presence messages are tiny); messages are capped at 64 KiB.
 
+    The WebSocket protocol is :class:`presence.wsproto.PresenceWebSocketProtocol` with
+    its limits bound (frames a second, unsent bytes): uvicorn takes a protocol factory as
+    well as an import string, and a ``functools.partial`` of a module-level class and a
+    frozen dataclass pickles, as uvicorn's Config must to reach ``--workers``.
+
     The listen backlog is 8192, not uvicorn's 2048: when 10,000 clients reconnect at
     once (a restart), 2048 overflowed and each dropped SYN cost its client a TCP
     retransmission of 1 s or more. The kernel caps it at ``net.core.somaxconn``.
@@ -67,7 +74,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "backlog": 8192,
         "http": NoDelayHttpToolsProtocol,
-        "ws": "presence.wsproto:PresenceWebSocketProtocol",
+        "ws": functools.partial(
+            PresenceWebSocketProtocol, limits=FrameLimits.from_settings(settings)
+        ),
         "ws_ping_interval": settings.heartbeat_interval,
         "ws_ping_timeout": settings.ping_timeout,
         "ws_per_message_deflate": False,

@@ -18,6 +18,7 @@ from .api import CLEANUP_TYPES, MAX_CLEANUP_ID_LENGTH
 from .auth import COOKIE_NAME, QUERY_PARAM
 from .sessions import SESSION_ID_PATTERN, STATES, TRANSPORTS
 from .settings import Settings
+from .wsproto import MAX_FRAGMENTS
 
 OpenAPI = dict[str, Any]
 
@@ -217,8 +218,13 @@ def document(settings: Settings) -> OpenAPI:
                         '`{"type": "visibility", "state": "visible" | "hidden"}`. Messages '
                         f"over {settings.ws_max_message_bytes} bytes close the socket with "
                         f"1009, more than {settings.ws_messages_per_second:g} a second "
-                        f"(bursts of {settings.ws_message_burst}) with 1008; per-message "
-                        "compression is not offered."
+                        f"(bursts of {settings.ws_message_burst}) with 1008; ping, pong and "
+                        "continuation frames count against the same rate, apart from "
+                        f"messages (1008), and a message in more than {MAX_FRAGMENTS} frames "
+                        "closes with 1009. A client that leaves more than "
+                        f"{settings.ws_max_unsent_bytes} bytes unread, or none read for "
+                        f"{settings.ping_timeout:g} s while more waits, is dropped. "
+                        "Per-message compression is not offered."
                     ),
                     "security": [*_security(), {"queryToken": []}],
                     "responses": {

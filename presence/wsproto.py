@@ -1,4 +1,5 @@
-"""uvicorn's ``websockets-sansio`` WebSocket protocol, holding less for each open socket.
+"""uvicorn's ``websockets-sansio`` WebSocket protocol, holding less for each open socket
+and bounding what a client can make one hold.
 
 Presence holds many idle sockets, and each keeps its protocol object for its whole life.
 :class:`PresenceWebSocketProtocol` is uvicorn's
@@ -27,11 +28,69 @@ a socket, for the service and the bare-Starlette floor alike):
   shares its keys for (30), so each connection had a dict of its own, about 1.6 KB;
   here they are slots, 8 bytes each.
 
+It also bounds what a client can make a socket hold or cost, which uvicorn and websockets
+leave open (``tests/test_ws_frames.py`` mounts each attack against a server process):
+
+- **Control and continuation frames count against a rate.** The app's bucket
+  (``presence.sockets``) sees messages, one per message however many frames it came in;
+  websockets answers pings by itself and uvicorn keeps continuation frames, so neither
+  reached any limit. A client flooding pings and reading no pongs grew the server's
+  write buffer without bound (its RSS by 238 MiB in 10 s). Here pings, pongs and continuation frames
+  from the client each take a token from a bucket of the socket's own, with the app's
+  rate and burst (``PRESENCE_WS_MESSAGES_PER_SECOND``, bursts of ``ws_message_burst``);
+  the frame that finds it empty closes the socket with 1008, unanswered. A message's
+  first (text or binary) frame is not counted here, being the app's to count once for
+  the message: a one-frame message takes one token (the app's), a message in n frames
+  one from the app's bucket and n - 1 from this one. The buckets stay apart so that a
+  message flood is still the app's to answer in-band (an ``error``, then 1008), which it
+  can do only while it counts messages itself; so a client may send up to the rate in
+  messages and the rate again in control and continuation frames, each kind bounded.
+- **Fragments.** websockets bounds a message's bytes across its frames
+  (``ws_max_message_bytes``, 1009 past it, unchanged), not their number: empty
+  continuation frames grew uvicorn's list of fragments by 8 B each (two million, 20 MiB),
+  and joining them takes a table of 80 B a fragment (the hardening issue saw 420 MB at
+  the peak). A message may come in at most :data:`MAX_FRAGMENTS` frames; the frame past
+  that closes the socket with 1009 ("too many fragments") before it is kept, and nothing
+  is joined. 1009, not 1008, as websockets' own asyncio and threading servers close for
+  too many fragments (at 4,096), and as RFC 6455 words it ("a message that is too big
+  for it to process"): 1008 stays the rate's, so a client can tell "too fast" from "too
+  big". Under the default rate the burst (40) cuts such a message first, with 1008; the
+  count still bounds it under a rate raised for other reasons.
+- **Reads parsed in pieces.** websockets parses all it is given before anything can look
+  at a frame, and asyncio reads up to 256 KiB at once: some 43,000 of the smallest
+  frames (6 bytes), about 100 ms of the event loop for every other socket and request.
+  Each read is given to it :data:`_PIECE_BYTES` at a time (at most ~700 frames, 1-2 ms),
+  the limits are checked after each piece, and the rest of a read is dropped once the
+  socket is closed. The pongs websockets queued for the pings of the piece that broke
+  the rate are dropped too, but for those of the pings before it. Two million empty
+  continuation frames kept another client's ``/healthz`` waiting up to 0.3-0.6 s; cut
+  off in their first piece now, it answers within 10 ms.
+- **Unsent bytes.** uvicorn writes pongs (and close frames) with no flow control, and an
+  asyncio transport closed with bytes unsent waits for them to drain before it closes:
+  forever, for a peer that does not read, and until then the app sees no disconnect and
+  the refresher keeps the session alive. The protocol writes through :class:`_Outbox`: a
+  write that leaves more than ``ws_max_unsent_bytes`` in the transport's buffer aborts
+  the connection (a peer that does not read cannot be sent a close frame either);
+  writing paused (the buffer over asyncio's high-water mark, 64 KiB) for the ping
+  timeout aborts it, which also ends an app ``send`` waiting on flow control; and a
+  transport closed with bytes unsent is aborted if they are not taken within the ping
+  timeout. The app's flow control keeps its own messages near the high-water mark, so
+  ``ws_max_unsent_bytes`` is reached by pongs (under a raised rate) and the ping timeout
+  by a peer that stops reading its messages. Either way the app sees a disconnect
+  (``connection_lost``) and cleans up as for any other.
+
+Per socket this costs a token bucket (about 100 B), the :class:`_Outbox` (about 50 B)
+and three slots: an idle socket's RSS was the same within the noise (17.3-17.4 KiB
+against 17.3-17.5 KiB, 1,800 sockets).
+
 It relies on uvicorn's internals: the attribute names of its class (listed in
-``__slots__``), what it does with ``queue``, ``writable``, ``request`` and ``response``,
-and ``handshake_complete`` meaning that the response is sent or no longer wanted; and
-on websockets not reading a handshake request again once it has handed it over. Read
-against uvicorn 0.54.0 and websockets 17.4; ``tests/test_wsproto.py`` checks all of it
+``__slots__``), what it does with ``queue``, ``writable``, ``request``, ``response`` and
+``frames``, its handlers for each kind of event (``handle_events`` is replaced, with the
+same dispatch), that it writes and closes only through ``transport``, and
+``handshake_complete`` meaning that the response is sent or no longer wanted; on
+websockets queueing nothing but pongs (and a close frame for a close it reads) while it
+parses; and on websockets not reading a handshake request again once it has handed it
+over. Read against uvicorn 0.54.0 and websockets 17.4; ``tests/test_wsproto.py`` checks all of it
 against whatever is installed. An attribute that a later uvicorn adds still works; it
 just lands in an instance dict again, which the tests report.
 
@@ -44,17 +103,71 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from starlette import status
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+
+from .protocol import TokenBucket
+from .settings import Settings
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
     from uvicorn.config import Config
     from uvicorn.server import ServerState
-    from websockets.http11 import Request
+    from websockets.protocol import Event
 
-__all__ = ["Gate", "Inbox", "PresenceWebSocketProtocol"]
+__all__ = ["MAX_FRAGMENTS", "FrameLimits", "Gate", "Inbox", "PresenceWebSocketProtocol"]
+
+logger = logging.getLogger("presence.wsproto")
+
+#: The most frames one message may come in: the largest message (64 KiB) in frames of
+#: 512 bytes, far more than a sender needs (Presence's client sends each message, under
+#: 100 bytes, in one frame); websockets' own limit, 4,096 for its default 1 MiB, is
+#: frames of 256 bytes. Each fragment is kept until the message is whole (a list slot
+#: and a bytes object, ~40 B) and costs ~2 us of parsing: 128 add ~5 KB and a fraction
+#: of a millisecond to what the message's byte limit allows.
+MAX_FRAGMENTS = 128
+
+#: How much of a read websockets is given at once: ~700 of the smallest (6-byte) frames,
+#: 1-2 ms of parsing, between two looks at the limits (see the module's docstring).
+_PIECE_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLimits:
+    """What a socket's client may send and leave unread, beyond the message size
+    (uvicorn's ``ws_max_size``) and the ping timeout (``ws_ping_timeout``), which uvicorn
+    takes itself.
+
+    Attributes:
+        frames_per_second: control and continuation frames a second, on average.
+        frame_burst: how many of them at once.
+        max_unsent_bytes: the most a socket's transport may hold unsent.
+    """
+
+    frames_per_second: float
+    frame_burst: int
+    max_unsent_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FrameLimits:
+        """The limits for ``settings``: the app's message rate and burst, and
+        ``ws_max_unsent_bytes``."""
+        return cls(
+            settings.ws_messages_per_second,
+            settings.ws_message_burst,
+            settings.ws_max_unsent_bytes,
+        )
+
+
+_DEFAULT_LIMITS = FrameLimits.from_settings(Settings())
 
 
 class Inbox:
@@ -161,16 +274,23 @@ class Gate:
 
 class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol without the per-connection weight that an
-    idle socket never uses (see the module's docstring)."""
+    idle socket never uses, and with limits on what a client may send and leave unread
+    (see the module's docstring).
 
-    # Every attribute uvicorn 0.54's __init__, handle_connect and send set on a connection.
-    # Correctness does not depend on this list: a name missing from it is kept in an
-    # instance dict, as before. None of them may be a method or class attribute of the
-    # base classes (tests/test_wsproto.py checks).
+    uvicorn makes it with ``config``, ``server_state`` and ``app_state``; ``limits`` is
+    bound beforehand (``functools.partial``, as ``presence.cli.uvicorn_options`` does), and
+    without it the settings' defaults apply.
+    """
+
+    # Every attribute uvicorn 0.54's __init__, handle_connect and send set on a connection,
+    # and this class's own three. Correctness does not depend on this list: a name missing
+    # from it is kept in an instance dict, as before. None of them may be a method or class
+    # attribute of the base classes (tests/test_wsproto.py checks).
     __slots__ = (
         "app",
         "app_state",
         "asgi_version",
+        "bucket",
         "client",
         "close_sent",
         "close_timeout",
@@ -179,6 +299,7 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         "conn",
         "connections",
         "curr_msg_data_type",
+        "deadline",
         "default_headers",
         "disconnected",
         "frames",
@@ -186,6 +307,7 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         "handshake_initiated",
         "initial_response",
         "last_ping_rtt",
+        "limits",
         "logger",
         "loop",
         "pending_ping_payload",
@@ -213,12 +335,138 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         server_state: ServerState,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: FrameLimits = _DEFAULT_LIMITS,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         # uvicorn uses put_nowait, get and empty of the queue, and set, clear and wait of
         # writable (set at first, as uvicorn leaves it).
         self.queue = Inbox()  # type: ignore[assignment]
         self.writable = Gate()  # type: ignore[assignment]
+        self.limits = limits
+        self.bucket = TokenBucket(limits.frames_per_second, limits.frame_burst, time.monotonic())
+        # The abort timer of a transport that is not taking what it is given.
+        self.deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.transport = _Outbox(self.transport, self)  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.abort_unless_drained()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        # A closing transport keeps its deadline: it must drain whole, not below a mark.
+        if self.deadline is not None and not self.transport.is_closing():
+            self.deadline.cancel()
+            self.deadline = None
+
+    def abort_unless_drained(self) -> None:
+        """Aborts the connection if writing is still paused, or the transport closing with
+        bytes unsent, one ping timeout from now."""
+        if self.deadline is None and not self.disconnected:
+            timeout = self.ping_timeout if self.ping_timeout is not None else self.close_timeout
+            self.deadline = self.loop.call_later(timeout, self._drain_overdue)
+
+    def _drain_overdue(self) -> None:
+        self.deadline = None
+        if not self.disconnected and (self.transport.is_closing() or not self.writable.is_set()):
+            self.abort(f"{self.transport.get_write_buffer_size()} bytes not taken in time")
+
+    def abort(self, why: str) -> None:
+        """Drops the connection at once, unsent bytes and all; the app sees a disconnect."""
+        if not self.disconnected:
+            logger.info("aborted a WebSocket whose client does not read: %s", why)
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's, but handing websockets the read a piece at a time (see the module's
+        # docstring), and no more of it once the socket is closing.
+        conn = self.conn
+        for start in range(0, len(data), _PIECE_BYTES):
+            conn.receive_data(data[start : start + _PIECE_BYTES])
+            if conn.parser_exc is not None:
+                self.handle_parser_exception()
+                return
+            self.handle_events()
+            if self.transport.is_closing():
+                return
+
+    def handle_events(self) -> None:
+        # uvicorn's dispatch, up to the first frame over a limit.
+        events = self.conn.events_received()
+        if not events:
+            return
+        over = self._over_limits(events)
+        if over is not None:
+            cut = over[0]
+            # websockets queued a pong for each ping of the piece as it parsed it; only
+            # those before the cut are owed.
+            self.conn.data_to_send()
+            del events[cut:]
+            if self.conn.state is not State.CONNECTING:  # No pong before the handshake.
+                for event in events:
+                    if isinstance(event, Frame) and event.opcode is Opcode.PING:
+                        self.conn.send_pong(event.data)
+        for event in events:
+            if isinstance(event, Request):
+                self.handle_connect(event)
+            elif isinstance(event, Frame):
+                opcode = event.opcode
+                if opcode is Opcode.CONT:
+                    self.handle_cont(event)
+                elif opcode is Opcode.TEXT:
+                    self.handle_text(event)
+                elif opcode is Opcode.BINARY:
+                    self.handle_bytes(event)
+                elif opcode is Opcode.PING:
+                    self.handle_ping()
+                elif opcode is Opcode.PONG:
+                    self.handle_pong(event)
+                elif opcode is Opcode.CLOSE:
+                    self.handle_close(event)
+        if over is not None:
+            self._close_over_limit(over[1], over[2])
+
+    def _over_limits(self, events: list[Event]) -> tuple[int, int, str] | None:
+        """Where the events break a limit (the index of the first frame that does, the
+        close code and reason), or None."""
+        bucket = self.bucket
+        fragments = len(self.frames)  # Of the message being received.
+        for index, event in enumerate(events):
+            if not isinstance(event, Frame):
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                fragments = 1  # The app counts the message.
+                continue
+            if opcode is Opcode.CLOSE:
+                continue
+            if opcode is Opcode.CONT:
+                if fragments >= MAX_FRAGMENTS:
+                    return index, status.WS_1009_MESSAGE_TOO_BIG, "too many fragments"
+                fragments = 0 if event.fin else fragments + 1
+            if not bucket.allow(time.monotonic()):
+                return index, status.WS_1008_POLICY_VIOLATION, "too many frames"
+        return None
+
+    def _close_over_limit(self, code: int, reason: str) -> None:
+        # As uvicorn closes for websockets' own limits (handle_parser_exception), with this
+        # limit's code, and letting go of the fragments kept so far.
+        self.frames = []
+        self.conn.fail(code, reason)
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -254,3 +502,50 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
             # uvicorn never reads the handshake response again.
             if self.handshake_complete and self.response is not None:
                 self.response = None  # type: ignore[assignment]
+
+
+class _Outbox:
+    """A connection's transport as its protocol writes to and closes it: a write that
+    leaves more than the limit unsent aborts the connection, and a close that leaves
+    bytes unsent gives them the ping timeout to drain (see the module's docstring)."""
+
+    __slots__ = ("_protocol", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, protocol: PresenceWebSocketProtocol):
+        self._transport = transport
+        self._protocol = protocol
+
+    def write(self, data: bytes) -> None:
+        transport = self._transport
+        transport.write(data)
+        unsent = transport.get_write_buffer_size()
+        if unsent > self._protocol.limits.max_unsent_bytes:
+            self._protocol.abort(f"{unsent} bytes unsent")
+
+    def close(self) -> None:
+        transport = self._transport
+        transport.close()
+        if transport.get_write_buffer_size():
+            self._protocol.abort_unless_drained()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else uvicorn may ask of a transport.
+        return getattr(self._transport, name)

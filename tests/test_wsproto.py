@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
+import pickle
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from uvicorn.importer import import_from_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
@@ -29,7 +30,7 @@ from websockets.http11 import Request
 from presence.app import create_app
 from presence.cli import uvicorn_options
 from presence.settings import Settings
-from presence.wsproto import Gate, Inbox, PresenceWebSocketProtocol
+from presence.wsproto import FrameLimits, Gate, Inbox, PresenceWebSocketProtocol
 
 from .test_attacks import RawSocket
 from .utils import UNIT, RunningServer, make_settings, serve, token
@@ -85,9 +86,15 @@ def _protocols(server: RunningServer) -> list[PresenceWebSocketProtocol]:
 # -- What an open socket holds ---------------------------------------------------------
 
 
-def test_the_production_options_run_this_protocol() -> None:
-    ws = uvicorn_options(make_settings())["ws"]
-    assert import_from_string(ws) is PresenceWebSocketProtocol
+def test_the_production_options_run_this_protocol_with_the_settings_limits() -> None:
+    """uvicorn is given this class with the settings' frame limits bound, in a form that
+    pickles (uvicorn pickles its Config for --workers)."""
+    settings = make_settings(ws_messages_per_second=3.0, ws_max_unsent_bytes=2**17)
+    ws = uvicorn_options(settings)["ws"]
+    assert isinstance(ws, functools.partial) and ws.func is PresenceWebSocketProtocol
+    assert ws.keywords == {"limits": FrameLimits(3.0, settings.ws_message_burst, 2**17)}
+    copy = pickle.loads(pickle.dumps(ws))  # noqa: S301 - our own bytes, as uvicorn does
+    assert copy.func is PresenceWebSocketProtocol and copy.keywords == ws.keywords
 
 
 def test_no_slot_hides_a_method_or_class_attribute_of_uvicorns_class() -> None:
@@ -263,7 +270,8 @@ async def test_server_closes_keep_their_codes(
 
 async def test_sends_wait_while_the_transport_is_paused(server, alice):
     """uvicorn's flow control goes through the gate: while the transport has paused
-    writing, the app's send waits; on resume it goes out."""
+    writing (for less than the ping timeout, which would abort it), the app's send
+    waits; on resume it goes out."""
     sid = await _session(alice)
     async with connect(_url(server, sid), ping_interval=None) as websocket:
         await _recv(websocket)
@@ -271,7 +279,7 @@ async def test_sends_wait_while_the_transport_is_paused(server, alice):
         protocol.pause_writing()
         await websocket.send(json.dumps({"type": "visibility", "state": "hidden"}))
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(websocket.recv(), timeout=5 * UNIT)
+            await asyncio.wait_for(websocket.recv(), timeout=PING_TIMEOUT / 3)
         protocol.resume_writing()
         assert (await _recv(websocket))["session"]["state"] == "away"
 
