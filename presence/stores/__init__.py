@@ -55,10 +55,14 @@ def store_from_settings(settings: Settings) -> SessionStore:
     No ``REDIS_URL`` (or ``memory://``): a :class:`MemoryStore`. A Redis URL: a
     :class:`FallbackStore` over Redis that serves from memory while Redis is away.
     """
+    # A socket's session is renewed every refresh interval by its process's refresher:
+    # not renewed for three, it is no longer held open (a crashed process, say).
+    held_open_window = 3 * settings.refresh_interval
     memory = MemoryStore(
         ttl=settings.session_ttl,
         max_lifetime=settings.max_lifetime,
         max_sessions_per_user=settings.max_sessions_per_user,
+        held_open_window=held_open_window,
         max_sessions=settings.fallback_max_sessions,
     )
     if settings.redis_url is None or check_url(settings.redis_url) == "memory":
@@ -72,6 +76,7 @@ def store_from_settings(settings: Settings) -> SessionStore:
         ttl=settings.session_ttl,
         max_lifetime=settings.max_lifetime,
         max_sessions_per_user=settings.max_sessions_per_user,
+        held_open_window=held_open_window,
         prefix=settings.key_prefix,
         timeout=settings.redis_timeout,
     )

@@ -62,7 +62,12 @@ class RedisStore:
         url: ``redis://``, ``rediss://`` or ``unix://`` URL.
         ttl: sliding TTL in seconds.
         max_lifetime: absolute lifetime in seconds; 0 for none.
-        max_sessions_per_user: cap per user.
+        max_sessions_per_user: cap per user. At the cap, a new session replaces the
+            user's least recently seen session that no socket holds open; only when every
+            one is held open is it refused.
+        held_open_window: seconds within which a session with transport websocket must
+            have been seen to count as held open by a socket: a few refresh intervals,
+            since the refresher of the process holding the socket renews it each one.
         prefix: key prefix (see :mod:`presence.keys`).
         timeout: connect and socket timeout in seconds; kept well under a second so a
             stalled Redis turns into a fallback rather than a hung request.
@@ -82,6 +87,7 @@ class RedisStore:
         ttl: float,
         max_lifetime: float = 0.0,
         max_sessions_per_user: int = 50,
+        held_open_window: float = 90.0,
         prefix: str = "presence",
         timeout: float = 0.25,
         client: aioredis.Redis | None = None,
@@ -93,6 +99,7 @@ class RedisStore:
         self.ttl_ms = max(1, round(ttl * 1000))
         self.max_lifetime_ms = round(max_lifetime * 1000)
         self.max_sessions_per_user = max_sessions_per_user
+        self.held_open_window_ms = max(1, round(held_open_window * 1000))
         self.prefix = prefix
         self.timeout = timeout
         self.channel = keys.ended_channel(prefix)
@@ -256,13 +263,16 @@ class RedisStore:
                 session_id,
                 "na|" + encoded,
                 self.max_lifetime_ms,
+                self.held_open_window_ms,
+                self.channel,
+                user,
             ],
         )
         code = int(result[0])
         if code == -1:
             raise TooManySessions(
-                f"a user may hold at most {self.max_sessions_per_user} sessions; "
-                "clean up old ones first"
+                f"a user may hold at most {self.max_sessions_per_user} sessions, and each "
+                "of this user's is open in a socket; close one first"
             )
         if code == -2:  # pragma: no cover - 128 random bits do not collide
             raise RuntimeError("session id collision")
@@ -388,10 +398,20 @@ class RedisStore:
         return list(await self._run("TOUCH", script_keys, args))
 
     async def restore(self, session: Session, deadline: float | None) -> bool:
-        """Writes back a session created elsewhere (the fallback), as it is now.
+        """Writes back a session created elsewhere (the fallback), as it is now, within
+        the per-user cap as :meth:`create` keeps it.
 
-        Returns False when it has expired meanwhile; it is then not written.
+        Returns False when it has expired meanwhile, or when it lost its place at the
+        cap (it was the least recently seen of the user's sessions that no socket holds
+        open; announced ``replaced``); it is then not written.
         """
+        return bool(await self._run("RESTORE", *self._restore_call(session, deadline)))
+
+    def _restore_call(
+        self, session: Session, deadline: float | None
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the RESTORE script for one session (see
+        :meth:`restore`); every write-back builds its call here."""
         _check_id(session.id)
         value = "|".join(
             [
@@ -401,18 +421,17 @@ class RedisStore:
                 "" if session.data is None else _dump(session.data),
             ]
         )
-        written = await self._run(
-            "RESTORE",
-            self._keys(session.user, session.id),
-            [
-                value,
-                round(session.last_seen * 1000),
-                self.ttl_ms,
-                session.id,
-                "" if deadline is None else round(deadline * 1000),
-            ],
-        )
-        return bool(written)
+        return self._keys(session.user, session.id), [
+            value,
+            round(session.last_seen * 1000),
+            self.ttl_ms,
+            session.id,
+            "" if deadline is None else round(deadline * 1000),
+            self.max_sessions_per_user,
+            self.held_open_window_ms,
+            self.channel,
+            session.user,
+        ]
 
     async def subscribe_ended(self, callback: EndedCallback) -> None:
         self._callbacks.append(callback)
