@@ -11,7 +11,8 @@ The tree::
     │   ├── NotFound              404: no such session for this user
     │   ├── TooManySessions       429: per-user session cap reached
     │   ├── StoreFull             503: the fallback store is at its cap
-    │   └── StoreBusy             503: this request cannot be answered now; retry
+    │   ├── StoreBusy             503: this request cannot be answered now; retry
+    │   └── StoreMisconfigured    503: Redis answers but refuses this service
     └── StoreUnavailable          the store cannot be reached right now
 
 ``ApiError`` subclasses become ``{"error": {"code": ..., "message": ...}}`` responses.
@@ -109,6 +110,28 @@ class StoreBusy(ApiError):
     status = 503
     code = "store_unavailable"
     retry_after = 1
+
+
+class StoreMisconfigured(ApiError):
+    """Redis answers but refuses this service: a password it does not take, an ACL
+    without a permission the service needs, a TLS certificate it cannot trust. Not an
+    outage, so nothing is served from memory: a configuration error found at run time
+    (at start-up the same causes are a :class:`ConfigError` naming ``REDIS_URL``).
+
+    The message is the same for every cause; the cause goes to the log and ``/readyz``,
+    never to clients.
+    """
+
+    status = 503
+    code = "store_misconfigured"
+    retry_after = 5
+
+    def __init__(
+        self,
+        message: str = "the session store refuses this server (a configuration error); "
+        "try again later",
+    ) -> None:
+        super().__init__(message)
 
 
 class StoreUnavailable(PresenceError):

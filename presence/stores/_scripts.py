@@ -28,9 +28,12 @@ local function lone(slot)
   if not v then return nil end
   return string.match(v, '^([^|]*)|(%d+)|(.*)$')
 end
+-- With pcall: a script is not rolled back, so a PUBLISH that an ACL refuses after the
+-- write would fail a write that already happened. Unannounced, the session's sockets
+-- close on their process's next refresher tick, which finds the session gone.
 local function ended(channel, user, sid, reason)
   if channel ~= '' then
-    redis.call('PUBLISH', channel, cjson.encode({u = user, s = sid, r = reason}))
+    redis.pcall('PUBLISH', channel, cjson.encode({u = user, s = sid, r = reason}))
   end
 end
 local function push_index_ttl(idx, ttl)
@@ -442,3 +445,42 @@ push_index_ttl(KEYS[2], ttl)
 return 1
 """
 )
+
+# KEYS: a lone slot, an index and a session key under a tag no user has
+# (keys.selfcheck_keys). ARGV: channel ('' for none), the message to publish on it. Runs
+# every command the scripts above run, on keys like theirs, each with pcall, and deletes
+# what it made. Returns "<command>: <error>" for each one refused (an ACL without it, or
+# without the key pattern or the channel); none when the service has what it needs.
+SELFCHECK = """
+local failures = {}
+local function try(name, ...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then
+    table.insert(failures, name .. ': ' .. reply.err)
+  end
+end
+local slot, idx, skey = KEYS[1], KEYS[2], KEYS[3]
+try('TIME', 'TIME')
+try('SET PX', 'SET', slot, 'x', 'PX', 10000)
+try('SET KEEPTTL', 'SET', slot, 'y', 'KEEPTTL')
+try('SET PX NX', 'SET', skey, 'x', 'PX', 10000, 'NX')
+try('GET', 'GET', slot)
+try('EXISTS', 'EXISTS', skey)
+try('PEXPIRE GT', 'PEXPIRE', slot, 20000, 'GT')
+try('PTTL', 'PTTL', slot)
+try('ZADD', 'ZADD', idx, 1, 'x')
+try('ZADD GT', 'ZADD', idx, 'GT', 2, 'x')
+try('PEXPIRE', 'PEXPIRE', idx, 10000)
+try('ZSCORE', 'ZSCORE', idx, 'x')
+try('ZCARD', 'ZCARD', idx)
+try('ZRANGE', 'ZRANGE', idx, 0, -1, 'WITHSCORES')
+try('ZREVRANGE', 'ZREVRANGE', idx, 0, -1, 'WITHSCORES')
+try('ZRANGEBYSCORE', 'ZRANGEBYSCORE', idx, '-inf', '(3', 'WITHSCORES')
+try('ZREMRANGEBYSCORE', 'ZREMRANGEBYSCORE', idx, '-inf', 0)
+try('ZREM', 'ZREM', idx, 'x')
+if ARGV[1] ~= '' then try('PUBLISH', 'PUBLISH', ARGV[1], ARGV[2]) end
+try('DEL', 'DEL', slot)
+try('DEL', 'DEL', skey)
+try('DEL', 'DEL', idx)
+return failures
+"""
