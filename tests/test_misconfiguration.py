@@ -169,8 +169,9 @@ def test_an_acl_without_something_the_service_needs_stops_start_up(make_server, 
 
 
 async def test_an_acl_with_just_what_the_service_needs_starts_and_serves(make_server):
-    """The permissions listed in NEEDED are enough: the server starts, is ready, and
-    serves (the self-check leaves no key behind)."""
+    """The permissions listed in NEEDED (and in the README) are enough: the server
+    starts, is ready, and serves every operation (the self-check leaves no key
+    behind)."""
     server = make_server()
     url = _acl_user(server, *NEEDED)
     with server_process(_env(url)) as process:
@@ -181,7 +182,16 @@ async def test_an_acl_with_just_what_the_service_needs_starts_and_serves(make_se
                 created = await client.post(f"{BASE}/sessions", headers=auth)
                 assert created.status_code == 201, created.text
             sid = created.json()["id"]
-            assert (await client.delete(f"{BASE}/sessions/{sid}", headers=auth)).status_code == 204
+            for method, path, body in [
+                ("POST", f"/sessions/{sid}/heartbeat", {"state": "away"}),
+                ("GET", "/sessions", None),
+                ("GET", f"/sessions/{sid}", None),
+                ("POST", "/sessions/cleanup", {"type": "inactive"}),
+                ("DELETE", f"/sessions/{sid}", None),
+                ("POST", "/sessions/cleanup", {"type": "all"}),
+            ]:
+                response = await client.request(method, BASE + path, json=body, headers=auth)
+                assert response.status_code < 300, (method, path, response.text)
     with _admin(server) as admin:
         assert not [key for key in admin.keys("*") if b"selfcheck" in key]
 
