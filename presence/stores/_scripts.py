@@ -49,8 +49,9 @@ end
 # sessions stop being renewed and become replaceable). An index entry whose key has
 # gone (past its lifetime) frees its place too. RESTORE's session takes part as the
 # newcomer with its own last_seen: when it is the least recently seen of those not held
-# open, it is the one to go. Returns whether there is room, and the lone slot's id
-# after it (nil when free).
+# open (or seen at the same millisecond as the next), it is the one to go, and what
+# Redis holds stays. Returns whether there is room, and the lone slot's id after it
+# (nil when free).
 _MAKE_ROOM = """
 local function make_room(slot, idx, base, max, window, channel, user, new_seen, new_held)
   local lone_sid, lone_seen, lone_v = lone(slot)
