@@ -8,10 +8,10 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from starlette.applications import Starlette
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import __version__
@@ -20,11 +20,59 @@ from .settings import Settings
 from .wsproto import FrameLimits, PresenceWebSocketProtocol
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> ASGIApp:
     """The app factory uvicorn calls in each worker process."""
     from .app import create_app
 
-    return create_app(Settings.from_env(os.environ))
+    return StartupErrors(create_app(Settings.from_env(os.environ)))
+
+
+class StartupErrors:
+    """Reports a configuration error found at start-up (Redis refusing the password,
+    say) as its one line, as a bad variable is reported before start-up, rather than
+    as the traceback that Starlette sends uvicorn for any failed lifespan. uvicorn then
+    logs "Application startup failed. Exiting." and exits with status 3.
+
+    Every other scope is handed straight to the app: ``__call__`` is no coroutine
+    function, so a socket's life holds no frame of it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] == "lifespan":
+            return self._lifespan(scope, receive, send)
+        return self.app(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        failed: list[Message] = []
+
+        async def hold_failure(message: Message) -> None:
+            # Starlette sends the failure, then raises what caused it: the message is
+            # held until the cause is known.
+            if message["type"] == "lifespan.startup.failed":
+                failed.append(message)
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, hold_failure)
+        except ConfigError as exc:
+            if not failed:  # not a failure of start-up
+                raise
+            await send({"type": "lifespan.startup.failed", "message": _config_error(exc)})
+            return
+        except BaseException:
+            for message in failed:
+                await send(message)
+            raise
+        for message in failed:
+            await send(message)
+
+
+def _config_error(exc: ConfigError) -> str:
+    return f"presence: configuration error: {exc}"
 
 
 def no_delay(transport: Any) -> None:
@@ -84,6 +132,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "access_log": False,
         "log_config": logging_config(settings.log_level),
         "lifespan": "on",
+        # Named, not guessed: the app factory's wrapper (StartupErrors) is no coroutine
+        # function, which uvicorn would take for ASGI 2.
+        "interface": "asgi3",
         "proxy_headers": True,
         "server_header": False,
         "timeout_graceful_shutdown": 5,
@@ -135,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(os.environ, **overrides)
     except ConfigError as exc:
-        print(f"presence: configuration error: {exc}", file=sys.stderr)
+        print(_config_error(exc), file=sys.stderr)
         return 2
     if args.workers < 1:
         print("presence: configuration error: --workers must be at least 1", file=sys.stderr)

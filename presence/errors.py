@@ -69,6 +69,7 @@ TABLE: dict[type[exc.PresenceError], Answer] = {
     exc.TooManySockets: Answer(429, "too_many_sockets", retry_after=5),
     exc.RateLimited: Answer(429, "rate_limited", retry_after=1),
     exc.StoreFull: Answer(503, "store_full", _TRY_AGAIN, retry_after=5),
+    exc.StoreMisconfigured: Answer(503, "store_misconfigured", _TRY_AGAIN, retry_after=5),
     exc.StoreBusy: Answer(503, "store_unavailable", _TRY_AGAIN, retry_after=1),
     exc.StoreUnavailable: Answer(
         503, "store_unavailable", _TRY_AGAIN, retry_after=1, message="session store unavailable"

@@ -25,7 +25,8 @@ The tree::
     └── StoreError                the store cannot do it now
         ├── StoreUnavailable      Redis did not answer in time
         ├── StoreBusy             nothing is known lost, but no answer now: try again
-        └── StoreFull             the in-memory fallback is at its cap
+        ├── StoreFull             the in-memory fallback is at its cap
+        └── StoreMisconfigured    Redis answers but refuses this service
 """
 
 from __future__ import annotations
@@ -138,3 +139,21 @@ class StoreBusy(StoreError):
 
 class StoreFull(StoreError):
     """The in-memory fallback is at its size cap while Redis is unavailable."""
+
+
+class StoreMisconfigured(StoreError):
+    """Redis answers but refuses this service: a password it does not take, an ACL
+    without a permission the service needs, a TLS certificate it cannot trust. Not an
+    outage, so nothing is served from memory: a configuration error found at run time
+    (at start-up the same causes are a :class:`ConfigError` naming ``REDIS_URL``).
+
+    The message is the same for every cause; the cause goes to the log and ``/readyz``,
+    never to clients.
+    """
+
+    def __init__(
+        self,
+        message: str = "the session store refuses this server (a configuration error); "
+        "try again later",
+    ) -> None:
+        super().__init__(message)

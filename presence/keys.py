@@ -67,3 +67,12 @@ def ended_channel(prefix: str) -> str:
     """Pub/sub channel on which a session's end (delete, cleanup, expiry) is announced,
     so the process holding its WebSocket closes it, wherever that is."""
     return f"{prefix}:ended"
+
+
+def selfcheck_keys(prefix: str) -> list[str]:
+    """The keys of the start-up self-check (a lone slot, an index and a session key),
+    which runs every command the scripts run, under the key prefix as theirs are, so
+    that an ACL lacking one is found before the service starts. Their tag holds a "#",
+    which no user's tag has; the check deletes them, and their TTL is seconds anyway."""
+    tag = "{#selfcheck}"
+    return [f"{prefix}:{tag}:one", f"{prefix}:{tag}:idx", f"{prefix}:{tag}:s:selfcheck"]

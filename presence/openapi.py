@@ -38,10 +38,14 @@ _ERRORS: dict[int, tuple[str, tuple[str, ...]]] = {
         ("unsupported_media_type",),
     ),
     422: ("The body is JSON but not a valid request.", ("invalid_body",)),
-    429: ("The caller holds the maximum number of sessions.", ("too_many_sessions",)),
+    429: (
+        "The caller holds the maximum number of sessions, each open in a socket.",
+        ("too_many_sessions",),
+    ),
     503: (
-        "Redis is unavailable and the in-memory fallback is full.",
-        ("store_full", "store_unavailable"),
+        "Redis is unavailable and the in-memory fallback is full or cannot answer, or "
+        "Redis refuses this server (a configuration error).",
+        ("store_full", "store_unavailable", "store_misconfigured"),
     ),
 }
 

@@ -3,8 +3,8 @@
 Every message is a JSON object with a ``type``. Server to client:
 
 - ``{"type": "snapshot", "session": {...}}`` on connect and after each change;
-- ``{"type": "ended", "reason": "deleted" | "cleanup" | "expired"}`` right before the
-  server closes the socket because the session is gone;
+- ``{"type": "ended", "reason": "deleted" | "cleanup" | "expired" | "replaced"}`` right
+  before the server closes the socket because the session is gone;
 - ``{"type": "error", "code": ..., "message": ...}`` for a message it could not use.
 
 Client to server:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from presence.sessions import new_session_id
 
@@ -45,6 +47,10 @@ async def _create(client, **body) -> dict:
     response = await client.post("/sessions", json=body)
     assert response.status_code == 201, response.text
     return response.json()
+
+
+async def _transport(client, sid: str) -> str:
+    return (await client.get(f"/sessions/{sid}")).json()["transport"]
 
 
 def _error(response: httpx.Response, status: int, code: str) -> str:
@@ -258,12 +264,43 @@ async def test_bad_heartbeat_state_is_422(make_client):
     assert "state" in _error(response, 422, "invalid_body")
 
 
-async def test_per_user_session_cap_is_429(server, make_client):
-    """Past the per-user cap, create answers 429 with a clear message."""
-    client = await make_client()
-    for _ in range(server.services.settings.max_sessions_per_user):
-        await _create(client)
-    _error(await client.post("/sessions"), 429, "too_many_sessions")
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_at_the_per_user_cap_a_closed_session_is_replaced_and_429_needs_all_open(
+    request, store
+):
+    """At the per-user cap, create answers 429 with a clear message while a socket
+    holds every session open; once one socket closes, create answers 201 and that
+    session is gone (replaced), the others untouched."""
+    changes: dict[str, object] = {"max_sessions_per_user": 3, "heartbeat_interval": 2 * UNIT}
+    if store == "redis":
+        changes["redis_url"] = request.getfixturevalue("redis_url")
+    async with (
+        serve(make_settings(**changes)) as server,
+        httpx.AsyncClient(
+            base_url=server.http + BASE, headers={"authorization": f"Bearer {token('alice')}"}
+        ) as client,
+    ):
+        sids = [(await _create(client))["id"] for _ in range(3)]
+        sockets = []
+        for sid in sids:
+            url = f"{server.ws}{BASE}/sessions/{sid}/ws?token={token('alice')}"
+            sockets.append(await connect(url, ping_interval=None))
+            await asyncio.wait_for(sockets[-1].recv(), timeout=30 * UNIT)  # the snapshot
+        try:
+            message = _error(await client.post("/sessions"), 429, "too_many_sessions")
+            assert "3 sessions" in message
+            await sockets[1].close()
+            # The server marks the session disconnected once it sees the close.
+            async with asyncio.timeout(30 * UNIT):
+                while await _transport(client, sids[1]) != "none":  # noqa: ASYNC110
+                    await asyncio.sleep(UNIT / 5)
+            created = await _create(client)
+            assert (await client.get(f"/sessions/{sids[1]}")).status_code == 404
+            listed = {s["id"] for s in (await client.get("/sessions")).json()["sessions"]}
+            assert listed == {sids[0], sids[2], created["id"]}
+        finally:
+            for websocket in sockets:
+                await websocket.close()
 
 
 async def test_two_users_cannot_touch_each_others_sessions(make_client):

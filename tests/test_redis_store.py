@@ -319,3 +319,73 @@ async def test_a_session_id_with_a_bar_is_refused(store):
     """The lone slot stores the id before a "|": an id holding one is refused."""
     with pytest.raises(ValueError, match="may not contain"):
         await store.create("alice", "a|b")
+
+
+def _written_back(seen: float, transport: str = "none") -> Session:
+    """A session as the fallback writes it back: created during an outage, last seen
+    at ``seen``."""
+    return Session(
+        id=new_session_id(),
+        user="alice",
+        created_at=seen,
+        last_seen=seen,
+        expires_at=seen + 60,
+        transport=transport,  # type: ignore[arg-type]
+    )
+
+
+async def test_restore_at_the_cap_replaces_the_oldest_session_without_a_socket(redis_url, client):
+    """A session written back to a user at the cap takes the place of the least recently
+    seen session that no socket holds open, which is announced as replaced; one held
+    open is passed over."""
+    store = RedisStore(redis_url, ttl=60.0, max_sessions_per_user=3)
+    await store.open()
+    try:
+        ended: list[tuple[str, str]] = []
+
+        async def on_ended(user: str, sid: str, reason: str) -> None:
+            ended.append((sid, reason))
+
+        await store.subscribe_ended(on_ended)
+        held = await store.create("alice", new_session_id())
+        await store.touch("alice", held.id, transport="websocket")
+        sessions = []
+        for _ in range(2):  # seen at times of their own, milliseconds apart
+            await asyncio.sleep(UNIT / 5)
+            sessions.append(await store.create("alice", new_session_id()))
+        oldest, newer = sessions
+        await asyncio.sleep(UNIT / 5)
+        restored = _written_back(time.time())
+        assert await store.restore(restored, None)
+        listed = {s.id for s in await store.list_sessions("alice")}
+        assert listed == {held.id, newer.id, restored.id}
+        async with asyncio.timeout(30 * UNIT):
+            while not ended:  # noqa: ASYNC110 - polls state that has no event
+                await asyncio.sleep(UNIT / 10)
+        assert ended == [(oldest.id, "replaced")]
+    finally:
+        await store.close()
+
+
+async def test_restore_of_the_least_recently_seen_session_at_the_cap_writes_nothing(
+    redis_url, client
+):
+    """At the cap, a written-back session older than every session Redis holds without
+    a socket is itself the one to go: not written (restore is False), and announced as
+    replaced so that a socket on it closes; held open, it is written and the oldest
+    other one goes instead."""
+    store = RedisStore(redis_url, ttl=60.0, max_sessions_per_user=2)
+    await store.open()
+    try:
+        first = await store.create("alice", new_session_id())
+        await asyncio.sleep(UNIT / 5)
+        second = await store.create("alice", new_session_id())
+        stale = _written_back(time.time() - 10)
+        assert not await store.restore(stale, None)
+        assert await store.get("alice", stale.id) is None
+        assert {s.id for s in await store.list_sessions("alice")} == {first.id, second.id}
+        held = _written_back(time.time() - 10, transport="websocket")
+        assert await store.restore(held, None)
+        assert {s.id for s in await store.list_sessions("alice")} == {second.id, held.id}
+    finally:
+        await store.close()

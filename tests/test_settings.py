@@ -78,6 +78,81 @@ def test_bad_values_name_the_variable(env, variable):
     assert str(error.value).startswith(variable)
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://:s3cret@localhost:notaport/0", "port 'notaport'"),
+        ("redis://localhost:0", "port '0'"),
+        ("redis://localhost:70000", "port '70000'"),
+        ("redis://localhost/abc", "database 'abc'"),
+        ("redis://localhost/1/2", "database '1/2'"),
+        ("redis://localhost?db=abc", "database ?db='abc'"),
+        ("redis://:s3cret@:6379/0", "no host"),
+        ("redis:///0", "no host"),
+        ("unix://", "socket's path"),
+        ("redis://localhost?socket_timeot=1", "unknown option 'socket_timeot'"),
+        ("unix:///run/redis.sock?socket_keepalive=1", "unknown option 'socket_keepalive'"),
+        ("redis://localhost?ssl_ca_certs=/etc/ca.pem", "for TLS, which takes rediss://"),
+        ("redis://localhost?socket_timeout=soon", "socket_timeout='soon'"),
+        ("redis://localhost?socket_keepalive=maybe", "socket_keepalive='maybe'"),
+        ("redis://localhost?protocol=4", "protocol='4'"),
+        ("rediss://localhost?ssl_cert_reqs=always", "ssl_cert_reqs='always'"),
+        ("rediss://localhost?ssl_ca_certs=/no/such/ca.pem", "ssl_ca_certs names no file"),
+        ("redis+cluster://localhost:7000/1", "database 0 only"),
+        ("redis+cluster://localhost:7000?timeout=1", "unknown option 'timeout'"),
+    ],
+)
+def test_redis_urls_that_redis_py_would_misread_are_refused(url, problem):
+    """A REDIS_URL that redis-py would fail on at the first connection, or read
+    otherwise than meant (a db of "abc" as db 0), is refused by the settings with the
+    part at fault named, and never the password."""
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({"REDIS_URL": url})
+    assert error.value.variable == "REDIS_URL"
+    assert problem in error.value.reason
+    assert "s3cret" not in str(error.value)
+
+
+def test_redis_urls_that_redis_py_takes_are_accepted(tmp_path):
+    """Every form redis-py reads as meant is accepted: TLS with its ssl_* options, a
+    unix socket with a db, a cluster node, IPv6, credentials and pool options."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read here")
+    for url in [
+        "redis://localhost",
+        "redis://localhost:6380/1",
+        "redis://localhost:6379/",
+        "redis://user:p%40ss@redis.internal:6379/0?socket_timeout=1.5&client_name=presence",
+        "redis://localhost?db=3&password=x&health_check_interval=30&socket_keepalive=true",
+        "redis://[::1]:6379/0",
+        f"rediss://redis.internal:6380/0?ssl_ca_certs={ca}&ssl_check_hostname=false",
+        "rediss://redis.internal?ssl_cert_reqs=none",
+        "unix:///run/redis.sock?db=2",
+        "redis+cluster://node-1:7000/0",
+        f"rediss+cluster://node-1:7000?ssl_ca_certs={ca}",
+        "memory://",
+    ]:
+        settings = Settings.from_env({"REDIS_URL": url})
+        assert settings.redis_url == url
+
+
+def test_cli_stops_on_a_bad_redis_url_with_a_message_not_a_traceback():
+    """`presence serve` with a REDIS_URL whose port is no number exits 2 with one line
+    naming REDIS_URL and the port, before binding (it used to start and fail in the
+    lifespan with redis-py's traceback)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "presence", "serve"],
+        env={"REDIS_URL": "redis://localhost:notaport/0", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr and "notaport" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_settings_are_frozen():
     """Settings cannot be changed after start-up."""
     settings = Settings()

@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 )
 
 from presence import keys
-from presence.exceptions import StoreFull, TooManySessions
+from presence.exceptions import StoreFull
 from presence.sessions import new_session_id
 from presence.stores import FallbackStore, MemoryStore, RedisStore
 
@@ -386,15 +386,23 @@ class MemoryMachine(RuleBasedStateMachine):
     def create(self, user: str) -> Ref:
         sid = new_session_id()
         now = self.clock()
+        live = self._live(user)
         try:
+            # Never TooManySessions: no socket holds any of these sessions open.
             session = _complete(self.store.create(user, sid))
-        except TooManySessions:
-            assert len(self._live(user)) >= self.per_user
-            return (user, sid)
         except StoreFull:
-            assert len(self._live()) >= self.cap
+            assert len(live) < self.per_user and len(self._live()) >= self.cap
             return (user, sid)
-        assert len(self._live(user)) < self.per_user and len(self._live()) < self.cap
+        if len(live) >= self.per_user:
+            # At the cap, no session being held open, the least recently seen one went.
+            listed = {s.id for s in _complete(self.store.list_sessions(user))}
+            gone = [ref for ref in live if ref[1] not in listed]
+            oldest = min(self.model[ref][1] for ref in live)
+            assert len(gone) == 1 and self.model[gone[0]][1] == oldest
+            del self.model[gone[0]]
+            self.deleted.add(gone[0])
+        else:
+            assert len(self._live()) < self.cap
         expires = min(now + self.ttl, now + self.max_lifetime)
         assert session.expires_at == expires
         self.model[(user, sid)] = (now, now, expires)
@@ -462,7 +470,8 @@ class MemoryMachine(RuleBasedStateMachine):
 def test_memory_store_expires_and_caps_exactly_as_modelled():
     """On a hand-driven clock the in-memory store expires sessions exactly at
     min(last_seen + TTL, created + lifetime), never lets a heartbeat pass the lifetime,
-    keeps users apart, and refuses past its caps."""
+    keeps users apart, refuses past its size cap, and at the per-user cap replaces the
+    least recently seen session."""
     run_state_machine_as_test(
         MemoryMachine, settings=settings(SETTINGS, max_examples=100, stateful_step_count=30)
     )

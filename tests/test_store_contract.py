@@ -20,6 +20,30 @@ async def _create(store, user="alice", **kwargs):
     return await store.create(user, new_session_id(), **kwargs)
 
 
+async def _held(store, user="alice"):
+    """A session with a socket open on it, as the socket's handshake leaves it."""
+    session = await _create(store, user)
+    return await store.touch(user, session.id, transport="websocket", state="active")
+
+
+async def _listen(store):
+    """The (user, id, reason) of every session end the store announces, in order."""
+    seen: list[tuple[str, str, str]] = []
+
+    async def on_ended(user: str, sid: str, reason: str) -> None:
+        seen.append((user, sid, reason))
+
+    await store.subscribe_ended(on_ended)
+    await asyncio.sleep(2 * UNIT)  # let a pub/sub subscription settle
+    return seen
+
+
+async def _until(predicate):
+    async with asyncio.timeout(30 * UNIT):
+        while not predicate():  # noqa: ASYNC110 - polls state that has no event
+            await asyncio.sleep(UNIT / 10)
+
+
 async def test_create_then_get_returns_the_same_session(make_store):
     """A created session reads back with its fields, a full TTL and state active."""
     store = await make_store(ttl=60.0)
@@ -161,13 +185,78 @@ async def test_delete_seen_before_spares_later_writes(make_store):
 
 
 async def test_per_user_cap(make_store):
-    """Past max_sessions_per_user a create is refused; other users are unaffected."""
+    """Past max_sessions_per_user, with every session held open, a create is refused;
+    other users are unaffected."""
     store = await make_store(max_sessions_per_user=2)
-    await _create(store)
-    await _create(store)
+    await _held(store)
+    await _held(store)
     with pytest.raises(TooManySessions):
         await _create(store)
     await _create(store, "bob")
+
+
+async def test_at_the_cap_the_least_recently_seen_session_is_replaced_and_announced(make_store):
+    """At the cap, a new session replaces the user's least recently seen session that
+    no socket holds open (closed tabs: transport none or http), wherever it is stored,
+    and its end is announced as replaced; the others stay."""
+    store = await make_store(max_sessions_per_user=3)
+    ended = await _listen(store)
+    first, second, third = [await _create(store) for _ in range(3)]
+    await asyncio.sleep(UNIT / 5)
+    await store.touch("alice", second.id, transport="http")
+    fourth = await _create(store)
+    assert {s.id for s in await store.list_sessions("alice")} == {second.id, third.id, fourth.id}
+    assert await store.get("alice", first.id) is None
+    await asyncio.sleep(UNIT / 5)
+    await store.touch("alice", third.id)
+    await store.touch("alice", fourth.id)
+    fifth = await _create(store)  # the oldest now is one created beside the first
+    assert {s.id for s in await store.list_sessions("alice")} == {third.id, fourth.id, fifth.id}
+    await _until(lambda: len(ended) == 2)
+    assert ended == [("alice", first.id, "replaced"), ("alice", second.id, "replaced")]
+    assert [s.id for s in await store.list_sessions("bob")] == []
+
+
+async def test_at_the_cap_a_session_held_open_is_not_replaced(make_store):
+    """A session with a socket open on it is passed over, however old: the least
+    recently seen one without a socket is replaced instead."""
+    store = await make_store(max_sessions_per_user=3)
+    held = await _held(store)
+    await asyncio.sleep(UNIT / 5)
+    closed = await _create(store)
+    await asyncio.sleep(UNIT / 5)
+    newer = await _create(store)
+    fourth = await _create(store)
+    assert {s.id for s in await store.list_sessions("alice")} == {held.id, newer.id, fourth.id}
+    assert await store.get("alice", closed.id) is None
+
+
+async def test_with_every_session_held_open_create_is_refused_and_nothing_replaced(make_store):
+    """When every session of the user is held open, a create is refused (429) and every
+    session stays as it was."""
+    store = await make_store(max_sessions_per_user=3)
+    held = [await _held(store) for _ in range(3)]
+    with pytest.raises(TooManySessions, match="open in a socket"):
+        await _create(store)
+    assert {s.id for s in await store.list_sessions("alice")} == {s.id for s in held}
+
+
+async def test_a_socket_session_not_renewed_within_the_window_is_replaced(make_store):
+    """A session whose socket's process stopped renewing it (crashed) is no longer held
+    open once the window has passed without a renewal, and is replaced; one renewed by
+    a refresher meanwhile stays held."""
+    window = 5 * UNIT
+    store = await make_store(max_sessions_per_user=2, held_open_window=window)
+    ended = await _listen(store)
+    renewed, crashed = await _held(store), await _held(store)
+    with pytest.raises(TooManySessions):
+        await _create(store)
+    await asyncio.sleep(window + 2 * UNIT)
+    assert await store.refresh([("alice", renewed.id)]) == []
+    fresh = await _create(store)
+    assert {s.id for s in await store.list_sessions("alice")} == {renewed.id, fresh.id}
+    await _until(lambda: len(ended) == 1)
+    assert ended == [("alice", crashed.id, "replaced")]
 
 
 async def test_expired_sessions_do_not_count_against_the_cap(make_store):
@@ -284,15 +373,15 @@ async def test_the_cap_counts_the_first_session_and_the_others(make_store):
     """The per-user cap counts every live session, the first one included, and a
     deletion of any of them frees a place."""
     store = await make_store(max_sessions_per_user=3)
-    first, second, third = [await _create(store) for _ in range(3)]
+    first, second, third = [await _held(store) for _ in range(3)]
     with pytest.raises(TooManySessions):
         await _create(store)
     await store.delete("alice", [first.id], "deleted")
-    fourth = await _create(store)
+    fourth = await _held(store)
     with pytest.raises(TooManySessions):
         await _create(store)
     await store.delete("alice", [third.id], "deleted")
-    await _create(store)
+    await _held(store)
     with pytest.raises(TooManySessions):
         await _create(store)
     assert second.id in {s.id for s in await store.list_sessions("alice")}
@@ -300,14 +389,18 @@ async def test_the_cap_counts_the_first_session_and_the_others(make_store):
 
 
 async def test_a_cap_of_one(make_store):
-    """With a cap of one, a user holds one session and gets another once it is gone."""
+    """With a cap of one, a user holds one session and gets another once it is gone,
+    or once its socket is closed (the new one replaces it)."""
     store = await make_store(max_sessions_per_user=1)
-    first = await _create(store)
+    first = await _held(store)
     with pytest.raises(TooManySessions):
         await _create(store)
     await store.delete("alice", [first.id], "deleted")
-    second = await _create(store)
+    second = await _held(store)
     assert [s.id for s in await store.list_sessions("alice")] == [second.id]
+    await store.touch("alice", second.id, transport="none", state="disconnected")
+    third = await _create(store)
+    assert [s.id for s in await store.list_sessions("alice")] == [third.id]
 
 
 async def test_inactive_cleanup_takes_the_first_and_later_sessions_alike(make_store):

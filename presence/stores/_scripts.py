@@ -28,9 +28,12 @@ local function lone(slot)
   if not v then return nil end
   return string.match(v, '^([^|]*)|(%d+)|(.*)$')
 end
+-- With pcall: a script is not rolled back, so a PUBLISH that an ACL refuses after the
+-- write would fail a write that already happened. Unannounced, the session's sockets
+-- close on their process's next refresher tick, which finds the session gone.
 local function ended(channel, user, sid, reason)
   if channel ~= '' then
-    redis.call('PUBLISH', channel, cjson.encode({u = user, s = sid, r = reason}))
+    redis.pcall('PUBLISH', channel, cjson.encode({u = user, s = sid, r = reason}))
   end
 end
 local function push_index_ttl(idx, ttl)
@@ -38,18 +41,74 @@ local function push_index_ttl(idx, ttl)
 end
 """
 
+# Room for one more session of a user at the cap (see CREATE): deletes the user's least
+# recently seen sessions that no socket holds open, announcing each as 'replaced', until
+# fewer than `max` remain. The store cannot see sockets: a session counts as held open
+# while its transport is websocket and it was seen within `window` ms (the refresher of
+# the process holding its socket renews it every refresh interval; a crashed process's
+# sessions stop being renewed and become replaceable). An index entry whose key has
+# gone (past its lifetime) frees its place too. RESTORE's session takes part as the
+# newcomer with its own last_seen: when it is the least recently seen of those not held
+# open (or seen at the same millisecond as the next), it is the one to go, and what
+# Redis holds stays. Returns whether there is room, and the lone slot's id after it
+# (nil when free).
+_MAKE_ROOM = """
+local function make_room(slot, idx, base, max, window, channel, user, new_seen, new_held)
+  local lone_sid, lone_seen, lone_v = lone(slot)
+  local count = redis.call('ZCARD', idx)
+  if lone_sid then count = count + 1 end
+  if count < max then return true, lone_sid end
+  local cutoff = now - window
+  local entries = redis.call('ZRANGE', idx, 0, -1, 'WITHSCORES')
+  local i, lone_pending, lone_left = 1, lone_sid ~= nil, lone_sid
+  while count >= max do
+    local sid, seen, v, key
+    if lone_pending and (i > #entries or tonumber(lone_seen) <= tonumber(entries[i + 1])) then
+      sid, seen, v, key = lone_sid, tonumber(lone_seen), lone_v, slot
+      lone_pending = false
+    elseif i <= #entries then
+      sid, seen = entries[i], tonumber(entries[i + 1])
+      key = base .. sid
+      v = redis.call('GET', key)
+      i = i + 2
+    else
+      return false, lone_left
+    end
+    if not v then
+      redis.call('ZREM', idx, sid)
+      count = count - 1
+    elseif new_seen and not new_held and new_seen <= seen then
+      return false, lone_left
+    else
+      local c, x, tr = parse(v)
+      if tr ~= 'w' or seen <= cutoff then
+        redis.call('DEL', key)
+        if key == slot then lone_left = nil else redis.call('ZREM', idx, sid) end
+        ended(channel, user, sid, 'replaced')
+        count = count - 1
+      end
+    end
+  end
+  return true, lone_left
+end
+"""
+
 # KEYS: lone slot, idx, session key. ARGV: ttl, max per user, sid, "<ts>|<data>", max
-# lifetime. The session goes to the slot when it is free, else to its key and the index.
-# Returns {now, pttl} or an error code: -1 cap reached, -2 id taken.
+# lifetime, held-open window ms, channel, user. The session goes to the slot when it is
+# free, else to its key and the index. At the cap, sessions not held open make room (see
+# _MAKE_ROOM). Returns {now, pttl} or an error code: -1 cap reached with every session
+# held open, -2 id taken.
 CREATE = (
     _PRELUDE
+    + _MAKE_ROOM
     + """
 local ttl, sid = tonumber(ARGV[1]), ARGV[3]
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
-local lone_sid = lone(KEYS[1])
-local count = redis.call('ZCARD', KEYS[2])
-if lone_sid then count = count + 1 end
-if count >= tonumber(ARGV[2]) then return {-1} end
+-- The session key is the prefix of every key of this user's sessions, then the sid.
+local base = string.sub(KEYS[3], 1, #KEYS[3] - #sid)
+local room, lone_sid = make_room(
+  KEYS[1], KEYS[2], base, tonumber(ARGV[2]), tonumber(ARGV[6]), ARGV[7], ARGV[8])
+if not room then return {-1} end
 if lone_sid == sid or redis.call('EXISTS', KEYS[3]) == 1 then return {-2} end
 local life = tonumber(ARGV[5])
 local deadline, px = '', ttl
@@ -330,11 +389,15 @@ return deleted
 )
 
 # KEYS: lone slot, idx, session key. ARGV: value, last_seen ms, ttl, sid, deadline ms or
-# '' (as in the value). Writes back a session created while Redis was away: where Redis
-# still holds it, only its last_seen and expiry move forward; else into the slot when it
-# is free. Returns 1 if it is now in Redis, 0 if it had already expired by its own clock.
+# '' (as in the value), max per user, held-open window ms, channel, user. Writes back a
+# session created while Redis was away: where Redis still holds it, only its last_seen
+# and expiry move forward; else, within the per-user cap as CREATE keeps it (see
+# _MAKE_ROOM), into the slot when it is free. Returns 1 if it is now in Redis, 0 if it
+# had already expired by its own clock or lost its place at the cap (announced
+# 'replaced', so that a socket held on it closes).
 RESTORE = (
     _PRELUDE
+    + _MAKE_ROOM
     + """
 local value, seen, ttl, sid = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local c, x, tr, st, d = parse(value)
@@ -357,15 +420,68 @@ if lone_sid == sid then
   redis.call('PEXPIRE', KEYS[1], px, 'GT')
   return 1
 end
-if not lone_sid and redis.call('EXISTS', KEYS[3]) == 0 then
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('PEXPIRE', KEYS[3], px, 'GT')
+  redis.call('ZADD', KEYS[2], 'GT', seen, sid)
+  push_index_ttl(KEYS[2], ttl)
+  return 1
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+local window, channel, user = tonumber(ARGV[7]), ARGV[8], ARGV[9]
+local base = string.sub(KEYS[3], 1, #KEYS[3] - #sid)
+local held = tr == 'w' and seen > now - window
+local room, lone_left = make_room(
+  KEYS[1], KEYS[2], base, tonumber(ARGV[6]), window, channel, user, seen, held)
+if not room then
+  ended(channel, user, sid, 'replaced')
+  return 0
+end
+if not lone_left then
   redis.call('SET', KEYS[1], sid .. '|' .. seen .. '|' .. value, 'PX', px)
   return 1
 end
-if not redis.call('SET', KEYS[3], value, 'PX', px, 'NX') then
-  redis.call('PEXPIRE', KEYS[3], px, 'GT')
-end
-redis.call('ZADD', KEYS[2], 'GT', seen, sid)
+redis.call('SET', KEYS[3], value, 'PX', px)
+redis.call('ZADD', KEYS[2], seen, sid)
 push_index_ttl(KEYS[2], ttl)
 return 1
 """
 )
+
+# KEYS: a lone slot, an index and a session key under a tag no user has
+# (keys.selfcheck_keys). ARGV: channel ('' for none), the message to publish on it. Runs
+# every command the scripts above run, on keys like theirs, each with pcall, and deletes
+# what it made. Returns "<command>: <error>" for each one refused (an ACL without it, or
+# without the key pattern or the channel); none when the service has what it needs.
+SELFCHECK = """
+local failures = {}
+local function try(name, ...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then
+    table.insert(failures, name .. ': ' .. reply.err)
+  end
+end
+local slot, idx, skey = KEYS[1], KEYS[2], KEYS[3]
+try('TIME', 'TIME')
+try('SET PX', 'SET', slot, 'x', 'PX', 10000)
+try('SET KEEPTTL', 'SET', slot, 'y', 'KEEPTTL')
+try('SET PX NX', 'SET', skey, 'x', 'PX', 10000, 'NX')
+try('GET', 'GET', slot)
+try('EXISTS', 'EXISTS', skey)
+try('PEXPIRE GT', 'PEXPIRE', slot, 20000, 'GT')
+try('PTTL', 'PTTL', slot)
+try('ZADD', 'ZADD', idx, 1, 'x')
+try('ZADD GT', 'ZADD', idx, 'GT', 2, 'x')
+try('PEXPIRE', 'PEXPIRE', idx, 10000)
+try('ZSCORE', 'ZSCORE', idx, 'x')
+try('ZCARD', 'ZCARD', idx)
+try('ZRANGE', 'ZRANGE', idx, 0, -1, 'WITHSCORES')
+try('ZREVRANGE', 'ZREVRANGE', idx, 0, -1, 'WITHSCORES')
+try('ZRANGEBYSCORE', 'ZRANGEBYSCORE', idx, '-inf', '(3', 'WITHSCORES')
+try('ZREMRANGEBYSCORE', 'ZREMRANGEBYSCORE', idx, '-inf', 0)
+try('ZREM', 'ZREM', idx, 'x')
+if ARGV[1] ~= '' then try('PUBLISH', 'PUBLISH', ARGV[1], ARGV[2]) end
+try('DEL', 'DEL', slot)
+try('DEL', 'DEL', skey)
+try('DEL', 'DEL', idx)
+return failures
+"""

@@ -58,7 +58,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, TypeVar
 
-from ..exceptions import StoreBusy, StoreFull, StoreUnavailable
+from ..exceptions import StoreBusy, StoreFull, StoreMisconfigured, StoreUnavailable
 from ..sessions import JSON, Session, State, Transport
 from .base import UNSET, EndedCallback, SessionRef
 from .memory import MemoryStore
@@ -167,8 +167,18 @@ class FallbackStore:
         return len(self._journal) + (len(self._writing) if self._writing else 0)
 
     async def open(self) -> None:
+        """Opens both stores. Redis unreachable: the fallback serves, and says so.
+
+        Raises:
+            ConfigError: Redis answers but refuses what the service needs (see
+                :meth:`RedisStore.open`): serving from memory would hide it for good.
+        """
         await self.fallback.open()
-        await self.primary.open()
+        try:
+            await self.primary.open()
+        except BaseException:
+            await self.fallback.close()
+            raise
         # A session ended by another process must not live on in this mirror, where an
         # outage would serve it again.
         await self.primary.subscribe_ended(self._ended_elsewhere)
@@ -204,12 +214,21 @@ class FallbackStore:
             try:
                 await self.primary.ping()
             except StoreUnavailable as exc:
-                await self._redis_is_away(exc)
-        return {
+                with contextlib.suppress(StoreMisconfigured):
+                    await self._redis_is_away(exc)
+            except StoreMisconfigured:
+                pass
+        # While degraded the probe pings, and a refusal it met is remembered; otherwise
+        # a remembered one is checked again.
+        error = self.primary.refusal if self.degraded else await self.primary.refused()
+        status: dict[str, JSON] = {
             "store": "memory" if self.degraded else "redis",
-            "degraded": self.degraded,
+            "degraded": self.degraded or error is not None,
             "pending_writes": self.pending_writes,
         }
+        if error is not None:
+            status["error"] = error
+        return status
 
     async def create(self, user: str, session_id: str, *, data: JSON = None) -> Session:
         session = await self._on_redis(lambda: self.primary.create(user, session_id, data=data))
@@ -315,9 +334,10 @@ class FallbackStore:
     async def refresh(self, refs: Sequence[SessionRef]) -> list[SessionRef]:
         try:
             missing = await self._on_redis(lambda: self.primary.refresh(refs), retry=True)
-        except StoreBusy:
-            # Redis answers but did not take this tick in time: nothing is known to be
-            # gone, and the next tick extends every TTL again (ticks run well inside it).
+        except (StoreBusy, StoreMisconfigured):
+            # Redis answers but did not take this tick in time, or refuses it (logged by
+            # RedisStore): nothing is known to be gone, and the next tick extends every
+            # TTL again (ticks run well inside it).
             return []
         if not isinstance(missing, _Away):
             gone: set[SessionRef] = set(missing)
@@ -499,7 +519,8 @@ class FallbackStore:
             try:
                 await self.primary.ping()
                 await self._write_back()
-            except StoreUnavailable:
+            except (StoreUnavailable, StoreMisconfigured):
+                # Away still, or back but refusing (RedisStore logs that, once a minute).
                 continue
             except Exception:
                 logger.exception("write-back to Redis failed; retrying")

@@ -29,7 +29,12 @@ class MemoryStore:
     Args:
         ttl: sliding TTL in seconds.
         max_lifetime: absolute lifetime in seconds that no heartbeat extends; 0 for none.
-        max_sessions_per_user: cap per user (429 past it).
+        max_sessions_per_user: cap per user. At the cap, a new session replaces the
+            user's least recently seen session that no socket holds open; only when
+            every one is held open is it refused (429).
+        held_open_window: seconds within which a session with transport websocket must
+            have been seen to count as held open by a socket (the refresher renews it
+            every refresh interval).
         max_sessions: cap on all sessions held (503 past it); bounds memory.
         clock: returns POSIX seconds; injectable for tests.
     """
@@ -42,6 +47,7 @@ class MemoryStore:
         ttl: float,
         max_lifetime: float = 0.0,
         max_sessions_per_user: int = 50,
+        held_open_window: float = 90.0,
         max_sessions: int = 100_000,
         clock: Callable[[], float] = time.time,
         sweep_interval: float = 5.0,
@@ -49,6 +55,7 @@ class MemoryStore:
         self.ttl = ttl
         self.max_lifetime = max_lifetime
         self.max_sessions_per_user = max_sessions_per_user
+        self.held_open_window = held_open_window
         self.max_sessions = max_sessions
         self.clock = clock
         self._sweep_interval = sweep_interval
@@ -77,14 +84,17 @@ class MemoryStore:
     async def create(self, user: str, session_id: str, *, data: JSON = None) -> Session:
         now = self.clock()
         sessions = self._sessions(user)
+        replaced: list[str] = []
         # Pruning scans the user's sessions, so only when the cap might be reached.
         if len(sessions) >= self.max_sessions_per_user:
             sessions = self._live(user, now)
         if len(sessions) >= self.max_sessions_per_user:
-            raise TooManySessions(
-                f"a user may hold at most {self.max_sessions_per_user} sessions; "
-                "clean up old ones first"
-            )
+            replaced = self._replaceable(sessions, now)
+            # Deleted now, and announced only once the new session is in: the callbacks
+            # may suspend, and a create meanwhile must find the cap as it will be.
+            for sid in replaced:
+                del sessions[sid]
+            self._count -= len(replaced)
         if self._count >= self.max_sessions:
             self.sweep()
             if self._count >= self.max_sessions:
@@ -104,7 +114,30 @@ class MemoryStore:
         if session_id not in sessions:
             self._count += 1
         sessions[session_id] = _Record(session, deadline)
+        await self._announce(user, replaced, "replaced")
         return session
+
+    def _replaceable(self, sessions: dict[str, _Record], now: float) -> list[str]:
+        """The sessions to delete to make room for one more: the least recently seen
+        that no socket holds open (transport websocket, seen within the window).
+
+        Raises:
+            TooManySessions: every session is held open.
+        """
+        need = len(sessions) - self.max_sessions_per_user + 1
+        cutoff = now - self.held_open_window
+        by_age = sorted(sessions.items(), key=lambda item: item[1].session.last_seen)
+        replaced = [
+            sid
+            for sid, record in by_age
+            if record.session.transport != "websocket" or record.session.last_seen <= cutoff
+        ][:need]
+        if len(replaced) < need:
+            raise TooManySessions(
+                f"a user may hold at most {self.max_sessions_per_user} sessions, and each "
+                "of this user's is open in a socket; close one first"
+            )
+        return replaced
 
     async def get(self, user: str, session_id: str) -> Session | None:
         record = self._record(user, session_id, self.clock())
@@ -246,6 +279,9 @@ class MemoryStore:
 
     async def _ended(self, user: str, session_ids: list[str], reason: str) -> None:
         self._count -= len(session_ids)
+        await self._announce(user, session_ids, reason)
+
+    async def _announce(self, user: str, session_ids: list[str], reason: str) -> None:
         for sid in session_ids:
             for callback in self._callbacks:
                 await callback(user, sid, reason)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -17,15 +18,22 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import keys
-from ..exceptions import StoreUnavailable, TooManySessions
+from ..exceptions import (
+    ConfigError,
+    PresenceError,
+    StoreMisconfigured,
+    StoreUnavailable,
+    TooManySessions,
+)
 from ..sessions import JSON, Session, State, Transport
 from . import _scripts
 from ._batch import Coalescer
 from ._deadline import within
+from ._refusal import answered, diagnose, refusal, where
 from .base import UNSET, EndedCallback, SessionRef
 
 logger = logging.getLogger("presence.store")
@@ -54,6 +62,13 @@ _Touch = tuple[list[str], list[Any]]
 # builtin ConnectionError and TimeoutError that asyncio raises.)
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 
+# A refusal (see _refusal) is logged at most this often, in seconds, for each cause.
+_REFUSAL_LOG_INTERVAL = 60.0
+
+# What the start-up self-check publishes on the ended channel: no session's end, and
+# ignored by every listener (see _dispatch).
+_SELFCHECK_MESSAGE = json.dumps({"u": "", "s": "", "r": "selfcheck"})
+
 
 class RedisStore:
     """Sessions in Redis.
@@ -62,7 +77,12 @@ class RedisStore:
         url: ``redis://``, ``rediss://`` or ``unix://`` URL.
         ttl: sliding TTL in seconds.
         max_lifetime: absolute lifetime in seconds; 0 for none.
-        max_sessions_per_user: cap per user.
+        max_sessions_per_user: cap per user. At the cap, a new session replaces the
+            user's least recently seen session that no socket holds open; only when every
+            one is held open is it refused.
+        held_open_window: seconds within which a session with transport websocket must
+            have been seen to count as held open by a socket: a few refresh intervals,
+            since the refresher of the process holding the socket renews it each one.
         prefix: key prefix (see :mod:`presence.keys`).
         timeout: connect and socket timeout in seconds; kept well under a second so a
             stalled Redis turns into a fallback rather than a hung request.
@@ -82,6 +102,7 @@ class RedisStore:
         ttl: float,
         max_lifetime: float = 0.0,
         max_sessions_per_user: int = 50,
+        held_open_window: float = 90.0,
         prefix: str = "presence",
         timeout: float = 0.25,
         client: aioredis.Redis | None = None,
@@ -93,6 +114,7 @@ class RedisStore:
         self.ttl_ms = max(1, round(ttl * 1000))
         self.max_lifetime_ms = round(max_lifetime * 1000)
         self.max_sessions_per_user = max_sessions_per_user
+        self.held_open_window_ms = max(1, round(held_open_window * 1000))
         self.prefix = prefix
         self.timeout = timeout
         self.channel = keys.ended_channel(prefix)
@@ -108,6 +130,10 @@ class RedisStore:
         self._touches: Coalescer[_Touch, Any] = Coalescer(
             self._send_touches, max_batch=_TOUCH_BATCH
         )
+        # Why Redis refused the latest call it refused, until a self-check passes.
+        self._refused: str | None = None
+        # When each cause of refusal was last logged (time.monotonic()).
+        self._refusals_logged: dict[str, float] = {}
 
     @property
     def client(self) -> Any:
@@ -156,27 +182,103 @@ class RedisStore:
                     socket_connect_timeout=self.backstop,
                     socket_timeout=self.backstop,
                 )
-        for name in ("CREATE", "GET", "LIST", "TOUCH", "REFRESH", "DELETE", "RESTORE"):
+        for name in (
+            "CREATE",
+            "GET",
+            "LIST",
+            "TOUCH",
+            "REFRESH",
+            "DELETE",
+            "RESTORE",
+            "SELFCHECK",
+        ):
             self._scripts[name] = self.client.register_script(getattr(_scripts, name))
-        # Loaded up front so that each operation is one EVALSHA from the first call
-        # (otherwise the first is EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA). If Redis is
-        # away now, redis-py loads them on first use instead.
-        with contextlib.suppress(*UNAVAILABLE_ERRORS):
-            if self.cluster:
-                # SCRIPT LOAD goes to every primary; a cluster pipeline cannot carry it.
+        try:
+            await self._check_at_start_up()
+        except ConfigError:
+            await self.close()
+            raise
+
+    async def _check_at_start_up(self) -> None:
+        """Raises :class:`ConfigError` naming ``REDIS_URL`` when Redis answers but refuses
+        what the service needs: the password, a command, key or channel (a self-check
+        runs every command the scripts run, SUBSCRIBE and PING), TLS. Returns quietly when
+        Redis does not answer: the fallback serves meanwhile, and redis-py loads the
+        scripts on first use.
+
+        Loads the scripts, so that each operation is one EVALSHA from the first call
+        (otherwise the first is EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA), and connects
+        the probe's connection, so that a probe is one PING, not a handshake too.
+        """
+        step = self.timeout * 4
+        try:
+            async with asyncio.timeout(step):
+                await self.client.ping()
+        except UNAVAILABLE_ERRORS as exc:
+            why = refusal(exc)
+            if why is None and self.url is not None:
+                why = await diagnose(self.url, exc, step)
+            if why is not None:
+                raise self._start_up_error(why) from exc
+            return
+        except (RedisError, RedisClusterException) as exc:
+            why = refusal(exc)
+            if why is None and isinstance(exc, RedisClusterException):
+                if "Cluster mode is not enabled" not in str(exc):
+                    raise  # no node answered: as before, start-up fails
+            raise self._start_up_error(why or answered(exc)) from exc
+        try:
+            async with asyncio.timeout(step):
+                await self._load_scripts()
+            async with asyncio.timeout(step):
+                failures = await self._scripts["SELFCHECK"](
+                    keys=keys.selfcheck_keys(self.prefix), args=[self.channel, _SELFCHECK_MESSAGE]
+                )
+            if failures:
+                raise self._start_up_error(_missing(failures))
+            async with asyncio.timeout(step):
+                await self._check_subscribe()
+            if self._probe_client is not None:
+                async with asyncio.timeout(step):
+                    await self._probe_client.ping()
+        except UNAVAILABLE_ERRORS as exc:
+            why = refusal(exc)
+            if why is not None:
+                raise self._start_up_error(why) from exc
+        except (RedisError, RedisClusterException) as exc:
+            raise self._start_up_error(refusal(exc) or answered(exc)) from exc
+
+    async def _load_scripts(self) -> None:
+        if self.cluster:
+            # SCRIPT LOAD goes to every primary; a cluster pipeline cannot carry it.
+            for script in self._scripts.values():
+                await self.client.script_load(script.script)
+        else:
+            async with self.client.pipeline(transaction=False) as pipe:
                 for script in self._scripts.values():
-                    await asyncio.wait_for(
-                        self.client.script_load(script.script), timeout=self.timeout * 4
-                    )
-            else:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for script in self._scripts.values():
-                        pipe.script_load(script.script)
-                    await asyncio.wait_for(pipe.execute(), timeout=self.timeout * 4)
-                if self._probe_client is not None:
-                    # Connected now, so that a probe is one PING, not a new connection's
-                    # handshake too.
-                    await asyncio.wait_for(self._probe_client.ping(), timeout=self.timeout * 4)
+                    pipe.script_load(script.script)
+                await pipe.execute()
+
+    async def _check_subscribe(self) -> None:
+        """Subscribes to the ended channel and waits for Redis to confirm (an ACL
+        without the channel refuses it)."""
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            while True:
+                message = await pubsub.get_message(timeout=self.timeout)
+                if message is not None and message["type"] == "subscribe":
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    def _start_up_error(self, why: str) -> ConfigError:
+        return ConfigError("REDIS_URL", f"{why} (Redis at {self._where})")
+
+    @property
+    def _where(self) -> str:
+        return where(self.url) if self.url is not None else "the client given"
 
     async def close(self) -> None:
         await self._touches.drain()
@@ -229,20 +331,50 @@ class RedisStore:
         This tells "Redis is away" from "this process is busy": a call that failed
         because every pooled connection was taken, or because this process's event loop
         stalled past the call's bound, is followed by a probe that Redis answers.
+
+        Raises :class:`StoreMisconfigured` instead when Redis answers but refuses (a
+        password changed meanwhile): that is no outage either.
         """
         client = self._probe_client if self._probe_client is not None else self.client
         try:
             async with within(self.probe_bound):
                 await client.ping()
         except UNAVAILABLE_ERRORS as exc:
-            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from exc
+            raise self._failure(exc) from exc
 
     async def status(self) -> dict[str, JSON]:
         try:
             await self.ping()
         except StoreUnavailable:
             return {"store": self.name, "degraded": True}
-        return {"store": self.name, "degraded": False}
+        except StoreMisconfigured:
+            pass
+        error = await self.refused()
+        if error is None:
+            return {"store": self.name, "degraded": False}
+        return {"store": self.name, "degraded": True, "error": error}
+
+    @property
+    def refusal(self) -> str | None:
+        """Why Redis refused the latest call it refused, until :meth:`refused` finds
+        the configuration put right."""
+        return self._refused
+
+    async def refused(self) -> str | None:
+        """Why Redis refuses this service, if it refused a call since the last check
+        that passed: checked again now (the start-up self-check, one EVALSHA), so that
+        a configuration put right is seen at once. None when all is well."""
+        if self._refused is None:
+            return None
+        with contextlib.suppress(StoreMisconfigured, StoreUnavailable):
+            failures = await self._run(
+                "SELFCHECK", keys.selfcheck_keys(self.prefix), [self.channel, _SELFCHECK_MESSAGE]
+            )
+            if failures:
+                self._misconfigured(_missing(failures))
+            else:
+                self._refused = None
+        return self._refused
 
     async def create(self, user: str, session_id: str, *, data: JSON = None) -> Session:
         _check_id(session_id)
@@ -256,13 +388,16 @@ class RedisStore:
                 session_id,
                 "na|" + encoded,
                 self.max_lifetime_ms,
+                self.held_open_window_ms,
+                self.channel,
+                user,
             ],
         )
         code = int(result[0])
         if code == -1:
             raise TooManySessions(
-                f"a user may hold at most {self.max_sessions_per_user} sessions; "
-                "clean up old ones first"
+                f"a user may hold at most {self.max_sessions_per_user} sessions, and each "
+                "of this user's is open in a socket; close one first"
             )
         if code == -2:  # pragma: no cover - 128 random bits do not collide
             raise RuntimeError("session id collision")
@@ -388,10 +523,20 @@ class RedisStore:
         return list(await self._run("TOUCH", script_keys, args))
 
     async def restore(self, session: Session, deadline: float | None) -> bool:
-        """Writes back a session created elsewhere (the fallback), as it is now.
+        """Writes back a session created elsewhere (the fallback), as it is now, within
+        the per-user cap as :meth:`create` keeps it.
 
-        Returns False when it has expired meanwhile; it is then not written.
+        Returns False when it has expired meanwhile, or when it lost its place at the
+        cap (it was the least recently seen of the user's sessions that no socket holds
+        open; announced ``replaced``); it is then not written.
         """
+        return bool(await self._run("RESTORE", *self._restore_call(session, deadline)))
+
+    def _restore_call(
+        self, session: Session, deadline: float | None
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the RESTORE script for one session (see
+        :meth:`restore`); every write-back builds its call here."""
         _check_id(session.id)
         value = "|".join(
             [
@@ -401,18 +546,17 @@ class RedisStore:
                 "" if session.data is None else _dump(session.data),
             ]
         )
-        written = await self._run(
-            "RESTORE",
-            self._keys(session.user, session.id),
-            [
-                value,
-                round(session.last_seen * 1000),
-                self.ttl_ms,
-                session.id,
-                "" if deadline is None else round(deadline * 1000),
-            ],
-        )
-        return bool(written)
+        return self._keys(session.user, session.id), [
+            value,
+            round(session.last_seen * 1000),
+            self.ttl_ms,
+            session.id,
+            "" if deadline is None else round(deadline * 1000),
+            self.max_sessions_per_user,
+            self.held_open_window_ms,
+            self.channel,
+            session.user,
+        ]
 
     async def subscribe_ended(self, callback: EndedCallback) -> None:
         self._callbacks.append(callback)
@@ -467,7 +611,10 @@ class RedisStore:
                         await self._dispatch(message["data"])
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError):
+            except (RedisError, OSError) as exc:
+                why = refusal(exc)
+                if why is not None:
+                    self._misconfigured(why)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             finally:
@@ -480,6 +627,8 @@ class RedisStore:
             user, sid, reason = str(event["u"]), str(event["s"]), str(event["r"])
         except (ValueError, KeyError, TypeError):
             logger.warning("ignored a malformed message on the ended channel")
+            return
+        if not user:  # the start-up self-check of some process
             return
         for callback in self._callbacks:
             try:
@@ -497,7 +646,38 @@ class RedisStore:
             async with within(self.bound):
                 return await fn(*args, **kwargs)
         except UNAVAILABLE_ERRORS as exc:
-            raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from exc
+            raise self._failure(exc) from exc
+        except RedisError as exc:
+            why = refusal(exc)
+            if why is None:
+                raise
+            raise self._misconfigured(why) from exc
+
+    def _failure(self, exc: BaseException) -> PresenceError:
+        """What a call that got no answer it could use raises: a refusal (redis-py
+        raises a wrong password as a ConnectionError) is no outage."""
+        why = refusal(exc)
+        if why is not None:
+            return self._misconfigured(why)
+        return StoreUnavailable(f"redis unavailable: {type(exc).__name__}")
+
+    def _misconfigured(self, why: str) -> StoreMisconfigured:
+        """Remembers a refusal for :meth:`refused`, logs it at most once a minute for
+        each cause (not once a request), and returns the error for the caller."""
+        self._refused = why
+        now = time.monotonic()
+        last = self._refusals_logged.get(why)
+        if last is None or now - last >= _REFUSAL_LOG_INTERVAL:
+            if len(self._refusals_logged) >= 64:
+                self._refusals_logged.clear()
+            self._refusals_logged[why] = now
+            logger.error(
+                "Redis refuses this service: %s (Redis at %s). Requests that need Redis "
+                "answer 503 store_misconfigured until the configuration is put right",
+                why,
+                self._where,
+            )
+        return StoreMisconfigured()
 
     def _key(self, user: str, session_id: str) -> str:
         return keys.session_key(self.prefix, user, session_id)
@@ -511,6 +691,12 @@ class RedisStore:
     def _keys(self, user: str, session_id: str) -> list[str]:
         """The keys where a session may be: the lone slot, the index and its own key."""
         return [self._lone(user), self._idx(user), self._key(user, session_id)]
+
+
+def _missing(failures: list[str]) -> str:
+    return "Redis's ACL refuses commands the service needs: " + "; ".join(
+        str(failure) for failure in failures
+    )
 
 
 def _dump(data: JSON) -> str:
