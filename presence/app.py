@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 
-from . import api, openapi
+from . import _http, api, openapi
 from .auth import Authenticator, OriginPolicy, cookie_token, first_headers, header
 from .connections import Refresher, Registry
 from .exceptions import ApiError
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _http.limit_accept_error_log()
         for name in _SERVER_LOGGERS:
             logging.getLogger(name).addFilter(_REDACT)  # Once per process: a no-op after.
         await services.store.open()

@@ -9,14 +9,19 @@
   fresh connection: after the connection) is closed, however slowly it trickles, and so
   are thousands of them, their descriptors freed; between requests uvicorn's keep-alive
   timeout alone applies, and neither a body nor an open WebSocket is bound by it;
-- every worker of ``--workers 2`` has the limits.
+- descriptors: at a low ``ulimit -n`` the accept loop's errors make a few log lines, not
+  a traceback per queued connection, and the server answers again once the clients go.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import json
+import logging
+import os
+import resource
 import selectors
 import socket
 import threading
@@ -30,6 +35,7 @@ import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from presence import _http
 from presence.settings import Settings
 
 from .test_multiprocess import _stopped, _workers
@@ -430,6 +436,80 @@ def test_two_thousand_unfinished_heads_are_all_closed_and_their_descriptors_free
             selector.close()
             for sock in sockets:
                 sock.close()
+
+
+# -- descriptors ----------------------------------------------------------------------
+
+LOW_NOFILE = 64
+
+
+def _low_nofile() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_NOFILE, LOW_NOFILE))
+
+
+def test_at_a_low_descriptor_limit_the_accept_errors_make_a_few_log_lines() -> None:
+    """With ulimit -n 64 and a few hundred connections held, the accept loop's errors
+    add a few lines to the log (under 20 KB in five seconds, no tracebacks), and once
+    the connections go the server answers again."""
+    env = _env(PRESENCE_HEADER_TIMEOUT="600")
+    with server_process(env, preexec_fn=_low_nofile) as server:
+        assert _healthz(server) == 200
+        before = server.log.stat().st_size
+        sockets = []
+        try:
+            for _ in range(300):
+                sockets.append(_connect(server))
+            time.sleep(50 * UNIT)
+            written = server.log.read_bytes()[before:]
+        finally:
+            for sock in sockets:
+                sock.close()
+        assert len(written) < 20_000, f"{len(written)} bytes logged in 5 s"
+        assert b"Traceback" not in written
+        assert b"Too many open files" in written
+        deadline = time.monotonic() + 100 * UNIT
+        while True:
+            try:
+                if _healthz(server) == 200:
+                    break
+            except (OSError, EOFError):
+                pass
+            assert time.monotonic() < deadline, "the server does not answer again"
+            time.sleep(UNIT)
+
+
+async def test_failing_accepts_are_one_line_then_a_count_and_other_errors_pass_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In the loop's own exception handler: the first failing accept is one line, the
+    many after it within the interval one more line with their count when it ends, and
+    any other error reaches the handler there was before, once."""
+    monkeypatch.setattr(_http, "ACCEPT_ERROR_LOG_INTERVAL", 5 * UNIT)
+    loop = asyncio.get_running_loop()
+    passed_on: list[str] = []
+    loop.set_exception_handler(lambda loop, context: passed_on.append(context["message"]))
+    lines: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("presence.http").addHandler(handler)
+    try:
+        _http.limit_accept_error_log()
+        _http.limit_accept_error_log()  # a second start-up in this loop wraps nothing more
+        failure = {
+            "message": "socket.accept() out of system resource",
+            "exception": OSError(errno.EMFILE, os.strerror(errno.EMFILE)),
+        }
+        for _ in range(1000):
+            loop.call_exception_handler(failure)
+        loop.call_exception_handler({"message": "something else"})
+        await asyncio.sleep(10 * UNIT)
+    finally:
+        loop.set_exception_handler(None)
+        logging.getLogger("presence.http").removeHandler(handler)
+    assert len(lines) == 2, lines
+    assert "Too many open files" in lines[0]
+    assert "999 more times" in lines[1]
+    assert passed_on == ["something else"]
 
 
 # -- every worker ---------------------------------------------------------------------
