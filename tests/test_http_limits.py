@@ -449,8 +449,8 @@ def _low_nofile() -> None:
 
 def test_at_a_low_descriptor_limit_the_accept_errors_make_a_few_log_lines() -> None:
     """With ulimit -n 64 and a few hundred connections held, the accept loop's errors
-    add a few lines to the log (under 20 KB in five seconds, no tracebacks), and once
-    the connections go the server answers again."""
+    add a few lines to the log (under 20 KB in five seconds, no tracebacks), the server
+    answers again once the connections go, and its shutdown adds no more."""
     env = _env(PRESENCE_HEADER_TIMEOUT="600")
     with server_process(env, preexec_fn=_low_nofile) as server:
         assert _healthz(server) == 200
@@ -476,14 +476,19 @@ def test_at_a_low_descriptor_limit_the_accept_errors_make_a_few_log_lines() -> N
                 pass
             assert time.monotonic() < deadline, "the server does not answer again"
             time.sleep(UNIT)
+        server.stop()
+        written = server.log.read_bytes()[before:]
+        assert len(written) < 20_000, f"{len(written)} bytes logged by the end of shutdown"
+        assert b"Traceback" not in written
 
 
 async def test_failing_accepts_are_one_line_then_a_count_and_other_errors_pass_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """In the loop's own exception handler: the first failing accept is one line, the
-    many after it within the interval one more line with their count when it ends, and
-    any other error reaches the handler there was before, once."""
+    many after it within the interval one more line with their count when it ends, a
+    retry of theirs failing at shutdown nothing, and any other error reaches the handler
+    there was before, once."""
     monkeypatch.setattr(_http, "ACCEPT_ERROR_LOG_INTERVAL", 5 * UNIT)
     loop = asyncio.get_running_loop()
     passed_on: list[str] = []
@@ -501,6 +506,9 @@ async def test_failing_accepts_are_one_line_then_a_count_and_other_errors_pass_o
         }
         for _ in range(1000):
             loop.call_exception_handler(failure)
+        retry = "Exception in callback BaseSelectorEventLoop._start_serving(...)"
+        # What each retry of those says once shutdown has closed the listening socket.
+        loop.call_exception_handler({"message": retry, "exception": ValueError("fd -1")})
         loop.call_exception_handler({"message": "something else"})
         await asyncio.sleep(10 * UNIT)
     finally:
