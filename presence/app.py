@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 
-from . import api, errors, openapi
+from . import _http, api, errors, openapi
 from .auth import Authenticator, OriginPolicy, cookie_token, first_headers, header
 from .connections import Refresher, Registry
 from .exceptions import PresenceError
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _http.limit_accept_error_log()
         for name in _SERVER_LOGGERS:
             logging.getLogger(name).addFilter(_REDACT)  # Once per process: a no-op after.
         await services.store.open()

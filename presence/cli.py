@@ -6,18 +6,19 @@ import argparse
 import functools
 import os
 import secrets
-import socket
 import sys
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import __version__
+from ._http import HttpProtocol, NoDelayHttpToolsProtocol, no_delay
 from .exceptions import ConfigError
 from .settings import Settings
 from .wsproto import FrameLimits, PresenceWebSocketProtocol
+
+__all__ = ["NoDelayHttpToolsProtocol", "app_from_env", "main", "no_delay", "uvicorn_options"]
 
 
 def app_from_env() -> ASGIApp:
@@ -75,34 +76,6 @@ def _config_error(exc: ConfigError) -> str:
     return f"presence: configuration error: {exc}"
 
 
-def no_delay(transport: Any) -> None:
-    """Sets TCP_NODELAY on a connection's socket.
-
-    asyncio sets it only when the listening socket was made with ``IPPROTO_TCP``, and
-    uvicorn's own bind for ``--workers`` (``Config.bind_socket``) makes it with proto 0.
-    Without it a response written in two parts (h11 writes the head, then the body)
-    waits for the client's delayed ACK: ~40 ms on every keep-alive request after the
-    first.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class NoDelayHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with :func:`no_delay` on every connection (a
-    WebSocket upgraded from it keeps the socket, and so the option).
-
-    httptools (llhttp, in C) rather than h11 (pure Python): on the REST heartbeat h11's
-    parsing and header checks were a tenth of the server's time (bench/RESULTS.md,
-    profile under REST heartbeats).
-    """
-
-    def connection_made(self, transport: Any) -> None:
-        no_delay(transport)
-        super().connection_made(transport)
-
-
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's settings for a Presence server.
 
@@ -118,10 +91,19 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     The listen backlog is 8192, not uvicorn's 2048: when 10,000 clients reconnect at
     once (a restart), 2048 overflowed and each dropped SYN cost its client a TCP
     retransmission of 1 s or more. The kernel caps it at ``net.core.somaxconn``.
+
+    The HTTP protocol is httptools with TCP_NODELAY and bounds on each request's line
+    and headers (``presence._http``). The bounds are bound to its class with a partial,
+    not baked into a class made at run time: uvicorn pickles its config to each
+    ``--workers`` process, and a partial of a module-level class pickles by name.
     """
     return {
         "backlog": 8192,
-        "http": NoDelayHttpToolsProtocol,
+        "http": functools.partial(
+            HttpProtocol,
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+        ),
         "ws": functools.partial(
             PresenceWebSocketProtocol, limits=FrameLimits.from_settings(settings)
         ),

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import jwt
@@ -199,10 +199,14 @@ async def serve(
 
 
 class ServerProcess(_Local):
-    """``python -m presence serve`` in a child process, for kill and restart tests."""
+    """``python -m presence serve`` in a child process, for kill and restart tests.
 
-    def __init__(self, env: dict[str, str]) -> None:
+    ``preexec_fn`` runs in the child before it starts (e.g. to lower its ``ulimit -n``).
+    """
+
+    def __init__(self, env: dict[str, str], preexec_fn: Callable[[], None] | None = None) -> None:
         self.env = {**os.environ, **env}
+        self.preexec_fn = preexec_fn
         self.port = free_port()
         self.env["PORT"] = str(self.port)
         self.process: subprocess.Popen[bytes] | None = None
@@ -218,6 +222,7 @@ class ServerProcess(_Local):
                 cwd=self.cwd,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + 150 * UNIT
         while time.monotonic() < deadline:
@@ -248,8 +253,10 @@ class ServerProcess(_Local):
 
 
 @contextlib.contextmanager
-def server_process(env: dict[str, str], *args: str) -> Iterator[ServerProcess]:
-    process = ServerProcess(env)
+def server_process(
+    env: dict[str, str], *args: str, preexec_fn: Callable[[], None] | None = None
+) -> Iterator[ServerProcess]:
+    process = ServerProcess(env, preexec_fn)
     process.start(*args)
     try:
         yield process
