@@ -552,7 +552,9 @@ async def test_browser_like_clients_are_never_closed_even_a_thousand_at_once(red
     with server_process(env) as server:
         users = [f"user-{uuid.uuid4().hex}" for _ in range(count)]
         limits = httpx.Limits(max_connections=50)
-        async with httpx.AsyncClient(base_url=server.http + BASE, limits=limits) as api:
+        async with httpx.AsyncClient(
+            base_url=server.http + BASE, limits=limits, timeout=300 * UNIT
+        ) as api:
             created = await asyncio.gather(
                 *(
                     api.post("/sessions", headers={"authorization": f"Bearer {token(u)}"})
