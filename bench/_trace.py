@@ -29,7 +29,7 @@ from . import _harness as h
 async def trace(kind: str, port: int, sockets: int, top: int = 60) -> dict[str, Any]:
     settings = Settings.from_env(os.environ, port=port)
     if kind == "service":
-        from presence.app import create_app
+        from presence.asgi.app import create_app
 
         app = create_app(settings)
     else:

@@ -3,7 +3,7 @@ is online."""
 
 from __future__ import annotations
 
-from .app import create_app
+from .asgi import create_app
 from .exceptions import (
     ConfigError,
     NotFound,

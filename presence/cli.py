@@ -23,7 +23,7 @@ __all__ = ["NoDelayHttpToolsProtocol", "app_from_env", "main", "no_delay", "uvic
 
 def app_from_env() -> ASGIApp:
     """The app factory uvicorn calls in each worker process."""
-    from .app import create_app
+    from .asgi import create_app
 
     return StartupErrors(create_app(Settings.from_env(os.environ)))
 

@@ -114,7 +114,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from .protocol import TokenBucket
+from .limits import TokenBucket
 from .settings import Settings
 
 if TYPE_CHECKING:

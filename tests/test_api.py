@@ -485,14 +485,14 @@ def test_the_quick_parse_refuses_and_accepts_what_the_full_check_does(body):
     the full parse-and-encode check does: the same value, or the same error and
     message, for NaN, overflowing numbers, surrogates escaped or raw, UTF-16 and -32
     bodies, BOMs, deep nesting and malformed JSON."""
-    from presence.api import parse_json
+    from presence.asgi.rest import parse_json
 
     assert _outcome(parse_json, body) == _outcome(_parse_in_full, body)
 
 
 def test_a_plain_heartbeat_body_takes_the_quick_path(monkeypatch):
     """A body without escapes, non-ASCII bytes or deep nesting is not encoded again."""
-    from presence import api
+    from presence.asgi import rest as api
 
     def no_encode(*args, **kwargs):
         raise AssertionError("encoded again")

@@ -12,8 +12,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from presence import errors
 from presence import exceptions as exc
+from presence.asgi import errors
 from presence.stores import MemoryStore, RedisStore
 
 from .utils import UNIT, free_port, make_settings, serve, token
@@ -37,7 +37,7 @@ def test_every_exception_has_its_own_answer(cls):
     if cls is exc.ConfigError:
         pytest.skip("a configuration error stops start-up; no client ever sees one")
     found = errors.TABLE.get(cls)
-    assert found is not None, f"{cls.__name__} is not in presence.errors.TABLE"
+    assert found is not None, f"{cls.__name__} is not in presence.asgi.errors.TABLE"
     assert found.code.replace("_", "").isalpha() and found.code.islower()
     assert 400 <= found.status < 600
     if cls is not exc.PresenceError:

@@ -212,7 +212,7 @@ async def test_in_process_records_at_debug_level_hold_no_secret(request, caplog,
 async def test_the_access_log_steps_aside_while_it_is_off(caplog):
     """With presence.access off for INFO, a request (a socket too) goes straight to the
     app, with no wrapper frame held for its life; turned on later, it logs again."""
-    from presence.app import AccessLog
+    from presence.asgi.app import AccessLog
 
     calls = []
 

@@ -19,8 +19,8 @@ from schemathesis.python import asgi
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from presence.app import API_PREFIX, create_app
-from presence.openapi import document
+from presence.asgi.app import API_PREFIX, create_app
+from presence.asgi.openapi import document
 from presence.settings import Settings
 
 from .utils import make_settings, serve, token

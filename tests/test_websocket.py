@@ -303,7 +303,7 @@ async def test_an_open_socket_keeps_no_parsed_request(server, alice):
 def test_the_registry_holds_one_socket_as_it_is_and_more_in_a_list():
     """The registry's add, discard and end, with one socket per session (held without
     a list) and with several."""
-    from presence.connections import Registry
+    from presence.registry import Registry
 
     ended: list[tuple[str, str]] = []
 

@@ -27,7 +27,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request
 
-from presence.app import create_app
+from presence.asgi.app import create_app
 from presence.cli import uvicorn_options
 from presence.settings import Settings
 from presence.wsproto import FrameLimits, Gate, Inbox, PresenceWebSocketProtocol

@@ -18,7 +18,7 @@ from pathlib import Path
 import jwt
 import uvicorn
 
-from presence.app import create_app
+from presence.asgi.app import create_app
 from presence.cli import uvicorn_options
 from presence.settings import Settings
 from presence.stores import SessionStore

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import CLEANUP_TYPES, MAX_CLEANUP_ID_LENGTH
-from .auth import COOKIE_NAME, QUERY_PARAM
-from .sessions import SESSION_ID_PATTERN, STATES, TRANSPORTS
-from .settings import Settings
-from .wsproto import MAX_FRAGMENTS
+from ..auth import COOKIE_NAME, QUERY_PARAM
+from ..sessions import SESSION_ID_PATTERN, STATES, TRANSPORTS
+from ..settings import Settings
+from ..wsproto import MAX_FRAGMENTS
+from .rest import CLEANUP_TYPES, MAX_CLEANUP_ID_LENGTH
 
 OpenAPI = dict[str, Any]
 
@@ -52,7 +52,7 @@ _ERRORS: dict[int, tuple[str, tuple[str, ...]]] = {
 
 def document(settings: Settings) -> OpenAPI:
     """The OpenAPI 3.1 document for a server running with ``settings``."""
-    from . import __version__  # The package imports the app, which imports this module.
+    from .. import __version__  # The package imports the app, which imports this module.
 
     id_param = {
         "name": "session_id",

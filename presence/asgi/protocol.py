@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .exceptions import InvalidMessage, MalformedJSON, UnknownMessageType
-from .limits import TokenBucket
-from .sessions import Session, State
+from ..exceptions import InvalidMessage, MalformedJSON, UnknownMessageType
+from ..limits import TokenBucket
+from ..sessions import Session, State
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from starlette.status import (
     WS_1013_TRY_AGAIN_LATER,
 )
 
-from . import exceptions as exc
+from .. import exceptions as exc
 from . import protocol
 
 

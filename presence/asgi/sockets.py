@@ -18,9 +18,8 @@ from starlette import status
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from . import errors, protocol
-from .auth import cookie_token, first_headers, header, query_token
-from .exceptions import (
+from ..auth import cookie_token, first_headers, header, query_token
+from ..exceptions import (
     Forbidden,
     InvalidMessage,
     NotFound,
@@ -30,11 +29,12 @@ from .exceptions import (
     TooManySockets,
     Unauthorized,
 )
-from .sessions import is_session_id
+from ..sessions import is_session_id
+from . import errors, protocol
 
 if TYPE_CHECKING:
-    from .app import Services
-    from .auth import Identity
+    from ..auth import Identity
+    from .services import Services
 
 logger = logging.getLogger("presence.sockets")
 

@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from .auth import Identity, cookie_token, first_headers, header
-from .exceptions import (
+from ..auth import Identity, cookie_token, first_headers, header
+from ..exceptions import (
     Forbidden,
     InvalidBody,
     MalformedJSON,
@@ -28,11 +28,11 @@ from .exceptions import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from .sessions import JSON, STATES, is_session_id
-from .stores.base import UNSET
+from ..sessions import JSON, STATES, is_session_id
+from ..stores.base import UNSET
 
 if TYPE_CHECKING:
-    from .app import Services
+    from .services import Services
 
 CLEANUP_TYPES = ("all", "inactive", "specific")
 # Ids named in a cleanup are strings of at most this many characters; longer ones are

@@ -9,7 +9,6 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -24,14 +23,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 
-from . import _http, api, errors, openapi
-from .auth import Authenticator, OriginPolicy, cookie_token, first_headers, header
-from .connections import Refresher, Registry
-from .exceptions import PresenceError
-from .sessions import new_session_id
-from .settings import Settings
+from .. import _http
+from ..auth import cookie_token, first_headers, header
+from ..exceptions import PresenceError
+from ..registry import Refresher
+from ..settings import Settings
+from ..stores import SessionStore
+from . import errors, openapi, rest
+from .services import Services
 from .sockets import session_socket
-from .stores import SessionStore, store_from_settings
 
 logger = logging.getLogger("presence")
 access_logger = logging.getLogger("presence.access")
@@ -41,27 +41,14 @@ def web_dir() -> Path:
     """Where the browser package and the demo pages are: ``presence/static`` in an
     installed wheel (setup.py copies them there), else ``web/`` beside the package in a
     checkout or an editable install."""
-    here = Path(__file__).resolve().parent
-    installed = here / "static"
-    return installed if (installed / "chat.html").is_file() else here.parent / "web"
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "static"
+    return installed if (installed / "chat.html").is_file() else package.parent / "web"
 
 
 WEB_DIR = web_dir()
 
 API_PREFIX = "/api/v1/chat"
-
-
-@dataclass
-class Services:
-    """What the handlers share; lives on ``app.state.services``."""
-
-    settings: Settings
-    store: SessionStore
-    authenticator: Authenticator
-    origins: OriginPolicy
-    registry: Registry = field(default_factory=Registry)
-    new_session_id: Callable[[], str] = new_session_id
-    refresher: Refresher | None = None
 
 
 def create_app(settings: Settings | None = None, store: SessionStore | None = None) -> Starlette:
@@ -75,12 +62,7 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         A Starlette app; its lifespan opens and closes the store.
     """
     settings = settings or Settings()
-    services = Services(
-        settings=settings,
-        store=store if store is not None else store_from_settings(settings),
-        authenticator=Authenticator(settings),
-        origins=OriginPolicy(settings.allowed_origins),
-    )
+    services = Services.build(settings, store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -132,7 +114,7 @@ def _routes() -> list[BaseRoute]:
     # only WebSocket scopes), so their order only decides how soon a request finds its
     # own: the heartbeat, the route most requests take, comes first.
     routes: list[BaseRoute] = [
-        *api.routes(API_PREFIX),
+        *rest.routes(API_PREFIX),
         WebSocketRoute(f"{API_PREFIX}/sessions/{{session_id}}/ws", session_socket),
         Route("/", lambda request: RedirectResponse("/chat"), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -179,10 +161,10 @@ def _page(name: str) -> Callable[[Request], Response]:
         if services.authenticator.identify(authorization, partial(cookie_token, raw)) is None:
             if services.authenticator.dev_mode:
                 _, request.state.new_token = services.authenticator.mint_anonymous(
-                    api.client_address(request.scope)
+                    rest.client_address(request.scope)
                 )
         response = FileResponse(path, headers={"cache-control": "no-store"})
-        return api.respond(request, response)
+        return rest.respond(request, response)
 
     return page
 
@@ -243,7 +225,7 @@ class AccessLog:
             if access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(
                     '%s "%s %s" %d %.1fms',
-                    api.client_address(scope),
+                    rest.client_address(scope),
                     scope.get("method", "WS"),
                     _template(scope),
                     status,
