@@ -1,17 +1,39 @@
-"""The session record, its wire form, and how ids are minted."""
+"""The session record, its wire form, how ids are minted, and the session rules
+(:class:`SessionService`)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from .exceptions import InvalidBody, NotFound, StoreError, TooManySockets
+
+if TYPE_CHECKING:
+    from .registry import Registry
+    from .settings import Settings
+    from .stores.base import SessionStore
+
+logger = logging.getLogger("presence.sessions")
 
 Transport: TypeAlias = Literal["websocket", "http", "none"]
 State: TypeAlias = Literal["active", "away", "disconnected"]
 JSON: TypeAlias = Any
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: Passed as ``data`` to leave a session's data as it is.
+UNSET: JSON = _Unset()
 
 TRANSPORTS: frozenset[str] = frozenset({"websocket", "http", "none"})
 STATES: frozenset[str] = frozenset({"active", "away", "disconnected"})
@@ -104,3 +126,150 @@ def _iso(timestamp: float) -> str:
 def _iso_datetime(timestamp: float) -> str:
     moment = datetime.fromtimestamp(timestamp, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SessionService:
+    """The session rules, once, for every edge: REST, the socket, and the presence
+    layer above them. The edges parse, call this and map what it raises.
+
+    Args:
+        settings: the limits (data size, ids per cleanup, sockets per user) and the
+            inactive threshold.
+        store: where sessions live.
+        registry: this process's open sockets (for the sockets-per-user bound).
+        new_id: mints session ids.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: SessionStore,
+        registry: Registry,
+        new_id: Callable[[], str] = new_session_id,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.new_id = new_id
+
+    async def create(self, user: str, data: JSON = UNSET) -> Session:
+        """A new session of ``user``'s.
+
+        Raises:
+            InvalidBody: ``data`` is larger than its limit.
+            TooManySessions: every one of the user's sessions is held open at the cap.
+        """
+        self._check_data(data)
+        return await self.store.create(user, self.new_id(), data=None if data is UNSET else data)
+
+    async def list_sessions(self, user: str) -> list[Session]:
+        return await self.store.list_sessions(user)
+
+    async def get(self, user: str, session_id: str) -> Session:
+        """Raises NotFound unless ``user`` holds a live session ``session_id``."""
+        _check_id(session_id)
+        session = await self.store.get(user, session_id)
+        if session is None:
+            raise NotFound("no such session")
+        return session
+
+    async def delete(self, user: str, session_id: str) -> None:
+        """Deletes the session (its sockets anywhere are told ``deleted``).
+
+        Raises:
+            NotFound: the user holds no such session.
+        """
+        _check_id(session_id)
+        if not await self.store.delete(user, [session_id], "deleted"):
+            raise NotFound("no such session")
+
+    async def heartbeat(
+        self, user: str, session_id: str, *, state: State = "active", data: JSON = UNSET
+    ) -> Session:
+        """Keeps a session alive over HTTP; never recreates one.
+
+        Raises:
+            NotFound: no such live session (the client creates a new one).
+            InvalidBody: ``data`` is larger than its limit.
+        """
+        _check_id(session_id)
+        self._check_data(data)
+        session = await self.store.touch(user, session_id, transport="http", state=state, data=data)
+        if session is None:
+            raise NotFound("no such session; create a new one")
+        return session
+
+    async def cleanup(self, user: str, kind: str, session_ids: Sequence[str] = ()) -> list[str]:
+        """Deletes the user's sessions: ``all`` of them, the ``inactive`` ones (not seen
+        for longer than ``INACTIVE_THRESHOLD``), or the ``specific`` ids (those the user
+        does not hold are ignored). Returns the ids deleted.
+
+        Raises:
+            InvalidBody: more ids than ``PRESENCE_MAX_CLEANUP_IDS``.
+        """
+        if kind == "specific":
+            limit = self.settings.max_cleanup_ids
+            if len(session_ids) > limit:
+                raise InvalidBody(
+                    f"session_ids has {len(session_ids)} ids; at most {limit} are allowed"
+                )
+            valid = [sid for sid in session_ids if is_session_id(sid)]
+            return await self.store.delete(user, valid, "cleanup")
+        if kind == "all":
+            return await self.store.delete_all(user, "cleanup")
+        return await self.store.delete_inactive(user, self.settings.inactive_threshold, "cleanup")
+
+    def reserve_socket(self, user: str) -> None:
+        """Takes one of the user's places for a socket on this process, before anything
+        is awaited (so that concurrent handshakes cannot all pass the bound); every
+        place taken is given back with :meth:`release_socket`.
+
+        Raises:
+            TooManySockets: the user holds ``PRESENCE_MAX_SOCKETS_PER_USER`` here.
+        """
+        limit = self.settings.max_sockets_per_user
+        if not self.registry.reserve(user, limit):
+            raise TooManySockets(f"a user may hold at most {limit} open sockets on a server")
+
+    def release_socket(self, user: str) -> None:
+        self.registry.release(user)
+
+    async def attach(self, user: str, session_id: str) -> Session:
+        """A socket of the session is opening: the session is kept alive by it from now.
+
+        Raises:
+            NotFound: no such live session.
+        """
+        _check_id(session_id)
+        session = await self.store.touch(user, session_id, transport="websocket", state="active")
+        if session is None:
+            raise NotFound("no such session")
+        return session
+
+    async def set_visibility(self, user: str, session_id: str, state: State) -> Session | None:
+        """The tab of an open socket was shown (``active``) or hidden (``away``); None
+        when the session is gone."""
+        return await self.store.touch(user, session_id, state=state)
+
+    async def detach(self, user: str, session_id: str) -> None:
+        """The session's last socket here closed: it is ``disconnected``, still alive
+        within its TTL. A store that cannot take it now is logged, not raised: the
+        socket is gone either way."""
+        try:
+            await self.store.touch(user, session_id, transport="none", state="disconnected")
+        except StoreError:
+            logger.warning("could not mark a session disconnected: store unavailable")
+
+    def _check_data(self, data: JSON) -> None:
+        if data is UNSET:
+            return
+        limit = self.settings.max_data_bytes
+        size = len(json.dumps(data, separators=(",", ":")).encode())
+        if size > limit:
+            raise InvalidBody(f"data is {size} bytes once encoded; the limit is {limit}")
+
+
+def _check_id(session_id: str) -> None:
+    # A string of another shape is no session of anyone's: not found, like any other.
+    if not is_session_id(session_id):
+        raise NotFound("no such session")

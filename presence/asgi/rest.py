@@ -255,34 +255,13 @@ def _check_fields(body: dict[str, JSON], allowed: frozenset[str]) -> None:
     raise _invalid(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
 
 
-def _data(services: Services, body: dict[str, JSON]) -> JSON:
-    data = body.get("data", UNSET)
-    if data is UNSET:
-        return UNSET
-    limit = services.settings.max_data_bytes
-    size = len(json.dumps(data, separators=(",", ":")).encode())
-    if size > limit:
-        raise _invalid(f"data is {size} bytes once encoded; the limit is {limit}")
-    return data
-
-
-def _session_id(request: Request) -> str:
-    session_id: str = request.path_params["session_id"]
-    if not is_session_id(session_id):
-        raise NotFound("no such session")
-    return session_id
-
-
 async def create_session(request: Request) -> Response:
     services = _services(request)
     headers = first_headers(request.scope["headers"])
     identity = identify(request, headers, services, mint=True)
     body = await read_json(request, headers, services)
     _check_fields(body, _CREATE_FIELDS)
-    data = _data(services, body)
-    session = await services.store.create(
-        identity.user, services.new_session_id(), data=None if data is UNSET else data
-    )
+    session = await services.sessions.create(identity.user, body.get("data", UNSET))
     response = _JSONResponse(session.to_json(), status_code=201)
     response.headers["location"] = f"{request.url.path.rstrip('/')}/{session.id}"
     return respond(request, response)
@@ -290,25 +269,21 @@ async def create_session(request: Request) -> Response:
 
 async def list_sessions(request: Request) -> Response:
     identity = identify(request)
-    sessions = await _services(request).store.list_sessions(identity.user)
+    sessions = await _services(request).sessions.list_sessions(identity.user)
     return _JSONResponse({"sessions": [s.to_json() for s in sessions]})
 
 
 async def get_session(request: Request) -> Response:
     identity = identify(request)
-    session = await _services(request).store.get(identity.user, _session_id(request))
-    if session is None:
-        raise NotFound("no such session")
+    session = await _services(request).sessions.get(
+        identity.user, request.path_params["session_id"]
+    )
     return _JSONResponse(session.to_json())
 
 
 async def delete_session(request: Request) -> Response:
     identity = identify(request)
-    deleted = await _services(request).store.delete(
-        identity.user, [_session_id(request)], "deleted"
-    )
-    if not deleted:
-        raise NotFound("no such session")
+    await _services(request).sessions.delete(identity.user, request.path_params["session_id"])
     return Response(status_code=204)
 
 
@@ -316,7 +291,9 @@ async def heartbeat(request: Request) -> Response:
     services = _services(request)
     headers = first_headers(request.scope["headers"])
     identity = identify(request, headers, services)
-    session_id = _session_id(request)
+    session_id: str = request.path_params["session_id"]
+    if not is_session_id(session_id):  # before the body: nothing of it is read then
+        raise NotFound("no such session")
     body = await read_json(request, headers, services)
     _check_fields(body, _HEARTBEAT_FIELDS)
     state = body.get("state", "active")
@@ -324,15 +301,9 @@ async def heartbeat(request: Request) -> Response:
     # is unhashable (TypeError, a 500).
     if state not in _HEARTBEAT_STATES:
         raise _invalid('state must be "active" or "away"')
-    session = await services.store.touch(
-        identity.user,
-        session_id,
-        transport="http",
-        state=state,
-        data=_data(services, body),
+    session = await services.sessions.heartbeat(
+        identity.user, session_id, state=state, data=body.get("data", UNSET)
     )
-    if session is None:
-        raise NotFound("no such session; create a new one")
     return _JSONResponse(session.to_json())
 
 
@@ -346,28 +317,16 @@ async def cleanup(request: Request) -> Response:
     if kind not in CLEANUP_TYPES:
         raise _invalid(f"type must be one of {', '.join(CLEANUP_TYPES)}; got {kind!r}")
     ids: Any = body.get("session_ids")
-    store = services.store
     if kind == "specific":
-        limit = services.settings.max_cleanup_ids
         if not isinstance(ids, list) or not ids:
             raise _invalid("session_ids must be a non-empty list for type specific")
-        if len(ids) > limit:
-            raise _invalid(f"session_ids has {len(ids)} ids; at most {limit} are allowed")
         if not all(isinstance(i, str) and len(i) <= MAX_CLEANUP_ID_LENGTH for i in ids):
             raise _invalid(
                 f"session_ids must be strings of at most {MAX_CLEANUP_ID_LENGTH} characters"
             )
-        valid = [i for i in ids if is_session_id(i)]
-        deleted = await store.delete(identity.user, valid, "cleanup")
-    else:
-        if ids not in (None, []):
-            raise _invalid(f"session_ids is only for type specific, not {kind}")
-        if kind == "all":
-            deleted = await store.delete_all(identity.user, "cleanup")
-        else:
-            deleted = await store.delete_inactive(
-                identity.user, services.settings.inactive_threshold, "cleanup"
-            )
+    elif ids not in (None, []):
+        raise _invalid(f"session_ids is only for type specific, not {kind}")
+    deleted = await services.sessions.cleanup(identity.user, kind, ids or ())
     return _JSONResponse({"deleted": len(deleted), "session_ids": deleted})
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..auth import Authenticator, OriginPolicy
 from ..registry import Refresher, Registry
-from ..sessions import new_session_id
+from ..sessions import SessionService, new_session_id
 from ..settings import Settings
 from ..stores import SessionStore, store_from_settings
 
@@ -28,6 +28,13 @@ class Services:
     registry: Registry = field(default_factory=Registry)
     new_session_id: Callable[[], str] = new_session_id
     refresher: Refresher | None = None
+    sessions: SessionService = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Ids are minted through this object, so that a test may swap the minting.
+        self.sessions = SessionService(
+            self.settings, self.store, self.registry, lambda: self.new_session_id()
+        )
 
     @classmethod
     def build(cls, settings: Settings, store: SessionStore | None = None) -> Services:

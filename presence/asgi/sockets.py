@@ -26,7 +26,6 @@ from ..exceptions import (
     PresenceError,
     RateLimited,
     StoreError,
-    TooManySockets,
     Unauthorized,
 )
 from ..sessions import is_session_id
@@ -90,26 +89,19 @@ async def session_socket(websocket: WebSocket) -> None:
     services: Services = websocket.scope["app"].state.services
     session_id: str = websocket.scope["path_params"]["session_id"]
     registry = services.registry
+    sessions = services.sessions
     try:
         identity = _identify(websocket, services)
         if not is_session_id(session_id):
             raise NotFound("no such session")
-        # Taken before anything is awaited, so that concurrent handshakes of one user
-        # cannot all pass the bound; given back in the finally below.
-        limit = services.settings.max_sockets_per_user
-        if not registry.reserve(identity.user, limit):
-            raise TooManySockets(f"a user may hold at most {limit} open sockets on a server")
+        sessions.reserve_socket(identity.user)
     except PresenceError as error:
         await _deny(websocket, error)
         return
     user = identity.user
     try:
         try:
-            session = await services.store.touch(
-                user, session_id, transport="websocket", state="active"
-            )
-            if session is None:
-                raise NotFound("no such session")
+            session = await sessions.attach(user, session_id)
         except PresenceError as error:
             await _deny(websocket, error)
             return
@@ -141,9 +133,9 @@ async def session_socket(websocket: WebSocket) -> None:
                 expiry.cancel()
             last_here = registry.discard(ref, socket)
             if last_here and not socket.ended:
-                await _mark_disconnected(services, user, session_id)
+                await sessions.detach(user, session_id)
     finally:
-        registry.release(user)
+        sessions.release_socket(user)
 
 
 def _identify(websocket: WebSocket, services: Services) -> Identity:
@@ -194,8 +186,8 @@ async def _dispatch(
 ) -> None:
     if isinstance(message, protocol.Visibility):
         try:
-            session = await services.store.touch(
-                socket.user, socket.session_id, state=message.state
+            session = await services.sessions.set_visibility(
+                socket.user, socket.session_id, message.state
             )
         except StoreError as error:  # the store is busy or away: the socket stays open
             await socket.send(errors.in_band(error))
@@ -217,13 +209,6 @@ def _expire(socket: SessionSocket) -> None:
     task = asyncio.ensure_future(socket.end("expired"))
     _expiring.add(task)
     task.add_done_callback(_expiring.discard)
-
-
-async def _mark_disconnected(services: Services, user: str, session_id: str) -> None:
-    try:
-        await services.store.touch(user, session_id, transport="none", state="disconnected")
-    except StoreError:
-        logger.warning("could not mark a session disconnected: store unavailable")
 
 
 async def _deny(websocket: WebSocket, error: PresenceError) -> None:

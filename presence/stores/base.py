@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from ..sessions import JSON, Session, State, Transport
+from ..sessions import JSON, UNSET, Session, State, Transport
 
 #: Called with (user, session_id, reason) when a session ends anywhere.
 EndedCallback = Callable[[str, str, str], Awaitable[None]]
@@ -13,14 +13,7 @@ EndedCallback = Callable[[str, str, str], Awaitable[None]]
 #: A reference to a session: (user, session_id).
 SessionRef = tuple[str, str]
 
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-#: Passed as ``data`` to :meth:`SessionStore.touch` to leave the data as it is.
-UNSET: JSON = _Unset()
+__all__ = ["UNSET", "EndedCallback", "SessionRef", "SessionStore"]
 
 
 @runtime_checkable
