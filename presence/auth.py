@@ -44,10 +44,28 @@ _VERIFIED_MAX = 16384
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """An authenticated user and how the credential came."""
+    """An authenticated user and how the credential came.
+
+    Attributes:
+        rooms: the rooms the user may join and watch, from the token's ``rooms`` claim
+            (exact names, or prefixes ending in ``*``); None when every room is open
+            (development mode, ``PRESENCE_OPEN_ROOMS``).
+    """
 
     user: str
     via: Literal["bearer", "cookie", "query"]
+    rooms: tuple[str, ...] | None = None
+
+    def may_enter(self, room: str) -> bool:
+        """True when the user may join and watch ``room``."""
+        if self.rooms is None:
+            return True
+        for allowed in self.rooms:
+            if allowed.endswith("*") and room.startswith(allowed[:-1]):
+                return True
+            if room == allowed:
+                return True
+        return False
 
     @property
     def ambient(self) -> bool:
@@ -67,7 +85,8 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self.dev_mode = settings.dev_mode
         self._key = settings.jwt_secret or settings.dev_secret or secrets.token_urlsafe(32)
-        self._verified: dict[str, tuple[str, float]] = {}
+        self._verified: dict[str, tuple[str, tuple[str, ...] | None, float]] = {}
+        self._open_rooms = settings.rooms_open
         # Every anonymous identity may become sessions in the store, each kept a TTL:
         # one address minting without bound (931 a second were seen) fills Redis.
         per_minute = settings.anonymous_per_minute
@@ -159,8 +178,8 @@ class Authenticator:
     def _verify(self, token: str, via: Literal["bearer", "cookie", "query"]) -> Identity | None:
         now = time.time()
         cached = self._verified.get(token)
-        if cached is not None and cached[1] > now:
-            return Identity(cached[0], via)
+        if cached is not None and cached[2] > now:
+            return Identity(cached[0], via, cached[1])
         try:
             claims = jwt.decode(
                 token,
@@ -180,10 +199,19 @@ class Authenticator:
         expiry = claims.get("exp")
         if isinstance(expiry, int | float):
             valid_until = min(valid_until, expiry + _LEEWAY)
+        rooms = None if self._open_rooms else _rooms_claim(claims.get("rooms"))
         if len(self._verified) >= _VERIFIED_MAX:
             self._verified.clear()
-        self._verified[token] = (sub, valid_until)
-        return Identity(sub, via)
+        self._verified[token] = (sub, rooms, valid_until)
+        return Identity(sub, via, rooms)
+
+
+def _rooms_claim(claim: object) -> tuple[str, ...]:
+    """The rooms a ``rooms`` claim allows: its strings (exact names, or prefixes ending
+    in ``*``); a claim of any other shape allows none."""
+    if not isinstance(claim, list):
+        return ()
+    return tuple(item for item in claim if isinstance(item, str) and item)
 
 
 def _encodable(text: str) -> bool:

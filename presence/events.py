@@ -16,11 +16,12 @@ metas are embedded as the clients sent them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from .rooms import REASONS, Diff, Leave, Member, Reason, Status
+from .models import REASONS, Diff, Leave, Member, Reason, Status
 
 _STATUSES = ("online", "away", "offline")
 
@@ -57,8 +58,13 @@ def decode_ended(raw: str | bytes) -> SessionEnded:
         raise ValueError(f"not a session-ended event: {exc}") from None
 
 
+def _ms(seconds: float) -> int:
+    # Truncated, as the wire's ISO times are: a time and its ms agree to the ms.
+    return math.floor(seconds * 1000)
+
+
 def _member_row(member: Member) -> list[Any]:
-    return [member.user, member.status, member.sessions, member.meta, round(member.since * 1000)]
+    return [member.user, member.status, member.sessions, member.meta, _ms(member.since)]
 
 
 def encode_diff(diff: Diff) -> str:
@@ -73,7 +79,7 @@ def encode_diff(diff: Diff) -> str:
             "c": diff.count,
             "j": [_member_row(m) for m in diff.joins],
             "u": [_member_row(m) for m in diff.updates],
-            "l": [[x.user, x.reason, round(x.last_seen * 1000)] for x in diff.leaves],
+            "l": [[x.user, x.reason, _ms(x.last_seen)] for x in diff.leaves],
         },
         separators=(",", ":"),
         ensure_ascii=False,

@@ -14,13 +14,17 @@ The tree::
     │   ├── UnsupportedMediaType  a body that is not JSON or text
     │   ├── InvalidBody           well-formed, but a field is missing, unknown or bad
     │   ├── InvalidMessage        a socket message that is not an object or has a bad field
-    │   └── UnknownMessageType    a socket message of a type the server does not know
+    │   ├── UnknownMessageType    a socket message of a type the server does not know
+    │   └── InvalidRoom           not a room name
     ├── Unauthorized              no valid identity
     ├── Forbidden                 origin or CSRF check failed
+    │   └── RoomForbidden         the token's rooms claim does not allow the room
     ├── NotFound                  no such session for this user
+    ├── NotInRoom                 the session is not in that room
     ├── LimitExceeded             a bound on what one client may hold or do
     │   ├── TooManySessions       the user's live sessions
     │   ├── TooManySockets        the user's open sockets
+    │   ├── TooManyRooms          the rooms one session is in or watches
     │   └── RateLimited           too many requests or messages in a while
     └── StoreError                the store cannot do it now
         ├── StoreUnavailable      Redis did not answer in time
@@ -87,6 +91,10 @@ class UnknownMessageType(InvalidRequest):
     """A socket message of a type the server does not know."""
 
 
+class InvalidRoom(InvalidRequest):
+    """Not a room name (1-128 characters of ``[A-Za-z0-9_.:@-]``)."""
+
+
 class Unauthorized(PresenceError):
     """The request carries no valid identity."""
 
@@ -95,8 +103,16 @@ class Forbidden(PresenceError):
     """The request's origin is not allowed."""
 
 
+class RoomForbidden(Forbidden):
+    """The token's ``rooms`` claim does not allow this room."""
+
+
 class NotFound(PresenceError):
     """No session with that id exists for this user (whether or not another user has one)."""
+
+
+class NotInRoom(PresenceError):
+    """The session is not in that room (to update or leave)."""
 
 
 class LimitExceeded(PresenceError):
@@ -109,6 +125,10 @@ class TooManySessions(LimitExceeded):
 
 class TooManySockets(LimitExceeded):
     """The user already holds the maximum number of open sockets on this process."""
+
+
+class TooManyRooms(LimitExceeded):
+    """The session is in (or watches) its maximum of rooms."""
 
 
 class RateLimited(LimitExceeded):

@@ -76,3 +76,29 @@ def selfcheck_keys(prefix: str) -> list[str]:
     which no user's tag has; the check deletes them, and their TTL is seconds anyway."""
     tag = "{#selfcheck}"
     return [f"{prefix}:{tag}:one", f"{prefix}:{tag}:idx", f"{prefix}:{tag}:s:selfcheck"]
+
+
+# -- presence -------------------------------------------------------------------------
+
+
+def room_tag(room: str) -> str:
+    """The hash tag of a room's keys and channel: its name, which room names' charset
+    keeps free of braces (see presence.models.is_room)."""
+    return "{" + room + "}"
+
+
+def room_channel(prefix: str, room: str) -> str:
+    """A room's diffs, numbered, published by the store's flush in the same step as the
+    seq they carry; each process with watchers of the room subscribes once (sharded on
+    a cluster: it lives in the room's slot, as the flush script requires)."""
+    return f"{prefix}:room:{room_tag(room)}"
+
+
+#: Seconds a process's lease lasts unrenewed: a process that has not renewed it for
+#: this long is taken for dead and reaped (its members leave with ``node_down``, once
+#: the grace since its last renewal has passed too). Three renewals may fail first, so
+#: a stall of the event loop or a lost round trip is not a death.
+LEASE_TTL = 3.0
+#: Seconds between a process's renewals of its lease, and between its looks for
+#: lapsed ones.
+LEASE_RENEW_INTERVAL = 1.0

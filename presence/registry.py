@@ -66,14 +66,17 @@ class Registry:
             self._per_user.pop(user, None)
         self.sockets -= 1
 
-    def add(self, ref: SessionRef, socket: Endable) -> None:
+    def add(self, ref: SessionRef, socket: Endable) -> bool:
+        """Holds a socket; returns True when it is the session's first one here."""
         held = self._sockets.get(ref)
         if held is None:
             self._sockets[ref] = socket
-        elif isinstance(held, list):
+            return True
+        if isinstance(held, list):
             held.append(socket)
         else:
             self._sockets[ref] = [held, socket]
+        return False
 
     def discard(self, ref: SessionRef, socket: Endable) -> bool:
         """Forgets a socket; returns True when it was the session's last one here."""
@@ -95,12 +98,26 @@ class Registry:
         return list(self._sockets)
 
     async def end(self, user: str, session_id: str, reason: str) -> None:
-        """Ends every socket of a session held here (an ``ended`` callback)."""
+        """Ends every socket of a session held here (an ``ended`` callback). Each is
+        ended in a task of its own: the bus that calls this must not wait on a client
+        that does not read."""
         held = self._sockets.get((user, session_id))
         if held is None:
             return
         for socket in list(held) if isinstance(held, list) else [held]:
-            await socket.end(reason)
+            task = asyncio.ensure_future(socket.end(reason))
+            _ending.add(task)
+            task.add_done_callback(_ending.discard)
+
+    def sockets_of(self, ref: SessionRef) -> list[Endable]:
+        held = self._sockets.get(ref)
+        if held is None:
+            return []
+        return list(held) if isinstance(held, list) else [held]
+
+
+# Sockets being ended: the loop keeps only weak references to tasks.
+_ending: set[asyncio.Task[None]] = set()
 
 
 class Refresher:

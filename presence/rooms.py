@@ -19,157 +19,77 @@ the stores (memory, Redis) compute the same thing and a Hypothesis test can driv
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .sessions import _iso
+from . import events, keys
+from .exceptions import (
+    InvalidBody,
+    InvalidRoom,
+    NotFound,
+    NotInRoom,
+    RoomForbidden,
+    StoreUnavailable,
+    TooManyRooms,
+)
+from .models import (
+    JSON,
+    REASONS,
+    ROOM_PATTERN,
+    Diff,
+    Joined,
+    Leave,
+    Member,
+    Reason,
+    RoomPage,
+    Status,
+    Tab,
+    TabState,
+    UserPresence,
+    is_room,
+)
 
-JSON: TypeAlias = Any
-Status = Literal["online", "away", "offline"]
-#: Why a member left: the client left the room or unloaded the page (``left``), the
-#: socket closed and the grace passed (``closed``), no pong or REST heartbeat in time
-#: (``timeout``), the session was deleted or cleaned up (``ended``), its TTL or lifetime
-#: ran out (``expired``), or the process holding it died (``node_down``).
-Reason = Literal["left", "closed", "timeout", "ended", "expired", "node_down"]
-REASONS: tuple[Reason, ...] = ("left", "closed", "timeout", "ended", "expired", "node_down")
-#: A tab's own state: ``online`` (an open socket with a visible, active tab, or a fresh
-#: active REST heartbeat) or ``away`` (hidden or idle).
-TabState = Literal["online", "away"]
+if TYPE_CHECKING:
+    from .auth import Identity
+    from .bus import EventBus
+    from .sessions import Session
+    from .settings import Settings
+    from .stores.presence_base import JoinResult, PresenceStore
 
-ROOM_PATTERN = re.compile(r"[A-Za-z0-9_.:@\-]{1,128}")
+__all__ = [
+    "JSON",
+    "REASONS",
+    "ROOM_PATTERN",
+    "Diff",
+    "GapError",
+    "Joined",
+    "Leave",
+    "Member",
+    "Reason",
+    "RoomPage",
+    "RoomService",
+    "Status",
+    "Tab",
+    "TabState",
+    "UserPresence",
+    "View",
+    "Watcher",
+    "coalesce",
+    "is_room",
+    "last_departure",
+    "member_of",
+    "user_status",
+]
 
-
-def is_room(name: object) -> bool:
-    """True for a valid room name: 1-128 characters of ``[A-Za-z0-9_.:@-]``."""
-    return isinstance(name, str) and ROOM_PATTERN.fullmatch(name) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Member:
-    """A user present in a room.
-
-    Attributes:
-        user: the user (a JWT's ``sub``).
-        status: the user's status, across every tab and device.
-        sessions: how many of the user's sessions are in the room.
-        meta: the meta most recently set by any of them (client JSON).
-        since: when the user came into the room (POSIX seconds).
-    """
-
-    user: str
-    status: Status
-    sessions: int
-    meta: JSON
-    since: float
-
-    def to_json(self) -> dict[str, JSON]:
-        return {
-            "user": self.user,
-            "status": self.status,
-            "sessions": self.sessions,
-            "meta": self.meta,
-            "since": _iso(self.since),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Leave:
-    """A user who left a room, why, and when they were last seen there."""
-
-    user: str
-    reason: Reason
-    last_seen: float
-
-    def to_json(self) -> dict[str, JSON]:
-        return {"user": self.user, "reason": self.reason, "last_seen": _iso(self.last_seen)}
-
-
-@dataclass(frozen=True, slots=True)
-class Diff:
-    """What changed in a room during one window, numbered: ``seq`` is one more than the
-    room's previous diff's."""
-
-    room: str
-    seq: int
-    joins: tuple[Member, ...]
-    updates: tuple[Member, ...]
-    leaves: tuple[Leave, ...]
-    count: int
-
-    def __bool__(self) -> bool:
-        return bool(self.joins or self.updates or self.leaves)
-
-
-@dataclass(frozen=True, slots=True)
-class RoomPage:
-    """A room's members, one page of them, as of ``seq``.
-
-    Attributes:
-        next: the cursor of the next page, or None on the last.
-        partial: True when the members are only this process's (Redis is away).
-    """
-
-    room: str
-    seq: int
-    count: int
-    members: tuple[Member, ...]
-    next: str | None = None
-    partial: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class UserPresence:
-    """A user's presence across tabs and devices.
-
-    Attributes:
-        sessions: how many of the user's sessions are present (held or in their grace).
-        last_seen: when the user was last present (kept after they go offline).
-        rooms: the rooms the user is a member of.
-    """
-
-    user: str
-    status: Status
-    sessions: int
-    last_seen: float | None
-    rooms: tuple[str, ...]
-
-    def to_json(self) -> dict[str, JSON]:
-        return {
-            "user": self.user,
-            "status": self.status,
-            "sessions": self.sessions,
-            "last_seen": None if self.last_seen is None else _iso(self.last_seen),
-            "rooms": list(self.rooms),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    """One tab's membership in one room."""
-
-    joined_at: float
-    meta: JSON
-    meta_at: float
-    #: Set once the tab left the room, while the grace runs: (reason, when it left).
-    leaving: tuple[Reason, float] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Tab:
-    """One session's presence: its state, and the rooms it is in.
-
-    Attributes:
-        leaving: set once the session's hold ended (socket closed, process died,
-            session ended) while the grace runs: (reason, when). A leaving tab still
-            counts, with its last state, so a refresh inside the grace changes nothing.
-    """
-
-    session_id: str
-    state: TabState
-    rooms: Mapping[str, Joined] = field(default_factory=dict)
-    leaving: tuple[Reason, float] | None = None
+logger = logging.getLogger("presence.rooms")
 
 
 def user_status(tabs: Iterable[Tab]) -> Status:
@@ -287,3 +207,476 @@ class View:
             self.members[member.user] = member
         self.seq = diff.seq
         self.count = diff.count
+
+
+# -- the service ------------------------------------------------------------------------
+
+
+class Watcher(Protocol):
+    """What the room service needs of a socket that watches rooms.
+
+    Attributes:
+        watching: each watched room and the ``seq`` the socket has been sent up to
+            (None while its sync is on the way).
+    """
+
+    user: str
+    session_id: str
+    watching: dict[str, int | None]
+
+    async def offer(self, text: str) -> bool:
+        """Sends ``text`` if the socket takes it without waiting (a client that does
+        not read is skipped, never waited on); False when it did not."""
+
+    async def send(self, text: str) -> None:
+        """Sends ``text``, waiting if need be (from the socket's own task only)."""
+
+
+@dataclass
+class _LocalRoom:
+    """A room as this process sees it: its watchers here, and the diffs it heard."""
+
+    watchers: set[Watcher] = field(default_factory=set)
+    #: The seq of the last diff heard on the bus, None before the first.
+    seq: int | None = None
+    #: The latest diffs' texts by seq, for a watcher whose sync was on its way.
+    recent: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=_RECENT))
+
+
+# Diffs of a room kept for watchers whose sync was on its way when they came.
+_RECENT = 32
+# Attempts at syncing a watcher before it is left for the next diff to catch up.
+_SYNC_ATTEMPTS = 3
+
+
+@dataclass
+class RestTab:
+    """A session present over REST, held by this process until its heartbeats stop."""
+
+    user: str
+    session_id: str
+    gen: int
+    state: TabState
+    timer: asyncio.TimerHandle | None = None
+
+
+class RoomService:
+    """The presence rules, once: who may join and watch, tabs held and released with a
+    grace, diffs flushed once a window and fanned out to this process's watchers, the
+    process's lease, and the reaping of processes that died.
+
+    Args:
+        settings: the limits and timers.
+        store: where tabs, rooms and members live.
+        bus: where room diffs arrive from every process.
+        channel: the bus channel of a room (see :mod:`presence.keys`).
+        sharded: room channels are sharded (a Redis Cluster).
+        encode_sync, encode_diff: the wire form of a sync and a diff (the edge's).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: PresenceStore,
+        bus: EventBus,
+        *,
+        channel: Callable[[str], str],
+        sharded: bool = False,
+        encode_sync: Callable[[RoomPage], str],
+        encode_diff: Callable[[Diff, int], str],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.channel = channel
+        self.sharded = sharded
+        self.encode_sync = encode_sync
+        self.encode_diff = encode_diff
+        self.holder = _holder_name()
+        self._rooms: dict[str, _LocalRoom] = {}
+        self._listeners: dict[str, Callable[[str], Awaitable[None]]] = {}
+        self._flushing: set[str] = set()
+        self._rest: dict[tuple[str, str], RestTab] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lease: asyncio.Task[None] | None = None
+        self._reaping: set[str] = set()
+
+    # -- life -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.renew(self.holder, keys.LEASE_TTL)
+        self.bus.on_reconnect(self._resync_all)
+        self._lease = asyncio.create_task(self._lease_loop(), name="presence-lease")
+
+    async def stop(self) -> None:
+        if self._lease is not None:
+            self._lease.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease
+            self._lease = None
+        for tab in self._rest.values():
+            if tab.timer is not None:
+                tab.timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+
+    # -- rules ----------------------------------------------------------------------------
+
+    def check_room(self, identity: Identity, room: object) -> str:
+        """The room's name, if ``identity`` may join and watch it.
+
+        Raises:
+            InvalidMessage: not a room name.
+            RoomForbidden: the token's ``rooms`` claim does not allow it.
+        """
+        if not is_room(room):
+            raise InvalidRoom("a room is 1-128 characters of A-Z a-z 0-9 _ . : @ -")
+        assert isinstance(room, str)
+        if not identity.may_enter(room):
+            raise RoomForbidden(f"this token does not allow the room {room!r}")
+        return room
+
+    def check_meta(self, meta: JSON) -> str:
+        """``meta`` encoded, if it is within its size limit.
+
+        Raises:
+            InvalidBody: larger than ``PRESENCE_MAX_META_BYTES`` once encoded.
+        """
+        encoded = json.dumps(meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        limit = self.settings.max_meta_bytes
+        if len(encoded.encode()) > limit:
+            raise InvalidBody(
+                f"meta is {len(encoded.encode())} bytes once encoded; the limit is {limit}"
+            )
+        return encoded
+
+    # -- tabs of sockets --------------------------------------------------------------
+
+    async def open_tab(self, user: str, session_id: str, state: TabState = "online") -> int:
+        """A socket of the session opened here: its tab is present, held by this
+        process, ending any grace it was in. Returns the hold's generation."""
+        self._drop_rest(user, session_id)
+        gen, changed = await self.store.hold(user, session_id, holder=self.holder, state=state)
+        self._changed_now(changed)
+        return gen
+
+    async def set_state(self, user: str, session_id: str, state: TabState) -> None:
+        """The tab was shown or hidden, went idle or came back."""
+        self._changed_now(await self.store.set_state(user, session_id, state, holder=self.holder))
+
+    async def close_tab(self, user: str, session_id: str, gen: int, reason: Reason) -> None:
+        """The session's last socket here closed (``closed``, ``timeout``), or the
+        session ended (``ended``, ``expired``): the tab leaves after the grace unless it
+        is held again meanwhile."""
+        since = await self.store.release(user, session_id, reason, holder=self.holder, gen=gen)
+        if since is not None:
+            self._depart_later(user, session_id, since)
+
+    # -- rooms ----------------------------------------------------------------------------
+
+    async def join(
+        self, identity: Identity, session_id: str, room: str, meta: JSON, *, watched: int = 0
+    ) -> JoinResult:
+        """The session (held here) joins ``room`` with ``meta``, or sets its meta there.
+
+        Args:
+            watched: rooms the socket watches without being in them: they count
+                against ``PRESENCE_MAX_ROOMS_PER_SESSION`` too.
+
+        Raises:
+            TooManyRooms: the session is in its maximum of rooms.
+        """
+        encoded = self.check_meta(meta)
+        limit = self.settings.max_rooms_per_session
+        result, changed = await self.store.join(
+            identity.user, session_id, room, json.loads(encoded), max_rooms=max(0, limit - watched)
+        )
+        if result == "full":
+            raise TooManyRooms(f"a session may be in at most {limit} rooms")
+        if result == "no_tab":
+            raise NotFound("no such session present here; open its socket first")
+        self._changed_now(changed)
+        return result
+
+    async def update(self, identity: Identity, session_id: str, room: str, meta: JSON) -> None:
+        """Sets the session's meta in ``room``.
+
+        Raises:
+            NotInRoom: the session is not in the room.
+        """
+        encoded = self.check_meta(meta)
+        changed = await self.store.update(identity.user, session_id, room, json.loads(encoded))
+        if changed is None:
+            raise NotInRoom(f"this session is not in the room {room!r}")
+        self._changed_now(changed)
+
+    async def leave(self, user: str, session_id: str, room: str, reason: Reason = "left") -> bool:
+        """The session leaves ``room`` (announced after the grace, unless it joins
+        again); False when it was not in it."""
+        left = await self.store.leave(user, session_id, room, reason)
+        if left is None:
+            return False
+        self._depart_later(user, session_id, left[0])
+        return True
+
+    # -- watching ---------------------------------------------------------------------
+
+    async def watch(self, watcher: Watcher, room: str) -> None:
+        """``watcher`` watches ``room`` from now: it is sent a sync, then every diff.
+        Watching a room it watches already sends it a fresh sync (a client that saw a
+        gap asks this way)."""
+        local = self._rooms.get(room)
+        if local is None:
+            local = self._rooms[room] = _LocalRoom()
+            listener = self._listener(room)
+            self._listeners[room] = listener
+            try:
+                await self.bus.listen(self.channel(room), listener, sharded=self.sharded)
+            except StoreUnavailable:
+                # The bus keeps trying and says Reconnected when it has the channel,
+                # and every watcher is synced again then.
+                logger.warning("could not subscribe a room's channel yet; will sync on reconnect")
+        local.watchers.add(watcher)
+        await self._sync(watcher, room, local)
+
+    async def unwatch(self, watcher: Watcher, room: str) -> None:
+        watcher.watching.pop(room, None)
+        local = self._rooms.get(room)
+        if local is None:
+            return
+        local.watchers.discard(watcher)
+        if not local.watchers:
+            del self._rooms[room]
+            listener = self._listeners.pop(room)
+            with contextlib.suppress(StoreUnavailable):
+                await self.bus.unlisten(self.channel(room), listener, sharded=self.sharded)
+
+    async def page(self, room: str, cursor: str | None = None) -> RoomPage:
+        """A page of the room's members, for REST."""
+        return await self.store.room(room, cursor=cursor, limit=self.settings.room_list_limit)
+
+    async def user(self, user: str) -> UserPresence:
+        return await self.store.user(user)
+
+    # -- tabs over REST ---------------------------------------------------------------
+
+    async def rest_join(
+        self, identity: Identity, session: Session, room: str, meta: JSON
+    ) -> JoinResult:
+        """A REST session joins ``room``: it is present, held by this process, while
+        its heartbeats come within twice ``HEARTBEAT_INTERVAL``."""
+        await self._hold_rest(identity.user, session)
+        return await self.join(identity, session.id, room, meta)
+
+    async def rest_leave(self, identity: Identity, session_id: str, room: str) -> bool:
+        return await self.leave(identity.user, session_id, room, "left")
+
+    async def rest_heartbeat(self, session: Session) -> None:
+        """A REST heartbeat: a REST tab held here stays present, with the state the
+        heartbeat gives."""
+        tab = self._rest.get((session.user, session.id))
+        if tab is None:
+            return
+        await self._hold_rest(session.user, session)
+
+    async def unloading(self, user: str, session_id: str) -> None:
+        """The page of a REST session is unloading (its beacon came): its rooms are
+        left, announced after the grace unless it comes back."""
+        for room in await self.store.tab_rooms(user, session_id):
+            await self.leave(user, session_id, room, "left")
+
+    async def session_ended(self, user: str, session_id: str, reason: str) -> None:
+        """A session ended somewhere: a REST tab of it held here goes (a socket's goes
+        when the socket ends)."""
+        tab = self._rest.pop((user, session_id), None)
+        if tab is None:
+            return
+        if tab.timer is not None:
+            tab.timer.cancel()
+        why: Reason = "expired" if reason == "expired" else "ended"
+        await self.close_tab(user, session_id, tab.gen, why)
+
+    # -- internals: REST holds ----------------------------------------------------------
+
+    async def _hold_rest(self, user: str, session: Session) -> None:
+        state: TabState = "online" if session.state == "active" else "away"
+        key = (user, session.id)
+        tab = self._rest.get(key)
+        if tab is None or tab.state != state:
+            # Held (again) only when new here or its state changed: a heartbeat that
+            # changes nothing costs nothing more than its timer.
+            gen, changed = await self.store.hold(user, session.id, holder=self.holder, state=state)
+            self._changed_now(changed)
+            if tab is None:
+                tab = self._rest[key] = RestTab(user, session.id, gen, state)
+            tab.gen, tab.state = gen, state
+        if tab.timer is not None:
+            tab.timer.cancel()
+        tab.timer = asyncio.get_running_loop().call_later(
+            2 * self.settings.heartbeat_interval, self._rest_lapsed, key
+        )
+
+    def _rest_lapsed(self, key: tuple[str, str]) -> None:
+        tab = self._rest.pop(key, None)
+        if tab is not None:
+            self._spawn(self.close_tab(tab.user, tab.session_id, tab.gen, "timeout"))
+
+    def _drop_rest(self, user: str, session_id: str) -> None:
+        tab = self._rest.pop((user, session_id), None)
+        if tab is not None and tab.timer is not None:
+            tab.timer.cancel()
+
+    # -- internals: diffs -----------------------------------------------------------------
+
+    def _changed_now(self, rooms: list[str]) -> None:
+        for room in rooms:
+            if room not in self._flushing:
+                self._flushing.add(room)
+                asyncio.get_running_loop().call_later(
+                    self.settings.diff_window, self._flush_later, room
+                )
+
+    def _flush_later(self, room: str) -> None:
+        self._spawn(self._flush(room))
+
+    async def _flush(self, room: str) -> None:
+        self._flushing.discard(room)
+        try:
+            await self.store.flush(room)
+        except StoreUnavailable:
+            logger.warning("could not flush a room's changes; trying again")
+            self._changed_now([room])
+
+    def _depart_later(self, user: str, session_id: str, since: float) -> None:
+        delay = max(0.0, since + self.settings.offline_grace - self.store_clock())
+        asyncio.get_running_loop().call_later(
+            delay, lambda: self._spawn(self._depart(user, session_id, since))
+        )
+
+    async def _depart(self, user: str, session_id: str, since: float) -> None:
+        self._changed_now(await self.store.depart(user, session_id, since=since))
+
+    def store_clock(self) -> float:
+        clock = getattr(self.store, "clock", None)
+        return clock() if callable(clock) else time.time()
+
+    def _listener(self, room: str) -> Callable[[str], Awaitable[None]]:
+        async def heard(data: str) -> None:
+            await self._heard(room, data)
+
+        return heard
+
+    async def _heard(self, room: str, data: str) -> None:
+        local = self._rooms.get(room)
+        if local is None:
+            return
+        try:
+            diff = events.decode_diff(data)
+        except ValueError:
+            logger.warning("ignored a malformed room diff on the bus")
+            return
+        if local.seq is not None and diff.seq <= local.seq:
+            return  # heard already (or older than what this process knows)
+        gap = local.seq is not None and diff.seq != local.seq + 1
+        local.seq = diff.seq
+        text = self.encode_diff(diff, self.settings.room_list_limit)
+        local.recent.append((diff.seq, text))
+        if gap:
+            # This process missed a diff (its pub/sub dropped one): every watcher here
+            # is behind, so each gets a fresh sync rather than a wrong list.
+            for watcher in list(local.watchers):
+                self._spawn(self._sync(watcher, room, local))
+            return
+        for watcher in list(local.watchers):
+            seq = watcher.watching.get(room)
+            if seq is None:
+                continue  # its sync is on the way; it takes this one from `recent`
+            if seq == diff.seq - 1 and await watcher.offer(text):
+                watcher.watching[room] = diff.seq
+            elif seq < diff.seq:
+                # It fell behind (a diff it could not take): sync it again.
+                self._spawn(self._sync(watcher, room, local))
+
+    async def _sync(self, watcher: Watcher, room: str, local: _LocalRoom) -> None:
+        for _ in range(_SYNC_ATTEMPTS):
+            watcher.watching[room] = None
+            try:
+                page = await self.store.room(room, limit=self.settings.room_list_limit)
+            except StoreUnavailable:
+                return
+            if watcher not in local.watchers:
+                return
+            await watcher.send(self.encode_sync(page))
+            seq = page.seq
+            behind = [(s, text) for s, text in local.recent if s > seq]
+            if behind and behind[0][0] != seq + 1:
+                continue  # what came since the page is not all here: read it again
+            for s, text in behind:
+                await watcher.send(text)
+                seq = s
+            watcher.watching[room] = seq
+            if local.seq is None or local.seq < seq:
+                local.seq = seq
+            return
+
+    async def _resync_all(self) -> None:
+        for room, local in list(self._rooms.items()):
+            local.seq = None
+            for watcher in list(local.watchers):
+                self._spawn(self._sync(watcher, room, local))
+
+    # -- internals: the lease ---------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(keys.LEASE_RENEW_INTERVAL)
+            try:
+                if not await self.store.renew(self.holder, keys.LEASE_TTL):
+                    await self._reasserted()
+                for holder, renewed in await self.store.lapsed():
+                    if holder != self.holder and holder not in self._reaping:
+                        self._reaping.add(holder)
+                        self._spawn(self._reap(holder, renewed))
+            except StoreUnavailable:
+                logger.warning("presence lease: store unavailable; will retry")
+            except Exception:
+                logger.exception("presence lease tick failed")
+
+    async def _reap(self, holder: str, renewed: float) -> None:
+        try:
+            # The grace runs from the dead process's last renewal, as from a closed
+            # socket: tabs held again elsewhere meanwhile are not reaped.
+            await asyncio.sleep(max(0.0, renewed + self.settings.offline_grace - time.time()))
+            self._changed_now(await self.store.reap(holder))
+        finally:
+            self._reaping.discard(holder)
+
+    async def _reasserted(self) -> None:
+        """This process was reaped (it was cut off longer than its lease): it takes a
+        new name, and its sockets and REST sessions are held and joined again by the
+        edge (``on_reaped``)."""
+        self.holder = _holder_name()
+        await self.store.renew(self.holder, keys.LEASE_TTL)
+        logger.warning("this process was taken for dead and reaped; holding its tabs again")
+        if self.on_reaped is not None:
+            await self.on_reaped()
+
+    on_reaped: Callable[[], Awaitable[None]] | None = None
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a presence task failed", exc_info=task.exception())
+
+
+def _holder_name() -> str:
+    # A name per process run: a process reaped while cut off comes back as another.
+    return "p-" + secrets.token_urlsafe(9)

@@ -52,11 +52,23 @@ class Settings:
     key_prefix: str = "presence"
     cookie_secure: bool | None = None
     log_level: str = "info"
+    max_rooms_per_session: int = 20
+    offline_grace: float = 5.0
+    diff_window: float = 0.05
+    room_list_limit: int = 1000
+    open_rooms: bool = False
+    max_meta_bytes: int = 1024
 
     @property
     def dev_mode(self) -> bool:
         """True when no JWT secret is set and anonymous identities are handed out."""
         return self.jwt_secret is None
+
+    @property
+    def rooms_open(self) -> bool:
+        """True when every room may be joined and watched by anyone: development mode,
+        or PRESENCE_OPEN_ROOMS; otherwise a token's ``rooms`` claim says which."""
+        return self.dev_mode or self.open_rooms
 
     @property
     def refresh_interval(self) -> float:
@@ -125,6 +137,23 @@ class Settings:
         origins = env.text("PRESENCE_ALLOWED_ORIGINS")
         if origins is not None:
             values["allowed_origins"] = _parse_origins(origins)
+        grace = env.number("PRESENCE_OFFLINE_GRACE", minimum=0.0, allow_zero=True)
+        if grace is not None:
+            values["offline_grace"] = grace
+        window = env.number("PRESENCE_DIFF_WINDOW_MS", minimum=0.0, allow_zero=True)
+        if window is not None:
+            values["diff_window"] = window / 1000
+        for var, name in [
+            ("PRESENCE_MAX_ROOMS_PER_SESSION", "max_rooms_per_session"),
+            ("PRESENCE_ROOM_LIST_LIMIT", "room_list_limit"),
+            ("PRESENCE_MAX_META_BYTES", "max_meta_bytes"),
+        ]:
+            number = env.whole(var)
+            if number is not None:
+                values[name] = number
+        open_rooms = env.text("PRESENCE_OPEN_ROOMS")
+        if open_rooms is not None:
+            values["open_rooms"] = _parse_bool("PRESENCE_OPEN_ROOMS", open_rooms)
         prefix = env.text("PRESENCE_KEY_PREFIX")
         if prefix is not None:
             values["key_prefix"] = prefix
@@ -194,6 +223,16 @@ class Settings:
                 "PRESENCE_WS_MAX_UNSENT_BYTES",
                 f"must be at least the largest message ({self.ws_max_message_bytes} bytes)",
             )
+        if self.max_rooms_per_session < 1:
+            raise ConfigError("PRESENCE_MAX_ROOMS_PER_SESSION", "must be at least 1")
+        if self.room_list_limit < 1:
+            raise ConfigError("PRESENCE_ROOM_LIST_LIMIT", "must be at least 1")
+        if self.max_meta_bytes < 2:
+            raise ConfigError("PRESENCE_MAX_META_BYTES", "must be at least 2")
+        if self.offline_grace < 0:
+            raise ConfigError("PRESENCE_OFFLINE_GRACE", "must be 0 or more seconds")
+        if self.diff_window < 0 or self.diff_window > 10:
+            raise ConfigError("PRESENCE_DIFF_WINDOW_MS", "must be between 0 and 10000")
         if self.max_cleanup_ids < 1:
             raise ConfigError("PRESENCE_MAX_CLEANUP_IDS", "must be at least 1")
         if self.fallback_max_sessions < 1:

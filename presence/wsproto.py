@@ -123,7 +123,18 @@ if TYPE_CHECKING:
     from uvicorn.server import ServerState
     from websockets.protocol import Event
 
-__all__ = ["MAX_FRAGMENTS", "FrameLimits", "Gate", "Inbox", "PresenceWebSocketProtocol"]
+#: The scope extension under which the socket's write gate is found (a :class:`Gate`:
+#: set while the transport takes writes at once).
+WRITABLE_EXTENSION = "presence.writable"
+
+__all__ = [
+    "MAX_FRAGMENTS",
+    "WRITABLE_EXTENSION",
+    "FrameLimits",
+    "Gate",
+    "Inbox",
+    "PresenceWebSocketProtocol",
+]
 
 logger = logging.getLogger("presence.wsproto")
 
@@ -481,6 +492,12 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         self.request = None  # type: ignore[assignment]
         if self.handshake_complete:
             self.response = None  # type: ignore[assignment]
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            # The write gate, for an app that fans a message out to many sockets: a
+            # socket whose gate is shut (its client reads nothing) is skipped rather
+            # than waited on (see presence.asgi.sockets.SessionSocket.offer).
+            scope.setdefault("extensions", {})[WRITABLE_EXTENSION] = self.writable
 
     async def send(self, message: ASGISendEvent) -> None:
         try:

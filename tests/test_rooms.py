@@ -160,7 +160,7 @@ class PresenceMachine(RuleBasedStateMachine):
     def open(self, sid, holder):
         """A socket opens (or reopens inside the grace) on one of the processes."""
         session = self.model.setdefault(sid, _Session(SESSIONS[sid]))
-        session.gen = self.run(self.store.hold(session.user, sid, holder=holder, state="online"))
+        session.gen, _ = self.run(self.store.hold(session.user, sid, holder=holder, state="online"))
         session.holder, session.state, session.leaving = holder, "online", None
 
     @rule(sid=st.sampled_from(sorted(SESSIONS)), reason=st.sampled_from(["closed", "timeout"]))

@@ -26,7 +26,6 @@ from websockets.frames import Frame, Opcode
 from .. import _http
 from ..auth import cookie_token, first_headers, header
 from ..exceptions import PresenceError
-from ..registry import Refresher
 from ..settings import Settings
 from ..stores import SessionStore
 from . import errors, openapi, rest
@@ -69,19 +68,10 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         _http.limit_accept_error_log()
         for name in _SERVER_LOGGERS:
             logging.getLogger(name).addFilter(_REDACT)  # Once per process: a no-op after.
-        await services.store.open()
-        try:
-            await services.store.subscribe_ended(services.registry.end)
-            async with Refresher(
-                services.store, services.registry, settings.refresh_interval
-            ) as refresher:
-                services.refresher = refresher
-                _log_start(settings, services.store)
-                _freeze_startup_objects()
-                yield
-        finally:
-            services.refresher = None
-            await services.store.close()
+        async with services.run():
+            _log_start(settings, services.store)
+            _freeze_startup_objects()
+            yield
 
     middleware = [Middleware(AccessLog)]
     if settings.allowed_origins:

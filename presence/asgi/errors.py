@@ -60,13 +60,17 @@ TABLE: dict[type[exc.PresenceError], Answer] = {
     exc.InvalidBody: Answer(422, "invalid_body"),
     exc.InvalidMessage: Answer(422, "bad_message"),
     exc.UnknownMessageType: Answer(422, "unknown_type"),
+    exc.InvalidRoom: Answer(422, "invalid_room"),
     exc.InvalidRequest: Answer(400, "bad_request"),
     exc.Unauthorized: Answer(401, "unauthorized"),
+    exc.RoomForbidden: Answer(403, "room_forbidden"),
     exc.Forbidden: Answer(403, "forbidden"),
     exc.NotFound: Answer(404, "session_not_found"),
+    exc.NotInRoom: Answer(404, "not_in_room"),
     exc.TooManySessions: Answer(429, "too_many_sessions"),
     exc.LimitExceeded: Answer(429, "limit_exceeded"),
     exc.TooManySockets: Answer(429, "too_many_sockets", retry_after=5),
+    exc.TooManyRooms: Answer(429, "too_many_rooms"),
     exc.RateLimited: Answer(429, "rate_limited", retry_after=1),
     exc.StoreFull: Answer(503, "store_full", _TRY_AGAIN, retry_after=5),
     exc.StoreMisconfigured: Answer(503, "store_misconfigured", _TRY_AGAIN, retry_after=5),
@@ -117,9 +121,10 @@ def response(error: exc.PresenceError) -> JSONResponse:
     )
 
 
-def in_band(error: exc.PresenceError) -> str:
-    """The ``error`` message sent over an open socket for ``error``."""
-    return protocol.error(answer(error).code, message_of(error))
+def in_band(error: exc.PresenceError, room: str | None = None) -> str:
+    """The ``error`` message sent over an open socket for ``error`` (about ``room``,
+    when the message named one)."""
+    return protocol.error(answer(error).code, message_of(error), room)
 
 
 def close_code(error: exc.PresenceError) -> int:

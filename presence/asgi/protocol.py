@@ -5,12 +5,22 @@ Every message is a JSON object with a ``type``. Server to client:
 - ``{"type": "snapshot", "session": {...}}`` on connect and after each change;
 - ``{"type": "ended", "reason": "deleted" | "cleanup" | "expired" | "replaced"}`` right
   before the server closes the socket because the session is gone;
-- ``{"type": "error", "code": ..., "message": ...}`` for a message it could not use.
+- ``{"type": "error", "code": ..., "message": ..., "room"?: ...}`` for a message it
+  could not use (with the room the message named, if it named one);
+- ``{"type": "presence.sync", "room", "seq", "count", "members": [...], "next",
+  "partial"?}`` when watching starts, after a reconnect, and whenever the client missed
+  something;
+- ``{"type": "presence.diff", "room", "seq", "joins": [...], "updates": [...],
+  "leaves": [{"user", "reason", "last_seen"}], "count", "truncated"?}``: ``seq`` one more
+  than the room's previous diff.
 
 Client to server:
 
 - ``{"type": "visibility", "state": "visible" | "hidden"}``: the tab was shown or hidden;
-  the session's state becomes ``active`` or ``away``.
+  the session's state becomes ``active`` or ``away``;
+- ``{"type": "activity", "idle": true | false}``: the user went idle or came back;
+- ``{"type": "presence.join", "room": R, "meta": {...}}``, ``presence.leave``,
+  ``presence.update`` (``room``, ``meta``), ``presence.watch``, ``presence.unwatch``.
 
 Liveness itself is not a message: it is WebSocket ping and pong frames, answered by the
 browser without any script.
@@ -23,6 +33,7 @@ from dataclasses import dataclass
 
 from ..exceptions import InvalidMessage, MalformedJSON, UnknownMessageType
 from ..limits import TokenBucket
+from ..models import JSON, Diff, RoomPage
 from ..sessions import Session, State
 
 
@@ -33,9 +44,34 @@ class Visibility:
     state: State
 
 
-ClientMessage = Visibility
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """The user went idle (no input for a while) or came back."""
+
+    idle: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RoomMessage:
+    """A presence message about one room: ``presence.join``, ``presence.leave``,
+    ``presence.update``, ``presence.watch`` or ``presence.unwatch``. The room is checked
+    by the room service (name and permission), the meta's size too."""
+
+    kind: str
+    room: object
+    meta: JSON = None
+
+
+ClientMessage = Visibility | Activity | RoomMessage
 
 _VISIBILITY_STATES: dict[str, State] = {"visible": "active", "hidden": "away"}
+_ROOM_MESSAGES = {
+    "presence.join": frozenset({"type", "room", "meta"}),
+    "presence.leave": frozenset({"type", "room"}),
+    "presence.update": frozenset({"type", "room", "meta"}),
+    "presence.watch": frozenset({"type", "room"}),
+    "presence.unwatch": frozenset({"type", "room"}),
+}
 
 
 def parse(text: str) -> ClientMessage:
@@ -61,6 +97,21 @@ def parse(text: str) -> ClientMessage:
         if state is None:
             raise InvalidMessage('visibility state must be "visible" or "hidden"')
         return Visibility(state)
+    if kind == "activity":
+        idle = message.get("idle")
+        if not isinstance(idle, bool):
+            raise InvalidMessage("activity idle must be true or false")
+        return Activity(idle)
+    fields = _ROOM_MESSAGES.get(kind) if isinstance(kind, str) else None
+    if fields is not None:
+        unknown = sorted(message.keys() - fields)
+        if unknown:
+            raise InvalidMessage(f"unknown field {unknown[0]!r} in {kind}")
+        if "room" not in message:
+            raise InvalidMessage(f"{kind} needs a room")
+        if kind == "presence.update" and "meta" not in message:
+            raise InvalidMessage("presence.update needs a meta")
+        return RoomMessage(str(kind), message["room"], message.get("meta"))
     raise UnknownMessageType(f"unknown message type {kind!r}")
 
 
@@ -72,8 +123,66 @@ def ended(reason: str) -> str:
     return json.dumps({"type": "ended", "reason": reason})
 
 
-def error(code: str, message: str) -> str:
-    return json.dumps({"type": "error", "code": code, "message": message})
+def error(code: str, message: str, room: str | None = None) -> str:
+    value: dict[str, JSON] = {"type": "error", "code": code, "message": message}
+    if room is not None:
+        value["room"] = room
+    return json.dumps(value)
 
 
-__all__ = ["ClientMessage", "TokenBucket", "Visibility", "ended", "error", "parse", "snapshot"]
+def presence_sync(page: RoomPage) -> str:
+    """A room's sync: its seq, count and first members (all of them up to
+    ``PRESENCE_ROOM_LIST_LIMIT``; ``next`` pages the rest over REST)."""
+    value: dict[str, JSON] = {
+        "type": "presence.sync",
+        "room": page.room,
+        "seq": page.seq,
+        "count": page.count,
+        "members": [m.to_json() for m in page.members],
+        "next": page.next,
+    }
+    if page.partial:
+        value["partial"] = True
+    return _ENCODER.encode(value)
+
+
+def presence_diff(diff: Diff, limit: int) -> str:
+    """A room's diff as its watchers get it: at most ``limit`` changes (joins first,
+    then updates, then leaves), with ``truncated`` when there were more; ``count``
+    is always the room's."""
+    joins, updates, leaves = list(diff.joins), list(diff.updates), list(diff.leaves)
+    truncated = len(joins) + len(updates) + len(leaves) > limit
+    if truncated:
+        joins = joins[:limit]
+        updates = updates[: limit - len(joins)]
+        leaves = leaves[: limit - len(joins) - len(updates)]
+    value: dict[str, JSON] = {
+        "type": "presence.diff",
+        "room": diff.room,
+        "seq": diff.seq,
+        "joins": [m.to_json() for m in joins],
+        "updates": [m.to_json() for m in updates],
+        "leaves": [x.to_json() for x in leaves],
+        "count": diff.count,
+    }
+    if truncated:
+        value["truncated"] = True
+    return _ENCODER.encode(value)
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+__all__ = [
+    "Activity",
+    "ClientMessage",
+    "RoomMessage",
+    "TokenBucket",
+    "Visibility",
+    "ended",
+    "error",
+    "parse",
+    "presence_diff",
+    "presence_sync",
+    "snapshot",
+]

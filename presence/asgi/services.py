@@ -7,19 +7,28 @@ sockets; rest and sockets -> services.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from .. import keys
 from ..auth import Authenticator, OriginPolicy
+from ..bus import EventBus, MemoryBackend, RedisBackend
 from ..registry import Refresher, Registry
+from ..rooms import RoomService
 from ..sessions import SessionService, new_session_id
 from ..settings import Settings
-from ..stores import SessionStore, store_from_settings
+from ..stores import FallbackStore, RedisStore, SessionStore, store_from_settings
+from ..stores.presence_base import PresenceStore
+from ..stores.presence_memory import MemoryPresenceStore
+from . import protocol
 
 
 @dataclass
 class Services:
-    """What the handlers share."""
+    """What the handlers share. The bus, the presence store and the room service exist
+    while the app runs (:meth:`run`)."""
 
     settings: Settings
     store: SessionStore
@@ -29,6 +38,9 @@ class Services:
     new_session_id: Callable[[], str] = new_session_id
     refresher: Refresher | None = None
     sessions: SessionService = field(init=False)
+    bus: EventBus = field(init=False)
+    presence: PresenceStore = field(init=False)
+    rooms: RoomService = field(init=False)
 
     def __post_init__(self) -> None:
         # Ids are minted through this object, so that a test may swap the minting.
@@ -46,3 +58,65 @@ class Services:
             authenticator=Authenticator(settings),
             origins=OriginPolicy(settings.allowed_origins),
         )
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Opens everything the app needs, in order, and closes it in reverse: the
+        session store, the bus, the presence store and room service, the subscription to
+        ended sessions, the refresher."""
+        settings = self.settings
+        await self.store.open()
+        try:
+            redis = _redis_of(self.store)
+            prefix = settings.key_prefix
+            if redis is None:
+                self.bus = EventBus(MemoryBackend())
+            else:
+                self.bus = EventBus(
+                    RedisBackend(redis.client, cluster=redis.cluster, timeout=redis.timeout * 4)
+                )
+            await self.bus.open()
+            try:
+                deliver = self.bus.deliver
+                self.presence = MemoryPresenceStore(
+                    lambda room, data: deliver(keys.room_channel(prefix, room), data)
+                )
+                await self.presence.open()
+                self.rooms = RoomService(
+                    settings,
+                    self.presence,
+                    self.bus,
+                    channel=lambda room: keys.room_channel(prefix, room),
+                    sharded=redis is not None and redis.cluster,
+                    encode_sync=protocol.presence_sync,
+                    encode_diff=protocol.presence_diff,
+                )
+                await self.rooms.start()
+                try:
+                    await self.store.subscribe_ended(self._ended)
+                    async with Refresher(
+                        self.store, self.registry, settings.refresh_interval
+                    ) as refresher:
+                        self.refresher = refresher
+                        yield
+                finally:
+                    self.refresher = None
+                    await self.rooms.stop()
+                    await self.presence.close()
+            finally:
+                await self.bus.close()
+        finally:
+            await self.store.close()
+
+    async def _ended(self, user: str, session_id: str, reason: str) -> None:
+        await self.registry.end(user, session_id, reason)
+        await self.rooms.session_ended(user, session_id, reason)
+
+
+def _redis_of(store: Any) -> RedisStore | None:
+    """The Redis store behind ``store``, if any (the bus travels through it)."""
+    if isinstance(store, FallbackStore):
+        return store.primary
+    if isinstance(store, RedisStore):
+        return store
+    return None

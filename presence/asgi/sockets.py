@@ -18,34 +18,65 @@ from starlette import status
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ..auth import cookie_token, first_headers, header, query_token
+from ..auth import Identity, cookie_token, first_headers, header, query_token
 from ..exceptions import (
     Forbidden,
     InvalidMessage,
     NotFound,
+    NotInRoom,
     PresenceError,
     RateLimited,
     StoreError,
+    TooManyRooms,
     Unauthorized,
 )
+from ..models import Reason, TabState, is_room
 from ..sessions import is_session_id
+from ..wsproto import WRITABLE_EXTENSION
 from . import errors, protocol
 
 if TYPE_CHECKING:
-    from ..auth import Identity
     from .services import Services
 
 logger = logging.getLogger("presence.sockets")
 
 
 class SessionSocket:
-    """One open socket of one session: what the registry ends and the loop reads."""
+    """One open socket of one session: what the registry ends, the room service fans
+    diffs out to, and the loop reads.
 
-    __slots__ = ("_ended", "_lock", "bucket", "session_id", "user", "websocket")
+    Attributes:
+        rooms: the token's ``rooms`` claim, for joins and watches (None: all open).
+        visible, idle: the tab's state, as the client said; online when visible and
+            not idle.
+        gen: the presence hold of this socket's tab.
+        joined: the rooms the session joined through this socket.
+        watching: each watched room and the seq sent up to (None while syncing).
+    """
 
-    def __init__(self, websocket: WebSocket, user: str, session_id: str, services: Services):
+    __slots__ = (
+        "_ended",
+        "_lock",
+        "_writable",
+        "bucket",
+        "close_code",
+        "gen",
+        "idle",
+        "joined",
+        "rooms",
+        "session_id",
+        "user",
+        "visible",
+        "watching",
+        "websocket",
+    )
+
+    def __init__(
+        self, websocket: WebSocket, identity: Identity, session_id: str, services: Services
+    ):
         self.websocket = websocket
-        self.user = user
+        self.user = identity.user
+        self.rooms = identity.rooms
         self.session_id = session_id
         settings = services.settings
         self.bucket = protocol.TokenBucket(
@@ -53,15 +84,42 @@ class SessionSocket:
         )
         self._ended: str | None = None
         self._lock = asyncio.Lock()
+        # The socket's write gate, from presence.wsproto (absent on another server).
+        self._writable = websocket.scope.get("extensions", {}).get(WRITABLE_EXTENSION)
+        self.close_code: int | None = None
+        self.gen = 0
+        self.visible = True
+        self.idle = False
+        self.joined: set[str] = set()
+        self.watching: dict[str, int | None] = {}
 
     @property
     def ended(self) -> bool:
         return self._ended is not None
 
+    @property
+    def state(self) -> TabState:
+        return "online" if self.visible and not self.idle else "away"
+
+    def identity(self) -> Identity:
+        return Identity(self.user, "bearer", self.rooms)
+
     async def send(self, text: str) -> None:
         async with self._lock:
             if self.websocket.application_state is WebSocketState.CONNECTED:
                 await self.websocket.send_text(text)
+
+    async def offer(self, text: str) -> bool:
+        """Sends ``text`` if the socket takes it at once: its lock free and its write
+        gate open, so the send does not wait (a fan-out to thousands of sockets must
+        not wait on one that does not read). False when it did not."""
+        if self._lock.locked() or (self._writable is not None and not self._writable.is_set()):
+            return False
+        try:
+            await self.send(text)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return False
+        return True
 
     async def end(self, reason: str) -> None:
         """Tells the client why and closes; the session is gone, so nothing retries."""
@@ -106,9 +164,9 @@ async def session_socket(websocket: WebSocket) -> None:
             await _deny(websocket, error)
             return
         await websocket.accept()
-        socket = SessionSocket(websocket, user, session_id, services)
+        socket = SessionSocket(websocket, identity, session_id, services)
         ref = (user, session_id)
-        registry.add(ref, socket)
+        first_here = registry.add(ref, socket)
         lifetime = services.settings.max_lifetime
         expiry = None
         if lifetime > 0:
@@ -122,6 +180,8 @@ async def session_socket(websocket: WebSocket) -> None:
         try:
             await socket.send(snapshot)
             del snapshot
+            if first_here:
+                await _hold(socket, services)
             # Each message is handed over unnamed, so that this frame does not hold the
             # last one (nor its text, nor what it parsed to) while the socket idles.
             while not socket.ended and await _receive(socket, services, await websocket.receive()):
@@ -132,10 +192,39 @@ async def session_socket(websocket: WebSocket) -> None:
             if expiry is not None:
                 expiry.cancel()
             last_here = registry.discard(ref, socket)
+            await _leave_presence(socket, services, last_here)
             if last_here and not socket.ended:
                 await sessions.detach(user, session_id)
     finally:
         sessions.release_socket(user)
+
+
+async def _hold(socket: SessionSocket, services: Services) -> None:
+    """The session's tab is present, held by this process, from the socket's opening;
+    presence is a service beside the session's, so a store that cannot take it now is
+    logged, not a reason to close the socket."""
+    try:
+        socket.gen = await services.rooms.open_tab(socket.user, socket.session_id, socket.state)
+    except StoreError:
+        logger.warning("could not mark a tab present: store unavailable")
+
+
+async def _leave_presence(socket: SessionSocket, services: Services, last_here: bool) -> None:
+    rooms = services.rooms
+    for room in list(socket.watching):
+        await rooms.unwatch(socket, room)
+    if not last_here:
+        return  # Another socket of the session here holds its tab.
+    if socket.ended:
+        reason: Reason = "expired" if socket._ended == "expired" else "ended"
+    elif socket.close_code == status.WS_1011_INTERNAL_ERROR:
+        reason = "timeout"  # uvicorn's close when no pong came within the ping timeout
+    else:
+        reason = "closed"
+    try:
+        await rooms.close_tab(socket.user, socket.session_id, socket.gen, reason)
+    except StoreError:
+        logger.warning("could not release a tab: store unavailable")
 
 
 def _identify(websocket: WebSocket, services: Services) -> Identity:
@@ -163,6 +252,7 @@ async def _receive(socket: SessionSocket, services: Services, message: Message) 
     """Acts on one received message; False when the socket is done with (the client
     left, or it was closed for sending too much)."""
     if message["type"] == "websocket.disconnect":
+        socket.close_code = message.get("code")
         return False
     if not socket.bucket.allow(time.monotonic()):
         flood = RateLimited("too many messages")
@@ -184,18 +274,68 @@ async def _receive(socket: SessionSocket, services: Services, message: Message) 
 async def _dispatch(
     socket: SessionSocket, services: Services, message: protocol.ClientMessage
 ) -> None:
-    if isinstance(message, protocol.Visibility):
+    if isinstance(message, protocol.RoomMessage):
         try:
-            session = await services.sessions.set_visibility(
-                socket.user, socket.session_id, message.state
-            )
-        except StoreError as error:  # the store is busy or away: the socket stays open
-            await socket.send(errors.in_band(error))
-            return
-        if session is None:
-            await socket.end("expired")
-        else:
-            await socket.send(protocol.snapshot(session))
+            await _room_message(socket, services, message)
+        except PresenceError as error:
+            room = message.room if isinstance(message.room, str) and is_room(message.room) else None
+            await socket.send(errors.in_band(error, room=room))
+        return
+    if isinstance(message, protocol.Activity):
+        socket.idle = message.idle
+        await _tab_state(socket, services)
+        return
+    try:
+        session = await services.sessions.set_visibility(
+            socket.user, socket.session_id, message.state
+        )
+    except StoreError as error:  # the store is busy or away: the socket stays open
+        await socket.send(errors.in_band(error))
+        return
+    if session is None:
+        await socket.end("expired")
+        return
+    socket.visible = message.state == "active"
+    await socket.send(protocol.snapshot(session))
+    await _tab_state(socket, services)
+
+
+async def _tab_state(socket: SessionSocket, services: Services) -> None:
+    try:
+        await services.rooms.set_state(socket.user, socket.session_id, socket.state)
+    except StoreError as error:
+        await socket.send(errors.in_band(error))
+
+
+async def _room_message(
+    socket: SessionSocket, services: Services, message: protocol.RoomMessage
+) -> None:
+    rooms = services.rooms
+    room = rooms.check_room(socket.identity(), message.room)
+    kind = message.kind
+    limit = services.settings.max_rooms_per_session
+    if kind == "presence.join":
+        watched_only = sum(1 for r in socket.watching if r not in socket.joined and r != room)
+        await rooms.join(
+            socket.identity(), socket.session_id, room, message.meta, watched=watched_only
+        )
+        socket.joined.add(room)
+        if room not in socket.watching:
+            await rooms.watch(socket, room)  # joining implies watching
+    elif kind == "presence.update":
+        await rooms.update(socket.identity(), socket.session_id, room, message.meta)
+    elif kind == "presence.leave":
+        if room not in socket.joined:
+            raise NotInRoom(f"this session is not in the room {room!r}")
+        socket.joined.discard(room)
+        await rooms.leave(socket.user, socket.session_id, room, "left")
+        await rooms.unwatch(socket, room)
+    elif kind == "presence.watch":
+        if room not in socket.watching and len(socket.joined | set(socket.watching)) >= limit:
+            raise TooManyRooms(f"a session may be in at most {limit} rooms")
+        await rooms.watch(socket, room)
+    else:
+        await rooms.unwatch(socket, room)
 
 
 # Sockets being ended at their deadline: the loop keeps only weak references to tasks.

@@ -97,6 +97,10 @@ class EventBus:
     async def publish(self, channel: str, data: str, *, sharded: bool = False) -> None:
         await self.backend.publish(channel, data, sharded=sharded)
 
+    def deliver(self, channel: str, data: str) -> None:
+        """To this process's listeners only (see :meth:`BusBackend.deliver`)."""
+        self.backend.deliver(channel, data)
+
     async def _dispatch(self) -> None:
         while True:
             event = await self.backend.next_event()

@@ -51,5 +51,11 @@ class BusBackend(Protocol):
 
     async def publish(self, channel: str, data: str, *, sharded: bool = False) -> None: ...
 
+    def deliver(self, channel: str, data: str) -> None:
+        """Hands ``data`` to this process's listeners of ``channel`` only, without
+        yielding to the loop: a store in this process's memory announces its changes
+        this way, in the same step as the change (as a Lua script publishes in Redis).
+        Nothing is delivered on a channel nobody here listens to."""
+
     async def next_event(self) -> BusEvent:
         """The next event: a message on a subscribed channel, or :class:`Reconnected`."""

@@ -29,11 +29,9 @@ class MemoryBackend:
         self._channels.discard(channel)
 
     async def publish(self, channel: str, data: str, *, sharded: bool = False) -> None:
-        self.publish_nowait(channel, data)
+        self.deliver(channel, data)
 
-    def publish_nowait(self, channel: str, data: str) -> None:
-        """Publishes without yielding to the loop: a store publishes in the same step
-        as the change it announces, as a Lua script does in Redis."""
+    def deliver(self, channel: str, data: str) -> None:
         if channel in self._channels:
             self._queue.put_nowait(Message(channel, data))
 

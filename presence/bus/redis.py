@@ -111,6 +111,11 @@ class RedisBackend:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from exc
 
+    def deliver(self, channel: str, data: str) -> None:
+        # The in-memory fallback's announcements while Redis is away: this process's.
+        if channel in self._plain or channel in self._sharded or channel in self._confirmed:
+            self._queue.put_nowait(Message(channel, data))
+
     async def next_event(self) -> BusEvent:
         return await self._queue.get()
 

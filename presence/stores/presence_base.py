@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol, runtime_checkable
 
-from ..rooms import JSON, Diff, Reason, RoomPage, TabState, UserPresence
+from ..models import JSON, Diff, Reason, RoomPage, TabState, UserPresence
 
 #: What a join did: ``joined`` (or re-joined inside the grace), ``updated`` (already in
 #: the room: its meta was replaced), ``full`` (the tab is in its maximum of rooms),
@@ -41,11 +41,13 @@ class PresenceStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def hold(self, user: str, session_id: str, *, holder: str, state: TabState) -> int:
+    async def hold(
+        self, user: str, session_id: str, *, holder: str, state: TabState
+    ) -> tuple[int, list[str]]:
         """Makes the tab present and held by ``holder`` with ``state``, ending any
         grace it was in (its rooms are kept). Returns the hold's generation, which
-        :meth:`release` and :meth:`depart` check so that a late timer of an older hold
-        does nothing. Changes the user's status in their rooms if it changed."""
+        :meth:`release` checks so that a late timer of an older hold does nothing, and
+        the rooms changed (the user's status in them, if it changed)."""
 
     async def set_state(
         self, user: str, session_id: str, state: TabState, *, holder: str

@@ -10,21 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .. import events
-from ..rooms import (
-    JSON,
-    Diff,
-    Joined,
-    Member,
-    Reason,
-    RoomPage,
-    Tab,
-    TabState,
-    UserPresence,
-    coalesce,
-    last_departure,
-    member_of,
-    user_status,
-)
+from ..models import JSON, Diff, Joined, Member, Reason, RoomPage, Tab, TabState, UserPresence
+from ..rooms import coalesce, last_departure, member_of, user_status
 from .presence_base import JoinResult
 
 #: Called with (room, encoded diff) in the same step as the flush that made it.
@@ -91,7 +78,9 @@ class MemoryPresenceStore:
 
     # -- tabs -----------------------------------------------------------------------------
 
-    async def hold(self, user: str, session_id: str, *, holder: str, state: TabState) -> int:
+    async def hold(
+        self, user: str, session_id: str, *, holder: str, state: TabState
+    ) -> tuple[int, list[str]]:
         tabs = self._tabs.setdefault(user, {})
         self._gen += 1
         held = tabs.get(session_id)
@@ -99,8 +88,7 @@ class MemoryPresenceStore:
             Tab(session_id, state) if held is None else replace(held.tab, state=state, leaving=None)
         )
         tabs[session_id] = _Tab(holder, self._gen, tab)
-        self._recompute(user, self._rooms_of(user))
-        return self._gen
+        return self._gen, self._recompute(user, self._rooms_of(user))
 
     async def set_state(
         self, user: str, session_id: str, state: TabState, *, holder: str
