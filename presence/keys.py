@@ -94,6 +94,60 @@ def room_channel(prefix: str, room: str) -> str:
     return f"{prefix}:room:{room_tag(room)}"
 
 
+def tabs_key(prefix: str, user: str) -> str:
+    """A user's tabs (their sessions' presence, the rooms each is in with its meta, and
+    since when the user is in each room): one hash in the user's slot, so that every
+    change to a tab and the status and member rows it makes are one script. No TTL
+    while the user has a tab (liveness is the holding process's lease); once they have
+    none it keeps their last_seen for a session TTL."""
+    return f"{prefix}:{user_tag(user)}:tabs"
+
+
+#: A room's keys, in the order the room scripts take them: members (user -> row),
+#: users in order (a zset at score 0, for paging by name), row versions (user ->
+#: version, so that rows applied out of order never undo newer ones), tombstones of
+#: those versions (user -> when, pruned after a minute), the rows as last published
+#: (the diff window's "before"), why members left in the window, and the seq.
+ROOM_KEY_SUFFIXES = ("m", "u", "v", "t", "d", "w", "q")
+
+#: A room's seq is kept this long (ms) once the room is empty, so that a watcher of an
+#: empty room and the room's next diff agree on the numbering; a room made again after
+#: it numbers on from the time, above any old diff (a room has at most one diff a
+#: window).
+EMPTY_ROOM_SEQ_MS = 86_400_000
+
+
+def room_keys(prefix: str, room: str) -> list[str]:
+    """Every key of a room, in :data:`ROOM_KEY_SUFFIXES` order: one slot, the room's."""
+    return [f"{prefix}:room:{room_tag(room)}:{suffix}" for suffix in ROOM_KEY_SUFFIXES]
+
+
+def holder_users_key(prefix: str, holder: str) -> str:
+    """The users whose tabs a process holds (or held), so that whoever reaps it after
+    it dies finds them; written before the first hold of each user, deleted once
+    reaped. Its own slot, the process's."""
+    return f"{prefix}:proc:{{{holder}}}:users"
+
+
+# The leases' keys share a tag that no user's can be (plain ids have no "~", and the
+# others are digests behind "#").
+_LEASES = "{~leases}"
+
+
+def lease_keys(prefix: str) -> list[str]:
+    """Every process's lease expiry (a zset, ms), its last renewal (a hash, ms), and the
+    processes reaped in the last hour (a zset, ms; their claims are keys beside it)."""
+    return [
+        f"{prefix}:{_LEASES}:expiry",
+        f"{prefix}:{_LEASES}:renewed",
+        f"{prefix}:{_LEASES}:reaped",
+    ]
+
+
+#: Seconds a reaper's claim on a lapsed process lasts: long enough to wait out the
+#: grace and reap, short enough that another takes over if the reaper dies too.
+REAP_CLAIM = 30.0
+
 #: Seconds a process's lease lasts unrenewed: a process that has not renewed it for
 #: this long is taken for dead and reaped (its members leave with ``node_down``, once
 #: the grace since its last renewal has passed too). Three renewals may fail first, so

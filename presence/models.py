@@ -138,7 +138,9 @@ class Joined:
 
     joined_at: float
     meta: JSON
-    meta_at: float
+    #: When the meta was set, as an order: it increases with every meta a user sets,
+    #: so "the most recent meta" has one answer even within a millisecond.
+    meta_order: int
     #: Set once the tab left the room, while the grace runs: (reason, when it left).
     leaving: tuple[Reason, float] | None = None
 

@@ -119,7 +119,7 @@ def member_of(
         if joined is None:
             continue
         count += 1
-        if latest is None or joined.meta_at > latest.meta_at:
+        if latest is None or joined.meta_order > latest.meta_order:
             latest = joined
     if latest is None:
         return None

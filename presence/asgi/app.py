@@ -48,6 +48,7 @@ def web_dir() -> Path:
 WEB_DIR = web_dir()
 
 API_PREFIX = "/api/v1/chat"
+PRESENCE_PREFIX = "/api/v1/presence"
 
 
 def create_app(settings: Settings | None = None, store: SessionStore | None = None) -> Starlette:
@@ -105,6 +106,7 @@ def _routes() -> list[BaseRoute]:
     # own: the heartbeat, the route most requests take, comes first.
     routes: list[BaseRoute] = [
         *rest.routes(API_PREFIX),
+        *rest.presence_routes(PRESENCE_PREFIX),
         WebSocketRoute(f"{API_PREFIX}/sessions/{{session_id}}/ws", session_socket),
         Route("/", lambda request: RedirectResponse("/chat"), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

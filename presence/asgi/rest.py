@@ -24,6 +24,7 @@ from ..exceptions import (
     InvalidBody,
     MalformedJSON,
     NotFound,
+    NotInRoom,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
@@ -44,7 +45,8 @@ _STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 _HEARTBEAT_STATES = tuple(sorted(STATES - {"disconnected"}))
 _CREATE_FIELDS = frozenset({"data"})
 _HEARTBEAT_FIELDS = frozenset({"data", "state"})
-_CLEANUP_FIELDS = frozenset({"type", "session_ids"})
+_CLEANUP_FIELDS = frozenset({"type", "session_ids", "session_id"})
+_JOIN_FIELDS = frozenset({"meta"})
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -304,6 +306,7 @@ async def heartbeat(request: Request) -> Response:
     session = await services.sessions.heartbeat(
         identity.user, session_id, state=state, data=body.get("data", UNSET)
     )
+    await services.rooms.rest_heartbeat(session)
     return _JSONResponse(session.to_json())
 
 
@@ -326,8 +329,67 @@ async def cleanup(request: Request) -> Response:
             )
     elif ids not in (None, []):
         raise _invalid(f"session_ids is only for type specific, not {kind}")
+    # The page of this session is unloading (the beacon on pagehide says which): its
+    # rooms are left, announced after the grace unless the page comes back.
+    unloading = body.get("session_id")
+    if unloading is not None and (kind != "inactive" or not isinstance(unloading, str)):
+        raise _invalid("session_id names the unloading session, for type inactive only")
     deleted = await services.sessions.cleanup(identity.user, kind, ids or ())
+    if unloading is not None and is_session_id(unloading) and unloading not in deleted:
+        await services.rooms.unloading(identity.user, unloading)
     return _JSONResponse({"deleted": len(deleted), "session_ids": deleted})
+
+
+async def join_room(request: Request) -> Response:
+    services = _services(request)
+    headers = first_headers(request.scope["headers"])
+    identity = identify(request, headers, services)
+    rooms = services.rooms
+    room = rooms.check_room(identity, request.path_params["room"])
+    body = await read_json(request, headers, services)
+    _check_fields(body, _JOIN_FIELDS)
+    session = await services.sessions.get(identity.user, request.path_params["session_id"])
+    result = await rooms.rest_join(identity, session, room, body.get("meta"))
+    return _JSONResponse({"room": room, "result": result})
+
+
+async def leave_room(request: Request) -> Response:
+    services = _services(request)
+    identity = identify(request)
+    room = services.rooms.check_room(identity, request.path_params["room"])
+    session = await services.sessions.get(identity.user, request.path_params["session_id"])
+    if not await services.rooms.rest_leave(identity, session.id, room):
+        raise NotInRoom(f"this session is not in the room {room!r}")
+    return Response(status_code=204)
+
+
+async def room_members(request: Request) -> Response:
+    services = _services(request)
+    identity = identify(request)
+    room = services.rooms.check_room(identity, request.path_params["room"])
+    cursor = request.query_params.get("cursor") or None
+    if cursor is not None and len(cursor) > 256:
+        raise _invalid("cursor is not one this server gave")
+    page = await services.rooms.page(room, cursor)
+    return _JSONResponse(
+        {
+            "room": page.room,
+            "seq": page.seq,
+            "count": page.count,
+            "members": [m.to_json() for m in page.members],
+            "next": page.next,
+            **({"partial": True} if page.partial else {}),
+        }
+    )
+
+
+async def user_presence(request: Request) -> Response:
+    services = _services(request)
+    identity = identify(request)
+    user: str = request.path_params["user"]
+    if user != identity.user:
+        raise Forbidden("a user's presence is theirs to read")
+    return _JSONResponse((await services.rooms.user(user)).to_json())
 
 
 def routes(prefix: str) -> list[BaseRoute]:
@@ -345,6 +407,17 @@ def routes(prefix: str) -> list[BaseRoute]:
         _route(f"{prefix}/sessions", get=list_sessions, post=create_session),
         _route(f"{prefix}/sessions/cleanup", post=cleanup),
         _route(f"{prefix}/sessions/{{session_id}}", get=get_session, delete=delete_session),
+        _route(
+            f"{prefix}/sessions/{{session_id}}/rooms/{{room}}", post=join_room, delete=leave_room
+        ),
+    ]
+
+
+def presence_routes(prefix: str) -> list[BaseRoute]:
+    """The presence API's routes under ``prefix`` (``/api/v1/presence``)."""
+    return [
+        _route(f"{prefix}/rooms/{{room}}", get=room_members),
+        _route(f"{prefix}/users/{{user}}", get=user_presence),
     ]
 
 

@@ -161,13 +161,13 @@ class MemoryPresenceStore:
         if current is None:
             if sum(1 for j in tab.rooms.values() if j.leaving is None) >= max_rooms:
                 return "full", []
-            joined = Joined(now, meta, now)
+            joined = Joined(now, meta, self._next_meta())
             result: JoinResult = "joined"
         elif current.leaving is not None:
-            joined = Joined(current.joined_at, meta, now)
+            joined = Joined(current.joined_at, meta, self._next_meta())
             result = "joined"
         else:
-            joined = replace(current, meta=meta, meta_at=now)
+            joined = replace(current, meta=meta, meta_order=self._next_meta())
             result = "updated"
         held.tab = replace(tab, rooms={**tab.rooms, room: joined})
         return result, self._recompute(user, [room])
@@ -177,7 +177,7 @@ class MemoryPresenceStore:
         current = None if held is None else held.tab.rooms.get(room)
         if held is None or current is None or current.leaving is not None:
             return None
-        joined = replace(current, meta=meta, meta_at=self.clock())
+        joined = replace(current, meta=meta, meta_order=self._next_meta())
         held.tab = replace(held.tab, rooms={**held.tab.rooms, room: joined})
         return self._recompute(user, [room])
 
@@ -289,6 +289,10 @@ class MemoryPresenceStore:
         return [(h, renewed) for h, (expiry, renewed) in self._leases.items() if expiry <= now]
 
     # -- internals ------------------------------------------------------------------------
+
+    def _next_meta(self) -> int:
+        self._gen += 1
+        return self._gen
 
     def _new_room(self, room: str) -> _Room:
         seq = self._empty.pop(room, None)

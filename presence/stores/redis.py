@@ -639,6 +639,16 @@ class RedisStore:
     async def _run(self, script: str, script_keys: list[str], args: list[Any]) -> Any:
         return await self._call(self._scripts[script], keys=script_keys, args=args)
 
+    async def call(self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+        """Runs one Redis call under the store's bound, its failures mapped as the store's
+        own are (for the presence store, which shares this store's client).
+
+        Raises:
+            StoreUnavailable: no answer within the bound.
+            StoreMisconfigured: Redis answered but refuses us.
+        """
+        return await self._call(fn, *args, **kwargs)
+
     async def _call(self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
         try:
             # A timer rather than wait_for: on 3.11 wait_for wraps every call in a

@@ -1,0 +1,246 @@
+"""Presence in Redis: a user's tabs in one hash of the user's slot, each room's members
+and diffs in the room's slot, leases in a slot of their own (see :mod:`presence.keys`
+and :mod:`presence.stores._presence_scripts`).
+
+A change to a tab is one script in the user's slot, which works out the user's member
+row in every room it changes; the rows are then applied to each room by a script in
+the room's slot (rooms concurrently), versioned so that two processes' rows for one
+user, applied in either order, leave the newer. A room's flush is one script that
+publishes the diff it numbers, so diffs go out in ``seq`` order. Every operation that
+spans a user and a room is idempotent: a retry after a timeout applies nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from redis.commands.core import AsyncScript
+
+from .. import events, keys
+from ..models import JSON, Diff, Member, Reason, RoomPage, Status, TabState, UserPresence
+from . import _presence_scripts
+from .presence_base import JoinResult
+from .redis import RedisStore
+
+_STATE_LETTER = {"online": "o", "away": "a"}
+_STATUSES: tuple[Status, ...] = ("online", "away", "offline")
+# (holder, user) pairs remembered as registered, at most.
+_REGISTERED_MAX = 100_000
+# Users of a reaped process handled at once.
+_REAP_BATCH = 100
+
+
+class RedisPresenceStore:
+    """Presence in Redis, through a :class:`RedisStore`'s client and call bounds.
+
+    Args:
+        sessions: the session store whose client this one shares.
+        keep: seconds a user's hash keeps their last_seen once they have no tab (the
+            session TTL).
+    """
+
+    name = "redis"
+
+    def __init__(self, sessions: RedisStore, *, keep: float) -> None:
+        self.sessions = sessions
+        self.prefix = sessions.prefix
+        self.keep_ms = max(1, round(keep * 1000))
+        self._scripts: dict[str, AsyncScript] = {}
+        # Users already in a holder's users set in Redis (added before their first
+        # hold there, so that a reaper finds them): forgotten past a bound, which only
+        # costs one SADD again.
+        self._registered: set[tuple[str, str]] = set()
+        self._renewed: dict[str, float] = {}
+
+    @property
+    def publish_command(self) -> str:
+        # A room's channel lives in the room's slot: on a cluster it is published to
+        # the node that owns it alone (SPUBLISH), as the flush script's keys require.
+        return "SPUBLISH" if self.sessions.cluster else "PUBLISH"
+
+    async def open(self) -> None:
+        client = self.sessions.client
+        for name in ("USER", "APPLY", "FLUSH", "ROOM", "RENEW", "LAPSED", "REAPED"):
+            self._scripts[name] = client.register_script(getattr(_presence_scripts, name))
+
+    async def close(self) -> None:
+        pass
+
+    # -- tabs -----------------------------------------------------------------------------
+
+    async def hold(
+        self, user: str, session_id: str, *, holder: str, state: TabState
+    ) -> tuple[int, list[str]]:
+        if (holder, user) not in self._registered:
+            await self._call_raw(
+                self.sessions.client.sadd, keys.holder_users_key(self.prefix, holder), user
+            )
+            if len(self._registered) >= _REGISTERED_MAX:
+                self._registered.clear()
+            self._registered.add((holder, user))
+        reply = await self._user(user, "hold", session_id, holder, _STATE_LETTER[state], "0")
+        return int(reply[1]), await self._apply(user, reply)
+
+    async def set_state(
+        self, user: str, session_id: str, state: TabState, *, holder: str
+    ) -> list[str]:
+        reply = await self._user(user, "state", session_id, holder, _STATE_LETTER[state])
+        return await self._apply(user, reply)
+
+    async def release(
+        self, user: str, session_id: str, reason: Reason, *, holder: str, gen: int
+    ) -> float | None:
+        reply = await self._user(user, "release", session_id, holder, gen, reason)
+        if reply[0] != "ok":
+            return None
+        return int(reply[1]) / 1000
+
+    async def depart(self, user: str, session_id: str, *, since: float) -> list[str]:
+        return await self._apply(user, await self._user(user, "depart", session_id, _ms(since)))
+
+    async def join(
+        self, user: str, session_id: str, room: str, meta: JSON, *, max_rooms: int
+    ) -> tuple[JoinResult, list[str]]:
+        reply = await self._user(user, "join", session_id, room, _dump(meta), max_rooms)
+        result: JoinResult = reply[0]
+        return result, await self._apply(user, reply)
+
+    async def update(self, user: str, session_id: str, room: str, meta: JSON) -> list[str] | None:
+        reply = await self._user(user, "update", session_id, room, _dump(meta))
+        if reply[0] != "ok":
+            return None
+        return await self._apply(user, reply)
+
+    async def leave(
+        self, user: str, session_id: str, room: str, reason: Reason
+    ) -> tuple[float, list[str]] | None:
+        reply = await self._user(user, "leave", session_id, room, reason)
+        if reply[0] != "ok":
+            return None
+        return int(reply[1]) / 1000, []
+
+    async def reap(self, holder: str) -> list[str]:
+        client = self.sessions.client
+        users_key = keys.holder_users_key(self.prefix, holder)
+        renewed = self._renewed.pop(holder, None)
+        renewed_ms = "" if renewed is None else str(_ms(renewed))
+        changed: set[str] = set()
+        cursor = 0
+        while True:
+            cursor, batch = await self._call_raw(client.sscan, users_key, cursor, count=_REAP_BATCH)
+            replies = await asyncio.gather(
+                *(self._user(user, "reap", holder, renewed_ms or "0") for user in batch)
+            )
+            for user, reply in zip(batch, replies, strict=True):
+                changed.update(await self._apply(user, reply))
+            if int(cursor) == 0:
+                break
+        await self._call_raw(client.delete, users_key)
+        await self._run("REAPED", keys.lease_keys(self.prefix), [holder])
+        return sorted(changed)
+
+    # -- rooms ----------------------------------------------------------------------------
+
+    async def flush(self, room: str) -> Diff | None:
+        raw = await self._run(
+            "FLUSH",
+            keys.room_keys(self.prefix, room),
+            [room, keys.room_channel(self.prefix, room), self.publish_command],
+        )
+        if not raw:
+            return None
+        return events.decode_diff(raw)
+
+    async def room(self, room: str, *, cursor: str | None = None, limit: int = 1000) -> RoomPage:
+        room_keys = keys.room_keys(self.prefix, room)
+        reply = await self._run(
+            "ROOM", [room_keys[0], room_keys[1], room_keys[6]], [cursor or "", limit]
+        )
+        seq, count, following = int(reply[0]), int(reply[1]), reply[2]
+        members = tuple(_member(reply[i], reply[i + 1]) for i in range(3, len(reply), 2))
+        return RoomPage(room, seq, count, members, following or None)
+
+    async def user(self, user: str) -> UserPresence:
+        reply = await self._user(user, "user", "")
+        status, sessions, seen = reply[0], int(reply[1]), reply[2]
+        return UserPresence(
+            user=user,
+            status=status if status in _STATUSES else "offline",
+            sessions=sessions,
+            last_seen=int(seen) / 1000 if seen else None,
+            rooms=tuple(sorted(reply[3:])),
+        )
+
+    async def tab_rooms(self, user: str, session_id: str) -> list[str]:
+        return sorted(await self._user(user, "rooms", session_id))
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def renew(self, holder: str, ttl: float) -> bool:
+        renewed = await self._run("RENEW", keys.lease_keys(self.prefix), [holder, _ms(ttl)])
+        return bool(int(renewed))
+
+    async def lapsed(self) -> list[tuple[str, float]]:
+        reply = await self._run(
+            "LAPSED", keys.lease_keys(self.prefix), [self.prefix, _ms(keys.REAP_CLAIM)]
+        )
+        out = []
+        for i in range(0, len(reply), 2):
+            renewed = int(reply[i + 1]) / 1000
+            self._renewed[reply[i]] = renewed
+            out.append((str(reply[i]), renewed))
+        return out
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _user(self, user: str, op: str, *args: Any) -> Any:
+        return await self._run(
+            "USER", [keys.tabs_key(self.prefix, user)], [op, self.keep_ms, *args]
+        )
+
+    async def _apply(self, user: str, reply: Sequence[Any]) -> list[str]:
+        """Applies the rows a user script sent to their rooms, concurrently; returns
+        the rooms changed."""
+        version = reply[2]
+        rooms = [
+            (reply[i], reply[i + 1], reply[i + 2], reply[i + 3]) for i in range(3, len(reply), 4)
+        ]
+        if not rooms:
+            return []
+        results = await asyncio.gather(
+            *(
+                self._run(
+                    "APPLY", keys.room_keys(self.prefix, room), [user, version, row, why, seen]
+                )
+                for room, row, why, seen in rooms
+            )
+        )
+        return [room for (room, _, _, _), changed in zip(rooms, results, strict=True) if changed]
+
+    async def _run(self, script: str, script_keys: list[str], args: list[Any]) -> Any:
+        return await self.sessions.call(self._scripts[script], keys=script_keys, args=args)
+
+    async def _call_raw(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await self.sessions.call(fn, *args, **kwargs)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _dump(meta: JSON) -> str:
+    return json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
+
+
+def _member(user: str, row: str) -> Member:
+    status, sessions, since, meta = row.split("|", 3)
+    return Member(
+        user,
+        status if status in _STATUSES else "offline",
+        int(sessions),
+        json.loads(meta),
+        int(since) / 1000,
+    )

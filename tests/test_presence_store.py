@@ -1,0 +1,377 @@
+"""The presence store contract, on every store: memory, fakeredis, a real redis-server
+and a real three-primary Redis Cluster.
+
+The state machine drives random sequences of open, close (by socket or timeout), hide,
+show, idle, join, leave, meta updates, crashes and graces running out, over six
+sessions of three users held by two processes, and checks after every step that each
+watcher's view (a sync, then every diff applied in order) equals the store's members,
+that the members follow the rules (sessions counted, the latest meta, one status per
+user across tabs), that every leave carries its reason and when the user was last seen,
+and that nobody is left behind once everyone has gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+import redis as sync_redis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from presence.rooms import View
+from presence.stores import RedisStore
+from presence.stores.presence_memory import MemoryPresenceStore
+from presence.stores.presence_redis import RedisPresenceStore
+
+from .conftest import Clock
+
+USERS = ("ann", "bob", "cy")
+SESSIONS = {f"{user}-{n}": user for user in USERS for n in range(2)}
+ROOMS = ("lobby", "dev:1")
+HOLDERS = ("p1", "p2")
+KINDS = ["memory", "fakeredis", "redis", "cluster"]
+
+
+class _Stores:
+    """Builds presence stores of one kind, each in the caller's event loop."""
+
+    def __init__(self, kind: str, request: pytest.FixtureRequest) -> None:
+        self.kind = kind
+        self.url = None
+        if kind == "redis":
+            self.url = request.getfixturevalue("redis_url")
+        elif kind == "cluster":
+            self.url = request.getfixturevalue("redis_cluster_url").replace("+cluster", "")
+            self.cluster = request.getfixturevalue("redis_cluster")
+
+    def flush(self) -> None:
+        if self.kind == "redis":
+            with sync_redis.Redis.from_url(self.url) as client:
+                client.flushall()
+        elif self.kind == "cluster":
+            self.cluster.flush()
+
+    async def open(self, clock: Clock):
+        if self.kind == "memory":
+            return MemoryPresenceStore(clock=clock), None
+        if self.kind == "fakeredis":
+            import fakeredis
+
+            sessions = RedisStore(client=fakeredis.FakeAsyncRedis(decode_responses=True), ttl=60.0)
+        else:
+            sessions = RedisStore(self.url, ttl=60.0, cluster=self.kind == "cluster")
+        await sessions.open()
+        store = RedisPresenceStore(sessions, keep=60.0)
+        await store.open()
+        return store, sessions
+
+
+@pytest.fixture(params=KINDS)
+def stores(request) -> _Stores:
+    return _Stores(request.param, request)
+
+
+@dataclass
+class _Session:
+    user: str
+    holder: str | None = None
+    gen: int = 0
+    state: str = "online"
+    rooms: dict[str, tuple[object, int]] = field(default_factory=dict)  # meta, its order
+    leaving: float | None = None  # the whole tab, since
+    reason: str = "closed"
+    room_leaving: dict[str, float] = field(default_factory=dict)
+
+
+class PresenceMachine(RuleBasedStateMachine):
+    """A model of the rules beside a presence store, compared after every step."""
+
+    stores: _Stores
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.clock = Clock(1_000.0)
+        self.stores.flush()
+        self.store, self.sessions = self.run(self.stores.open(self.clock))
+        self.model: dict[str, _Session] = {}
+        self.order = 0  # metas set, in order
+        self.pending: list[tuple[str, float]] = []  # (sid, since) of graces running
+        # (room, user) -> the reason and last_seen their leave must carry
+        self.leaves: dict[tuple[str, str], tuple[str, float | None]] = {}
+        self.views = {room: View(room) for room in ROOMS}
+        for room in ROOMS:
+            self.views[room].sync(self.run(self.store.room(room)))
+
+    def run(self, coroutine):
+        return self.loop.run_until_complete(coroutine)
+
+    def teardown(self) -> None:
+        if self.sessions is not None:
+            self.run(self.sessions.close())
+        self.loop.close()
+
+    def tick(self) -> None:
+        self.clock.advance(1.0)  # the memory store's clock; Redis keeps its own
+
+    # -- rules --------------------------------------------------------------------------
+
+    @rule(sid=st.sampled_from(sorted(SESSIONS)), holder=st.sampled_from(HOLDERS))
+    def open(self, sid, holder):
+        """A socket opens (or reopens inside the grace) on one of the processes."""
+        self.tick()
+        session = self.model.setdefault(sid, _Session(SESSIONS[sid]))
+        session.gen, _ = self.run(self.store.hold(session.user, sid, holder=holder, state="online"))
+        session.holder, session.state, session.leaving = holder, "online", None
+
+    def held(self) -> list[str]:
+        return sorted(
+            sid for sid, s in self.model.items() if s.holder is not None and s.leaving is None
+        )
+
+    @precondition(lambda self: self.held())
+    @rule(data=st.data(), reason=st.sampled_from(["closed", "timeout"]))
+    def close(self, data, reason, sid=None):
+        """A socket closes: the tab leaves after the grace unless it comes back."""
+        self.tick()
+        if sid is None:
+            sid = data.draw(st.sampled_from(self.held()))
+        session = self.model[sid]
+        since = self.run(
+            self.store.release(session.user, sid, reason, holder=session.holder, gen=session.gen)
+        )
+        assert since is not None
+        session.leaving, session.reason = since, reason
+        self.pending.append((sid, since))
+
+    @rule(sid=st.sampled_from(sorted(SESSIONS)))
+    def stale_release(self, sid):
+        """A release of an older hold (a timer that fired late) changes nothing."""
+        session = self.model.get(sid)
+        if session is None or session.holder is None:
+            return
+        assert (
+            self.run(
+                self.store.release(
+                    session.user, sid, "closed", holder=session.holder, gen=session.gen - 1
+                )
+            )
+            is None
+        )
+
+    @precondition(lambda self: self.held())
+    @rule(data=st.data(), state=st.sampled_from(["online", "away"]))
+    def visibility(self, data, state):
+        """A tab is hidden, shown, goes idle or comes back."""
+        self.tick()
+        sid = data.draw(st.sampled_from(self.held()))
+        session = self.model[sid]
+        self.run(self.store.set_state(session.user, sid, state, holder=session.holder))
+        session.state = state
+
+    @precondition(lambda self: self.held())
+    @rule(
+        data=st.data(),
+        room=st.sampled_from(ROOMS),
+        meta=st.one_of(st.none(), st.integers(0, 3), st.just({"nick": "x"}), st.just([])),
+        update=st.booleans(),
+    )
+    def join(self, data, room, meta, update):
+        """A held tab joins a room, or sets its meta there (by a join or an update)."""
+        self.tick()
+        sid = data.draw(st.sampled_from(self.held()))
+        session = self.model[sid]
+        present = room in session.rooms and room not in session.room_leaving
+        if update:
+            changed = self.run(self.store.update(session.user, sid, room, meta))
+            assert (changed is not None) == present
+            if not present:
+                return
+        else:
+            result, _ = self.run(self.store.join(session.user, sid, room, meta, max_rooms=20))
+            assert result == ("updated" if present else "joined")
+        self.order += 1
+        session.rooms[room] = (meta, self.order)
+        session.room_leaving.pop(room, None)
+
+    def joined(self) -> list[tuple[str, str]]:
+        return sorted(
+            (sid, room)
+            for sid, s in self.model.items()
+            for room in s.rooms
+            if room not in s.room_leaving
+        )
+
+    @precondition(lambda self: self.joined())
+    @rule(data=st.data())
+    def leave(self, data):
+        """A tab leaves a room: gone after the grace unless it joins again."""
+        self.tick()
+        sid, room = data.draw(st.sampled_from(self.joined()))
+        session = self.model[sid]
+        left = self.run(self.store.leave(session.user, sid, room, "left"))
+        assert left is not None
+        session.room_leaving[room] = left[0]
+        self.pending.append((sid, left[0]))
+
+    @precondition(lambda self: self.model)
+    @rule(holder=st.sampled_from(HOLDERS))
+    def crash(self, holder):
+        """A process dies and is reaped: its tabs go at once."""
+        self.tick()
+        self.run(self.store.reap(holder))
+        for sid in [s for s, session in self.model.items() if session.holder == holder]:
+            session = self.model[sid]
+            why = (session.reason, session.leaving) if session.leaving else ("node_down", None)
+            self._removing(sid, list(session.rooms), *why)
+            del self.model[sid]
+        self.pending = [(sid, since) for sid, since in self.pending if sid in self.model]
+
+    @precondition(lambda self: self.pending)
+    @rule(data=st.data())
+    def grace_runs_out(self, data):
+        """One running grace ends: what left before it and did not come back goes."""
+        self.tick()
+        sid, since = self.pending.pop(data.draw(st.integers(0, len(self.pending) - 1)))
+        self.run(self.store.depart(SESSIONS[sid], sid, since=since))
+        session = self.model.get(sid)
+        if session is None:
+            return
+        if session.leaving is not None and session.leaving <= since:
+            self._removing(sid, list(session.rooms), session.reason, session.leaving)
+            del self.model[sid]
+            return
+        for room, left in list(session.room_leaving.items()):
+            if left <= since:
+                self._removing(sid, [room], "left", left)
+                del session.room_leaving[room]
+                del session.rooms[room]
+
+    @precondition(lambda self: self.model)
+    @rule()
+    def everyone_leaves(self):
+        """Every tab closes and every grace runs out: nobody is left behind."""
+        for sid in self.held():
+            self.close(None, "closed", sid=sid)
+        while self.pending:
+            sid, since = self.pending.pop(0)
+            self.run(self.store.depart(SESSIONS[sid], sid, since=since))
+            session = self.model.get(sid)
+            if session is not None and session.leaving is not None and session.leaving <= since:
+                self._removing(sid, list(session.rooms), session.reason, session.leaving)
+                del self.model[sid]
+            elif session is not None:
+                for room, left in list(session.room_leaving.items()):
+                    if left <= since:
+                        self._removing(sid, [room], "left", left)
+                        del session.room_leaving[room]
+                        del session.rooms[room]
+        assert not self.model
+        self.every_view_equals_the_store_and_the_rules()
+        for room in ROOMS:
+            assert self.run(self.store.room(room)).count == 0
+        for user in USERS:
+            presence = self.run(self.store.user(user))
+            assert (presence.status, presence.sessions, presence.rooms) == ("offline", 0, ())
+
+    def _removing(self, sid: str, rooms: list[str], reason: str, when: float | None) -> None:
+        """Notes the leave that removing ``sid`` from ``rooms`` must announce, for each
+        room where it was its user's last session."""
+        user = SESSIONS[sid]
+        for room in rooms:
+            others = [
+                s
+                for other, s in self.model.items()
+                if other != sid and s.user == user and room in s.rooms
+            ]
+            if not others:
+                self.leaves[(room, user)] = (reason, when)
+
+    # -- checks -------------------------------------------------------------------------
+
+    def expected(self, room: str) -> dict[str, tuple[str, int, object]]:
+        by_user: dict[str, list[_Session]] = {}
+        for session in self.model.values():
+            by_user.setdefault(session.user, []).append(session)
+        members = {}
+        for user, sessions in by_user.items():
+            status = "online" if any(s.state == "online" for s in sessions) else "away"
+            here = [s for s in sessions if room in s.rooms]
+            if here:
+                meta = max((s.rooms[room] for s in here), key=lambda pair: pair[1])[0]
+                members[user] = (status, len(here), meta)
+        return members
+
+    @invariant()
+    def every_view_equals_the_store_and_the_rules(self):
+        """Flushed, every room's diffs bring its watcher's view to the store's members,
+        which are what the rules say (count, meta, status across all tabs), and every
+        leave says why and since when."""
+        for room in ROOMS:
+            diff = self.run(self.store.flush(room))
+            if diff is None:
+                continue
+            for leave in diff.leaves:
+                reason, when = self.leaves.pop((room, leave.user))
+                assert leave.reason == reason
+                if when is not None:
+                    assert leave.last_seen == pytest.approx(when, abs=0.001)
+            self.views[room].apply(diff)
+        for room in ROOMS:
+            page = self.run(self.store.room(room))
+            view = self.views[room]
+            assert view.seq == page.seq
+            assert {u: (m.status, m.sessions, m.meta) for u, m in view.members.items()} == {
+                m.user: (m.status, m.sessions, m.meta) for m in page.members
+            }
+            assert view.count == page.count == len(page.members)
+            got = {m.user: (m.status, m.sessions, m.meta) for m in page.members}
+            assert got == self.expected(room)
+
+    @invariant()
+    def statuses_follow_the_rules(self):
+        """A user is online while a tab of theirs is, away while all are away, offline
+        without a tab."""
+        for user in USERS:
+            sessions = [s for s in self.model.values() if s.user == user]
+            want = (
+                "offline"
+                if not sessions
+                else "online"
+                if any(s.state == "online" for s in sessions)
+                else "away"
+            )
+            presence = self.run(self.store.user(user))
+            assert presence.status == want
+            assert presence.sessions == len(sessions)
+            assert set(presence.rooms) == {r for s in sessions for r in s.rooms}
+
+
+def _machine_settings(kind: str):
+    return settings(
+        max_examples=100 if kind == "memory" else 25,
+        stateful_step_count=40,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
+
+def test_every_watchers_view_follows_the_store_and_the_rules(stores):
+    """Random opens, closes, hides, joins, leaves, metas, crashes and graces: views,
+    members, statuses and leaves stay right, on every store."""
+
+    class Machine(PresenceMachine):
+        pass
+
+    Machine.stores = stores
+    run_state_machine_as_test(Machine, settings=_machine_settings(stores.kind))
