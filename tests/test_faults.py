@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import datetime
 
 import httpx
@@ -24,7 +25,7 @@ from websockets.exceptions import InvalidStatus
 
 from presence import keys
 from presence.exceptions import StoreBusy, StoreFull
-from presence.sessions import new_session_id
+from presence.sessions import Session, new_session_id
 from presence.stores import FallbackStore, MemoryStore, RedisStore
 
 from .proxy import Proxy
@@ -641,6 +642,48 @@ async def test_the_write_back_takes_many_entries_a_round_trip(own_redis):
     for user in users:
         assert set(state[user]) == {s.id for s in kept + made if s.user == user}
     assert all(state[s.user][s.id]["value"].split("|")[2] == "ny" for s in kept)
+
+
+@pytest.mark.parametrize("make_store", ["fakeredis", "redis", "cluster"], indirect=True)
+async def test_the_batched_write_back_calls_do_what_the_single_ones_do(make_store):
+    """replay_touches, delete_many, delete_seen_before_many and restore_many, each given
+    sessions of 20 users (on a cluster, of many slots), do what touch, delete,
+    delete_seen_before and restore do one at a time, in one call each (one a slot)."""
+    store: RedisStore = await make_store(ttl=TTL)
+    users = [f"user{n}" for n in range(20)]
+    # A lone session and an indexed one each: both places a script looks.
+    sessions = [await store.create(user, new_session_id()) for user in users for _ in range(2)]
+    gone = Session(id=new_session_id(), user="nobody", created_at=0.0, last_seen=0.0, expires_at=0)
+    calls = _count_script_calls(store)
+    seen = time.time()
+    replays = [
+        replace(s, transport="http", state="away", data={"n": n}, last_seen=seen)
+        for n, s in enumerate(sessions)
+    ]
+    touched = await store.replay_touches([*replays, gone])
+    assert touched[-1] is None
+    for replay, session in zip(replays, touched, strict=False):
+        assert session is not None and session.id == replay.id
+        assert (session.state, session.data) == ("away", replay.data)
+        got = await store.get(replay.user, replay.id)
+        # expires_at is Redis's now plus a PTTL, read a millisecond apart.
+        assert got is not None and replace(got, expires_at=0) == replace(session, expires_at=0)
+    new = [
+        Session(id=new_session_id(), user=user, created_at=seen, last_seen=seen, expires_at=0)
+        for user in users
+    ]
+    assert await store.restore_many([(s, None) for s in new]) == [True] * len(new)
+    for s in new:
+        assert (await store.get(s.user, s.id)) is not None
+    await store.delete_many([(s.user, [s.id], "deleted") for s in sessions[::2]])
+    await store.delete_seen_before_many([(user, time.time() + 1, "cleanup") for user in users[:10]])
+    for user in users:
+        left = {s.id for s in await store.list_sessions(user)}
+        expected = {s.id for s in sessions[1::2] + new if s.user == user}
+        assert left == (set() if user in users[:10] else expected)
+    if not store.cluster:
+        batched = {k: v for k, v in calls().items() if k not in ("GET", "LIST")}
+        assert batched == {"TOUCH": 1, "RESTORE_MANY": 1, "DELETE_MANY": 2}
 
 
 def _count_script_calls(store: RedisStore):

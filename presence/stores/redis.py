@@ -192,9 +192,9 @@ class RedisStore:
                     await asyncio.wait_for(self._probe_client.ping(), timeout=self.timeout * 4)
 
     async def close(self) -> None:
-        """Closes the connections. Returns within about five call bounds, whatever Redis
-        does: heartbeats still in flight, the pub/sub listener and connections that have
-        not finished by then are abandoned, with a warning."""
+        """Closes the connections. Returns within ten call bounds (5 s at the default
+        timeout), whatever Redis does: heartbeats still in flight, the pub/sub listener
+        and connections that have not finished by then are abandoned, with a warning."""
         self._closing = True
         if not await settle(self._touches.drain(), self.bound * 2):
             logger.warning("heartbeats in flight to Redis did not finish at close; abandoned")
