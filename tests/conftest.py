@@ -9,7 +9,22 @@ import redis
 from presence.stores import MemoryStore, RedisStore
 
 from .proxy import Proxy
-from .utils import RedisCluster, RedisServer, redis_binary
+from .utils import UNIT, RedisCluster, RedisServer, redis_binary
+
+# Every test's bound, fixtures included, so that a hang fails with every thread's stack
+# (pytest-timeout, thread method) instead of blocking the run: six times the slowest
+# test (the idle benchmark's smoke test, ~20 s on a shared 2-core machine), scaled by
+# PRESENCE_TEST_TIMEOUT_FACTOR as every timeout here is. A test may set its own with
+# @pytest.mark.timeout; --timeout or PYTEST_TIMEOUT sets them all.
+TEST_TIMEOUT = 1200 * UNIT
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("timeout") is not None or os.environ.get("PYTEST_TIMEOUT"):
+        return
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
 
 
 def _need_redis_server() -> None:

@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import datetime
 
 import httpx
@@ -24,7 +25,7 @@ from websockets.exceptions import InvalidStatus
 
 from presence import keys
 from presence.exceptions import StoreBusy, StoreFull
-from presence.sessions import new_session_id
+from presence.sessions import Session, new_session_id
 from presence.stores import FallbackStore, MemoryStore, RedisStore
 
 from .proxy import Proxy
@@ -470,8 +471,8 @@ async def test_a_session_created_right_after_an_outage_cleanup_survives_it(own_r
 
 
 async def test_writes_made_while_the_journal_is_written_back_reach_redis(own_redis, redis_proxy):
-    """Heartbeats received while the write-back runs (Redis slow but answering) are
-    written too, before the breaker closes: none is left behind."""
+    """Heartbeats received while the write-back runs (Redis slow but answering) reach
+    Redis too, after the entries written back: none is left behind."""
     async with _fallback_store(redis_proxy.url) as store:
         redis_proxy.blackhole()
         sessions = [await store.create("alice", new_session_id()) for _ in range(5)]
@@ -479,7 +480,7 @@ async def test_writes_made_while_the_journal_is_written_back_reach_redis(own_red
         redis_proxy.heal()
         # Slow, but well under the 0.25 s socket timeout: the write-back takes a while.
         redis_proxy.delay(0.03)
-        await _until(lambda: store.pending_writes < 5, RECOVERY)
+        await _until(lambda: _replaying(store), RECOVERY)
         touched = {}
         for session in sessions:
             touched[session.id] = await store.touch("alice", session.id, data={"late": 1})
@@ -490,6 +491,212 @@ async def test_writes_made_while_the_journal_is_written_back_reach_redis(own_red
         entry = state["alice"][sid]
         assert entry["value"].endswith('|{"late":1}')
         _assert_ttl_from(entry, round(session.last_seen * 1000))
+
+
+def _replaying(store: FallbackStore) -> bool:
+    """The breaker has closed and the journal is still being written back."""
+    return not store.degraded and store.pending_writes > 0
+
+
+@contextlib.asynccontextmanager
+async def _replay_under_way(store: FallbackStore, proxy: Proxy) -> AsyncIterator[None]:
+    """Around an outage of ``store`` behind ``proxy``: blackholes it, and on leaving the
+    block heals it slowly (a tenth of the call's bound each way) and returns once the
+    replay of the journal has begun, to last for seconds yet.
+
+    "bob" gets a heartbeat and 20 batches of deletes in the journal (ids Redis never had,
+    as a client may ask to delete), written back before the other users' deletes, and
+    before every cleanup and restore."""
+    bob = await store.create("bob", new_session_id())
+    proxy.blackhole()
+    assert await store.touch("bob", bob.id) is not None
+    assert store.degraded
+    await store.delete("bob", [new_session_id() for _ in range(20 * 128)], "deleted")
+    yield
+    proxy.heal()
+    proxy.delay(store.primary.bound / 10)
+    await _until(lambda: _replaying(store), RECOVERY)
+
+
+async def test_during_the_replay_a_user_without_journalled_writes_is_served_by_redis(
+    own_redis, redis_proxy
+):
+    """Once Redis answers the probe, a session this process never saw (made by another
+    process) is served from Redis at once, while the journal is still being written back,
+    and /readyz's status says ready with the writes pending: no 503 until the write-back
+    ends."""
+    other = RedisStore(own_redis.url, ttl=TTL)
+    await other.open()
+    try:
+        elsewhere = await other.create("carol", new_session_id())
+        async with _fallback_store(redis_proxy.url) as store:
+            async with _replay_under_way(store, redis_proxy):
+                with pytest.raises(StoreBusy):
+                    await store.get("carol", elsewhere.id)
+            found = await store.get("carol", elsewhere.id)
+            status = await store.status()
+            assert found is not None and found.id == elsewhere.id
+            assert store.pending_writes > 0
+            assert status["degraded"] is False and status["pending_writes"] > 0
+            await asyncio.wait_for(store.wait_recovered(), RECOVERY)
+    finally:
+        await other.close()
+
+
+async def test_during_the_replay_a_heartbeat_never_overtakes_an_outage_cleanup(
+    own_redis, redis_proxy
+):
+    """A session only Redis held, of a user who cleaned up all their sessions during the
+    outage, stays deleted when it is heartbeated while the journal is being written back:
+    the heartbeat waits for the cleanup, rather than moving last_seen past its cutoff."""
+    other = RedisStore(own_redis.url, ttl=TTL)
+    await other.open()
+    try:
+        async with _fallback_store(redis_proxy.url) as store:
+            unseen = await other.create("alice", new_session_id())
+            async with _replay_under_way(store, redis_proxy):
+                await store.delete_all("alice", "cleanup")
+            assert await store.touch("alice", unseen.id) is None
+            await asyncio.wait_for(store.wait_recovered(), RECOVERY)
+    finally:
+        await other.close()
+    assert (await _redis_state(own_redis.url, ["alice", "bob"]))["alice"] == {}
+
+
+async def test_during_the_replay_a_session_created_in_the_outage_is_not_lost(
+    own_redis, redis_proxy
+):
+    """A session created during the outage and heartbeated while the journal is being
+    written back, before its own restore, answers and reaches Redis: the heartbeat waits
+    for the restore, rather than finding it missing and making the mirror forget it."""
+    async with _fallback_store(redis_proxy.url) as store:
+        async with _replay_under_way(store, redis_proxy):
+            created = await store.create("alice", new_session_id())
+        touched = await store.touch("alice", created.id, state="away")
+        assert touched is not None and touched.state == "away"
+        await asyncio.wait_for(store.wait_recovered(), RECOVERY)
+    state = await _redis_state(own_redis.url, ["alice", "bob"])
+    assert set(state["alice"]) == {created.id}
+    _assert_ttl_from(state["alice"][created.id], round(touched.last_seen * 1000))
+
+
+async def test_during_the_replay_a_session_deleted_in_the_outage_is_not_revived(
+    own_redis, redis_proxy
+):
+    """A session deleted during the outage and heartbeated while the journal is being
+    written back, before the delete reaches Redis, is not found: the heartbeat waits for
+    the delete, rather than finding the session in Redis and reviving it."""
+    async with _fallback_store(redis_proxy.url) as store:
+        session = await store.create("alice", new_session_id())
+        async with _replay_under_way(store, redis_proxy):
+            assert await store.delete("alice", [session.id], "deleted") == [session.id]
+        assert await store.touch("alice", session.id) is None
+        await asyncio.wait_for(store.wait_recovered(), RECOVERY)
+    assert (await _redis_state(own_redis.url, ["alice", "bob"]))["alice"] == {}
+
+
+async def test_a_redis_failing_again_during_the_replay_loses_nothing(own_redis, redis_proxy):
+    """Redis lost again while the journal is being written back: the breaker opens again,
+    requests waiting for the replay are served from memory, and after the second recovery
+    Redis holds every write of both outages."""
+    async with _fallback_store(redis_proxy.url) as store:
+        async with _replay_under_way(store, redis_proxy):
+            first = await store.create("alice", new_session_id())
+        redis_proxy.blackhole()
+        touched = await store.touch("alice", first.id, data={"n": 2})
+        assert touched is not None and store.degraded
+        second = await store.create("alice", new_session_id())
+        redis_proxy.heal()
+        await asyncio.wait_for(store.wait_recovered(), RECOVERY)
+    state = await _redis_state(own_redis.url, ["alice", "bob"])
+    assert set(state["alice"]) == {first.id, second.id}
+    assert state["alice"][first.id]["value"].endswith('|{"n":2}')
+    _assert_ttl_from(state["alice"][first.id], round(touched.last_seen * 1000))
+
+
+async def test_the_write_back_takes_many_entries_a_round_trip(own_redis):
+    """An outage's journal of 300 heartbeats, 300 deletes and 300 new sessions over 30
+    users is written back in a few batched calls, not one call an entry, and Redis then
+    holds exactly what was acknowledged."""
+    users = [f"user{n}" for n in range(30)]
+    async with _fallback_store(own_redis.url) as store:
+        kept = [await store.create(user, new_session_id()) for user in users for _ in range(10)]
+        dropped = [await store.create(user, new_session_id()) for user in users for _ in range(10)]
+        own_redis.pause()
+        try:
+            assert await store.get(users[0], kept[0].id) is not None
+            assert store.degraded
+            for session in kept:
+                assert await store.touch(session.user, session.id, state="away") is not None
+            for session in dropped:
+                assert await store.delete(session.user, [session.id], "deleted")
+            made = [await store.create(user, new_session_id()) for user in users for _ in range(10)]
+        finally:
+            own_redis.resume()
+        calls = _count_script_calls(store.primary)
+        await asyncio.wait_for(store.wait_recovered(), RECOVERY)
+        sent = calls()
+    # 300 entries a step, 128 a call: 3 TOUCH, 3 DELETE_MANY and 3 RESTORE_MANY.
+    assert sent == {"TOUCH": 3, "DELETE_MANY": 3, "RESTORE_MANY": 3}, sent
+    state = await _redis_state(own_redis.url, users)
+    for user in users:
+        assert set(state[user]) == {s.id for s in kept + made if s.user == user}
+    assert all(state[s.user][s.id]["value"].split("|")[2] == "ny" for s in kept)
+
+
+@pytest.mark.parametrize("make_store", ["fakeredis", "redis", "cluster"], indirect=True)
+async def test_the_batched_write_back_calls_do_what_the_single_ones_do(make_store):
+    """replay_touches, delete_many, delete_seen_before_many and restore_many, each given
+    sessions of 20 users (on a cluster, of many slots), do what touch, delete,
+    delete_seen_before and restore do one at a time, in one call each (one a slot)."""
+    store: RedisStore = await make_store(ttl=TTL)
+    users = [f"user{n}" for n in range(20)]
+    # A lone session and an indexed one each: both places a script looks.
+    sessions = [await store.create(user, new_session_id()) for user in users for _ in range(2)]
+    gone = Session(id=new_session_id(), user="nobody", created_at=0.0, last_seen=0.0, expires_at=0)
+    calls = _count_script_calls(store)
+    seen = time.time()
+    replays = [
+        replace(s, transport="http", state="away", data={"n": n}, last_seen=seen)
+        for n, s in enumerate(sessions)
+    ]
+    touched = await store.replay_touches([*replays, gone])
+    assert touched[-1] is None
+    for replay, session in zip(replays, touched, strict=False):
+        assert session is not None and session.id == replay.id
+        assert (session.state, session.data) == ("away", replay.data)
+        got = await store.get(replay.user, replay.id)
+        # expires_at is Redis's now plus a PTTL, read a millisecond apart.
+        assert got is not None and replace(got, expires_at=0) == replace(session, expires_at=0)
+    new = [
+        Session(id=new_session_id(), user=user, created_at=seen, last_seen=seen, expires_at=0)
+        for user in users
+    ]
+    assert await store.restore_many([(s, None) for s in new]) == [True] * len(new)
+    for s in new:
+        assert (await store.get(s.user, s.id)) is not None
+    await store.delete_many([(s.user, [s.id], "deleted") for s in sessions[::2]])
+    await store.delete_seen_before_many([(user, time.time() + 1, "cleanup") for user in users[:10]])
+    for user in users:
+        left = {s.id for s in await store.list_sessions(user)}
+        expected = {s.id for s in sessions[1::2] + new if s.user == user}
+        assert left == (set() if user in users[:10] else expected)
+    if not store.cluster:
+        batched = {k: v for k, v in calls().items() if k not in ("GET", "LIST")}
+        assert batched == {"TOUCH": 1, "RESTORE_MANY": 1, "DELETE_MANY": 2}
+
+
+def _count_script_calls(store: RedisStore):
+    """Counts, by script, the calls ``store`` sends from now on; returns the reader."""
+    counts: dict[str, int] = {}
+    run = store._run
+
+    async def counting(script, script_keys, args):
+        counts[script] = counts.get(script, 0) + 1
+        return await run(script, script_keys, args)
+
+    store._run = counting
+    return lambda: dict(counts)
 
 
 async def test_a_replayed_heartbeat_never_moves_a_session_back(own_redis, redis_proxy):
@@ -621,6 +828,97 @@ async def test_two_processes_see_only_their_own_outage_writes_and_all_after(own_
         for client in (via_one, via_two):
             listed = (await client.get("/sessions")).json()["sessions"]
             assert {s["id"] for s in listed} == everything
+
+
+# --- Closing -------------------------------------------------------------------------------
+
+# How long a close may take before it counts as hung: the store's own bound is a few
+# call bounds (0.5 s each); this leaves room for a slow machine.
+CLOSE = 100 * UNIT
+
+
+async def test_closing_a_store_while_its_listener_subscribes_returns(own_redis):
+    """A store closed at any pass of the event loop after its pub/sub listener began
+    subscribing closes within its bound: a cancellation of the listener lost on the way
+    (Python 3.11's asyncio.wait_for, through which redis-py sends SUBSCRIBE, drops one
+    that comes as the send completes) does not keep it, and close(), going for ever."""
+
+    async def ignore(user: str, sid: str, reason: str) -> None:
+        pass
+
+    hung = []
+    for passes in range(12):
+        store = RedisStore(own_redis.url, ttl=TTL)
+        await store.open()
+        subscribing = asyncio.ensure_future(store.subscribe_ended(ignore))
+        for _ in range(passes):
+            await asyncio.sleep(0)
+        closing = asyncio.ensure_future(store.close())
+        done, _ = await asyncio.wait({closing}, timeout=CLOSE)
+        if not done:
+            hung.append(passes)
+            # Unstuck by hand, so that the next round runs: cancelled again, it ends.
+            while not closing.done():
+                if store._listener is not None:
+                    store._listener.cancel()
+                await asyncio.sleep(UNIT)
+        subscribing.cancel()
+        await asyncio.gather(subscribing, return_exceptions=True)
+    assert hung == [], f"close() hung when called {hung} passes after subscribing"
+
+
+@pytest.mark.parametrize("fault", ["sigstop", "blackhole"], indirect=True)
+async def test_closing_the_store_during_an_outage_with_calls_in_flight_returns(fault):
+    """Closed while Redis is stopped or blackholed, with heartbeats, creates and reads in
+    flight and writes journalled, the store closes within its bound (a few call bounds),
+    and leaves no probe or listener running."""
+    store = FallbackStore(RedisStore(fault.url, ttl=TTL), MemoryStore(ttl=TTL), probe_interval=UNIT)
+    await store.open()
+    sessions = [await store.create("alice", new_session_id()) for _ in range(20)]
+    fault.begin()
+    calls: list[asyncio.Future] = []
+    try:
+        calls += [asyncio.ensure_future(store.touch("alice", s.id)) for s in sessions]
+        calls += [asyncio.ensure_future(store.get("alice", s.id)) for s in sessions]
+        calls += [asyncio.ensure_future(store.create("bob", new_session_id())) for _ in range(20)]
+        await asyncio.sleep(store.primary.bound / 2)  # sent; no answer comes
+        started = time.monotonic()
+        closing = asyncio.ensure_future(store.close())
+        done, _ = await asyncio.wait({closing}, timeout=CLOSE)
+        took = time.monotonic() - started
+        assert done, f"close() did not return within {CLOSE} s"
+        closing.result()
+        await asyncio.sleep(3 * store.probe_interval)
+        running = {t.get_name() for t in asyncio.all_tasks() if not t.done()}
+        assert not running & {"redis-probe", "redis-ended-listener"}, running
+    finally:
+        fault.end()
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+    print(f"\n{fault.kind}: close() took {took:.2f} s")
+
+
+async def test_no_probe_outlives_a_store_closed_during_an_outage(own_redis, redis_proxy):
+    """A store closed while a failed call's probe is still waiting on a blackholed Redis
+    starts no probe afterwards that would run for ever."""
+    store = FallbackStore(
+        RedisStore(redis_proxy.url, ttl=TTL), MemoryStore(ttl=TTL), probe_interval=UNIT
+    )
+    await store.open()
+    session = await store.create("alice", new_session_id())
+    redis_proxy.blackhole()
+    reading = asyncio.ensure_future(store.get("alice", session.id))
+    # The read's bound runs out and its probe begins: close now, while that probe waits.
+    await asyncio.sleep(store.primary.bound + UNIT)
+    await asyncio.wait_for(store.close(), CLOSE)
+    # What the read gets from a store closed under it does not matter here.
+    await asyncio.wait_for(asyncio.gather(reading, return_exceptions=True), CLOSE)
+    await asyncio.sleep(store.primary.probe_bound + 5 * store.probe_interval)
+    running = [t for t in asyncio.all_tasks() if t.get_name() == "redis-probe" and not t.done()]
+    for task in running:
+        task.cancel()
+    assert running == []
 
 
 # --- Bounded fallback ----------------------------------------------------------------------

@@ -485,3 +485,47 @@ try('DEL', 'DEL', skey)
 try('DEL', 'DEL', idx)
 return failures
 """
+
+
+def _many(script: str) -> str:
+    """``script`` run for many calls in one: each call's keys and arguments exactly as the
+    script takes them alone, so a change to the script is a change to its batched form.
+
+    KEYS: every call's keys in turn. ARGV: the number of calls, then each call's number of
+    keys and of arguments, then every call's arguments in turn. Returns each call's result
+    in turn (false as 0: a Lua array cannot hold it).
+    """
+    body = script.removeprefix(_PRELUDE)
+    if body == script:  # pragma: no cover - every script starts with the prelude
+        raise ValueError("a batched script needs the shared prelude")
+    return (
+        _PRELUDE
+        + """
+-- The script's own KEYS and ARGV, one call's worth, as parameters.
+local function one(KEYS, ARGV)
+"""
+        + body
+        + """
+end
+local calls = tonumber(ARGV[1])
+local k, a = 0, 1 + 2 * calls
+local out = {}
+for i = 1, calls do
+  local nk, na = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local call_keys, call_args = {}, {}
+  for j = 1, nk do call_keys[j] = KEYS[k + j] end
+  for j = 1, na do call_args[j] = ARGV[a + j] end
+  k, a = k + nk, a + na
+  local result = one(call_keys, call_args)
+  if not result then result = 0 end
+  out[i] = result
+end
+return out
+"""
+    )
+
+
+# The write-back after an outage (presence.stores.fallback): many deletes or restores in
+# one round trip.
+DELETE_MANY = _many(DELETE)
+RESTORE_MANY = _many(RESTORE)

@@ -7,8 +7,8 @@ answers, this process was busy, not Redis away: the call is tried once more if i
 safely run twice, and otherwise the request gets 503 (:class:`StoreBusy`). If it does
 not answer, a circuit breaker opens: operations are served by the mirror at once, and
 every write is journalled. A probe pings Redis in the background; when it answers, the
-journal is written back and the breaker closes. The write-back order is what keeps
-the acknowledged writes, and only them:
+journal is written back. The write-back order is what keeps the acknowledged writes,
+and only them:
 
 1. heartbeats, each with its own time: Redis never moves last_seen or a TTL
    backwards, and never recreates a session it no longer has;
@@ -17,8 +17,34 @@ the acknowledged writes, and only them:
 3. sessions created during the outage, with their own times and fields, after the
    cleanups, which they postdate.
 
-Writes made while the write-back runs go to a fresh journal, written in the next pass;
-the breaker closes only when a pass finds the journal empty.
+Each step goes in batches, many entries a round trip (:data:`~.redis.WRITE_BACK_BATCH`
+heartbeats in one TOUCH, as many deletes, cleanups or restores in one DELETE_MANY or
+RESTORE_MANY; on a cluster one call a slot, the slots concurrently), and an entry leaves
+the journal once Redis has it, so a failure part-way resumes where it stopped.
+
+The breaker closes as soon as the probe answers, not when the journal is empty: under
+steady load a journal that new writes refill as fast as it drains never is, and a
+process stayed degraded for as long as the load lasted (21-52 s after a 3 s stall),
+answering 503 for every session that other processes made. Instead, the journal is
+frozen as the batch being replayed, and while the replay runs:
+
+- a read or write of a user who has no entry in the batch (no session created or
+  heartbeated here during the outage, no delete, no cleanup) goes straight to Redis:
+  nothing of theirs waits to be written, so nothing can be overtaken;
+- one of a user who has entries waits until the replay has ended, then goes to Redis.
+  The wait is bounded: the batch is bounded by the mirror's cap and written in batches
+  (seconds for a full cap; milliseconds for a few hundred entries).
+
+Sent at once instead, a user's newer write would overtake their older entries and break
+the order above: a heartbeat reaching Redis before an outage ``all`` cleanup of that
+user moves last_seen past the cleanup's cutoff and brings back a session the user
+deleted; one on a session created during the outage and not yet restored is a 404, and
+the mirror forgets the session, so it is never restored; one on a session deleted during
+the outage and not yet replayed finds it in Redis and revives it. No new journal starts
+meanwhile. If Redis fails again during the replay, the breaker opens again as before,
+the waiting requests are served from memory, writes are journalled anew, and what is left
+of the batch goes back into the journal ahead of them, for the next replay. While the
+replay runs, ``status()`` says ready (Redis serves) with the writes still pending.
 
 Memory is bounded by the mirror's ``max_sessions``. Mirrored sessions that Redis holds
 anyway are let go least recently seen first, to keep mirroring in healthy times and to
@@ -55,18 +81,20 @@ import contextlib
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Final, TypeVar
 
 from ..exceptions import StoreBusy, StoreFull, StoreMisconfigured, StoreUnavailable
 from ..sessions import JSON, Session, State, Transport
+from ._shutdown import settle, stop
 from .base import UNSET, EndedCallback, SessionRef
 from .memory import MemoryStore
-from .redis import RedisStore
+from .redis import WRITE_BACK_BATCH, RedisStore
 
 logger = logging.getLogger("presence.store")
 
 _T = TypeVar("_T")
+_Item = TypeVar("_Item")
 
 # Most probes a failed call is followed by: one that missed its bound because this
 # process's event loop stalled is asked again, rather than taken for an outage.
@@ -99,6 +127,15 @@ class _Journal:
 
     def __len__(self) -> int:
         return len(self.created) + len(self.touched) + self.deletions
+
+    def users(self) -> frozenset[str]:
+        """Every user with an entry here."""
+        return frozenset(
+            [user for user, _ in self.created]
+            + [user for user, _ in self.touched]
+            + list(self.deleted)
+            + list(self.cleanups)
+        )
 
     @property
     def deletions(self) -> int:
@@ -146,8 +183,14 @@ class FallbackStore:
         self.probe_interval = probe_interval
         self.degraded = False
         self._journal = _Journal()
-        # The part of the journal being written back right now, if any.
+        # The batch being replayed right now, if any, and the users who have entries in
+        # it: their operations wait for the replay to end (see the module docstring).
         self._writing: _Journal | None = None
+        self._held_back: frozenset[str] = frozenset()
+        # Set when no replay runs, or when the breaker opened again during one.
+        self._replay_over = asyncio.Event()
+        self._replay_over.set()
+        self._closed = False
         # Mirrored sessions that Redis also holds, least recently seen first: the ones
         # the mirror may let go when it needs room.
         self._lru: OrderedDict[SessionRef, None] = OrderedDict()
@@ -188,25 +231,33 @@ class FallbackStore:
             self._trip("Redis is unreachable at start-up")
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-            self._probe = None
+        """Writes back what it can and closes. Returns within about twenty call bounds
+        (10 s at the default timeout), whatever Redis does; what is not written back by
+        then is lost, with a warning."""
+        self._closed = True
+        # A replay under way puts what it has not written back into the journal.
+        if not await stop(self._probe, self.primary.bound):
+            logger.warning("the Redis probe did not stop at close; abandoned")
+        self._probe = None
         if self.pending_writes:
             # A last attempt, so that a process stopped just after Redis came back does
             # not take its journal with it.
-            try:
-                async with asyncio.timeout(self.primary.timeout * 8):
-                    await self.primary.ping()
-                    await self._write_back()
-            except (StoreUnavailable, TimeoutError):
+            await settle(self._write_back_at_close(), self.primary.bound * 4)
+            if self.pending_writes:
                 logger.warning(
                     "Redis is unreachable at shutdown: %d journalled writes are lost",
                     self.pending_writes,
                 )
         await self.primary.close()
         await self.fallback.close()
+
+    async def _write_back_at_close(self) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self.primary.ping()
+            # No request comes any more: the breaker may close with the journal unwritten.
+            self.degraded = False
+            batch, self._journal = self._journal, _Journal()
+            await self._replay_batch(batch)
 
     async def status(self) -> dict[str, JSON]:
         # Readiness must not wait for a request to fail first.
@@ -231,7 +282,9 @@ class FallbackStore:
         return status
 
     async def create(self, user: str, session_id: str, *, data: JSON = None) -> Session:
-        session = await self._on_redis(lambda: self.primary.create(user, session_id, data=data))
+        session = await self._on_redis(
+            user, lambda: self.primary.create(user, session_id, data=data)
+        )
         if not isinstance(session, _Away):
             self._mirror(session)
             return session
@@ -241,14 +294,14 @@ class FallbackStore:
         return session
 
     async def get(self, user: str, session_id: str) -> Session | None:
-        found = await self._on_redis(lambda: self.primary.get(user, session_id), retry=True)
+        found = await self._on_redis(user, lambda: self.primary.get(user, session_id), retry=True)
         if not isinstance(found, _Away):
             self._follow(user, session_id, found)
             return found
         return self._held(user, session_id, await self.fallback.get(user, session_id))
 
     async def list_sessions(self, user: str) -> list[Session]:
-        listed = await self._on_redis(lambda: self.primary.list_sessions(user), retry=True)
+        listed = await self._on_redis(user, lambda: self.primary.list_sessions(user), retry=True)
         if not isinstance(listed, _Away):
             return listed
         return await self.fallback.list_sessions(user)
@@ -263,6 +316,7 @@ class FallbackStore:
         data: JSON = UNSET,
     ) -> Session | None:
         found = await self._on_redis(
+            user,
             lambda: self.primary.touch(
                 user, session_id, transport=transport, state=state, data=data
             ),
@@ -279,7 +333,7 @@ class FallbackStore:
         return self._held(user, session_id, session)
 
     async def delete(self, user: str, session_ids: Sequence[str], reason: str) -> list[str]:
-        deleted = await self._on_redis(lambda: self.primary.delete(user, session_ids, reason))
+        deleted = await self._on_redis(user, lambda: self.primary.delete(user, session_ids, reason))
         if not isinstance(deleted, _Away):
             self._forget(user, session_ids)
             return deleted
@@ -297,7 +351,7 @@ class FallbackStore:
         return deleted
 
     async def delete_all(self, user: str, reason: str) -> list[str]:
-        deleted = await self._on_redis(lambda: self.primary.delete_all(user, reason))
+        deleted = await self._on_redis(user, lambda: self.primary.delete_all(user, reason))
         if not isinstance(deleted, _Away):
             self._forget(user, deleted)
             return deleted
@@ -310,7 +364,7 @@ class FallbackStore:
 
     async def delete_inactive(self, user: str, inactive_for: float, reason: str) -> list[str]:
         deleted = await self._on_redis(
-            lambda: self.primary.delete_inactive(user, inactive_for, reason)
+            user, lambda: self.primary.delete_inactive(user, inactive_for, reason)
         )
         if not isinstance(deleted, _Away):
             self._forget(user, deleted)
@@ -319,7 +373,7 @@ class FallbackStore:
 
     async def delete_seen_before(self, user: str, cutoff: float, reason: str) -> list[str]:
         deleted = await self._on_redis(
-            lambda: self.primary.delete_seen_before(user, cutoff, reason)
+            user, lambda: self.primary.delete_seen_before(user, cutoff, reason)
         )
         if not isinstance(deleted, _Away):
             self._forget(user, deleted)
@@ -333,7 +387,9 @@ class FallbackStore:
 
     async def refresh(self, refs: Sequence[SessionRef]) -> list[SessionRef]:
         try:
-            missing = await self._on_redis(lambda: self.primary.refresh(refs), retry=True)
+            missing = await self._on_redis(
+                {user for user, _ in refs}, lambda: self.primary.refresh(refs), retry=True
+            )
         except (StoreBusy, StoreMisconfigured):
             # Redis answers but did not take this tick in time, or refuses it (logged by
             # RedisStore): nothing is known to be gone, and the next tick extends every
@@ -361,15 +417,22 @@ class FallbackStore:
         await self.fallback.subscribe_ended(callback)
 
     async def wait_recovered(self) -> None:
-        """Returns once the breaker has closed again (for tests and tooling)."""
-        while self.degraded:
+        """Returns once the breaker has closed again and the journal is written back (for
+        tests and tooling)."""
+        while self.degraded or self._writing is not None:
             self._recovered.clear()
             await self._recovered.wait()
 
     async def _on_redis(
-        self, call: Callable[[], Awaitable[_T]], *, retry: bool = False
+        self,
+        users: str | Collection[str],
+        call: Callable[[], Awaitable[_T]],
+        *,
+        retry: bool = False,
     ) -> _T | _Away:
-        """Runs ``call`` on Redis, or returns :data:`_AWAY` when the breaker is open.
+        """Runs ``call`` (an operation on the sessions of ``users``) on Redis, or returns
+        :data:`_AWAY` when the breaker is open. While the journal is replayed, a call
+        for a user with entries in the replayed batch waits for the replay to end.
 
         A call that fails opens the breaker only if a probe on a connection of its own
         fails too; otherwise this process, not Redis, was the trouble (every pooled
@@ -377,6 +440,8 @@ class FallbackStore:
         then tried once more if ``retry`` (it can safely run twice), and otherwise, or
         if that fails too, the request gets :class:`StoreBusy` (503, try again).
         """
+        if self._held_back:
+            await self._after_replay(users)
         cause: StoreUnavailable | None = None
         for _ in range(2 if retry else 1):
             if self.degraded:
@@ -388,6 +453,14 @@ class FallbackStore:
                     return _AWAY
                 cause = exc
         raise StoreBusy("the session store is busy; try again shortly") from cause
+
+    async def _after_replay(self, users: str | Collection[str]) -> None:
+        while not self.degraded and (
+            users in self._held_back
+            if isinstance(users, str)
+            else not self._held_back.isdisjoint(users)
+        ):
+            await self._replay_over.wait()
 
     async def _redis_is_away(self, failure: StoreUnavailable) -> bool:
         """After a failed call: probes Redis and opens the breaker if it does not answer.
@@ -508,29 +581,80 @@ class FallbackStore:
         if self.degraded:
             return
         self.degraded = True
+        # Requests waiting for a replay are served from memory now.
+        self._replay_over.set()
         logger.warning("%s: serving from memory until it is back", why)
-        if self._probe is None or self._probe.done():
+        # A probe that failed after close() began must not start one that outlives it.
+        if not self._closed and (self._probe is None or self._probe.done()):
             self._probe = asyncio.create_task(self._probe_until_back(), name="redis-probe")
 
     async def _probe_until_back(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.probe_interval)
             await self._prune_journal()
             try:
                 await self.primary.ping()
-                await self._write_back()
             except (StoreUnavailable, StoreMisconfigured):
                 # Away still, or back but refusing (RedisStore logs that, once a minute).
                 continue
-            except Exception:
-                logger.exception("write-back to Redis failed; retrying")
-                continue
-            # No await since the journal was found empty: nothing written meanwhile is
-            # left behind by closing the breaker now.
-            self.degraded = False
+            if await self._replay():
+                return
+
+    async def _replay(self) -> bool:
+        """Closes the breaker and writes the journal back (see the module docstring).
+        Returns False if the breaker opened again meanwhile."""
+        batch, self._journal = self._journal, _Journal()
+        started = asyncio.get_running_loop().time()
+        pending = len(batch)
+        self._held_back = batch.users()
+        self._replay_over.clear()
+        # No await since the journal was frozen: every write made while the breaker was
+        # open is in the batch, and every later one waits for it or has nothing in it.
+        self.degraded = False
+        logger.warning(
+            "Redis is back: writing back %d journalled writes; users without any are "
+            "served from Redis again",
+            pending,
+        )
+        try:
+            await self._replay_batch(batch)
+        finally:
+            self._held_back = frozenset()
+            self._replay_over.set()
             self._recovered.set()
-            logger.warning("Redis is back; journalled writes written back")
-            return
+        if self.degraded:
+            return False
+        logger.warning(
+            "journalled writes written back in %.2f s",
+            asyncio.get_running_loop().time() - started,
+        )
+        return True
+
+    async def _replay_batch(self, batch: _Journal) -> None:
+        """Writes ``batch`` to Redis until it is empty or the breaker opens again; what
+        is left then goes back into the journal, ahead of the writes made since."""
+        self._writing = batch
+        busy = 0
+        try:
+            while batch and not self.degraded:
+                try:
+                    await self._write(batch)
+                except StoreUnavailable as exc:
+                    if await self._redis_is_away(exc):
+                        break
+                    # Redis answers: this process was busy. Entries written stay written;
+                    # the rest is tried again, a few times.
+                    busy += 1
+                    if busy >= _PROBES:
+                        self._trip(f"the write-back to Redis keeps failing ({exc})")
+                except Exception:
+                    logger.exception("write-back to Redis failed; retrying")
+                    self._trip("the write-back to Redis failed")
+        finally:
+            self._writing = None
+            if batch:
+                batch.absorb(self._journal)
+                self._journal = batch
 
     async def _prune_journal(self) -> None:
         # In an outage longer than the TTL, sessions created or heartbeated here expire
@@ -543,58 +667,69 @@ class FallbackStore:
                 if await self.fallback.get(*ref) is None:
                     refs.discard(ref)
 
-    async def _write_back(self) -> None:
-        while self._journal:
-            batch, self._journal = self._journal, _Journal()
-            self._writing = batch
-            try:
-                await self._write(batch)
-            finally:
-                self._writing = None
-                if batch:  # stopped part-way: what is left goes back into the journal
-                    batch.absorb(self._journal)
-                    self._journal = batch
-
     async def _write(self, batch: _Journal) -> None:
-        # Each entry leaves the batch once Redis has it, so a failure part-way resumes
-        # where it stopped. Entries are read from the mirror as they are written, so a
-        # session deleted meanwhile is not written at all.
-        for ref in sorted(batch.touched):
-            session = None if ref in batch.created else await self.fallback.get(*ref)
-            if session is not None:
-                written = await self.primary.touch(
-                    *ref,
-                    transport=session.transport,
-                    state=session.state,
-                    data=session.data,
-                    at=session.last_seen,
-                )
+        # Each chunk's entries leave the batch once Redis has them, so a failure part-way
+        # resumes where it stopped (writing an entry twice is harmless: each is written
+        # with its own times). Entries are read from the mirror as they are written, so a
+        # session deleted or ended meanwhile is not written at all.
+        batch.touched -= batch.created  # written whole, latest state included, below
+        for refs in _chunks(sorted(batch.touched)):
+            held = [s for s in [await self.fallback.get(*ref) for ref in refs] if s is not None]
+            for session, written in zip(held, await self.primary.replay_touches(held), strict=True):
+                ref = (session.user, session.id)
                 if written is None:
                     # Redis no longer has it (deleted elsewhere, expired by its clock,
                     # or lost in a restart): the mirror follows Redis.
-                    self._forget(ref[0], [ref[1]])
+                    self._forget(session.user, [session.id])
                 else:
                     self._lru[ref] = None
-            batch.touched.discard(ref)
-        for user in list(batch.deleted):
+            batch.touched.difference_update(refs)
+        deletions: list[tuple[str, list[str], str]] = []
+        for user, ids in batch.deleted.items():
             by_reason: dict[str, list[str]] = {}
-            for sid, reason in batch.deleted[user].items():
+            for sid, reason in ids.items():
                 by_reason.setdefault(reason, []).append(sid)
-            for reason, ids in by_reason.items():
-                await self.primary.delete(user, ids, reason)
-            del batch.deleted[user]
-        for user, (cutoff, reason) in list(batch.cleanups.items()):
-            await self.primary.delete_seen_before(user, cutoff, reason)
-            del batch.cleanups[user]
-        for ref in sorted(batch.created):
-            session = await self.fallback.get(*ref)
-            if session is not None:
-                deadline = self.fallback.deadline_of(session)
-                restored = await self.primary.restore(
-                    session, None if math.isinf(deadline) else deadline
-                )
-                if restored:
-                    self._lru[ref] = None
+            for reason, sids in by_reason.items():
+                deletions += [(user, part, reason) for part in _chunks(sids)]
+        # At most a batch's worth of ids a round trip.
+        chunks: list[list[tuple[str, list[str], str]]] = [[]]
+        size = 0
+        for deletion in deletions:
+            if size + len(deletion[1]) > WRITE_BACK_BATCH:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(deletion)
+            size += len(deletion[1])
+        for chunk in chunks:
+            await self.primary.delete_many(chunk)
+            for user, sids, _ in chunk:
+                ids = batch.deleted[user]
+                for sid in sids:
+                    del ids[sid]
+                if not ids:
+                    del batch.deleted[user]
+        for cleanups in _chunks(list(batch.cleanups.items())):
+            await self.primary.delete_seen_before_many(
+                [(user, cutoff, reason) for user, (cutoff, reason) in cleanups]
+            )
+            for user, _ in cleanups:
+                del batch.cleanups[user]
+        for refs in _chunks(sorted(batch.created)):
+            held = [s for s in [await self.fallback.get(*ref) for ref in refs] if s is not None]
+            deadlines = [self.fallback.deadline_of(session) for session in held]
+            restored = await self.primary.restore_many(
+                [
+                    (session, None if math.isinf(deadline) else deadline)
+                    for session, deadline in zip(held, deadlines, strict=True)
+                ]
+            )
+            for session, kept in zip(held, restored, strict=True):
+                if kept:
+                    self._lru[(session.user, session.id)] = None
                 else:
-                    self._forget(ref[0], [ref[1]])
-            batch.created.discard(ref)
+                    self._forget(session.user, [session.id])
+            batch.created.difference_update(refs)
+
+
+def _chunks(items: list[_Item]) -> list[list[_Item]]:
+    return [items[i : i + WRITE_BACK_BATCH] for i in range(0, len(items), WRITE_BACK_BATCH)]

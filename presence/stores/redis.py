@@ -34,11 +34,14 @@ from . import _scripts
 from ._batch import Coalescer
 from ._deadline import within
 from ._refusal import answered, diagnose, refusal, where
+from ._shutdown import settle, stop
 from .base import UNSET, EndedCallback, SessionRef
 
 logger = logging.getLogger("presence.store")
 
 _T = TypeVar("_T")
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 _TRANSPORT_LETTER = {"websocket": "w", "http": "h", "none": "n"}
 _STATE_LETTER = {"active": "a", "away": "y", "disconnected": "d"}
@@ -55,6 +58,13 @@ _TOUCH_BATCH = 128
 
 # A heartbeat as the TOUCH script takes it: its three keys and its three arguments.
 _Touch = tuple[list[str], list[Any]]
+# One call of a script: its keys and its arguments.
+_Call = tuple[list[str], list[Any]]
+
+#: Most entries of an outage's journal written back in one round trip (a TOUCH of that
+#: many heartbeats, or a DELETE_MANY or RESTORE_MANY of that many calls): about a
+#: millisecond of Redis's time, as for the heartbeats of one pass of the loop.
+WRITE_BACK_BATCH = _TOUCH_BATCH
 
 # Errors that mean "Redis did not answer this call", as opposed to a bug. They include a
 # pool with no free connection and a call that outlived its bound: on their own they do
@@ -134,6 +144,9 @@ class RedisStore:
         self._refused: str | None = None
         # When each cause of refusal was last logged (time.monotonic()).
         self._refusals_logged: dict[str, float] = {}
+        # Set by close(): the listener stops at its next read even if a cancellation of
+        # it was lost (see presence.stores._shutdown).
+        self._closing = False
 
     @property
     def client(self) -> Any:
@@ -281,17 +294,22 @@ class RedisStore:
         return where(self.url) if self.url is not None else "the client given"
 
     async def close(self) -> None:
-        await self._touches.drain()
+        """Closes the connections. Returns within ten call bounds (5 s at the default
+        timeout), whatever Redis does: heartbeats still in flight, the pub/sub listener
+        and connections that have not finished by then are abandoned, with a warning."""
+        self._closing = True
+        if not await settle(self._touches.drain(), self.bound * 2):
+            logger.warning("heartbeats in flight to Redis did not finish at close; abandoned")
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            if not await stop(self._listener, self.bound):
+                logger.warning("the Redis pub/sub listener did not stop at close; abandoned")
             self._listener = None
         if self._client is not None and self._owns_client:
-            await self._client.aclose()
+            if not await settle(self._client.aclose(), self.bound):
+                logger.warning("Redis connections did not close in time; abandoned")
             self._client = None
         if self._probe_client is not None:
-            await self._probe_client.aclose()
+            await settle(self._probe_client.aclose(), self.bound)
             self._probe_client = None
 
     async def ping(self) -> None:
@@ -436,6 +454,22 @@ class RedisStore:
         data: JSON = UNSET,
         at: float | None = None,
     ) -> Session | None:
+        result = await self._touches.submit(
+            self._touch_call(user, session_id, transport, state, data, at)
+        )
+        if not result:
+            return None
+        return _session(user, session_id, *result)
+
+    def _touch_call(
+        self,
+        user: str,
+        session_id: str,
+        transport: Transport | None,
+        state: State | None,
+        data: JSON,
+        at: float | None,
+    ) -> _Touch:
         head = "|".join(
             (
                 session_id,
@@ -445,15 +479,10 @@ class RedisStore:
                 "0" if at is None else str(round(at * 1000)),
             )
         )
-        result = await self._touches.submit(
-            (
-                self._keys(user, session_id),
-                [head, user, "" if data is UNSET or data is None else _dump(data)],
-            )
+        return (
+            self._keys(user, session_id),
+            [head, user, "" if data is UNSET or data is None else _dump(data)],
         )
-        if not result:
-            return None
-        return _session(user, session_id, *result)
 
     async def delete(self, user: str, session_ids: Sequence[str], reason: str) -> list[str]:
         if not session_ids:
@@ -503,24 +532,36 @@ class RedisStore:
         """The heartbeats of one pass of the loop in one TOUCH (on a cluster, one a
         slot, concurrently); their results in the order given."""
         if self.cluster and len(touches) > 1:
-            by_slot: dict[int, list[int]] = {}
-            for i, (script_keys, _) in enumerate(touches):
-                by_slot.setdefault(self.client.keyslot(script_keys[1]), []).append(i)
-            if len(by_slot) > 1:
-                groups = list(by_slot.values())
-                parts = await asyncio.gather(
-                    *(self._send_touches([touches[i] for i in group]) for group in groups)
-                )
-                results: list[Any] = [None] * len(touches)
-                for group, part in zip(groups, parts, strict=True):
-                    for i, result in zip(group, part, strict=True):
-                        results[i] = result
-                return results
+            return await self._per_slot(touches, self._touch_here)
+        return await self._touch_here(touches)
+
+    async def _touch_here(self, touches: list[_Touch]) -> list[Any]:
         script_keys = [key for keys_, _ in touches for key in keys_]
         args: list[Any] = [self.ttl_ms, self.channel]
         for _, args_ in touches:
             args += args_
         return list(await self._run("TOUCH", script_keys, args))
+
+    async def _per_slot(
+        self,
+        calls: list[_Call],
+        send: Callable[[list[_Call]], Awaitable[list[_Result]]],
+    ) -> list[_Result]:
+        """On a cluster: ``send`` once for the calls of each slot (a call's keys are one
+        user's, the index second), the slots concurrently; the results in the order
+        given."""
+        by_slot: dict[int, list[int]] = {}
+        for i, (script_keys, _) in enumerate(calls):
+            by_slot.setdefault(self.client.keyslot(script_keys[1]), []).append(i)
+        if len(by_slot) == 1:
+            return await send(calls)
+        groups = list(by_slot.values())
+        parts = await asyncio.gather(*(send([calls[i] for i in group]) for group in groups))
+        results: list[Any] = [None] * len(calls)
+        for group, part in zip(groups, parts, strict=True):
+            for i, result in zip(group, part, strict=True):
+                results[i] = result
+        return results
 
     async def restore(self, session: Session, deadline: float | None) -> bool:
         """Writes back a session created elsewhere (the fallback), as it is now, within
@@ -530,13 +571,11 @@ class RedisStore:
         cap (it was the least recently seen of the user's sessions that no socket holds
         open; announced ``replaced``); it is then not written.
         """
-        return bool(await self._run("RESTORE", *self._restore_call(session, deadline)))
+        written = await self._run("RESTORE", *self._restore_call(session, deadline))
+        return bool(written)
 
-    def _restore_call(
-        self, session: Session, deadline: float | None
-    ) -> tuple[list[str], list[Any]]:
-        """The keys and arguments of the RESTORE script for one session (see
-        :meth:`restore`); every write-back builds its call here."""
+    def _restore_call(self, session: Session, deadline: float | None) -> _Call:
+        """RESTORE's keys and arguments for one session (alone or in RESTORE_MANY)."""
         _check_id(session.id)
         value = "|".join(
             [
@@ -558,6 +597,85 @@ class RedisStore:
             session.user,
         ]
 
+    # --- The write-back after an outage: many entries a round trip ----------------------
+
+    async def replay_touches(self, sessions: Sequence[Session]) -> list[Session | None]:
+        """Writes back heartbeats made elsewhere (the fallback during an outage): each
+        session's transport, state and data as given, seen at its ``last_seen``. As
+        :meth:`touch`, never recreates a session and never moves one back.
+
+        Returns what Redis then holds of each, or None for a session it no longer has.
+        One TOUCH per :data:`WRITE_BACK_BATCH` sessions (on a cluster, one a slot).
+        """
+        touches = [
+            self._touch_call(s.user, s.id, s.transport, s.state, s.data, s.last_seen)
+            for s in sessions
+        ]
+        results: list[Any] = []
+        for chunk in _chunks(touches):
+            results += await self._send_touches(chunk)
+        return [
+            _session(s.user, s.id, *result) if result else None
+            for s, result in zip(sessions, results, strict=True)
+        ]
+
+    async def delete_many(self, deletions: Sequence[tuple[str, Sequence[str], str]]) -> None:
+        """Deletes, for each ``(user, session ids, reason)``, those sessions, in few
+        round trips (see :meth:`restore_many`); each end is published as by
+        :meth:`delete`."""
+        await self._run_many(
+            "DELETE_MANY",
+            [
+                self._delete_call(user, "ids", reason, 0, list(dict.fromkeys(ids)))
+                for user, ids, reason in deletions
+                if ids
+            ],
+        )
+
+    async def delete_seen_before_many(self, cleanups: Sequence[tuple[str, float, str]]) -> None:
+        """:meth:`delete_seen_before` for each ``(user, cutoff, reason)``, in few round
+        trips (see :meth:`restore_many`)."""
+        await self._run_many(
+            "DELETE_MANY",
+            [
+                self._delete_call(user, "before", reason, round(cutoff * 1000), [])
+                for user, cutoff, reason in cleanups
+            ],
+        )
+
+    async def restore_many(self, sessions: Sequence[tuple[Session, float | None]]) -> list[bool]:
+        """:meth:`restore` for each ``(session, deadline)``: one RESTORE_MANY per
+        :data:`WRITE_BACK_BATCH` sessions (on a cluster, one a slot, concurrently)."""
+        calls = [self._restore_call(session, deadline) for session, deadline in sessions]
+        return [bool(written) for written in await self._run_many("RESTORE_MANY", calls)]
+
+    async def _run_many(self, script: str, calls: list[_Call]) -> list[Any]:
+        """Runs the calls, each as the script's single form takes it, through the batched
+        form of the script: one round trip per :data:`WRITE_BACK_BATCH` calls, and on a
+        cluster per slot, the slots concurrently."""
+        if not calls:
+            return []
+        if self.cluster and len(calls) > 1:
+            return await self._per_slot(calls, lambda part: self._run_many_here(script, part))
+        return await self._run_many_here(script, calls)
+
+    async def _run_many_here(self, script: str, calls: list[_Call]) -> list[Any]:
+        if script not in self._scripts:
+            # Registered on first use: only a write-back needs them, and redis-py loads
+            # a script that Redis lacks when it is first called.
+            self._scripts[script] = self.client.register_script(getattr(_scripts, script))
+        results: list[Any] = []
+        for chunk in _chunks(calls):
+            script_keys: list[str] = []
+            counts: list[Any] = [len(chunk)]
+            args: list[Any] = []
+            for keys_, args_ in chunk:
+                counts += [len(keys_), len(args_)]
+                script_keys += keys_
+                args += args_
+            results += await self._run(script, script_keys, counts + args)
+        return results
+
     async def subscribe_ended(self, callback: EndedCallback) -> None:
         self._callbacks.append(callback)
         if self._listener is None:
@@ -576,8 +694,13 @@ class RedisStore:
     async def _delete(
         self, user: str, mode: str, reason: str, cutoff_ms: int, ids: list[str]
     ) -> list[str]:
-        deleted = await self._run(
-            "DELETE",
+        deleted = await self._run("DELETE", *self._delete_call(user, mode, reason, cutoff_ms, ids))
+        return [str(sid) for sid in deleted]
+
+    def _delete_call(
+        self, user: str, mode: str, reason: str, cutoff_ms: int, ids: list[str]
+    ) -> _Call:
+        return (
             [self._lone(user), self._idx(user)],
             [
                 mode,
@@ -590,17 +713,16 @@ class RedisStore:
                 *ids,
             ],
         )
-        return [str(sid) for sid in deleted]
 
     async def _listen(self, subscribed: asyncio.Event) -> None:
         # Reconnects with a capped backoff for as long as the store is open; while it is
         # down, sockets of sessions ended elsewhere close on the refresher's next tick.
         delay = 0.1
-        while True:
+        while not self._closing:
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
@@ -707,6 +829,10 @@ def _missing(failures: list[str]) -> str:
     return "Redis's ACL refuses commands the service needs: " + "; ".join(
         str(failure) for failure in failures
     )
+
+
+def _chunks(items: list[_Item]) -> list[list[_Item]]:
+    return [items[i : i + WRITE_BACK_BATCH] for i in range(0, len(items), WRITE_BACK_BATCH)]
 
 
 def _dump(data: JSON) -> str:
