@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from presence.sessions import Session, new_session_id
 from presence.stores import RedisStore
 
-from .utils import UNIT
+from .utils import UNIT, listen_ended
 
 pytestmark = pytest.mark.redis
 
@@ -346,7 +346,7 @@ async def test_restore_at_the_cap_replaces_the_oldest_session_without_a_socket(r
         async def on_ended(user: str, sid: str, reason: str) -> None:
             ended.append((sid, reason))
 
-        await store.subscribe_ended(on_ended)
+        await listen_ended(store, on_ended)
         held = await store.create("alice", new_session_id())
         await store.touch("alice", held.id, transport="websocket")
         sessions = []

@@ -18,7 +18,7 @@ from presence import keys
 from presence.sessions import new_session_id
 from presence.stores import FallbackStore, MemoryStore, RedisStore
 
-from .utils import JWT_SECRET, UNIT, make_settings, serve, server_process, token
+from .utils import JWT_SECRET, UNIT, listen_ended, make_settings, serve, server_process, token
 
 pytestmark = pytest.mark.redis
 
@@ -79,7 +79,7 @@ async def test_the_write_back_of_outage_sessions_from_several_processes_keeps_th
     watcher = RedisStore(own_redis.url, ttl=TTL)
     await watcher.open()
     try:
-        await watcher.subscribe_ended(on_ended)
+        await listen_ended(watcher, on_ended)
         async with (
             _process_store(redis_proxy.url, cap) as one,
             _process_store(redis_proxy.url, cap) as two,

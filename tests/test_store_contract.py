@@ -11,7 +11,7 @@ from presence.exceptions import TooManySessions
 from presence.sessions import new_session_id
 from presence.stores import UNSET
 
-from .utils import UNIT
+from .utils import UNIT, listen_ended
 
 TTL = 20 * UNIT
 
@@ -33,7 +33,7 @@ async def _listen(store):
     async def on_ended(user: str, sid: str, reason: str) -> None:
         seen.append((user, sid, reason))
 
-    await store.subscribe_ended(on_ended)
+    await listen_ended(store, on_ended)
     await asyncio.sleep(2 * UNIT)  # let a pub/sub subscription settle
     return seen
 
@@ -307,7 +307,7 @@ async def test_deletions_are_announced(make_store):
         if len(seen) == 2:
             got_two.set()
 
-    await store.subscribe_ended(on_ended)
+    await listen_ended(store, on_ended)
     await asyncio.sleep(2 * UNIT)  # let a pub/sub subscription settle
     a, b = await _create(store), await _create(store)
     await store.delete("alice", [a.id], "deleted")

@@ -324,3 +324,44 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+async def listen_ended(store, callback) -> None:
+    """Calls ``callback(user, session_id, reason)`` for every session end ``store``
+    announces, as the app hears them: a memory store's through its ``announce``, a Redis
+    store's (or a fallback's primary's) on the ended channel, through a real bus whose
+    subscription is confirmed before this returns. The bus closes with the store."""
+    from presence import events, keys
+    from presence.bus import EventBus, RedisBackend
+    from presence.stores import FallbackStore, MemoryStore
+
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task] = set()
+
+    def announce(user: str, session_id: str, reason: str) -> None:
+        task = loop.create_task(callback(user, session_id, reason))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    if isinstance(store, MemoryStore):
+        store.announce = announce
+        return
+    redis = store.primary if isinstance(store, FallbackStore) else store
+    if isinstance(store, FallbackStore):
+        store.fallback.announce = announce
+    bus = EventBus(RedisBackend(redis.client, cluster=redis.cluster, timeout=100 * UNIT))
+    await bus.open()
+
+    async def heard(data: str) -> None:
+        ended = events.decode_ended(data)
+        if ended.user:
+            await callback(ended.user, ended.session_id, ended.reason)
+
+    await bus.listen(keys.ended_channel(redis.prefix), heard)
+    close = store.close
+
+    async def close_with_bus() -> None:
+        await bus.close()
+        await close()
+
+    store.close = close_with_bus

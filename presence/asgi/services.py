@@ -8,21 +8,26 @@ sockets; rest and sockets -> services.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import keys
+from .. import events, keys
 from ..auth import Authenticator, OriginPolicy
 from ..bus import EventBus, MemoryBackend, RedisBackend
+from ..exceptions import StoreError, StoreUnavailable
 from ..registry import Refresher, Registry
 from ..rooms import RoomService
 from ..sessions import SessionService, new_session_id
 from ..settings import Settings
-from ..stores import FallbackStore, RedisStore, SessionStore, store_from_settings
+from ..stores import FallbackStore, MemoryStore, RedisStore, SessionStore, store_from_settings
 from ..stores.presence_base import PresenceStore
 from ..stores.presence_memory import MemoryPresenceStore
+from ..stores.presence_redis import RedisPresenceStore
 from . import protocol
+
+logger = logging.getLogger("presence.services")
 
 
 @dataclass
@@ -62,25 +67,29 @@ class Services:
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
         """Opens everything the app needs, in order, and closes it in reverse: the
-        session store, the bus, the presence store and room service, the subscription to
-        ended sessions, the refresher."""
+        session store, the bus (and on it the ended channel), the presence store and
+        room service, the refresher."""
         settings = self.settings
+        prefix = settings.key_prefix
         await self.store.open()
         try:
             redis = _redis_of(self.store)
-            prefix = settings.key_prefix
             if redis is None:
                 self.bus = EventBus(MemoryBackend())
             else:
                 self.bus = EventBus(
                     RedisBackend(redis.client, cluster=redis.cluster, timeout=redis.timeout * 4)
                 )
+            self._announce_through(self.bus)
             await self.bus.open()
             try:
-                deliver = self.bus.deliver
-                self.presence = MemoryPresenceStore(
-                    lambda room, data: deliver(keys.room_channel(prefix, room), data)
-                )
+                if redis is None:
+                    deliver = self.bus.deliver
+                    self.presence = MemoryPresenceStore(
+                        lambda room, data: deliver(keys.room_channel(prefix, room), data)
+                    )
+                else:
+                    self.presence = RedisPresenceStore(redis, keep=settings.session_ttl)
                 await self.presence.open()
                 self.rooms = RoomService(
                     settings,
@@ -93,11 +102,16 @@ class Services:
                 )
                 await self.rooms.start()
                 try:
-                    await self.store.subscribe_ended(self._ended)
                     async with Refresher(
                         self.store, self.registry, settings.refresh_interval
                     ) as refresher:
                         self.refresher = refresher
+                        self.bus.on_reconnect(self._reconnected)
+                        # Subscribed (and confirmed, within a bound) before the app
+                        # serves: a socket accepted right after start-up hears of its
+                        # session's end elsewhere.
+                        with contextlib.suppress(StoreUnavailable):
+                            await self.bus.listen(keys.ended_channel(prefix), self._ended)
                         yield
                 finally:
                     self.refresher = None
@@ -108,9 +122,36 @@ class Services:
         finally:
             await self.store.close()
 
-    async def _ended(self, user: str, session_id: str, reason: str) -> None:
-        await self.registry.end(user, session_id, reason)
-        await self.rooms.session_ended(user, session_id, reason)
+    def _announce_through(self, bus: EventBus) -> None:
+        """Memory stores (alone, or the fallback's mirror while Redis is away) hand the
+        sessions they end to this process's listeners; Redis's scripts publish them."""
+        channel = keys.ended_channel(self.settings.key_prefix)
+
+        def announce(user: str, session_id: str, reason: str) -> None:
+            bus.deliver(channel, events.encode_ended(events.SessionEnded(user, session_id, reason)))
+
+        for store in (self.store, getattr(self.store, "fallback", None)):
+            if isinstance(store, MemoryStore):
+                store.announce = announce
+
+    async def _ended(self, data: str) -> None:
+        try:
+            ended = events.decode_ended(data)
+        except ValueError:
+            logger.warning("ignored a malformed message on the ended channel")
+            return
+        if not ended.user:
+            return  # Some process's start-up self-check.
+        await self.store.on_ended(ended.user, ended.session_id, ended.reason)
+        await self.registry.end(ended.user, ended.session_id, ended.reason)
+        await self.rooms.session_ended(ended.user, ended.session_id, ended.reason)
+
+    async def _reconnected(self) -> None:
+        # Ends published while the bus was away were missed: whatever this process holds
+        # is checked at once (a session gone ends its sockets), not a tick later.
+        if self.refresher is not None:
+            with contextlib.suppress(StoreError):
+                await self.refresher.tick()
 
 
 def _redis_of(store: Any) -> RedisStore | None:

@@ -19,6 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .._shutdown import settle, stop
 from ..exceptions import StoreUnavailable
 from .base import BusEvent, Message, Reconnected
 
@@ -59,15 +60,21 @@ class RedisBackend:
         self._readers: set[asyncio.Task[None]] = set()
         self._failed: asyncio.Future[None] | None = None
         self._lost = False
+        # Set by disconnect(): the readers stop at their next read even if a
+        # cancellation of them was lost.
+        self._closing = False
 
     async def connect(self) -> None:
         self._task = asyncio.create_task(self._run(), name="redis-bus")
 
     async def disconnect(self) -> None:
+        """Stops within a bound whatever Redis does: a cancellation lost on its way (see
+        presence._shutdown) is sent again, and a reader still going after that is
+        abandoned, with a warning."""
+        self._closing = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            if not await stop(self._task, self.timeout * 2):
+                logger.warning("the pub/sub connection did not close in time; abandoned")
             self._task = None
 
     async def subscribe(self, channel: str, *, sharded: bool = False) -> None:
@@ -121,7 +128,7 @@ class RedisBackend:
 
     async def _run(self) -> None:
         delay = _FIRST_DELAY
-        while True:
+        while not self._closing:
             self._failed = asyncio.get_running_loop().create_future()
             try:
                 await self._open()
@@ -194,20 +201,15 @@ class RedisBackend:
             event.clear()
         readers, self._readers = list(self._readers), set()
         for task in readers:
-            task.cancel()
-        for task in readers:
-            with contextlib.suppress(BaseException):
-                await task
+            await stop(task, self.timeout)
         pubsubs = [self._pubsub, *self._nodes.values()]
         self._pubsub, self._nodes = None, {}
         for pubsub in pubsubs:
             if pubsub is not None:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                await settle(pubsub.aclose(), self.timeout)
         clients, self._node_clients = self._node_clients, []
         for client in clients:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+            await settle(client.aclose(), self.timeout)
 
     async def _wait_confirmed(self) -> None:
         # Reconnected goes out once the channels are back, so that listeners catching up
@@ -219,7 +221,7 @@ class RedisBackend:
                     await event.wait()
 
     async def _reader(self, pubsub: Any) -> None:
-        while True:
+        while not self._closing:
             if not pubsub.subscribed:
                 # Nothing subscribed on this connection (yet): redis-py cannot read it.
                 await asyncio.sleep(0.05)

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
 
-from .base import UNSET, EndedCallback, SessionRef, SessionStore
+from .base import UNSET, Announce, SessionRef, SessionStore
 from .fallback import FallbackStore
 from .memory import MemoryStore
 from .redis import RedisStore
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "UNSET",
-    "EndedCallback",
+    "Announce",
     "FallbackStore",
     "MemoryStore",
     "RedisStore",

@@ -40,11 +40,11 @@ for i = 1, #flat, 2 do
   local f, v = flat[i], flat[i + 1]
   local kind = string.sub(f, 1, 2)
   if kind == 't:' then
-    local holder, gen, state, lr, lt = string.match(v, '^([^|]*)|(%d+)|(%a)|(%a*)|(%d*)$')
+    local holder, gen, state, lr, lt = string.match(v, '^([^|]*)|(%d+)|(%a)|([%a_]*)|(%d*)$')
     tabs[string.sub(f, 3)] = {holder = holder, gen = tonumber(gen), state = state, lr = lr, lt = lt}
   elseif kind == 'r:' then
     local sid, room = string.match(f, '^r:([^:]+):(.+)$')
-    local joined, order, lr, lt, meta = string.match(v, '^(%d+)|(%d+)|(%a*)|(%d*)|(.*)$')
+    local joined, order, lr, lt, meta = string.match(v, '^(%d+)|(%d+)|([%a_]*)|(%d*)|(.*)$')
     rooms[sid] = rooms[sid] or {}
     rooms[sid][room] = {joined = joined, order = tonumber(order), lr = lr, lt = lt, meta = meta}
   elseif kind == 's:' then
@@ -186,7 +186,12 @@ elseif op == 'depart' then
   if tab.lr ~= '' and tonumber(tab.lt) <= cutoff then
     for room, r in pairs(rooms[sid] or {}) do
       touched[room] = true
-      if r.lr ~= '' then why[room] = {r.lr, r.lt} else why[room] = {tab.lr, tab.lt} end
+      -- The first of the reasons it had to go: its own leaving, or the tab's.
+      if r.lr ~= '' and tonumber(r.lt) <= tonumber(tab.lt) then
+        why[room] = {r.lr, r.lt}
+      else
+        why[room] = {tab.lr, tab.lt}
+      end
     end
     seen(tonumber(tab.lt))
     remove_tab(sid)
@@ -253,7 +258,9 @@ elseif op == 'reap' then
     if tab.holder == holder then
       gone = true
       for room, r in pairs(rooms[s] or {}) do
-        if r.lr ~= '' then why[room] = {r.lr, r.lt}
+        -- What was leaving already keeps the first reason it had to go.
+        if r.lr ~= '' and (tab.lr == '' or tonumber(r.lt) <= tonumber(tab.lt)) then
+          why[room] = {r.lr, r.lt}
         elseif tab.lr ~= '' then why[room] = {tab.lr, tab.lt}
         else why[room] = {'node_down', renewed} end
       end
@@ -352,7 +359,7 @@ for i = 1, #dirty, 2 do
     table.insert(joins, row_json(user, after))
   elseif before ~= '' and after == '' then
     local why = redis.call('HGET', w, user) or 'left|0'
-    local reason, seen = string.match(why, '^(%a+)|(%d+)$')
+    local reason, seen = string.match(why, '^([%a_]+)|(%d+)$')
     table.insert(leaves, '[' .. cjson.encode(user) .. ',"' .. reason .. '",' .. seen .. ']')
   elseif before ~= after then
     table.insert(updates, row_json(user, after))

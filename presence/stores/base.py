@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from ..sessions import JSON, UNSET, Session, State, Transport
 
-#: Called with (user, session_id, reason) when a session ends anywhere.
-EndedCallback = Callable[[str, str, str], Awaitable[None]]
+#: Called with (user, session_id, reason), without awaiting, for each session a memory
+#: store ends: it hands the end to the bus (see presence.asgi.services).
+Announce = Callable[[str, str, str], None]
 
 #: A reference to a session: (user, session_id).
 SessionRef = tuple[str, str]
 
-__all__ = ["UNSET", "EndedCallback", "SessionRef", "SessionStore"]
+__all__ = ["UNSET", "Announce", "SessionRef", "SessionStore"]
 
 
 @runtime_checkable
@@ -68,7 +69,8 @@ class SessionStore(Protocol):
     async def delete(self, user: str, session_ids: Sequence[str], reason: str) -> list[str]:
         """Deletes those of the ids that the user holds; returns the ids deleted.
 
-        Each deletion is announced to :meth:`subscribe_ended` listeners with ``reason``.
+        Each deletion is announced on the bus's ended channel with ``reason`` (by the
+        Redis scripts; by a memory store through its ``announce``).
         """
 
     async def delete_all(self, user: str, reason: str) -> list[str]:
@@ -89,5 +91,6 @@ class SessionStore(Protocol):
         round trip, for the sockets a process holds open. Returns the refs that no
         longer exist; they are not recreated."""
 
-    async def subscribe_ended(self, callback: EndedCallback) -> None:
-        """Registers a callback for sessions ended anywhere (this process or another)."""
+    async def on_ended(self, user: str, session_id: str, reason: str) -> None:
+        """A session ended somewhere (heard on the bus): a store that keeps copies of
+        sessions forgets it."""

@@ -84,10 +84,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Final, TypeVar
 
+from .._shutdown import settle, stop
 from ..exceptions import StoreBusy, StoreFull, StoreMisconfigured, StoreUnavailable
 from ..sessions import JSON, Session, State, Transport
-from ._shutdown import settle, stop
-from .base import UNSET, EndedCallback, SessionRef
+from .base import UNSET, SessionRef
 from .memory import MemoryStore
 from .redis import WRITE_BACK_BATCH, RedisStore
 
@@ -222,9 +222,6 @@ class FallbackStore:
         except BaseException:
             await self.fallback.close()
             raise
-        # A session ended by another process must not live on in this mirror, where an
-        # outage would serve it again.
-        await self.primary.subscribe_ended(self._ended_elsewhere)
         try:
             await self.primary.ping()
         except StoreUnavailable:
@@ -412,9 +409,11 @@ class FallbackStore:
                 self._journal_touch(ref)
         return []
 
-    async def subscribe_ended(self, callback: EndedCallback) -> None:
-        await self.primary.subscribe_ended(callback)
-        await self.fallback.subscribe_ended(callback)
+    async def on_ended(self, user: str, session_id: str, reason: str) -> None:
+        """A session ended by another process (or this one) must not live on in this
+        mirror, where an outage would serve it again."""
+        self._forget(user, [session_id])
+        self._journal.touched.discard((user, session_id))
 
     async def wait_recovered(self) -> None:
         """Returns once the breaker has closed again and the journal is written back (for
@@ -572,10 +571,6 @@ class FallbackStore:
             raise StoreFull(
                 "too many deletions are waiting for Redis to come back; try again shortly"
             )
-
-    async def _ended_elsewhere(self, user: str, session_id: str, reason: str) -> None:
-        self._forget(user, [session_id])
-        self._journal.touched.discard((user, session_id))
 
     def _trip(self, why: str) -> None:
         if self.degraded:

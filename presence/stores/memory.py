@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from ..exceptions import StoreFull, TooManySessions
 from ..sessions import JSON, Session, State, Transport
-from .base import UNSET, EndedCallback, SessionRef
+from .base import UNSET, Announce, SessionRef
 
 
 @dataclass(slots=True)
@@ -61,7 +61,8 @@ class MemoryStore:
         self._sweep_interval = sweep_interval
         self._users: dict[str, dict[str, _Record]] = {}
         self._count = 0
-        self._callbacks: list[EndedCallback] = []
+        #: Hands each session this store ends to the bus (set by the app).
+        self.announce: Announce | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -234,8 +235,8 @@ class MemoryStore:
             return session.created_at + self.max_lifetime
         return float("inf")
 
-    async def subscribe_ended(self, callback: EndedCallback) -> None:
-        self._callbacks.append(callback)
+    async def on_ended(self, user: str, session_id: str, reason: str) -> None:
+        pass  # This store is where it ended.
 
     def sweep(self) -> int:
         """Drops every expired session now; returns how many went."""
@@ -282,9 +283,9 @@ class MemoryStore:
         await self._announce(user, session_ids, reason)
 
     async def _announce(self, user: str, session_ids: list[str], reason: str) -> None:
-        for sid in session_ids:
-            for callback in self._callbacks:
-                await callback(user, sid, reason)
+        if self.announce is not None:
+            for sid in session_ids:
+                self.announce(user, sid, reason)
 
     async def _sweep_forever(self) -> None:
         while True:

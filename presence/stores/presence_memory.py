@@ -119,8 +119,12 @@ class MemoryPresenceStore:
         touched = list(tab.rooms)
         departures: dict[str, tuple[Reason, float]] = {}
         if tab.leaving is not None and tab.leaving[1] <= since:
-            for room in tab.rooms:
-                departures[room] = tab.leaving
+            for room, joined in tab.rooms.items():
+                # The first of the reasons it had to go: its own leaving, or the tab's.
+                left = joined.leaving
+                departures[room] = (
+                    left if left is not None and left[1] < tab.leaving[1] else tab.leaving
+                )
             del tabs[session_id]
             self._seen(user, tab.leaving[1])
             if not tabs:
@@ -206,9 +210,12 @@ class MemoryPresenceStore:
             rooms: set[str] = set()
             for sid in mine:
                 tab = tabs.pop(sid).tab
-                for room in tab.rooms:
-                    # A tab that was leaving already keeps the reason it left for.
-                    departures[room] = tab.leaving or ("node_down", renewed)
+                for room, joined in tab.rooms.items():
+                    # What was leaving already keeps the first reason it had to go.
+                    departures[room] = _first(joined.leaving, tab.leaving) or (
+                        "node_down",
+                        renewed,
+                    )
                     rooms.add(room)
             self._seen(user, renewed)
             if not tabs:
@@ -347,3 +354,14 @@ class MemoryPresenceStore:
                 state.departures.pop(user, None)
             changed.append(room)
         return changed
+
+
+def _first(
+    one: tuple[Reason, float] | None, other: tuple[Reason, float] | None
+) -> tuple[Reason, float] | None:
+    """The earlier of two departures (a room's own leaving first on a tie)."""
+    if one is None:
+        return other
+    if other is None or one[1] <= other[1]:
+        return one
+    return other

@@ -22,6 +22,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import keys
+from .._shutdown import settle
 from ..exceptions import (
     ConfigError,
     PresenceError,
@@ -34,8 +35,7 @@ from . import _scripts
 from ._batch import Coalescer
 from ._deadline import within
 from ._refusal import answered, diagnose, refusal, where
-from ._shutdown import settle, stop
-from .base import UNSET, EndedCallback, SessionRef
+from .base import UNSET, SessionRef
 
 logger = logging.getLogger("presence.store")
 
@@ -76,7 +76,7 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTi
 _REFUSAL_LOG_INTERVAL = 60.0
 
 # What the start-up self-check publishes on the ended channel: no session's end, and
-# ignored by every listener (see _dispatch).
+# ignored by every listener (see presence.events.decode_ended).
 _SELFCHECK_MESSAGE = json.dumps({"u": "", "s": "", "r": "selfcheck"})
 
 
@@ -131,8 +131,6 @@ class RedisStore:
         self.cluster = cluster
         self._client: aioredis.Redis | RedisCluster | None = client
         self._owns_client = client is None
-        self._callbacks: list[EndedCallback] = []
-        self._listener: asyncio.Task[None] | None = None
         self._scripts: dict[str, AsyncScript] = {}
         # A connection of its own, outside the pool, for probe().
         self._probe_client: aioredis.Redis | None = None
@@ -144,9 +142,6 @@ class RedisStore:
         self._refused: str | None = None
         # When each cause of refusal was last logged (time.monotonic()).
         self._refusals_logged: dict[str, float] = {}
-        # Set by close(): the listener stops at its next read even if a cancellation of
-        # it was lost (see presence.stores._shutdown).
-        self._closing = False
 
     @property
     def client(self) -> Any:
@@ -294,16 +289,12 @@ class RedisStore:
         return where(self.url) if self.url is not None else "the client given"
 
     async def close(self) -> None:
-        """Closes the connections. Returns within ten call bounds (5 s at the default
-        timeout), whatever Redis does: heartbeats still in flight, the pub/sub listener
-        and connections that have not finished by then are abandoned, with a warning."""
-        self._closing = True
+        """Closes the connections. Returns within a few call bounds, whatever Redis
+        does: heartbeats still in flight and connections that have not finished by then
+        are abandoned, with a warning. (The pub/sub connection is the bus's, closed by
+        the bus, within a bound too.)"""
         if not await settle(self._touches.drain(), self.bound * 2):
             logger.warning("heartbeats in flight to Redis did not finish at close; abandoned")
-        if self._listener is not None:
-            if not await stop(self._listener, self.bound):
-                logger.warning("the Redis pub/sub listener did not stop at close; abandoned")
-            self._listener = None
         if self._client is not None and self._owns_client:
             if not await settle(self._client.aclose(), self.bound):
                 logger.warning("Redis connections did not close in time; abandoned")
@@ -359,6 +350,9 @@ class RedisStore:
                 await client.ping()
         except UNAVAILABLE_ERRORS as exc:
             raise self._failure(exc) from exc
+
+    async def on_ended(self, user: str, session_id: str, reason: str) -> None:
+        pass  # Redis is where it ended.
 
     async def status(self) -> dict[str, JSON]:
         try:
@@ -676,21 +670,6 @@ class RedisStore:
             results += await self._run(script, script_keys, counts + args)
         return results
 
-    async def subscribe_ended(self, callback: EndedCallback) -> None:
-        self._callbacks.append(callback)
-        if self._listener is None:
-            subscribed = asyncio.Event()
-            self._listener = asyncio.create_task(
-                self._listen(subscribed), name="redis-ended-listener"
-            )
-            # A socket accepted before Redis confirms the subscription would hear of its
-            # session ending elsewhere only at the next refresher tick: wait for the
-            # confirmation, but no longer than a call may take (Redis may be away; the
-            # listener keeps trying).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.timeout * 4):
-                    await subscribed.wait()
-
     async def _delete(
         self, user: str, mode: str, reason: str, cutoff_ms: int, ids: list[str]
     ) -> list[str]:
@@ -713,50 +692,6 @@ class RedisStore:
                 *ids,
             ],
         )
-
-    async def _listen(self, subscribed: asyncio.Event) -> None:
-        # Reconnects with a capped backoff for as long as the store is open; while it is
-        # down, sockets of sessions ended elsewhere close on the refresher's next tick.
-        delay = 0.1
-        while not self._closing:
-            pubsub = self.client.pubsub()
-            try:
-                await pubsub.subscribe(self.channel)
-                while not self._closing:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        subscribed.set()
-                        delay = 0.1
-                    elif message["type"] == "message":
-                        await self._dispatch(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                why = refusal(exc)
-                if why is not None:
-                    self._misconfigured(why)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-
-    async def _dispatch(self, raw: str) -> None:
-        try:
-            event = json.loads(raw)
-            user, sid, reason = str(event["u"]), str(event["s"]), str(event["r"])
-        except (ValueError, KeyError, TypeError):
-            logger.warning("ignored a malformed message on the ended channel")
-            return
-        if not user:  # the start-up self-check of some process
-            return
-        for callback in self._callbacks:
-            try:
-                await callback(user, sid, reason)
-            except Exception:
-                logger.exception("an ended-session callback failed")
 
     async def _run(self, script: str, script_keys: list[str], args: list[Any]) -> Any:
         return await self._call(self._scripts[script], keys=script_keys, args=args)
