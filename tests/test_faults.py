@@ -1047,3 +1047,34 @@ async def test_open_sockets_stay_open_through_an_outage_and_their_sessions_live_
             await websocket.send(json.dumps({"type": "visibility", "state": "visible"}))
             snapshot = json.loads(await asyncio.wait_for(websocket.recv(), HANG))
             assert snapshot["type"] == "snapshot" and snapshot["session"]["state"] == "active"
+
+
+async def test_an_end_published_while_the_bus_reconnects_closes_its_socket_at_once(own_redis):
+    """A session deleted in the very step that drops the server's pub/sub connection
+    (its ``ended`` is published to nobody) still has its socket closed as soon as the bus
+    is back, by a check of every open session then, not a refresher tick later (the
+    tick here is 30 s away)."""
+    settings = _settings(own_redis.url, heartbeat_interval=30.0, session_ttl=120.0)
+    async with serve(settings) as server, _clients(server, "alice") as (alice,):
+        sid = (await alice.post("/sessions", json={})).json()["id"]
+        url = f"{server.ws}{BASE}/sessions/{sid}/ws?token={token('alice')}"
+        async with connect(url) as ws:
+            assert json.loads(await ws.recv())["type"] == "snapshot"
+            deleter = RedisStore(own_redis.url, ttl=TTL)
+            await deleter.open()
+            try:
+                script_keys, args = deleter._delete_call("alice", "ids", "deleted", 0, [sid])
+                async with deleter.client.pipeline(transaction=True) as pipe:
+                    pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                    pipe.evalsha(
+                        deleter._scripts["DELETE"].sha, len(script_keys), *script_keys, *args
+                    )
+                    killed, deleted = await pipe.execute()
+            finally:
+                await deleter.close()
+            assert killed >= 1 and deleted == [sid]
+            started = time.monotonic()
+            async with asyncio.timeout(50 * UNIT):
+                message = json.loads(await ws.recv())
+            assert message == {"type": "ended", "reason": "expired"}
+            assert time.monotonic() - started < 50 * UNIT < 30

@@ -27,6 +27,8 @@ logger = logging.getLogger("presence.bus")
 
 _REDIS_PARAMETERS = frozenset(inspect.signature(aioredis.Redis).parameters)
 _FIRST_DELAY = 0.1
+# Seconds within which channels confirmed again belong to one reconnection.
+_RESUBSCRIBED_QUIET = 1.0
 _MAX_DELAY = 2.0
 
 
@@ -63,6 +65,7 @@ class RedisBackend:
         # Set by disconnect(): the readers stop at their next read even if a
         # cancellation of them was lost.
         self._closing = False
+        self._said_reconnected = float("-inf")
 
     async def connect(self) -> None:
         self._task = asyncio.create_task(self._run(), name="redis-bus")
@@ -211,6 +214,13 @@ class RedisBackend:
         for client in clients:
             await settle(client.aclose(), self.timeout)
 
+    def _resubscribed(self) -> None:
+        # One Reconnected for the channels of one reconnection, confirmed one by one.
+        now = asyncio.get_running_loop().time()
+        if now - self._said_reconnected > _RESUBSCRIBED_QUIET:
+            self._said_reconnected = now
+            self._queue.put_nowait(Reconnected())
+
     async def _wait_confirmed(self) -> None:
         # Reconnected goes out once the channels are back, so that listeners catching up
         # on what they missed do not miss what comes next; bounded, since a channel
@@ -236,6 +246,11 @@ class RedisBackend:
             if kind in ("subscribe", "ssubscribe"):
                 event = self._confirmed.get(channel)
                 if event is not None:
+                    if event.is_set():
+                        # Confirmed again: redis-py made the connection again by itself
+                        # and subscribed its channels anew (PubSub.on_connect), and
+                        # whatever was published meanwhile was missed.
+                        self._resubscribed()
                     event.set()
             elif kind in ("message", "smessage"):
                 data = message["data"]
