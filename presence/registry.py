@@ -109,12 +109,6 @@ class Registry:
             _ending.add(task)
             task.add_done_callback(_ending.discard)
 
-    def sockets_of(self, ref: SessionRef) -> list[Endable]:
-        held = self._sockets.get(ref)
-        if held is None:
-            return []
-        return list(held) if isinstance(held, list) else [held]
-
 
 # Sockets being ended: the loop keeps only weak references to tasks.
 _ending: set[asyncio.Task[None]] = set()

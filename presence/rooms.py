@@ -27,7 +27,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import events, keys
@@ -249,21 +249,33 @@ _RECENT = 32
 _SYNC_ATTEMPTS = 3
 
 
-@dataclass
-class RestTab:
-    """A session present over REST, held by this process until its heartbeats stop."""
+@dataclass(eq=False)
+class LocalTab:
+    """A tab this process holds: a session with sockets open here, or a REST session
+    whose latest heartbeat came here. What it holds is kept here too, so that the
+    process can hold it all again: in its memory when Redis goes away, in Redis when
+    Redis comes back or after the process was taken for dead.
+
+    Attributes:
+        rooms: the rooms the tab joined, each with its meta.
+        sockets: its sockets open here (0 for a REST tab).
+        timer: a REST tab's lapse, twice ``HEARTBEAT_INTERVAL`` after its heartbeat.
+    """
 
     user: str
     session_id: str
-    gen: int
     state: TabState
+    gen: int = 0
+    rooms: dict[str, JSON] = field(default_factory=dict)
+    sockets: int = 0
     timer: asyncio.TimerHandle | None = None
 
 
 class RoomService:
     """The presence rules, once: who may join and watch, tabs held and released with a
     grace, diffs flushed once a window and fanned out to this process's watchers, the
-    process's lease, and the reaping of processes that died.
+    process's lease, the reaping of processes that died, and presence in this process's
+    memory while Redis is away (said ``partial``), held again in Redis when it is back.
 
     Args:
         settings: the limits and timers.
@@ -272,6 +284,9 @@ class RoomService:
         channel: the bus channel of a room (see :mod:`presence.keys`).
         sharded: room channels are sharded (a Redis Cluster).
         encode_sync, encode_diff: the wire form of a sync and a diff (the edge's).
+        local: makes presence in this process's memory, for while ``degraded`` says
+            so (a fresh one for each outage).
+        degraded: whether the session store serves from memory (Redis is away).
     """
 
     def __init__(
@@ -284,27 +299,45 @@ class RoomService:
         sharded: bool = False,
         encode_sync: Callable[[RoomPage], str],
         encode_diff: Callable[[Diff, int], str],
+        local: Callable[[], PresenceStore] | None = None,
+        degraded: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.primary = store
+        self._make_local = local
+        self.local: PresenceStore | None = None
+        self.is_degraded = degraded
         self.bus = bus
         self.channel = channel
         self.sharded = sharded
         self.encode_sync = encode_sync
         self.encode_diff = encode_diff
         self.holder = _holder_name()
+        self._degraded = False
+        self._tabs: dict[tuple[str, str], LocalTab] = {}
         self._rooms: dict[str, _LocalRoom] = {}
         self._listeners: dict[str, Callable[[str], Awaitable[None]]] = {}
         self._flushing: set[str] = set()
-        self._rest: dict[tuple[str, str], RestTab] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lease: asyncio.Task[None] | None = None
         self._reaping: set[str] = set()
+        self._switching = asyncio.Lock()
+        #: Called with the (user, session id) of the tabs reaped from a dead process
+        #: (their sessions' records still say "websocket").
+        self.on_reaped: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None
+
+    @property
+    def store(self) -> PresenceStore:
+        """Where presence is now: Redis, or this process's memory while Redis is away."""
+        if self._degraded and self.local is not None:
+            return self.local
+        return self.primary
 
     # -- life -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.store.renew(self.holder, keys.LEASE_TTL)
+        with contextlib.suppress(StoreUnavailable):
+            await self.primary.renew(self.holder, keys.LEASE_TTL)
         self.bus.on_reconnect(self._resync_all)
         self._lease = asyncio.create_task(self._lease_loop(), name="presence-lease")
 
@@ -314,7 +347,7 @@ class RoomService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lease
             self._lease = None
-        for tab in self._rest.values():
+        for tab in self._tabs.values():
             if tab.timer is not None:
                 tab.timer.cancel()
         for task in list(self._tasks):
@@ -329,7 +362,7 @@ class RoomService:
         """The room's name, if ``identity`` may join and watch it.
 
         Raises:
-            InvalidMessage: not a room name.
+            InvalidRoom: not a room name.
             RoomForbidden: the token's ``rooms`` claim does not allow it.
         """
         if not is_room(room):
@@ -339,48 +372,55 @@ class RoomService:
             raise RoomForbidden(f"this token does not allow the room {room!r}")
         return room
 
-    def check_meta(self, meta: JSON) -> str:
-        """``meta`` encoded, if it is within its size limit.
+    def check_meta(self, meta: JSON) -> JSON:
+        """``meta``, if it is within its size limit once encoded.
 
         Raises:
             InvalidBody: larger than ``PRESENCE_MAX_META_BYTES`` once encoded.
         """
         encoded = json.dumps(meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         limit = self.settings.max_meta_bytes
-        if len(encoded.encode()) > limit:
-            raise InvalidBody(
-                f"meta is {len(encoded.encode())} bytes once encoded; the limit is {limit}"
-            )
-        return encoded
+        size = len(encoded.encode())
+        if size > limit:
+            raise InvalidBody(f"meta is {size} bytes once encoded; the limit is {limit}")
+        return meta
 
     # -- tabs of sockets --------------------------------------------------------------
 
-    async def open_tab(self, user: str, session_id: str, state: TabState = "online") -> int:
+    async def open_tab(self, user: str, session_id: str, state: TabState = "online") -> LocalTab:
         """A socket of the session opened here: its tab is present, held by this
-        process, ending any grace it was in. Returns the hold's generation."""
-        self._drop_rest(user, session_id)
-        gen, changed = await self.store.hold(user, session_id, holder=self.holder, state=state)
-        self._changed_now(changed)
-        return gen
+        process, ending any grace it was in (a REST hold of it here gives way)."""
+        tab = self._tab(user, session_id, state)
+        tab.sockets += 1
+        if tab.timer is not None:
+            tab.timer.cancel()
+            tab.timer = None
+        tab.state = state
+        await self._hold(tab)
+        return tab
 
-    async def set_state(self, user: str, session_id: str, state: TabState) -> None:
+    async def set_state(self, tab: LocalTab, state: TabState) -> None:
         """The tab was shown or hidden, went idle or came back."""
-        self._changed_now(await self.store.set_state(user, session_id, state, holder=self.holder))
+        tab.state = state
+        self._changed(
+            await self.store.set_state(tab.user, tab.session_id, state, holder=self.holder)
+        )
 
-    async def close_tab(self, user: str, session_id: str, gen: int, reason: Reason) -> None:
-        """The session's last socket here closed (``closed``, ``timeout``), or the
-        session ended (``ended``, ``expired``): the tab leaves after the grace unless it
-        is held again meanwhile."""
-        since = await self.store.release(user, session_id, reason, holder=self.holder, gen=gen)
-        if since is not None:
-            self._depart_later(user, session_id, since)
+    async def close_tab(self, tab: LocalTab, reason: Reason) -> None:
+        """A socket of the tab closed (``closed``, ``timeout``), or its session ended
+        (``ended``, ``expired``): with its last socket here gone, the tab leaves after
+        the grace unless it is held again meanwhile."""
+        tab.sockets = max(0, tab.sockets - 1)
+        if tab.sockets and reason not in ("ended", "expired"):
+            return
+        await self._release(tab, reason)
 
     # -- rooms ----------------------------------------------------------------------------
 
     async def join(
-        self, identity: Identity, session_id: str, room: str, meta: JSON, *, watched: int = 0
+        self, identity: Identity, tab: LocalTab, room: str, meta: JSON, *, watched: int = 0
     ) -> JoinResult:
-        """The session (held here) joins ``room`` with ``meta``, or sets its meta there.
+        """The tab joins ``room`` with ``meta``, or sets its meta there.
 
         Args:
             watched: rooms the socket watches without being in them: they count
@@ -389,33 +429,45 @@ class RoomService:
         Raises:
             TooManyRooms: the session is in its maximum of rooms.
         """
-        encoded = self.check_meta(meta)
+        meta = self.check_meta(meta)
         limit = self.settings.max_rooms_per_session
         result, changed = await self.store.join(
-            identity.user, session_id, room, json.loads(encoded), max_rooms=max(0, limit - watched)
+            identity.user, tab.session_id, room, meta, max_rooms=max(0, limit - watched)
         )
+        if result == "no_tab":
+            # Held here but not there (the store lost it, or it just came back): hold
+            # it again, then join.
+            await self._hold(tab)
+            result, changed = await self.store.join(
+                identity.user, tab.session_id, room, meta, max_rooms=max(0, limit - watched)
+            )
         if result == "full":
             raise TooManyRooms(f"a session may be in at most {limit} rooms")
         if result == "no_tab":
-            raise NotFound("no such session present here; open its socket first")
-        self._changed_now(changed)
+            raise NotFound("no such session present here")
+        tab.rooms[room] = meta
+        self._changed(changed)
         return result
 
-    async def update(self, identity: Identity, session_id: str, room: str, meta: JSON) -> None:
-        """Sets the session's meta in ``room``.
+    async def update(self, tab: LocalTab, room: str, meta: JSON) -> None:
+        """Sets the tab's meta in ``room``.
 
         Raises:
             NotInRoom: the session is not in the room.
         """
-        encoded = self.check_meta(meta)
-        changed = await self.store.update(identity.user, session_id, room, json.loads(encoded))
+        meta = self.check_meta(meta)
+        changed = await self.store.update(tab.user, tab.session_id, room, meta)
         if changed is None:
             raise NotInRoom(f"this session is not in the room {room!r}")
-        self._changed_now(changed)
+        tab.rooms[room] = meta
+        self._changed(changed)
 
     async def leave(self, user: str, session_id: str, room: str, reason: Reason = "left") -> bool:
         """The session leaves ``room`` (announced after the grace, unless it joins
         again); False when it was not in it."""
+        tab = self._tabs.get((user, session_id))
+        if tab is not None:
+            tab.rooms.pop(room, None)
         left = await self.store.leave(user, session_id, room, reason)
         if left is None:
             return False
@@ -456,7 +508,8 @@ class RoomService:
 
     async def page(self, room: str, cursor: str | None = None) -> RoomPage:
         """A page of the room's members, for REST."""
-        return await self.store.room(room, cursor=cursor, limit=self.settings.room_list_limit)
+        page = await self.store.room(room, cursor=cursor, limit=self.settings.room_list_limit)
+        return replace(page, partial=True) if self._degraded else page
 
     async def user(self, user: str) -> UserPresence:
         return await self.store.user(user)
@@ -468,8 +521,8 @@ class RoomService:
     ) -> JoinResult:
         """A REST session joins ``room``: it is present, held by this process, while
         its heartbeats come within twice ``HEARTBEAT_INTERVAL``."""
-        await self._hold_rest(identity.user, session)
-        return await self.join(identity, session.id, room, meta)
+        tab = await self._hold_rest(session)
+        return await self.join(identity, tab, room, meta)
 
     async def rest_leave(self, identity: Identity, session_id: str, room: str) -> bool:
         return await self.leave(identity.user, session_id, room, "left")
@@ -477,10 +530,9 @@ class RoomService:
     async def rest_heartbeat(self, session: Session) -> None:
         """A REST heartbeat: a REST tab held here stays present, with the state the
         heartbeat gives."""
-        tab = self._rest.get((session.user, session.id))
-        if tab is None:
-            return
-        await self._hold_rest(session.user, session)
+        tab = self._tabs.get((session.user, session.id))
+        if tab is not None and not tab.sockets:
+            await self._hold_rest(session)
 
     async def unloading(self, user: str, session_id: str) -> None:
         """The page of a REST session is unloading (its beacon came): its rooms are
@@ -491,47 +543,61 @@ class RoomService:
     async def session_ended(self, user: str, session_id: str, reason: str) -> None:
         """A session ended somewhere: a REST tab of it held here goes (a socket's goes
         when the socket ends)."""
-        tab = self._rest.pop((user, session_id), None)
-        if tab is None:
+        tab = self._tabs.get((user, session_id))
+        if tab is None or tab.sockets:
             return
+        await self._release(tab, "expired" if reason == "expired" else "ended")
+
+    # -- internals: tabs --------------------------------------------------------------
+
+    def _tab(self, user: str, session_id: str, state: TabState) -> LocalTab:
+        tab = self._tabs.get((user, session_id))
+        if tab is None:
+            tab = self._tabs[(user, session_id)] = LocalTab(user, session_id, state)
+        return tab
+
+    async def _hold(self, tab: LocalTab) -> None:
+        tab.gen, changed = await self.store.hold(
+            tab.user, tab.session_id, holder=self.holder, state=tab.state
+        )
+        self._changed(changed)
+
+    async def _release(self, tab: LocalTab, reason: Reason) -> None:
         if tab.timer is not None:
             tab.timer.cancel()
-        why: Reason = "expired" if reason == "expired" else "ended"
-        await self.close_tab(user, session_id, tab.gen, why)
+            tab.timer = None
+        if self._tabs.get((tab.user, tab.session_id)) is tab:
+            del self._tabs[(tab.user, tab.session_id)]
+        since = await self.store.release(
+            tab.user, tab.session_id, reason, holder=self.holder, gen=tab.gen
+        )
+        if since is not None:
+            self._depart_later(tab.user, tab.session_id, since)
 
-    # -- internals: REST holds ----------------------------------------------------------
-
-    async def _hold_rest(self, user: str, session: Session) -> None:
+    async def _hold_rest(self, session: Session) -> LocalTab:
         state: TabState = "online" if session.state == "active" else "away"
-        key = (user, session.id)
-        tab = self._rest.get(key)
-        if tab is None or tab.state != state:
+        known = self._tabs.get((session.user, session.id))
+        tab = self._tab(session.user, session.id, state)
+        if known is None or tab.state != state:
             # Held (again) only when new here or its state changed: a heartbeat that
             # changes nothing costs nothing more than its timer.
-            gen, changed = await self.store.hold(user, session.id, holder=self.holder, state=state)
-            self._changed_now(changed)
-            if tab is None:
-                tab = self._rest[key] = RestTab(user, session.id, gen, state)
-            tab.gen, tab.state = gen, state
+            tab.state = state
+            await self._hold(tab)
         if tab.timer is not None:
             tab.timer.cancel()
         tab.timer = asyncio.get_running_loop().call_later(
-            2 * self.settings.heartbeat_interval, self._rest_lapsed, key
+            2 * self.settings.heartbeat_interval, self._rest_lapsed, tab
         )
+        return tab
 
-    def _rest_lapsed(self, key: tuple[str, str]) -> None:
-        tab = self._rest.pop(key, None)
-        if tab is not None:
-            self._spawn(self.close_tab(tab.user, tab.session_id, tab.gen, "timeout"))
-
-    def _drop_rest(self, user: str, session_id: str) -> None:
-        tab = self._rest.pop((user, session_id), None)
-        if tab is not None and tab.timer is not None:
-            tab.timer.cancel()
+    def _rest_lapsed(self, tab: LocalTab) -> None:
+        tab.timer = None
+        if not tab.sockets:
+            self._spawn(self._release(tab, "timeout"))
 
     # -- internals: diffs -----------------------------------------------------------------
 
-    def _changed_now(self, rooms: list[str]) -> None:
+    def _changed(self, rooms: list[str]) -> None:
         for room in rooms:
             if room not in self._flushing:
                 self._flushing.add(room)
@@ -548,20 +614,16 @@ class RoomService:
             await self.store.flush(room)
         except StoreUnavailable:
             logger.warning("could not flush a room's changes; trying again")
-            self._changed_now([room])
+            self._changed([room])
 
     def _depart_later(self, user: str, session_id: str, since: float) -> None:
-        delay = max(0.0, since + self.settings.offline_grace - self.store_clock())
+        delay = max(0.0, since + self.settings.offline_grace - time.time())
         asyncio.get_running_loop().call_later(
             delay, lambda: self._spawn(self._depart(user, session_id, since))
         )
 
     async def _depart(self, user: str, session_id: str, since: float) -> None:
-        self._changed_now(await self.store.depart(user, session_id, since=since))
-
-    def store_clock(self) -> float:
-        clock = getattr(self.store, "clock", None)
-        return clock() if callable(clock) else time.time()
+        self._changed(await self.store.depart(user, session_id, since=since))
 
     def _listener(self, room: str) -> Callable[[str], Awaitable[None]]:
         async def heard(data: str) -> None:
@@ -604,7 +666,7 @@ class RoomService:
         for _ in range(_SYNC_ATTEMPTS):
             watcher.watching[room] = None
             try:
-                page = await self.store.room(room, limit=self.settings.room_list_limit)
+                page = await self.page(room)
             except StoreUnavailable:
                 return
             if watcher not in local.watchers:
@@ -625,18 +687,25 @@ class RoomService:
     async def _resync_all(self) -> None:
         for room, local in list(self._rooms.items()):
             local.seq = None
+            local.recent.clear()
             for watcher in list(local.watchers):
                 self._spawn(self._sync(watcher, room, local))
 
-    # -- internals: the lease ---------------------------------------------------------
+    # -- internals: the lease, and Redis going and coming back --------------------------
 
     async def _lease_loop(self) -> None:
         while True:
             await asyncio.sleep(keys.LEASE_RENEW_INTERVAL)
             try:
-                if not await self.store.renew(self.holder, keys.LEASE_TTL):
-                    await self._reasserted()
-                for holder, renewed in await self.store.lapsed():
+                await self._follow_the_store()
+                if self._degraded:
+                    continue  # no lease, no reaping: this process sees only itself
+                if not await self.primary.renew(self.holder, keys.LEASE_TTL):
+                    logger.warning(
+                        "this process was taken for dead and reaped; holding its tabs again"
+                    )
+                    await self._hold_all_again()
+                for holder, renewed in await self.primary.lapsed():
                     if holder != self.holder and holder not in self._reaping:
                         self._reaping.add(holder)
                         self._spawn(self._reap(holder, renewed))
@@ -645,26 +714,62 @@ class RoomService:
             except Exception:
                 logger.exception("presence lease tick failed")
 
+    async def _follow_the_store(self) -> None:
+        """Moves presence into this process's memory when the session store serves from
+        memory (Redis is away), and back into Redis when it is back."""
+        if self._make_local is None:
+            return
+        degraded = self.is_degraded()
+        if degraded == self._degraded:
+            return
+        async with self._switching:
+            self._degraded = degraded
+            if degraded:
+                logger.warning("Redis is away: presence is this process's alone (partial)")
+                self.local = self._make_local()
+                await self.local.open()
+                for tab in list(self._tabs.values()):
+                    await self._hold_in_full(tab)
+            else:
+                logger.warning("Redis is back: this process's tabs are held there again")
+                if self.local is not None:
+                    await self.local.close()
+                self.local = None
+                await self._hold_all_again()
+            await self._resync_all()
+
+    async def _hold_all_again(self) -> None:
+        """Takes a new name and holds every tab held here again, rooms and metas with
+        it, then reaps the old name: what this process held under it and holds no
+        longer (tabs that went while it was cut off) leaves, what it still holds does not
+        (held again under the new name first, so the reaper passes it over)."""
+        old, self.holder = self.holder, _holder_name()
+        await self.primary.renew(self.holder, keys.LEASE_TTL)
+        for tab in list(self._tabs.values()):
+            await self._hold_in_full(tab)
+        changed, _ = await self.primary.reap(old)
+        self._changed(changed)
+
+    async def _hold_in_full(self, tab: LocalTab) -> None:
+        await self._hold(tab)
+        for room, meta in list(tab.rooms.items()):
+            limit = self.settings.max_rooms_per_session
+            _, changed = await self.store.join(
+                tab.user, tab.session_id, room, meta, max_rooms=limit
+            )
+            self._changed(changed)
+
     async def _reap(self, holder: str, renewed: float) -> None:
         try:
             # The grace runs from the dead process's last renewal, as from a closed
             # socket: tabs held again elsewhere meanwhile are not reaped.
             await asyncio.sleep(max(0.0, renewed + self.settings.offline_grace - time.time()))
-            self._changed_now(await self.store.reap(holder))
+            changed, reaped = await self.primary.reap(holder)
+            self._changed(changed)
+            if self.on_reaped is not None and reaped:
+                await self.on_reaped(reaped)
         finally:
             self._reaping.discard(holder)
-
-    async def _reasserted(self) -> None:
-        """This process was reaped (it was cut off longer than its lease): it takes a
-        new name, and its sockets and REST sessions are held and joined again by the
-        edge (``on_reaped``)."""
-        self.holder = _holder_name()
-        await self.store.renew(self.holder, keys.LEASE_TTL)
-        logger.warning("this process was taken for dead and reaped; holding its tabs again")
-        if self.on_reaped is not None:
-            await self.on_reaped()
-
-    on_reaped: Callable[[], Awaitable[None]] | None = None
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -259,6 +260,12 @@ class SessionService:
             await self.store.touch(user, session_id, transport="none", state="disconnected")
         except StoreError:
             logger.warning("could not mark a session disconnected: store unavailable")
+
+    async def reaped(self, tabs: Sequence[tuple[str, str]]) -> None:
+        """The process that held these sessions' sockets died: they are
+        ``disconnected``, still alive within their TTL (their heartbeats together, one
+        round trip a batch)."""
+        await asyncio.gather(*(self.detach(user, sid) for user, sid in tabs))
 
     def _check_data(self, data: JSON) -> None:
         if data is UNSET:

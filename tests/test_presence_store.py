@@ -233,7 +233,10 @@ class PresenceMachine(RuleBasedStateMachine):
         self.tick()
         holder = self.holders[process]
         self.holders[process] = f"{process}.{int(holder.split('.')[1]) + 1}"
-        self.run(self.store.reap(holder))
+        _, reaped = self.run(self.store.reap(holder))
+        assert sorted(reaped) == sorted(
+            (s.user, sid) for sid, s in self.model.items() if s.holder == holder
+        )
         for sid in [s for s, session in self.model.items() if session.holder == holder]:
             session = self.model[sid]
             for room in list(session.rooms):

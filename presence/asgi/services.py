@@ -83,14 +83,20 @@ class Services:
             self._announce_through(self.bus)
             await self.bus.open()
             try:
-                if redis is None:
-                    deliver = self.bus.deliver
-                    self.presence = MemoryPresenceStore(
+                deliver = self.bus.deliver
+
+                def in_memory() -> MemoryPresenceStore:
+                    # Diffs reach this process's watchers only: there is no one else.
+                    return MemoryPresenceStore(
                         lambda room, data: deliver(keys.room_channel(prefix, room), data)
                     )
+
+                if redis is None:
+                    self.presence = in_memory()
                 else:
                     self.presence = RedisPresenceStore(redis, keep=settings.session_ttl)
                 await self.presence.open()
+                store = self.store
                 self.rooms = RoomService(
                     settings,
                     self.presence,
@@ -99,7 +105,11 @@ class Services:
                     sharded=redis is not None and redis.cluster,
                     encode_sync=protocol.presence_sync,
                     encode_diff=protocol.presence_diff,
+                    # While the session store serves from memory, so does presence.
+                    local=in_memory if isinstance(store, FallbackStore) else None,
+                    degraded=lambda: bool(getattr(store, "degraded", False)),
                 )
+                self.rooms.on_reaped = self.sessions.reaped
                 await self.rooms.start()
                 try:
                     async with Refresher(

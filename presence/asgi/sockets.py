@@ -30,7 +30,8 @@ from ..exceptions import (
     TooManyRooms,
     Unauthorized,
 )
-from ..models import Reason, TabState, is_room
+from ..models import JSON, Reason, TabState, is_room
+from ..rooms import LocalTab
 from ..sessions import is_session_id
 from ..wsproto import WRITABLE_EXTENSION
 from . import errors, protocol
@@ -49,8 +50,8 @@ class SessionSocket:
         rooms: the token's ``rooms`` claim, for joins and watches (None: all open).
         visible, idle: the tab's state, as the client said; online when visible and
             not idle.
-        gen: the presence hold of this socket's tab.
-        joined: the rooms the session joined through this socket.
+        tab: the session's presence, held by this process (None until held, or when
+            the store could not take it).
         watching: each watched room and the seq sent up to (None while syncing).
     """
 
@@ -60,11 +61,10 @@ class SessionSocket:
         "_writable",
         "bucket",
         "close_code",
-        "gen",
         "idle",
-        "joined",
         "rooms",
         "session_id",
+        "tab",
         "user",
         "visible",
         "watching",
@@ -87,15 +87,19 @@ class SessionSocket:
         # The socket's write gate, from presence.wsproto (absent on another server).
         self._writable = websocket.scope.get("extensions", {}).get(WRITABLE_EXTENSION)
         self.close_code: int | None = None
-        self.gen = 0
+        self.tab: LocalTab | None = None
         self.visible = True
         self.idle = False
-        self.joined: set[str] = set()
         self.watching: dict[str, int | None] = {}
 
     @property
     def ended(self) -> bool:
         return self._ended is not None
+
+    @property
+    def joined(self) -> dict[str, JSON]:
+        """The rooms the session is in, from this process, each with its meta."""
+        return {} if self.tab is None else self.tab.rooms
 
     @property
     def state(self) -> TabState:
@@ -166,7 +170,7 @@ async def session_socket(websocket: WebSocket) -> None:
         await websocket.accept()
         socket = SessionSocket(websocket, identity, session_id, services)
         ref = (user, session_id)
-        first_here = registry.add(ref, socket)
+        registry.add(ref, socket)
         lifetime = services.settings.max_lifetime
         expiry = None
         if lifetime > 0:
@@ -180,8 +184,7 @@ async def session_socket(websocket: WebSocket) -> None:
         try:
             await socket.send(snapshot)
             del snapshot
-            if first_here:
-                await _hold(socket, services)
+            await _hold(socket, services)
             # Each message is handed over unnamed, so that this frame does not hold the
             # last one (nor its text, nor what it parsed to) while the socket idles.
             while not socket.ended and await _receive(socket, services, await websocket.receive()):
@@ -192,7 +195,7 @@ async def session_socket(websocket: WebSocket) -> None:
             if expiry is not None:
                 expiry.cancel()
             last_here = registry.discard(ref, socket)
-            await _leave_presence(socket, services, last_here)
+            await _leave_presence(socket, services)
             if last_here and not socket.ended:
                 await sessions.detach(user, session_id)
     finally:
@@ -200,21 +203,22 @@ async def session_socket(websocket: WebSocket) -> None:
 
 
 async def _hold(socket: SessionSocket, services: Services) -> None:
-    """The session's tab is present, held by this process, from the socket's opening;
-    presence is a service beside the session's, so a store that cannot take it now is
-    logged, not a reason to close the socket."""
+    """The session's tab is present, held by this process, from the socket's opening
+    (the tab of another socket of the session here, if any, is the same); presence is a
+    service beside the session's, so a store that cannot take it now is logged, not a
+    reason to close the socket."""
     try:
-        socket.gen = await services.rooms.open_tab(socket.user, socket.session_id, socket.state)
+        socket.tab = await services.rooms.open_tab(socket.user, socket.session_id, socket.state)
     except StoreError:
         logger.warning("could not mark a tab present: store unavailable")
 
 
-async def _leave_presence(socket: SessionSocket, services: Services, last_here: bool) -> None:
+async def _leave_presence(socket: SessionSocket, services: Services) -> None:
     rooms = services.rooms
     for room in list(socket.watching):
         await rooms.unwatch(socket, room)
-    if not last_here:
-        return  # Another socket of the session here holds its tab.
+    if socket.tab is None:
+        return
     if socket.ended:
         reason: Reason = "expired" if socket._ended == "expired" else "ended"
     elif socket.close_code == status.WS_1011_INTERNAL_ERROR:
@@ -222,7 +226,7 @@ async def _leave_presence(socket: SessionSocket, services: Services, last_here: 
     else:
         reason = "closed"
     try:
-        await rooms.close_tab(socket.user, socket.session_id, socket.gen, reason)
+        await rooms.close_tab(socket.tab, reason)
     except StoreError:
         logger.warning("could not release a tab: store unavailable")
 
@@ -301,8 +305,10 @@ async def _dispatch(
 
 
 async def _tab_state(socket: SessionSocket, services: Services) -> None:
+    if socket.tab is None:
+        return
     try:
-        await services.rooms.set_state(socket.user, socket.session_id, socket.state)
+        await services.rooms.set_state(socket.tab, socket.state)
     except StoreError as error:
         await socket.send(errors.in_band(error))
 
@@ -314,24 +320,25 @@ async def _room_message(
     room = rooms.check_room(socket.identity(), message.room)
     kind = message.kind
     limit = services.settings.max_rooms_per_session
+    if kind in ("presence.join", "presence.update") and socket.tab is None:
+        # The store could not take the tab when the socket opened: hold it now.
+        socket.tab = await rooms.open_tab(socket.user, socket.session_id, socket.state)
     if kind == "presence.join":
+        assert socket.tab is not None
         watched_only = sum(1 for r in socket.watching if r not in socket.joined and r != room)
-        await rooms.join(
-            socket.identity(), socket.session_id, room, message.meta, watched=watched_only
-        )
-        socket.joined.add(room)
+        await rooms.join(socket.identity(), socket.tab, room, message.meta, watched=watched_only)
         if room not in socket.watching:
             await rooms.watch(socket, room)  # joining implies watching
     elif kind == "presence.update":
-        await rooms.update(socket.identity(), socket.session_id, room, message.meta)
+        assert socket.tab is not None
+        await rooms.update(socket.tab, room, message.meta)
     elif kind == "presence.leave":
         if room not in socket.joined:
             raise NotInRoom(f"this session is not in the room {room!r}")
-        socket.joined.discard(room)
         await rooms.leave(socket.user, socket.session_id, room, "left")
         await rooms.unwatch(socket, room)
     elif kind == "presence.watch":
-        if room not in socket.watching and len(socket.joined | set(socket.watching)) >= limit:
+        if room not in socket.watching and len(socket.joined.keys() | socket.watching) >= limit:
             raise TooManyRooms(f"a session may be in at most {limit} rooms")
         await rooms.watch(socket, room)
     else:

@@ -253,10 +253,10 @@ elseif op == 'reap' then
   local holder, renewed = ARGV[3], ARGV[4]
   if renewed == '0' or renewed == '' then renewed = tostring(now) end
   local touched, why = user_rooms(), {}
-  local gone = false
+  local gone = {}
   for s, tab in pairs(tabs) do
     if tab.holder == holder then
-      gone = true
+      table.insert(gone, s)
       for room, r in pairs(rooms[s] or {}) do
         -- What was leaving already keeps the first reason it had to go.
         if r.lr ~= '' and (tab.lr == '' or tonumber(r.lt) <= tonumber(tab.lt)) then
@@ -268,8 +268,9 @@ elseif op == 'reap' then
       remove_tab(s)
     end
   end
-  if not gone then return finish('none', 0, {}) end
-  return finish('ok', 0, emit(touched, why, true))
+  if #gone == 0 then return finish('none', 0, {}) end
+  -- The sessions reaped, so that their records are marked disconnected.
+  return finish('ok', table.concat(gone, ','), emit(touched, why, true))
 elseif op == 'user' then
   -- Returns {status, sessions, last seen ms ('' none), room, room, ...}.
   local count = 0

@@ -88,10 +88,11 @@ class PresenceStore(Protocol):
         """The tab leaves ``room``: leaving from now (returned), removed by
         :meth:`depart` once the grace is over. None when it was not in the room."""
 
-    async def reap(self, holder: str) -> list[str]:
+    async def reap(self, holder: str) -> tuple[list[str], list[tuple[str, str]]]:
         """Every tab that ``holder`` held (its process died) is removed at once, with
         reason ``node_down`` and its last renewal as last seen; its lease is forgotten.
-        Idempotent. Returns the rooms changed."""
+        Idempotent. Returns the rooms changed and the (user, session id) of the tabs
+        removed (their sessions are to be marked disconnected)."""
 
     async def flush(self, room: str) -> Diff | None:
         """The room's changes since its last flush as one diff with the next ``seq``,

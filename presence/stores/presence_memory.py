@@ -197,10 +197,11 @@ class MemoryPresenceStore:
         held.tab = replace(held.tab, rooms={**held.tab.rooms, room: joined})
         return now, []
 
-    async def reap(self, holder: str) -> list[str]:
+    async def reap(self, holder: str) -> tuple[list[str], list[tuple[str, str]]]:
         lease = self._leases.pop(holder, None)
         renewed = lease[1] if lease else self.clock()
         changed: set[str] = set()
+        reaped: list[tuple[str, str]] = []
         for user in list(self._tabs):
             tabs = self._tabs[user]
             mine = [sid for sid, held in tabs.items() if held.holder == holder]
@@ -210,6 +211,7 @@ class MemoryPresenceStore:
             rooms: set[str] = set()
             for sid in mine:
                 tab = tabs.pop(sid).tab
+                reaped.append((user, sid))
                 for room, joined in tab.rooms.items():
                     # What was leaving already keeps the first reason it had to go.
                     departures[room] = _first(joined.leaving, tab.leaving) or (
@@ -224,7 +226,7 @@ class MemoryPresenceStore:
         self._reaped[holder] = None
         while len(self._reaped) > _REAPED_MAX:
             self._reaped.popitem(last=False)
-        return sorted(changed)
+        return sorted(changed), reaped
 
     # -- rooms ----------------------------------------------------------------------------
 

@@ -122,12 +122,13 @@ class RedisPresenceStore:
             return None
         return int(reply[1]) / 1000, []
 
-    async def reap(self, holder: str) -> list[str]:
+    async def reap(self, holder: str) -> tuple[list[str], list[tuple[str, str]]]:
         client = self.sessions.client
         users_key = keys.holder_users_key(self.prefix, holder)
         renewed = self._renewed.pop(holder, None)
         renewed_ms = "" if renewed is None else str(_ms(renewed))
         changed: set[str] = set()
+        reaped: list[tuple[str, str]] = []
         cursor = 0
         while True:
             cursor, batch = await self._call_raw(client.sscan, users_key, cursor, count=_REAP_BATCH)
@@ -136,11 +137,13 @@ class RedisPresenceStore:
             )
             for user, reply in zip(batch, replies, strict=True):
                 changed.update(await self._apply(user, reply))
+                if reply[0] == "ok" and reply[1]:
+                    reaped += [(user, sid) for sid in str(reply[1]).split(",")]
             if int(cursor) == 0:
                 break
         await self._call_raw(client.delete, users_key)
         await self._run("REAPED", keys.lease_keys(self.prefix), [holder])
-        return sorted(changed)
+        return sorted(changed), reaped
 
     # -- rooms ----------------------------------------------------------------------------
 
