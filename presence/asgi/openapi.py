@@ -18,29 +18,39 @@ from ..auth import COOKIE_NAME, QUERY_PARAM
 from ..sessions import SESSION_ID_PATTERN, STATES, TRANSPORTS
 from ..settings import Settings
 from ..wsproto import MAX_FRAGMENTS
-from .rest import CLEANUP_TYPES, MAX_CLEANUP_ID_LENGTH
+from .rest import MAX_CLEANUP_ID_LENGTH
 
 OpenAPI = dict[str, Any]
 
 _BASE = "/api/v1/chat"
+_PRESENCE = "/api/v1/presence"
 # Every error code the server answers with, by the status it comes with.
 _ERRORS: dict[int, tuple[str, tuple[str, ...]]] = {
     400: ("The body is not valid JSON.", ("malformed_json",)),
     401: ("No valid bearer token or identity cookie.", ("unauthorized",)),
     403: (
-        "A cookie-authenticated request from an origin that is not allowed (CSRF).",
-        ("forbidden",),
+        "A cookie-authenticated request from an origin that is not allowed (CSRF), a room "
+        "the token's `rooms` claim does not allow, or another user's presence.",
+        ("forbidden", "room_forbidden"),
     ),
-    404: ("No such session for this caller.", ("session_not_found", "not_found")),
+    404: (
+        "No such session for this caller, or the session is not in that room.",
+        ("session_not_found", "not_found", "not_in_room"),
+    ),
     413: ("The body exceeds the size limit.", ("payload_too_large",)),
     415: (
         "The body is neither application/json nor text/plain.",
         ("unsupported_media_type",),
     ),
-    422: ("The body is JSON but not a valid request.", ("invalid_body",)),
+    422: (
+        "The body is JSON but not a valid request, or the room's name is not one.",
+        ("invalid_body", "invalid_room"),
+    ),
     429: (
-        "The caller holds the maximum number of sessions, each open in a socket.",
-        ("too_many_sessions",),
+        "The caller holds the maximum number of sessions (each open in a socket), of "
+        "rooms for the session, or of sockets; or, in development mode, this address had "
+        "its new identities for the minute (Retry-After says when to try again).",
+        ("too_many_sessions", "too_many_rooms", "too_many_sockets", "rate_limited"),
     ),
     503: (
         "Redis is unavailable and the in-memory fallback is full or cannot answer, or "
@@ -61,6 +71,13 @@ def document(settings: Settings) -> OpenAPI:
         "description": "A session id as the server minted it (128 random bits, base64url).",
         "schema": {"$ref": "#/components/schemas/SessionId"},
     }
+    room_param = {
+        "name": "room",
+        "in": "path",
+        "required": True,
+        "description": "A room's name.",
+        "schema": {"$ref": "#/components/schemas/Room"},
+    }
     create_security: list[dict[str, list[str]]] = _security()
     if settings.dev_mode:
         # In development mode the server hands a caller without identity a new one.
@@ -78,7 +95,14 @@ def document(settings: Settings) -> OpenAPI:
                 "Origin (or carry `Sec-Fetch-Site: same-origin`); bearer tokens need no "
                 "origin. Request bodies are JSON objects sent as `application/json` or as "
                 "`text/plain` (what `navigator.sendBeacon` sends), of at most "
-                f"{settings.max_body_bytes} bytes; an empty body is `{{}}`."
+                f"{settings.max_body_bytes} bytes; an empty body is `{{}}`. A request whose "
+                f"line and headers exceed {settings.max_header_bytes} bytes is answered 431 "
+                f"and one whose headers take longer than {settings.header_timeout:g} s, 408, "
+                "on any path. Rooms (presence): a session joins a room to be present in it; "
+                "a member is a user, aggregated over their sessions there, with one status "
+                "across tabs and devices. In JWT mode the token's `rooms` claim lists the "
+                "rooms the user may join and watch (exact names, or prefixes ending in `*`)"
+                + ("; every room is open here." if settings.rooms_open else ".")
             ),
         },
         "paths": {
@@ -201,6 +225,81 @@ def document(settings: Settings) -> OpenAPI:
                     "responses": {
                         "200": _json("The session as it is now.", "Session"),
                         **_errors(400, 401, 403, 404, 413, 415, 422),
+                    },
+                },
+            },
+            f"{_BASE}/sessions/{{session_id}}/rooms/{{room}}": {
+                "parameters": [id_param, room_param],
+                "post": {
+                    "operationId": "joinRoom",
+                    "summary": "The session (over REST, no socket) joins a room.",
+                    "description": (
+                        "Present while its heartbeats come within "
+                        f"{2 * settings.heartbeat_interval:g} s (twice HEARTBEAT_INTERVAL); "
+                        "once they stop it leaves with reason `timeout`. Joining a room the "
+                        "session is in sets its meta. A session may be in at most "
+                        f"{settings.max_rooms_per_session} rooms."
+                    ),
+                    "security": _security(),
+                    "requestBody": _body("JoinRoom"),
+                    "responses": {
+                        "200": _json("Joined, or the meta set.", "JoinResult"),
+                        **_errors(400, 401, 403, 404, 413, 415, 422, 429, 503),
+                    },
+                },
+                "delete": {
+                    "operationId": "leaveRoom",
+                    "summary": "The session leaves a room (announced as `left` after the grace).",
+                    "security": _security(),
+                    "responses": {
+                        "204": {"description": "Left."},
+                        **_errors(401, 403, 404, 422, 503),
+                    },
+                },
+            },
+            f"{_PRESENCE}/rooms/{{room}}": {
+                "parameters": [room_param],
+                "get": {
+                    "operationId": "roomMembers",
+                    "summary": "A room's members, a page at a time, by user.",
+                    "description": (
+                        f"At most {settings.room_list_limit} members a page; `next` is the "
+                        "cursor of the next page (null on the last). `seq` is the room's, "
+                        "as the diffs its watchers get number it."
+                    ),
+                    "security": _security(),
+                    "parameters": [
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "required": False,
+                            "description": "The `next` of the previous page.",
+                            "schema": {"type": "string", "maxLength": 256},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json("A page of members.", "RoomPage"),
+                        **_errors(401, 403, 422, 503),
+                    },
+                },
+            },
+            f"{_PRESENCE}/users/{{user}}": {
+                "parameters": [
+                    {
+                        "name": "user",
+                        "in": "path",
+                        "required": True,
+                        "description": "The caller's own user (a token's `sub`).",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                    }
+                ],
+                "get": {
+                    "operationId": "userPresence",
+                    "summary": "The caller's presence: status, sessions, last seen, rooms.",
+                    "security": _security(),
+                    "responses": {
+                        "200": _json("The caller's presence.", "UserPresence"),
+                        **_errors(401, 403, 503),
                     },
                 },
             },
@@ -345,11 +444,95 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                     "required": ["type"],
                     "additionalProperties": False,
                     "properties": {
-                        "type": {"enum": [t for t in CLEANUP_TYPES if t != "specific"]},
+                        "type": {"const": "all"},
                         "session_ids": no_ids,
                     },
                 },
+                {
+                    "type": "object",
+                    "required": ["type"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "type": {"const": "inactive"},
+                        "session_ids": no_ids,
+                        "session_id": {
+                            "type": "string",
+                            "description": (
+                                "The session whose page is unloading (the beacon on "
+                                "pagehide): its rooms are left, announced after the grace "
+                                "unless it comes back."
+                            ),
+                        },
+                    },
+                },
             ]
+        },
+        "Room": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"},
+        "Member": {
+            "type": "object",
+            "required": ["user", "status", "sessions", "meta", "since"],
+            "additionalProperties": False,
+            "properties": {
+                "user": {"type": "string"},
+                "status": {"enum": ["online", "away", "offline"]},
+                "sessions": {"type": "integer", "minimum": 1},
+                "meta": {"description": "The meta most recently set by any of the sessions."},
+                "since": timestamp,
+            },
+        },
+        "RoomPage": {
+            "type": "object",
+            "required": ["room", "seq", "count", "members", "next"],
+            "additionalProperties": False,
+            "properties": {
+                "room": {"$ref": "#/components/schemas/Room"},
+                "seq": {"type": "integer"},
+                "count": {"type": "integer", "minimum": 0},
+                "members": {
+                    "type": "array",
+                    "maxItems": settings.room_list_limit,
+                    "items": {"$ref": "#/components/schemas/Member"},
+                },
+                "next": {"type": ["string", "null"]},
+                "partial": {
+                    "const": True,
+                    "description": "Redis is away: only this server's members.",
+                },
+            },
+        },
+        "UserPresence": {
+            "type": "object",
+            "required": ["user", "status", "sessions", "last_seen", "rooms"],
+            "additionalProperties": False,
+            "properties": {
+                "user": {"type": "string"},
+                "status": {"enum": ["online", "away", "offline"]},
+                "sessions": {"type": "integer", "minimum": 0},
+                "last_seen": {"anyOf": [timestamp, {"type": "null"}]},
+                "rooms": {"type": "array", "items": {"$ref": "#/components/schemas/Room"}},
+            },
+        },
+        "JoinRoom": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "meta": {
+                    "description": (
+                        "Any JSON the client wants its member to show, at most "
+                        f"{settings.max_meta_bytes} bytes once encoded."
+                    ),
+                    "x-max-encoded-bytes": settings.max_meta_bytes,
+                }
+            },
+        },
+        "JoinResult": {
+            "type": "object",
+            "required": ["room", "result"],
+            "additionalProperties": False,
+            "properties": {
+                "room": {"$ref": "#/components/schemas/Room"},
+                "result": {"enum": ["joined", "updated"]},
+            },
         },
         "CleanupResult": {
             "type": "object",
@@ -378,7 +561,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "sockets": {
                     "type": "integer",
                     "minimum": 0,
-                    "description": "Sessions with a socket open on this process.",
+                    "description": "Sockets open (or opening) on this process.",
                 },
                 "pending_writes": {
                     "type": "integer",

@@ -332,8 +332,8 @@ async def cleanup(request: Request) -> Response:
     # The page of this session is unloading (the beacon on pagehide says which): its
     # rooms are left, announced after the grace unless the page comes back.
     unloading = body.get("session_id")
-    if unloading is not None and (kind != "inactive" or not isinstance(unloading, str)):
-        raise _invalid("session_id names the unloading session, for type inactive only")
+    if "session_id" in body and (kind != "inactive" or not isinstance(unloading, str)):
+        raise _invalid("session_id names the unloading session, a string, for type inactive only")
     deleted = await services.sessions.cleanup(identity.user, kind, ids or ())
     if unloading is not None and is_session_id(unloading) and unloading not in deleted:
         await services.rooms.unloading(identity.user, unloading)
