@@ -69,13 +69,29 @@ def ended_channel(prefix: str) -> str:
     return f"{prefix}:ended"
 
 
+SELFCHECK_TAG = "{#selfcheck}"
+
+
 def selfcheck_keys(prefix: str) -> list[str]:
-    """The keys of the start-up self-check (a lone slot, an index and a session key),
-    which runs every command the scripts run, under the key prefix as theirs are, so
-    that an ACL lacking one is found before the service starts. Their tag holds a "#",
-    which no user's tag has; the check deletes them, and their TTL is seconds anyway."""
-    tag = "{#selfcheck}"
-    return [f"{prefix}:{tag}:one", f"{prefix}:{tag}:idx", f"{prefix}:{tag}:s:selfcheck"]
+    """The keys of the start-up self-check (a lone slot, an index and a session key; a
+    user's tabs, a process's users and a room's seq), which runs every command the
+    scripts run, under the key prefix as theirs are, so that an ACL lacking one is found
+    before the service starts. Their tag holds a "#", which no user's or room's tag
+    has; the check deletes them, and their TTL is seconds anyway."""
+    tag = SELFCHECK_TAG
+    return [
+        f"{prefix}:{tag}:one",
+        f"{prefix}:{tag}:idx",
+        f"{prefix}:{tag}:s:selfcheck",
+        f"{prefix}:{tag}:tabs",
+        f"{prefix}:proc:{tag}:users",
+        f"{prefix}:room:{tag}:q",
+    ]
+
+
+def selfcheck_channel(prefix: str) -> str:
+    """A room's channel as the self-check publishes on it (in the check's slot)."""
+    return f"{prefix}:room:{SELFCHECK_TAG}"
 
 
 # -- presence -------------------------------------------------------------------------

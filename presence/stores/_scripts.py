@@ -480,9 +480,26 @@ try('ZRANGEBYSCORE', 'ZRANGEBYSCORE', idx, '-inf', '(3', 'WITHSCORES')
 try('ZREMRANGEBYSCORE', 'ZREMRANGEBYSCORE', idx, '-inf', 0)
 try('ZREM', 'ZREM', idx, 'x')
 if ARGV[1] ~= '' then try('PUBLISH', 'PUBLISH', ARGV[1], ARGV[2]) end
+-- Presence's: a user's tabs (a hash), a process's users (a set), a room's seq, and a
+-- room's channel (ARGV[3], published with ARGV[4]: PUBLISH, or SPUBLISH on a cluster).
+local hash, set, counter = KEYS[4], KEYS[5], KEYS[6]
+try('HSET', 'HSET', hash, 'f', 'x')
+try('HGET', 'HGET', hash, 'f')
+try('HGETALL', 'HGETALL', hash)
+try('HEXISTS', 'HEXISTS', hash, 'f')
+try('HLEN', 'HLEN', hash)
+try('HINCRBY', 'HINCRBY', hash, 'n', 1)
+try('HDEL', 'HDEL', hash, 'f')
+try('PERSIST', 'PERSIST', hash)
+try('INCR', 'INCR', counter)
+try('SADD', 'SADD', set, 'x')
+try('SSCAN', 'SSCAN', set, 0)
+try('ZRANGE BYLEX', 'ZRANGE', idx, '-', '+', 'BYLEX', 'LIMIT', 0, 1)
+if ARGV[3] and ARGV[3] ~= '' then try(ARGV[4], ARGV[4], ARGV[3], '{}') end
 try('DEL', 'DEL', slot)
 try('DEL', 'DEL', skey)
 try('DEL', 'DEL', idx)
+try('DEL', 'DEL', hash, set, counter)
 return failures
 """
 

@@ -240,7 +240,7 @@ class RedisStore:
                 await self._load_scripts()
             async with asyncio.timeout(step):
                 failures = await self._scripts["SELFCHECK"](
-                    keys=keys.selfcheck_keys(self.prefix), args=[self.channel, _SELFCHECK_MESSAGE]
+                    keys=keys.selfcheck_keys(self.prefix), args=self._selfcheck_args()
                 )
             if failures:
                 raise self._start_up_error(_missing(failures))
@@ -280,6 +280,14 @@ class RedisStore:
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+
+    def _selfcheck_args(self) -> list[str]:
+        return [
+            self.channel,
+            _SELFCHECK_MESSAGE,
+            keys.selfcheck_channel(self.prefix),
+            "SPUBLISH" if self.cluster else "PUBLISH",
+        ]
 
     def _start_up_error(self, why: str) -> ConfigError:
         return ConfigError("REDIS_URL", f"{why} (Redis at {self._where})")
@@ -380,7 +388,7 @@ class RedisStore:
             return None
         with contextlib.suppress(StoreMisconfigured, StoreUnavailable):
             failures = await self._run(
-                "SELFCHECK", keys.selfcheck_keys(self.prefix), [self.channel, _SELFCHECK_MESSAGE]
+                "SELFCHECK", keys.selfcheck_keys(self.prefix), self._selfcheck_args()
             )
             if failures:
                 self._misconfigured(_missing(failures))
