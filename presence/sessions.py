@@ -71,9 +71,15 @@ class Session:
     state: State = "active"
     data: JSON = None
 
-    def to_json(self) -> dict[str, JSON]:
-        """The session as the API sends it (the user is implied by who asks)."""
-        return {
+    def to_json(self, heartbeat_interval: float | None = None) -> dict[str, JSON]:
+        """The session as the API sends it (the user is implied by who asks).
+
+        Args:
+            heartbeat_interval: the server's ``HEARTBEAT_INTERVAL``, sent with it so that
+                a client keeping the session alive over REST beats at least that often
+                (a TTL shorter than the client's own rhythm would otherwise expire it).
+        """
+        value: dict[str, JSON] = {
             "id": self.id,
             "created_at": _iso(self.created_at),
             "last_seen": _iso(self.last_seen),
@@ -82,6 +88,9 @@ class Session:
             "state": self.state,
             "data": self.data,
         }
+        if heartbeat_interval is not None:
+            value["heartbeat_interval"] = heartbeat_interval
+        return value
 
 
 # Timestamps from the epoch to the end of year 9999, less a second for the carry below;

@@ -160,7 +160,7 @@ def test_a_remembered_token_is_not_trusted_past_its_expiry():
     auth = Authenticator(make_settings())
     short = token("alice", expires_in=2)
     assert auth.identify(f"Bearer {short}").user == "alice"
-    _, valid_until = auth._verified[short]
+    _, _, valid_until = auth._verified[short]
     assert valid_until <= time.time() + 2 + 5
     forged = token("alice", secret="z" * 40)
     assert auth.identify(f"Bearer {forged}") is None

@@ -383,6 +383,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "transport",
                 "state",
                 "data",
+                "heartbeat_interval",
             ],
             "additionalProperties": False,
             "properties": {
@@ -396,6 +397,14 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "transport": {"enum": sorted(TRANSPORTS)},
                 "state": {"enum": sorted(STATES)},
                 "data": data,
+                "heartbeat_interval": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": (
+                        "The server's HEARTBEAT_INTERVAL in seconds: a client keeping the "
+                        "session alive over REST beats at least this often."
+                    ),
+                },
             },
         },
         "SessionList": {

@@ -115,8 +115,8 @@ def parse(text: str) -> ClientMessage:
     raise UnknownMessageType(f"unknown message type {kind!r}")
 
 
-def snapshot(session: Session) -> str:
-    return json.dumps({"type": "snapshot", "session": session.to_json()})
+def snapshot(session: Session, heartbeat_interval: float | None = None) -> str:
+    return json.dumps({"type": "snapshot", "session": session.to_json(heartbeat_interval)})
 
 
 def ended(reason: str) -> str:

@@ -264,23 +264,24 @@ async def create_session(request: Request) -> Response:
     body = await read_json(request, headers, services)
     _check_fields(body, _CREATE_FIELDS)
     session = await services.sessions.create(identity.user, body.get("data", UNSET))
-    response = _JSONResponse(session.to_json(), status_code=201)
+    response = _JSONResponse(session.to_json(services.settings.heartbeat_interval), status_code=201)
     response.headers["location"] = f"{request.url.path.rstrip('/')}/{session.id}"
     return respond(request, response)
 
 
 async def list_sessions(request: Request) -> Response:
     identity = identify(request)
-    sessions = await _services(request).sessions.list_sessions(identity.user)
-    return _JSONResponse({"sessions": [s.to_json() for s in sessions]})
+    services = _services(request)
+    interval = services.settings.heartbeat_interval
+    sessions = await services.sessions.list_sessions(identity.user)
+    return _JSONResponse({"sessions": [s.to_json(interval) for s in sessions]})
 
 
 async def get_session(request: Request) -> Response:
     identity = identify(request)
-    session = await _services(request).sessions.get(
-        identity.user, request.path_params["session_id"]
-    )
-    return _JSONResponse(session.to_json())
+    services = _services(request)
+    session = await services.sessions.get(identity.user, request.path_params["session_id"])
+    return _JSONResponse(session.to_json(services.settings.heartbeat_interval))
 
 
 async def delete_session(request: Request) -> Response:
@@ -307,7 +308,7 @@ async def heartbeat(request: Request) -> Response:
         identity.user, session_id, state=state, data=body.get("data", UNSET)
     )
     await services.rooms.rest_heartbeat(session)
-    return _JSONResponse(session.to_json())
+    return _JSONResponse(session.to_json(services.settings.heartbeat_interval))
 
 
 async def cleanup(request: Request) -> Response:

@@ -179,7 +179,7 @@ async def session_socket(websocket: WebSocket) -> None:
             expiry = asyncio.get_running_loop().call_later(
                 max(0.0, session.created_at + lifetime - time.time()), _expire, socket
             )
-        snapshot = protocol.snapshot(session)
+        snapshot = protocol.snapshot(session, services.settings.heartbeat_interval)
         del identity, session  # Sent: not to be held for the socket's life.
         try:
             await socket.send(snapshot)
@@ -300,7 +300,7 @@ async def _dispatch(
         await socket.end("expired")
         return
     socket.visible = message.state == "active"
-    await socket.send(protocol.snapshot(session))
+    await socket.send(protocol.snapshot(session, services.settings.heartbeat_interval))
     await _tab_state(socket, services)
 
 
