@@ -227,8 +227,8 @@ class OriginPolicy:
     """Decides whether a request's Origin may act with ambient credentials.
 
     Args:
-        allowed: exact origins (``https://chat.example.com``); empty means same-origin
-            only, judged against the request's own scheme and Host.
+        allowed: exact origins (``https://chat.example.com``) allowed besides the
+            server's own, which is judged against the request's own scheme and Host.
     """
 
     def __init__(self, allowed: tuple[str, ...]) -> None:
@@ -239,8 +239,10 @@ class OriginPolicy:
         if not origin or origin == "null":
             return False
         origin = origin.lower().rstrip("/")
-        if self.allowed:
-            return origin in self.allowed
+        if origin in self.allowed:
+            return True
+        # The server's own origin always passes: allowed origins are in addition to it
+        # (a list that replaced it broke the server's own /chat with a 403).
         if not host:
             return False
         # Compared whole, never by prefix or suffix: https://app.example.com.evil.com

@@ -79,15 +79,14 @@ class Policy:
         return {} if origin is None else {"origin": origin}
 
     def allows_http(self, case: str) -> bool:
-        """What must pass the CSRF check: the policy's origin, or no Origin with
-        Sec-Fetch-Site: same-origin; with a list, the server's own origin is not in it."""
-        return case in ("home", "fetch-same-origin") or (
-            case == "own" and self.name == "same-origin"
-        )
+        """What must pass the CSRF check: the policy's origin, the server's own (a list
+        of allowed origins is in addition to it), or no Origin with Sec-Fetch-Site:
+        same-origin."""
+        return case in ("home", "own", "fetch-same-origin")
 
     def allows_socket(self, case: str) -> bool:
         """The handshake has no Sec-Fetch-Site rule: an Origin the policy lets in."""
-        return case == "home" or (case == "own" and self.name == "same-origin")
+        return case in ("home", "own")
 
 
 ORIGINS = [

@@ -133,8 +133,9 @@ async def test_cookie_socket_without_origin_is_refused(dev_server):
         assert json.loads(await websocket.recv())["type"] == "snapshot"
 
 
-async def test_allowed_origins_list_replaces_same_origin():
-    """With PRESENCE_ALLOWED_ORIGINS set, exactly those origins pass, and CORS answers."""
+async def test_allowed_origins_are_in_addition_to_the_servers_own():
+    """With PRESENCE_ALLOWED_ORIGINS set, those origins pass besides the server's own (its
+    /chat keeps working), CORS answers them, and a look-alike does not pass."""
     settings = Settings(port=0, allowed_origins=("https://app.example.com",))
     async with serve(settings) as server:
         async with httpx.AsyncClient(base_url=server.http + BASE) as client:
@@ -142,7 +143,14 @@ async def test_allowed_origins_list_replaces_same_origin():
             assert good.status_code == 201
             assert good.headers["access-control-allow-origin"] == "https://app.example.com"
             assert good.headers["access-control-allow-credentials"] == "true"
-            for origin in ("https://app.example.com.evil.com", f"http://127.0.0.1:{server.port}"):
+            own = await client.post(
+                "/sessions/cleanup",
+                json={"type": "all"},
+                headers={"origin": f"http://127.0.0.1:{server.port}"},
+            )
+            assert own.status_code == 200
+            assert "access-control-allow-origin" not in own.headers
+            for origin in ("https://app.example.com.evil.com", "http://app.example.com"):
                 bad = await client.post(
                     "/sessions/cleanup", json={"type": "all"}, headers={"origin": origin}
                 )
