@@ -109,6 +109,12 @@ class Authenticator:
             # with none configured, an audience claim is not ours to judge.
             self._options["verify_aud"] = False
 
+    def use_key(self, key: str) -> None:
+        """Development mode: signs and verifies anonymous identities with ``key`` from
+        now (the key every process and restart shares: see presence.asgi.services)."""
+        self._key = key
+        self._verified.clear()
+
     def identify(
         self,
         authorization: str | None,

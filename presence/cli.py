@@ -173,9 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         print("presence: configuration error: --workers must be at least 1", file=sys.stderr)
         return 2
-    if settings.dev_mode and settings.dev_secret is None:
-        # Every worker must sign and verify anonymous identities with the same key.
-        os.environ["PRESENCE_DEV_SECRET"] = secrets.token_urlsafe(32)
+    if settings.dev_mode and settings.dev_secret is None and settings.redis_url is None:
+        # Every worker must sign and verify anonymous identities with the same key. With
+        # Redis (or a key file) the workers share the key kept there, which outlives
+        # this launch too (presence.asgi.services).
+        if settings.dev_secret_file is None:
+            os.environ["PRESENCE_DEV_SECRET"] = secrets.token_urlsafe(32)
 
     import uvicorn
 

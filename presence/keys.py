@@ -94,6 +94,14 @@ def selfcheck_channel(prefix: str) -> str:
     return f"{prefix}:room:{SELFCHECK_TAG}"
 
 
+def dev_secret_key(prefix: str) -> str:
+    """Development mode: the key that signs anonymous identity cookies, set once (SET NX)
+    by the first process to start, so that every process and every restart verifies the
+    same cookies and a browser keeps its identity, and its sessions, across a restart. No
+    TTL: the cookies it signed last a year."""
+    return f"{prefix}:{{~dev}}:secret"
+
+
 # -- presence -------------------------------------------------------------------------
 
 

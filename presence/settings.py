@@ -34,6 +34,7 @@ class Settings:
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     dev_secret: str | None = field(default=None, repr=False)
+    dev_secret_file: str | None = None
     allowed_origins: tuple[str, ...] = ()
     max_sessions_per_user: int = 50
     max_sockets_per_user: int = 20
@@ -129,6 +130,7 @@ class Settings:
             values["host"] = host
         values["jwt_secret"] = env.text("PRESENCE_JWT_SECRET")
         values["dev_secret"] = env.text("PRESENCE_DEV_SECRET")
+        values["dev_secret_file"] = env.text("PRESENCE_DEV_SECRET_FILE")
         require_exp = env.text("PRESENCE_JWT_REQUIRE_EXP")
         if require_exp is not None:
             values["jwt_require_exp"] = _parse_bool("PRESENCE_JWT_REQUIRE_EXP", require_exp)

@@ -252,3 +252,56 @@ def test_cookies_are_read_only_when_no_token_came_another_way():
     assert auth.identify("Bearer", lambda: good).via == "cookie"  # No token after it.
     assert auth.identify(None, lambda: "") is None
     assert auth.identify(None, lambda: None, query_token="") is None
+
+
+@pytest.mark.slow
+async def test_a_dev_mode_identity_survives_a_restart_and_every_process_takes_it(redis_url):
+    """In development mode over Redis, the key of anonymous identities lives in Redis:
+    a browser's cookie from one server process is its identity on another, and after
+    the first is killed and started again, with its session still there."""
+    from .utils import ServerProcess
+
+    env = {"REDIS_URL": redis_url}
+    first, second = ServerProcess(env), ServerProcess(env)
+    first.start()
+    second.start()
+    try:
+        async with httpx.AsyncClient(base_url=first.http + BASE) as client:
+            created = await client.post("/sessions", headers={"origin": first.http})
+            assert created.status_code == 201
+            cookie = {"cookie": created.headers["set-cookie"].split(";")[0]}
+        async with httpx.AsyncClient(base_url=second.http + BASE) as client:
+            listed = await client.get("/sessions", headers=cookie)
+            assert [s["id"] for s in listed.json()["sessions"]] == [created.json()["id"]]
+        first.kill()
+        first.start()
+        async with httpx.AsyncClient(base_url=first.http + BASE) as client:
+            listed = await client.get("/sessions", headers=cookie)
+            assert listed.status_code == 200
+            assert [s["id"] for s in listed.json()["sessions"]] == [created.json()["id"]]
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_a_dev_mode_key_file_is_made_once_and_kept(tmp_path):
+    """PRESENCE_DEV_SECRET_FILE names the key: made (readable by its owner alone) on
+    first use, then read, so that identities outlive a restart without Redis too; a file
+    holding too short a key is a configuration error."""
+    path = tmp_path / "dev.key"
+    settings = Settings(port=0, dev_secret_file=str(path))
+    async with serve(settings) as server:
+        async with httpx.AsyncClient(base_url=server.http + BASE) as client:
+            created = await client.post("/sessions", headers={"origin": _origin(server)})
+            cookie = {"cookie": created.headers["set-cookie"].split(";")[0]}
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and len(path.read_text()) >= 32
+    async with serve(settings) as server:
+        async with httpx.AsyncClient(base_url=server.http + BASE) as client:
+            # The memory store forgot the session, but not who the browser is.
+            assert (await client.get("/sessions", headers=cookie)).status_code == 200
+    path.write_text("short")
+    from .utils import ServerProcess
+
+    broken = ServerProcess({"PRESENCE_DEV_SECRET_FILE": str(path)})
+    with pytest.raises(RuntimeError, match="PRESENCE_DEV_SECRET_FILE"):
+        broken.start()

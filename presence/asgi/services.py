@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .. import events, keys
 from ..auth import Authenticator, OriginPolicy
 from ..bus import EventBus, MemoryBackend, RedisBackend
-from ..exceptions import StoreError, StoreUnavailable
+from ..exceptions import ConfigError, StoreError, StoreUnavailable
 from ..registry import Refresher, Registry
 from ..rooms import RoomService
 from ..sessions import SessionService, new_session_id
@@ -74,6 +77,7 @@ class Services:
         await self.store.open()
         try:
             redis = _redis_of(self.store)
+            await self._share_dev_key(redis)
             if redis is None:
                 self.bus = EventBus(MemoryBackend())
             else:
@@ -132,6 +136,33 @@ class Services:
         finally:
             await self.store.close()
 
+    async def _share_dev_key(self, redis: RedisStore | None) -> None:
+        """Development mode without PRESENCE_DEV_SECRET: the key of anonymous identities
+        is the one in PRESENCE_DEV_SECRET_FILE (made on first use), or else the one in
+        Redis (set by the first process to start), so that every process and restart
+        shares it; without either, this process's own (memory mode: nothing survives a
+        restart anyway)."""
+        settings = self.settings
+        if not settings.dev_mode or settings.dev_secret is not None:
+            return
+        if settings.dev_secret_file is not None:
+            self.authenticator.use_key(_key_file(settings.dev_secret_file))
+            return
+        if redis is None:
+            return
+        key = keys.dev_secret_key(settings.key_prefix)
+        try:
+            await redis.call(redis.client.set, key, secrets.token_urlsafe(32), nx=True)
+            shared = await redis.call(redis.client.get, key)
+        except StoreError:
+            logger.warning(
+                "Redis is away: anonymous identities use this process's own key until it "
+                "restarts with Redis (PRESENCE_DEV_SECRET_FILE shares one without Redis)"
+            )
+            return
+        if shared:
+            self.authenticator.use_key(str(shared))
+
     def _announce_through(self, bus: EventBus) -> None:
         """Memory stores (alone, or the fallback's mirror while Redis is away) hand the
         sessions they end to this process's listeners; Redis's scripts publish them."""
@@ -162,6 +193,19 @@ class Services:
         if self.refresher is not None:
             with contextlib.suppress(StoreError):
                 await self.refresher.tick()
+
+
+def _key_file(path: str) -> str:
+    """The key in ``path``, made (32 random bytes, readable by this user alone) if the
+    file does not exist yet."""
+    file = Path(path)
+    with contextlib.suppress(FileExistsError):
+        with os.fdopen(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(secrets.token_urlsafe(32))
+    key = file.read_text().strip()
+    if len(key) < 32:
+        raise ConfigError("PRESENCE_DEV_SECRET_FILE", f"{path} holds fewer than 32 characters")
+    return key
 
 
 def _redis_of(store: Any) -> RedisStore | None:
