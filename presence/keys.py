@@ -146,6 +146,14 @@ def room_keys(prefix: str, room: str) -> list[str]:
     return [f"{prefix}:room:{room_tag(room)}:{suffix}" for suffix in ROOM_KEY_SUFFIXES]
 
 
+def rooms_key(prefix: str) -> str:
+    """Every room with members, scored by how many (a zset), for listing rooms (the
+    hub): updated by the process that flushes a room's diff, with the count the diff
+    carries, and the room taken out when it empties. No TTL: it holds only live rooms.
+    Its tag no room or user has."""
+    return f"{prefix}:{{~rooms}}:count"
+
+
 def holder_users_key(prefix: str, holder: str) -> str:
     """The users whose tabs a process holds (or held), so that whoever reaps it after
     it dies finds them; written before the first hold of each user, deleted once

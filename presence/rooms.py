@@ -514,6 +514,12 @@ class RoomService:
     async def user(self, user: str) -> UserPresence:
         return await self.store.user(user)
 
+    async def list_rooms(self, identity: Identity, limit: int = 100) -> list[tuple[str, int]]:
+        """The rooms ``identity`` may watch that have members, most populous first."""
+        # Read more than asked, since some may be filtered out by the rooms claim.
+        found = await self.store.rooms(limit if identity.rooms is None else limit * 10)
+        return [(room, count) for room, count in found if identity.may_enter(room)][:limit]
+
     # -- tabs over REST ---------------------------------------------------------------
 
     async def rest_join(

@@ -362,6 +362,10 @@ class PresenceMachine(RuleBasedStateMachine):
             assert view.count == page.count == len(page.members)
             got = {m.user: (m.status, m.sessions, m.meta) for m in page.members}
             assert got == self.expected(room)
+        counts = {room: len(self.expected(room)) for room in ROOMS}
+        assert sorted(self.run(self.store.rooms(10))) == sorted(
+            (room, count) for room, count in counts.items() if count
+        )
 
     @invariant()
     def statuses_follow_the_rules(self):

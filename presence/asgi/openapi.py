@@ -257,6 +257,18 @@ def document(settings: Settings) -> OpenAPI:
                     },
                 },
             },
+            f"{_PRESENCE}/rooms": {
+                "get": {
+                    "operationId": "listRooms",
+                    "summary": "The rooms the caller may watch that have members, and how many.",
+                    "description": "Most populous first, at most 100.",
+                    "security": _security(),
+                    "responses": {
+                        "200": _json("The rooms.", "RoomList"),
+                        **_errors(401, 503),
+                    },
+                },
+            },
             f"{_PRESENCE}/rooms/{{room}}": {
                 "parameters": [room_param],
                 "get": {
@@ -507,6 +519,26 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                     "const": True,
                     "description": "Redis is away: only this server's members.",
                 },
+            },
+        },
+        "RoomList": {
+            "type": "object",
+            "required": ["rooms"],
+            "additionalProperties": False,
+            "properties": {
+                "rooms": {
+                    "type": "array",
+                    "maxItems": 100,
+                    "items": {
+                        "type": "object",
+                        "required": ["room", "count"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "room": {"$ref": "#/components/schemas/Room"},
+                            "count": {"type": "integer", "minimum": 1},
+                        },
+                    },
+                }
             },
         },
         "UserPresence": {

@@ -384,6 +384,13 @@ async def room_members(request: Request) -> Response:
     )
 
 
+async def list_rooms(request: Request) -> Response:
+    services = _services(request)
+    identity = identify(request)
+    rooms = await services.rooms.list_rooms(identity)
+    return _JSONResponse({"rooms": [{"room": room, "count": count} for room, count in rooms]})
+
+
 async def user_presence(request: Request) -> Response:
     services = _services(request)
     identity = identify(request)
@@ -417,6 +424,7 @@ def routes(prefix: str) -> list[BaseRoute]:
 def presence_routes(prefix: str) -> list[BaseRoute]:
     """The presence API's routes under ``prefix`` (``/api/v1/presence``)."""
     return [
+        _route(f"{prefix}/rooms", get=list_rooms),
         _route(f"{prefix}/rooms/{{room}}", get=room_members),
         _route(f"{prefix}/users/{{user}}", get=user_presence),
     ]

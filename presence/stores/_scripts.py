@@ -495,6 +495,7 @@ try('INCR', 'INCR', counter)
 try('SADD', 'SADD', set, 'x')
 try('SSCAN', 'SSCAN', set, 0)
 try('ZRANGE BYLEX', 'ZRANGE', idx, '-', '+', 'BYLEX', 'LIMIT', 0, 1)
+try('ZREVRANGE', 'ZREVRANGE', idx, 0, 0, 'WITHSCORES')
 if ARGV[3] and ARGV[3] ~= '' then try(ARGV[4], ARGV[4], ARGV[3], '{}') end
 try('DEL', 'DEL', slot)
 try('DEL', 'DEL', skey)

@@ -101,6 +101,10 @@ class PresenceStore(Protocol):
     async def room(self, room: str, *, cursor: str | None = None, limit: int = 1000) -> RoomPage:
         """A page of the room's members (by user), as of its current ``seq``."""
 
+    async def rooms(self, limit: int) -> list[tuple[str, int]]:
+        """The rooms with members and how many, most populous first, at most ``limit``
+        (as of their last flush)."""
+
     async def user(self, user: str) -> UserPresence:
         """The user's presence (status ``offline`` and no rooms when absent)."""
 

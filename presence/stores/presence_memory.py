@@ -268,6 +268,11 @@ class MemoryPresenceStore:
             next=page[-1] if more and page else None,
         )
 
+    async def rooms(self, limit: int) -> list[tuple[str, int]]:
+        counts = [(room, len(state.members)) for room, state in self._rooms.items()]
+        counts = [(room, count) for room, count in counts if count]
+        return sorted(counts, key=lambda pair: (-pair[1], pair[0]))[:limit]
+
     async def user(self, user: str) -> UserPresence:
         tabs = [held.tab for held in self._tabs.get(user, {}).values()]
         return UserPresence(

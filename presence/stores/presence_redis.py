@@ -155,7 +155,15 @@ class RedisPresenceStore:
         )
         if not raw:
             return None
-        return events.decode_diff(raw)
+        diff = events.decode_diff(raw)
+        # The rooms' index, for listing them (one command a flush, not a join).
+        index = keys.rooms_key(self.prefix)
+        client = self.sessions.client
+        if diff.count:
+            await self._call_raw(client.zadd, index, {room: diff.count})
+        else:
+            await self._call_raw(client.zrem, index, room)
+        return diff
 
     async def room(self, room: str, *, cursor: str | None = None, limit: int = 1000) -> RoomPage:
         room_keys = keys.room_keys(self.prefix, room)
@@ -165,6 +173,16 @@ class RedisPresenceStore:
         seq, count, following = int(reply[0]), int(reply[1]), reply[2]
         members = tuple(_member(reply[i], reply[i + 1]) for i in range(3, len(reply), 2))
         return RoomPage(room, seq, count, members, following or None)
+
+    async def rooms(self, limit: int) -> list[tuple[str, int]]:
+        pairs = await self._call_raw(
+            self.sessions.client.zrevrange,
+            keys.rooms_key(self.prefix),
+            0,
+            limit - 1,
+            withscores=True,
+        )
+        return [(str(room), int(count)) for room, count in pairs]
 
     async def user(self, user: str) -> UserPresence:
         reply = await self._user(user, "user", "")
