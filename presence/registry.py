@@ -21,9 +21,10 @@ logger = logging.getLogger("presence.connections")
 
 
 class Endable(Protocol):
-    """What the registry needs of a socket: a way to end it with a reason."""
+    """What the registry needs of a socket: a way to end one of its sessions with a
+    reason (a socket may carry several of its user's sessions)."""
 
-    async def end(self, reason: str) -> None: ...
+    async def end(self, reason: str, session_id: str | None = None) -> None: ...
 
 
 class Registry:
@@ -105,7 +106,7 @@ class Registry:
         if held is None:
             return
         for socket in list(held) if isinstance(held, list) else [held]:
-            task = asyncio.ensure_future(socket.end(reason))
+            task = asyncio.ensure_future(socket.end(reason, session_id))
             _ending.add(task)
             task.add_done_callback(_ending.discard)
 

@@ -311,7 +311,7 @@ def test_the_registry_holds_one_socket_as_it_is_and_more_in_a_list():
         def __init__(self, name: str) -> None:
             self.name = name
 
-        async def end(self, reason: str) -> None:
+        async def end(self, reason: str, session_id: str | None = None) -> None:
             ended.append((self.name, reason))
 
     registry = Registry()

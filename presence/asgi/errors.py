@@ -121,10 +121,10 @@ def response(error: exc.PresenceError) -> JSONResponse:
     )
 
 
-def in_band(error: exc.PresenceError, room: str | None = None) -> str:
-    """The ``error`` message sent over an open socket for ``error`` (about ``room``,
-    when the message named one)."""
-    return protocol.error(answer(error).code, message_of(error), room)
+def in_band(error: exc.PresenceError, room: str | None = None, session: str | None = None) -> str:
+    """The ``error`` message sent over an open socket for ``error`` (about ``room`` and
+    ``session``, when the message named them)."""
+    return protocol.error(answer(error).code, message_of(error), room, session)
 
 
 def close_code(error: exc.PresenceError) -> int:

@@ -20,7 +20,13 @@ Client to server:
   the session's state becomes ``active`` or ``away``;
 - ``{"type": "activity", "idle": true | false}``: the user went idle or came back;
 - ``{"type": "presence.join", "room": R, "meta": {...}}``, ``presence.leave``,
-  ``presence.update`` (``room``, ``meta``), ``presence.watch``, ``presence.unwatch``.
+  ``presence.update`` (``room``, ``meta``), ``presence.watch``, ``presence.unwatch``;
+- ``{"type": "session.attach", "session": id}`` and ``session.detach``: one socket
+  carries further sessions of the same user (a browser's tabs sharing one socket), each
+  checked as a handshake is (the socket's identity and origin, the session its user's);
+  every message may then say which session it is about with ``session``, and what the
+  server sends about an attached session carries its id as ``session`` too (a
+  snapshot's session has its id).
 
 Liveness itself is not a message: it is WebSocket ping and pong frames, answered by the
 browser without any script.
@@ -39,9 +45,11 @@ from ..sessions import Session, State
 
 @dataclass(frozen=True, slots=True)
 class Visibility:
-    """The tab became visible or hidden."""
+    """The tab became visible or hidden (``session``: the attached session it is about,
+    None for the socket's own)."""
 
     state: State
+    session: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +57,16 @@ class Activity:
     """The user went idle (no input for a while) or came back."""
 
     idle: bool
+    session: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionMessage:
+    """``session.attach`` or ``session.detach``: a further session of the same user
+    carried by this socket, or no longer (a browser's tabs sharing one socket)."""
+
+    kind: str
+    session: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +78,29 @@ class RoomMessage:
     kind: str
     room: object
     meta: JSON = None
+    session: str | None = None
 
 
-ClientMessage = Visibility | Activity | RoomMessage
+ClientMessage = Visibility | Activity | RoomMessage | SessionMessage
 
 _VISIBILITY_STATES: dict[str, State] = {"visible": "active", "hidden": "away"}
 _ROOM_MESSAGES = {
-    "presence.join": frozenset({"type", "room", "meta"}),
-    "presence.leave": frozenset({"type", "room"}),
-    "presence.update": frozenset({"type", "room", "meta"}),
-    "presence.watch": frozenset({"type", "room"}),
-    "presence.unwatch": frozenset({"type", "room"}),
+    "presence.join": frozenset({"type", "room", "meta", "session"}),
+    "presence.leave": frozenset({"type", "room", "session"}),
+    "presence.update": frozenset({"type", "room", "meta", "session"}),
+    "presence.watch": frozenset({"type", "room", "session"}),
+    "presence.unwatch": frozenset({"type", "room", "session"}),
 }
+_SESSION_MESSAGES = frozenset({"session.attach", "session.detach"})
+
+
+def _session(message: dict[str, JSON]) -> str | None:
+    session = message.get("session")
+    if session is None:
+        return None
+    if not isinstance(session, str):
+        raise InvalidMessage("session must be a session id")
+    return session
 
 
 def parse(text: str) -> ClientMessage:
@@ -96,12 +125,17 @@ def parse(text: str) -> ClientMessage:
         state = _VISIBILITY_STATES.get(raw) if isinstance(raw, str) else None
         if state is None:
             raise InvalidMessage('visibility state must be "visible" or "hidden"')
-        return Visibility(state)
+        return Visibility(state, _session(message))
     if kind == "activity":
         idle = message.get("idle")
         if not isinstance(idle, bool):
             raise InvalidMessage("activity idle must be true or false")
-        return Activity(idle)
+        return Activity(idle, _session(message))
+    if isinstance(kind, str) and kind in _SESSION_MESSAGES:
+        session = _session(message)
+        if session is None:
+            raise InvalidMessage(f"{kind} needs a session")
+        return SessionMessage(str(kind), session)
     fields = _ROOM_MESSAGES.get(kind) if isinstance(kind, str) else None
     if fields is not None:
         unknown = sorted(message.keys() - fields)
@@ -111,7 +145,7 @@ def parse(text: str) -> ClientMessage:
             raise InvalidMessage(f"{kind} needs a room")
         if kind == "presence.update" and "meta" not in message:
             raise InvalidMessage("presence.update needs a meta")
-        return RoomMessage(str(kind), message["room"], message.get("meta"))
+        return RoomMessage(str(kind), message["room"], message.get("meta"), _session(message))
     raise UnknownMessageType(f"unknown message type {kind!r}")
 
 
@@ -119,14 +153,20 @@ def snapshot(session: Session, heartbeat_interval: float | None = None) -> str:
     return json.dumps({"type": "snapshot", "session": session.to_json(heartbeat_interval)})
 
 
-def ended(reason: str) -> str:
-    return json.dumps({"type": "ended", "reason": reason})
+def ended(reason: str, session: str | None = None) -> str:
+    """The session is gone (``session``: an attached one; None: the socket's own)."""
+    value = {"type": "ended", "reason": reason}
+    if session is not None:
+        value["session"] = session
+    return json.dumps(value)
 
 
-def error(code: str, message: str, room: str | None = None) -> str:
+def error(code: str, message: str, room: str | None = None, session: str | None = None) -> str:
     value: dict[str, JSON] = {"type": "error", "code": code, "message": message}
     if room is not None:
         value["room"] = room
+    if session is not None:
+        value["session"] = session
     return json.dumps(value)
 
 
@@ -177,6 +217,7 @@ __all__ = [
     "Activity",
     "ClientMessage",
     "RoomMessage",
+    "SessionMessage",
     "TokenBucket",
     "Visibility",
     "ended",

@@ -9,10 +9,12 @@ checking that the peer is there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from starlette import status
 from starlette.types import Message
@@ -28,6 +30,7 @@ from ..exceptions import (
     RateLimited,
     StoreError,
     TooManyRooms,
+    TooManySessions,
     Unauthorized,
 )
 from ..models import JSON, Reason, TabState, is_room
@@ -42,9 +45,28 @@ if TYPE_CHECKING:
 logger = logging.getLogger("presence.sockets")
 
 
+class Attached:
+    """A further session of the socket's user that this socket carries (a browser's
+    tabs sharing one socket): its own tab, visibility and lifetime."""
+
+    __slots__ = ("expiry", "idle", "session_id", "tab", "visible")
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.tab: LocalTab | None = None
+        self.visible = True
+        self.idle = False
+        self.expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def state(self) -> TabState:
+        return "online" if self.visible and not self.idle else "away"
+
+
 class SessionSocket:
-    """One open socket of one session: what the registry ends, the room service fans
-    diffs out to, and the loop reads.
+    """One open socket of one session (and of further sessions of the same user that it
+    carries): what the registry ends, the room service fans diffs out to, and the loop
+    reads.
 
     Attributes:
         rooms: the token's ``rooms`` claim, for joins and watches (None: all open).
@@ -53,14 +75,19 @@ class SessionSocket:
         tab: the session's presence, held by this process (None until held, or when
             the store could not take it).
         watching: each watched room and the seq sent up to (None while syncing).
+        attached: the further sessions it carries (None until one is attached).
+        gone: the socket's own session ended while it carried others.
     """
 
     __slots__ = (
         "_ended",
         "_lock",
+        "_on_part_ended",
         "_writable",
+        "attached",
         "bucket",
         "close_code",
+        "gone",
         "idle",
         "rooms",
         "session_id",
@@ -91,6 +118,11 @@ class SessionSocket:
         self.visible = True
         self.idle = False
         self.watching: dict[str, int | None] = {}
+        self.attached: dict[str, Attached] | None = None
+        self.gone = False
+        # What ending one of several sessions does (sockets.py sets it: presence, the
+        # registry); the socket itself only tells the client.
+        self._on_part_ended: Callable[[SessionSocket, Any, str], Awaitable[None]] | None = None
 
     @property
     def ended(self) -> bool:
@@ -125,9 +157,47 @@ class SessionSocket:
             return False
         return True
 
-    async def end(self, reason: str) -> None:
-        """Tells the client why and closes; the session is gone, so nothing retries."""
+    def part(self, session_id: str | None) -> SessionSocket | Attached:
+        """The session a message is about: the socket's own (None or its id), or one it
+        carries.
+
+        Raises:
+            NotFound: no such session on this socket (or the socket's own has ended).
+        """
+        if session_id is None or session_id == self.session_id:
+            if self.gone:
+                raise NotFound("this socket's own session has ended")
+            return self
+        found = None if self.attached is None else self.attached.get(session_id)
+        if found is None:
+            raise NotFound("no such session on this socket; attach it first")
+        return found
+
+    def parts(self) -> list[SessionSocket | Attached]:
+        """Every session this socket carries now."""
+        own: list[SessionSocket | Attached] = [] if self.gone else [self]
+        return own + list((self.attached or {}).values())
+
+    async def end(self, reason: str, session_id: str | None = None) -> None:
+        """The session is gone (``session_id``: one this socket carries, or None for its
+        own): the client is told why; the socket closes once it carries none."""
         if self._ended is not None:
+            return
+        if session_id is not None and session_id != self.session_id:
+            if self.attached is not None and session_id in self.attached:
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                    await self.send(protocol.ended(reason, session_id))
+                if self._on_part_ended is not None:
+                    await self._on_part_ended(self, self.attached[session_id], reason)
+            return
+        if self.attached:
+            # Its other sessions go on over it: only the socket's own is gone.
+            if not self.gone:
+                self.gone = True
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                    await self.send(protocol.ended(reason))
+                if self._on_part_ended is not None:
+                    await self._on_part_ended(self, self, reason)
             return
         self._ended = reason
         try:
@@ -169,6 +239,7 @@ async def session_socket(websocket: WebSocket) -> None:
             return
         await websocket.accept()
         socket = SessionSocket(websocket, identity, session_id, services)
+        socket._on_part_ended = functools.partial(_part_ended, services=services)
         ref = (user, session_id)
         registry.add(ref, socket)
         lifetime = services.settings.max_lifetime
@@ -194,10 +265,10 @@ async def session_socket(websocket: WebSocket) -> None:
         finally:
             if expiry is not None:
                 expiry.cancel()
-            last_here = registry.discard(ref, socket)
-            await _leave_presence(socket, services)
-            if last_here and not socket.ended:
-                await sessions.detach(user, session_id)
+            for room in list(socket.watching):
+                await services.rooms.unwatch(socket, room)
+            for part in socket.parts():
+                await _let_go(socket, part, services, _closing_reason(socket))
     finally:
         sessions.release_socket(user)
 
@@ -207,28 +278,56 @@ async def _hold(socket: SessionSocket, services: Services) -> None:
     (the tab of another socket of the session here, if any, is the same); presence is a
     service beside the session's, so a store that cannot take it now is logged, not a
     reason to close the socket."""
+    await _hold_part(socket, socket, services)
+
+
+async def _hold_part(
+    socket: SessionSocket, part: SessionSocket | Attached, services: Services
+) -> None:
     try:
-        socket.tab = await services.rooms.open_tab(socket.user, socket.session_id, socket.state)
+        part.tab = await services.rooms.open_tab(socket.user, part.session_id, part.state)
     except StoreError:
         logger.warning("could not mark a tab present: store unavailable")
 
 
-async def _leave_presence(socket: SessionSocket, services: Services) -> None:
-    rooms = services.rooms
-    for room in list(socket.watching):
-        await rooms.unwatch(socket, room)
-    if socket.tab is None:
-        return
+def _closing_reason(socket: SessionSocket) -> Reason:
     if socket.ended:
-        reason: Reason = "expired" if socket._ended == "expired" else "ended"
-    elif socket.close_code == status.WS_1011_INTERNAL_ERROR:
-        reason = "timeout"  # uvicorn's close when no pong came within the ping timeout
-    else:
-        reason = "closed"
-    try:
-        await rooms.close_tab(socket.tab, reason)
-    except StoreError:
-        logger.warning("could not release a tab: store unavailable")
+        return "expired" if socket._ended == "expired" else "ended"
+    if socket.close_code == status.WS_1011_INTERNAL_ERROR:
+        return "timeout"  # uvicorn's close when no pong came within the ping timeout
+    return "closed"
+
+
+async def _let_go(
+    socket: SessionSocket, part: SessionSocket | Attached, services: Services, reason: Reason
+) -> None:
+    """The socket no longer carries ``part``: its presence tab is released (leaving after
+    the grace), and a session whose last socket here this was is marked disconnected,
+    unless it ended."""
+    if isinstance(part, Attached):
+        if part.expiry is not None:
+            part.expiry.cancel()
+        if socket.attached is not None:
+            socket.attached.pop(part.session_id, None)
+    last_here = services.registry.discard((socket.user, part.session_id), socket)
+    if part.tab is not None:
+        try:
+            await services.rooms.close_tab(part.tab, reason)
+        except StoreError:
+            logger.warning("could not release a tab: store unavailable")
+        part.tab = None
+    if last_here and reason not in ("ended", "expired"):
+        await services.sessions.detach(socket.user, part.session_id)
+
+
+async def _part_ended(
+    socket: SessionSocket, part: SessionSocket | Attached, reason: str, *, services: Services
+) -> None:
+    """One of several sessions a socket carries ended: it lets go of it, and closes once
+    it carries none."""
+    await _let_go(socket, part, services, "expired" if reason == "expired" else "ended")
+    if not socket.parts():
+        await socket.end(reason)
 
 
 def _identify(websocket: WebSocket, services: Services) -> Identity:
@@ -278,39 +377,87 @@ async def _receive(socket: SessionSocket, services: Services, message: Message) 
 async def _dispatch(
     socket: SessionSocket, services: Services, message: protocol.ClientMessage
 ) -> None:
-    if isinstance(message, protocol.RoomMessage):
-        try:
-            await _room_message(socket, services, message)
-        except PresenceError as error:
-            room = message.room if isinstance(message.room, str) and is_room(message.room) else None
-            await socket.send(errors.in_band(error, room=room))
-        return
-    if isinstance(message, protocol.Activity):
-        socket.idle = message.idle
-        await _tab_state(socket, services)
-        return
+    session = message.session
     try:
-        session = await services.sessions.set_visibility(
-            socket.user, socket.session_id, message.state
-        )
-    except StoreError as error:  # the store is busy or away: the socket stays open
-        await socket.send(errors.in_band(error))
+        if isinstance(message, protocol.SessionMessage):
+            await _session_message(socket, services, message)
+            return
+        if isinstance(message, protocol.RoomMessage):
+            try:
+                await _room_message(socket, services, message)
+            except PresenceError as error:
+                room = message.room if isinstance(message.room, str) else None
+                if room is not None and not is_room(room):
+                    room = None
+                await socket.send(errors.in_band(error, room=room, session=session))
+            return
+        part = socket.part(session)
+        if isinstance(message, protocol.Activity):
+            part.idle = message.idle
+            await _tab_state(socket, part, services)
+            return
+        found = await services.sessions.set_visibility(socket.user, part.session_id, message.state)
+    except PresenceError as error:  # the store is busy or away: the socket stays open
+        await socket.send(errors.in_band(error, session=session))
         return
-    if session is None:
-        await socket.end("expired")
+    if found is None:
+        await socket.end("expired", part.session_id)
         return
-    socket.visible = message.state == "active"
-    await socket.send(protocol.snapshot(session, services.settings.heartbeat_interval))
-    await _tab_state(socket, services)
+    part.visible = message.state == "active"
+    await socket.send(protocol.snapshot(found, services.settings.heartbeat_interval))
+    await _tab_state(socket, part, services)
 
 
-async def _tab_state(socket: SessionSocket, services: Services) -> None:
-    if socket.tab is None:
+async def _tab_state(
+    socket: SessionSocket, part: SessionSocket | Attached, services: Services
+) -> None:
+    if part.tab is None:
         return
     try:
-        await services.rooms.set_state(socket.tab, socket.state)
+        await services.rooms.set_state(part.tab, part.state)
     except StoreError as error:
         await socket.send(errors.in_band(error))
+
+
+async def _session_message(
+    socket: SessionSocket, services: Services, message: protocol.SessionMessage
+) -> None:
+    """Attaches a further session of the socket's user to it, or detaches one. An
+    attach is checked as a handshake is: the socket's identity (checked with its origin
+    at its handshake) and the session that user's; the session is kept alive by this
+    socket from then on, with its own tab, visibility and lifetime."""
+    session_id = message.session
+    if message.kind == "session.detach":
+        part = socket.part(session_id)
+        if part is socket:
+            raise InvalidMessage("the socket's own session is detached by closing the socket")
+        await _let_go(socket, part, services, "closed")
+        return
+    if not is_session_id(session_id):
+        raise NotFound("no such session")
+    if session_id == socket.session_id or session_id in (socket.attached or {}):
+        part = socket.part(session_id)
+    else:
+        limit = services.settings.max_sessions_per_user
+        if len(socket.attached or ()) + 1 >= limit:
+            raise TooManySessions(f"a socket carries at most {limit} sessions")
+        found = await services.sessions.attach(socket.user, session_id)
+        part = Attached(session_id)
+        if socket.attached is None:
+            socket.attached = {}
+        socket.attached[session_id] = part
+        services.registry.add((socket.user, session_id), socket)
+        lifetime = services.settings.max_lifetime
+        if lifetime > 0:
+            part.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, found.created_at + lifetime - time.time()),
+                _expire,
+                socket,
+                session_id,
+            )
+        await _hold_part(socket, part, services)
+    session = await services.sessions.get(socket.user, part.session_id)
+    await socket.send(protocol.snapshot(session, services.settings.heartbeat_interval))
 
 
 async def _room_message(
@@ -320,40 +467,51 @@ async def _room_message(
     room = rooms.check_room(socket.identity(), message.room)
     kind = message.kind
     limit = services.settings.max_rooms_per_session
-    if kind in ("presence.join", "presence.update") and socket.tab is None:
-        # The store could not take the tab when the socket opened: hold it now.
-        socket.tab = await rooms.open_tab(socket.user, socket.session_id, socket.state)
+    if kind == "presence.watch":
+        # Watching is the socket's, for every session it carries.
+        watched = socket.watching.keys() | {r for p in socket.parts() for r in _joined(p)}
+        if room not in socket.watching and len(watched) >= limit * len(socket.parts() or [1]):
+            raise TooManyRooms(f"a session may be in at most {limit} rooms")
+        await rooms.watch(socket, room)
+        return
+    if kind == "presence.unwatch":
+        await rooms.unwatch(socket, room)
+        return
+    part = socket.part(message.session)
+    if kind in ("presence.join", "presence.update") and part.tab is None:
+        # The store could not take the tab when the session came: hold it now.
+        part.tab = await rooms.open_tab(socket.user, part.session_id, part.state)
     if kind == "presence.join":
-        assert socket.tab is not None
-        watched_only = sum(1 for r in socket.watching if r not in socket.joined and r != room)
-        await rooms.join(socket.identity(), socket.tab, room, message.meta, watched=watched_only)
+        assert part.tab is not None
+        joined = _joined(part)
+        watched_only = sum(1 for r in socket.watching if r not in joined and r != room)
+        await rooms.join(socket.identity(), part.tab, room, message.meta, watched=watched_only)
         if room not in socket.watching:
             await rooms.watch(socket, room)  # joining implies watching
     elif kind == "presence.update":
-        assert socket.tab is not None
-        await rooms.update(socket.tab, room, message.meta)
-    elif kind == "presence.leave":
-        if room not in socket.joined:
-            raise NotInRoom(f"this session is not in the room {room!r}")
-        await rooms.leave(socket.user, socket.session_id, room, "left")
-        await rooms.unwatch(socket, room)
-    elif kind == "presence.watch":
-        if room not in socket.watching and len(socket.joined.keys() | socket.watching) >= limit:
-            raise TooManyRooms(f"a session may be in at most {limit} rooms")
-        await rooms.watch(socket, room)
+        assert part.tab is not None
+        await rooms.update(part.tab, room, message.meta)
     else:
-        await rooms.unwatch(socket, room)
+        if room not in _joined(part):
+            raise NotInRoom(f"this session is not in the room {room!r}")
+        await rooms.leave(socket.user, part.session_id, room, "left")
+        if not any(room in _joined(other) for other in socket.parts()):
+            await rooms.unwatch(socket, room)
+
+
+def _joined(part: SessionSocket | Attached) -> dict[str, JSON]:
+    return {} if part.tab is None else part.tab.rooms
 
 
 # Sockets being ended at their deadline: the loop keeps only weak references to tasks.
 _expiring: set[asyncio.Task[None]] = set()
 
 
-def _expire(socket: SessionSocket) -> None:
+def _expire(socket: SessionSocket, session_id: str | None = None) -> None:
     # The store forgets a session at its absolute deadline by itself, and a Redis key
     # that expires announces nothing; without this, the socket would learn of it only
     # on the refresher's next tick, up to a heartbeat interval later.
-    task = asyncio.ensure_future(socket.end("expired"))
+    task = asyncio.ensure_future(socket.end("expired", session_id))
     _expiring.add(task)
     task.add_done_callback(_expiring.discard)
 
