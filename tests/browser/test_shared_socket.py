@@ -1,0 +1,171 @@
+"""One socket for a browser's tabs (``shareConnection: true``), in real Chromium against
+a real server: the server's own count of sockets is the measure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from presence.settings import Settings
+
+from ..utils import UNIT, serve
+from .pages import open_client_page, status_is
+
+pytestmark = pytest.mark.browser
+
+# The bound the issue names for a hand-over, scaled as every bound in the suite is.
+HANDOVER = 20 * UNIT
+
+
+@pytest.fixture
+async def server():
+    settings = Settings(
+        port=0,
+        session_ttl=60 * UNIT,
+        heartbeat_interval=5 * UNIT,
+        ping_timeout=10 * UNIT,
+        offline_grace=50 * UNIT,
+    )
+    async with serve(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def context(browser, server):
+    context = await browser.new_context(base_url=server.http)
+    # The first visit hands the browser its development-mode identity, as /chat does.
+    first = await context.request.post(
+        "/api/v1/chat/sessions", headers={"origin": server.http}, data={}
+    )
+    assert first.status == 201
+    yield context
+    await context.close()
+
+
+async def _server_sockets(context) -> int:  # type: ignore[no-untyped-def]
+    response = await context.request.get("/readyz")
+    return int((await response.json())["sockets"])
+
+
+async def _open_tabs(context, server, count: int) -> list:  # type: ignore[no-untyped-def]
+    pages = []
+    for _ in range(count):
+        page = await context.new_page()
+        await open_client_page(page, server.http, share="1")
+        await status_is(page, "connected", 10_000)
+        pages.append(page)
+    return pages
+
+
+async def _session_ids(pages) -> list[str]:  # type: ignore[no-untyped-def]
+    return [await page.evaluate("window.manager.sessionId") for page in pages]
+
+
+async def _wait_for_sockets(context, expected: int, within: float) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(within):
+        while await _server_sockets(context) != expected:  # noqa: ASYNC110 - polls the server
+            await asyncio.sleep(UNIT / 2)
+
+
+async def test_three_tabs_hold_one_server_socket_each_with_its_own_session(context, server):
+    """Three tabs that share the connection: one socket on the server, three sessions,
+    each kept alive by it, each tab with its own."""
+    pages = await _open_tabs(context, server, 3)
+    await _wait_for_sockets(context, 1, 50 * UNIT)
+    ids = await _session_ids(pages)
+    assert len(set(ids)) == 3
+    assert [await page.evaluate("window.isLeader()") for page in pages].count(True) == 1
+    for sid in ids:
+        response = await context.request.get(f"/api/v1/chat/sessions/{sid}")
+        assert response.status == 200
+        assert (await response.json())["transport"] == "websocket"
+    # The same three tabs without the option would hold three.
+    assert server.services.registry.sockets == 1
+    assert len(server.services.registry) == 3
+
+
+async def test_hidden_tab_is_away_while_the_others_stay_active(context, server):
+    """Visibility is each session's own over the shared socket."""
+    pages = await _open_tabs(context, server, 2)
+    ids = await _session_ids(pages)
+    await pages[1].evaluate(
+        """() => {
+          const hidden = { configurable: true, get: () => 'hidden' };
+          Object.defineProperty(document, 'visibilityState', hidden);
+          document.dispatchEvent(new Event('visibilitychange'));
+        }"""
+    )
+
+    async def state(sid: str) -> str:
+        response = await context.request.get(f"/api/v1/chat/sessions/{sid}")
+        return str((await response.json())["state"])
+
+    async with asyncio.timeout(50 * UNIT):
+        while await state(ids[1]) != "away":  # noqa: ASYNC110 - polls the server
+            await asyncio.sleep(UNIT / 2)
+    assert await state(ids[0]) == "active"
+
+
+async def test_closing_the_leader_hands_the_socket_over_within_2_s(context, server):
+    """The leader tab closes: another takes the socket over within 2 s, every session
+    alive and the same, none replaced, none ended."""
+    pages = await _open_tabs(context, server, 3)
+    await _wait_for_sockets(context, 1, 50 * UNIT)
+    ids = await _session_ids(pages)
+    leaders = [await page.evaluate("window.isLeader()") for page in pages]
+    leader = leaders.index(True)
+    survivors = [page for i, page in enumerate(pages) if i != leader]
+    for page in survivors:
+        await page.evaluate("window.events.length = 0")
+
+    started = time.monotonic()
+    await pages[leader].close()
+    async with asyncio.timeout(HANDOVER):
+        while True:
+            statuses = [await page.evaluate("window.manager.status") for page in survivors]
+            carried = len(server.services.registry)
+            if statuses == ["connected", "connected"] and carried == 2:
+                if await _server_sockets(context) == 1:
+                    break
+            await asyncio.sleep(UNIT / 4)
+    took = time.monotonic() - started
+    assert took < HANDOVER
+
+    assert [await page.evaluate("window.isLeader()") for page in survivors].count(True) == 1
+    assert await _session_ids(survivors) == [sid for i, sid in enumerate(ids) if i != leader]
+    for page in survivors:
+        kinds = [e["type"] for e in await page.evaluate("window.events")]
+        assert "session-replaced" not in kinds and "ended" not in kinds and "error" not in kinds
+    for sid in await _session_ids(survivors):
+        response = await context.request.get(f"/api/v1/chat/sessions/{sid}")
+        assert response.status == 200
+        assert (await response.json())["transport"] == "websocket"
+
+
+async def test_a_follower_tab_closing_detaches_only_its_session(context, server):
+    """A tab that is not the leader closes: its session leaves the shared socket (so it
+    is no longer kept alive by it); the socket and the others stay."""
+    pages = await _open_tabs(context, server, 3)
+    ids = await _session_ids(pages)
+    leaders = [await page.evaluate("window.isLeader()") for page in pages]
+    follower = leaders.index(False)
+    await pages[follower].close()
+    async with asyncio.timeout(50 * UNIT):
+        while len(server.services.registry) != 2:  # noqa: ASYNC110 - polls the server
+            await asyncio.sleep(UNIT / 2)
+    assert await _server_sockets(context) == 1
+    response = await context.request.get(f"/api/v1/chat/sessions/{ids[follower]}")
+    assert (await response.json())["transport"] != "websocket"
+
+
+async def test_without_web_locks_each_tab_has_its_own_socket(context, server):
+    """A browser without the Web Locks API falls back to one socket per tab."""
+    await context.add_init_script("Object.defineProperty(navigator, 'locks', { value: undefined })")
+    pages = await _open_tabs(context, server, 2)
+    assert [await page.evaluate("window.manager.sharesConnection") for page in pages] == [
+        False,
+        False,
+    ]
+    await _wait_for_sockets(context, 2, 50 * UNIT)
