@@ -142,6 +142,8 @@ export class ChatSessionManager extends EventTarget {
   #lastToken = null;
   // The start whose request is in flight: { id, result, generation }.
   #inflight = null;
+  // Set by a 401 on a heartbeat, cleared by the next keepalive that works.
+  #identityLost = false;
 
   /**
    * @param {string} [baseUrl] REST base, a path or an absolute http(s) URL.
@@ -322,6 +324,19 @@ export class ChatSessionManager extends EventTarget {
   // be reached any more, so start a new one rather than poll in vain.
   async #replaceIdentity() {
     const oldId = this.#sessionId;
+    if (this.#identityLost) {
+      // A second 401 with nothing kept alive in between: the server never got
+      // an identity it could keep, and a new session would fare no better.
+      this.#fail(
+        new PresenceError(
+          "The server does not recognise this browser's identity; cookies may not be sent (use credentials: 'include' for an API on another origin)",
+          { status: 401, code: 'unauthorized' },
+        ),
+        'heartbeat',
+      );
+      return;
+    }
+    this.#identityLost = true;
     this.#teardown();
     const generation = this.#generation;
     this.#forget(oldId);
@@ -470,6 +485,7 @@ export class ChatSessionManager extends EventTarget {
   }
 
   #onSocketOpen() {
+    this.#identityLost = false;
     this.#socketOpenedAt = Date.now();
     this.#stopPolling();
     this.#lastKeepalive = new Date();
@@ -621,6 +637,7 @@ export class ChatSessionManager extends EventTarget {
         this.#report(serverError(response.status, response.data, 'Heartbeat failed'), 'heartbeat');
       } else {
         this.#lastKeepalive = new Date();
+        this.#identityLost = false;
         if (response.data) this.#adopt(response.data);
         // The server's interval may have come with this reply: beat at it.
         if (this.#heartbeatTimer !== null && this.#heartbeatTimerMs !== this.effectiveHeartbeatIntervalMs) this.#startHeartbeatTimer();

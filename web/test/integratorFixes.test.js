@@ -83,6 +83,38 @@ describe('a 401 on a heartbeat means the identity is gone', () => {
     manager.stopSession();
   });
 
+  it('ends in error, saying why, when the new session gets a 401 too (cookies not sent)', async () => {
+    const { manager, server, events } = setup({ sockets: 'refuse' });
+    await manager.startSession(null);
+    await flush();
+    // Every heartbeat is refused: the browser never sends the identity it was given.
+    server.fail('POST', /\/heartbeat$/, UNAUTHORIZED);
+    await vi.advanceTimersByTimeAsync(30 * SECOND);
+    await flush();
+    expect(events.of('session-replaced')).toHaveLength(1);
+    expect(manager.status).toBe('error');
+    expect(events.of('error').at(-1).detail.error.message).toMatch(/credentials: 'include'/);
+    expect(server.calls('POST', '/sessions')).toHaveLength(2);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('replaces the identity again later, after a keepalive that worked in between', async () => {
+    const { manager, server, events } = setup({ sockets: 'refuse' });
+    const first = await manager.startSession(null);
+    await flush();
+    server.fail('POST', `/sessions/${first.id}/heartbeat`, UNAUTHORIZED);
+    await vi.advanceTimersByTimeAsync(30 * SECOND);
+    await flush();
+    const second = manager.sessionId;
+    await vi.advanceTimersByTimeAsync(30 * SECOND); // a heartbeat of the new session works
+    server.fail('POST', `/sessions/${second}/heartbeat`, UNAUTHORIZED);
+    await vi.advanceTimersByTimeAsync(30 * SECOND);
+    await flush();
+    expect(events.of('session-replaced').map((e) => e.detail.oldId)).toEqual([first.id, second]);
+    expect(manager.isSessionActive).toBe(true);
+    manager.stopSession();
+  });
+
   it('ends in error when even a new session is refused (no identity can be had)', async () => {
     const { manager, server, events } = setup({ sockets: 'refuse' });
     const first = await manager.startSession(null);
