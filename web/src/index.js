@@ -15,3 +15,4 @@ export {
   DEFAULT_STORAGE_KEY,
   default,
 } from './chatSessionManager.js';
+export { sharedSocketSupported } from './sharedSocket.js';
