@@ -265,7 +265,10 @@ class Hub {
     socket.addEventListener('close', (event) => {
       if (socket !== this.#socket) return;
       this.#socket = null;
-      this.#closeAll(event.code ?? CLOSE_ABNORMAL);
+      // A server restarting closes with 1012 too; that is no hand-over between
+      // tabs, and the tabs must fall back and back off as for any drop.
+      const code = event.code === CLOSE_HANDOVER || !event.code ? CLOSE_ABNORMAL : event.code;
+      this.#closeAll(code);
     });
   }
 

@@ -186,6 +186,21 @@ describe('one socket for the tabs of a browser', () => {
     expect(server.heartbeats().length).toBe(heartbeatsBefore);
   });
 
+  it('a server restart (its socket closed with 1012) sends every tab to REST with backoff, then back', async () => {
+    const { server, sockets, tabs } = browserWithTabs(2);
+    await startAll(tabs);
+    sockets.live[0].drop(1012);
+    await settle();
+    expect(tabs.map((t) => t.manager.status)).toEqual(['polling', 'polling']);
+    expect(server.heartbeats()).toHaveLength(2);
+    // random() is 0.5: the first retry comes after 250 ms, through one new socket.
+    await vi.advanceTimersByTimeAsync(250);
+    await settle();
+    expect(tabs.map((t) => t.manager.status)).toEqual(['connected', 'connected']);
+    expect(sockets.live).toHaveLength(1);
+    expect(sockets.live[0].carried).toEqual(new Set(tabs.map((t) => t.manager.sessionId)));
+  });
+
   it('a tab opened after a hand-over joins the new leader', async () => {
     const { sockets, tabs, openTab } = browserWithTabs(2);
     await startAll(tabs);
