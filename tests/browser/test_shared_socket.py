@@ -4,9 +4,12 @@ a real server: the server's own count of sockets is the measure."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
+import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from presence.settings import Settings
 
@@ -61,6 +64,10 @@ async def _open_tabs(context, server, count: int) -> list:  # type: ignore[no-un
 
 async def _session_ids(pages) -> list[str]:  # type: ignore[no-untyped-def]
     return [await page.evaluate("window.manager.sessionId") for page in pages]
+
+
+async def _statuses(pages) -> list[str]:  # type: ignore[no-untyped-def]
+    return [await page.evaluate("window.manager.status") for page in pages]
 
 
 async def _wait_for_sockets(context, expected: int, within: float) -> None:  # type: ignore[no-untyped-def]
@@ -169,3 +176,73 @@ async def test_without_web_locks_each_tab_has_its_own_socket(context, server):
         False,
     ]
     await _wait_for_sockets(context, 2, 50 * UNIT)
+
+
+JOIN_THROUGH_THE_SHARE = """async (room) => {
+  // What a room object does: send presence.join through the tab's share.
+  const { sharedSocketFor } = await import('/static/src/sharedSocket.js');
+  const url = new URL(`/api/v1/chat/sessions/${window.manager.sessionId}/ws`, location.href);
+  url.protocol = 'ws:';
+  const link = sharedSocketFor().connect(url.href, window.manager.sessionId);
+  await new Promise((resolve, reject) => {
+    link.addEventListener('open', resolve);
+    link.addEventListener('close', reject);
+  });
+  link.send(JSON.stringify({ type: 'presence.join', room, meta: {} }));
+  window.roomLink = link;
+}"""
+
+
+async def test_the_hand_over_announces_no_leave(context, server):
+    """A watcher in the room (another user) sees alice join from three shared tabs, and
+    no leave when her leader tab closes and another takes the socket over, not even
+    once the grace is over."""
+    _, bob_token = server.services.authenticator.mint_anonymous("127.0.0.2")
+    async with httpx.AsyncClient(
+        base_url=server.http, headers={"authorization": f"Bearer {bob_token}"}
+    ) as bob:
+        created = await bob.post("/api/v1/chat/sessions")
+        assert created.status_code == 201
+        bob_sid = created.json()["id"]
+    url = f"{server.ws}/api/v1/chat/sessions/{bob_sid}/ws?token={bob_token}"
+    async with connect(url, ping_interval=None) as watcher:
+        seen: list[dict] = []  # type: ignore[type-arg]
+
+        async def listen() -> None:
+            async for text in watcher:
+                seen.append(json.loads(text))
+
+        listener = asyncio.create_task(listen())
+        await watcher.send(json.dumps({"type": "presence.watch", "room": "general"}))
+
+        pages = await _open_tabs(context, server, 3)
+        for page in pages:
+            await page.evaluate(JOIN_THROUGH_THE_SHARE, "general")
+        diffs = [m for m in seen if m["type"] == "presence.diff"]
+
+        async def members() -> list[dict]:  # type: ignore[type-arg]
+            response = await context.request.get("/api/v1/presence/rooms/general")
+            return list((await response.json())["members"])
+
+        async with asyncio.timeout(50 * UNIT):
+            while [m["sessions"] for m in await members()] != [3]:  # noqa: ASYNC110
+                await asyncio.sleep(UNIT / 2)
+        alice = (await members())[0]["user"]
+
+        leaders = [await page.evaluate("window.isLeader()") for page in pages]
+        await pages[leaders.index(True)].close()
+        survivors = [page for i, page in enumerate(pages) if not leaders[i]]
+        async with asyncio.timeout(HANDOVER):
+            while await _statuses(survivors) != ["connected", "connected"]:  # noqa: ASYNC110
+                await asyncio.sleep(UNIT / 4)
+        # Past the grace: the closed tab's own presence has gone by now.
+        grace = server.services.settings.offline_grace
+        async with asyncio.timeout(grace + 50 * UNIT):
+            while [m["sessions"] for m in await members()] != [2]:  # noqa: ASYNC110
+                await asyncio.sleep(UNIT / 2)
+        await asyncio.sleep(10 * UNIT)
+        listener.cancel()
+        diffs = [m for m in seen if m["type"] == "presence.diff"]
+        assert any(j["user"] == alice for d in diffs for j in d["joins"])
+        assert [x for d in diffs for x in d["leaves"] if x["user"] == alice] == []
+        assert [m["user"] for m in await members()] == [alice]
