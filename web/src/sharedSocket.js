@@ -206,22 +206,21 @@ class Hub {
       this.#shut(socket);
       return;
     }
-    if (entry.state === 'open' || entry.state === 'attaching') {
-      const sameSession = [...this.#entries.values()].some((other) => other.session === entry.session);
-      if (entry.session === this.#own && !this.#ownGone && !sameSession) {
-        // The server detaches the socket's own session only by closing the
-        // socket: the other tabs reconnect at once, over a new one.
-        this.#socket = null;
-        this.#shut(socket);
-        this.#closeAll(CLOSE_HANDOVER);
-        return;
-      }
-      if (!sameSession && !entry.ended && entry.session !== this.#own && socket.readyState === OPEN) {
-        this.#raw({ type: 'session.detach', session: entry.session });
-      }
+    const sameSession = [...this.#entries.values()].some((other) => other.session === entry.session);
+    if (!sameSession && entry.session === this.#own && !this.#ownGone) {
+      // The server lets go of the socket's own session only when the socket
+      // closes: the other tabs reconnect at once, over a new one.
+      this.#socket = null;
+      this.#shut(socket);
+      this.#closeAll(CLOSE_HANDOVER);
+      return;
+    }
+    if (socket.readyState !== OPEN) return;
+    if (!sameSession && !entry.ended && entry.state !== 'waiting') {
+      this.#raw({ type: 'session.detach', session: entry.session });
     }
     for (const room of entry.rooms.keys()) {
-      if (!this.#interested(room) && socket.readyState === OPEN) this.#raw({ type: 'presence.unwatch', room });
+      if (!this.#interested(room)) this.#raw({ type: 'presence.unwatch', room });
     }
   }
 
@@ -545,9 +544,13 @@ export class SharedSocket {
     if (typeof from !== 'string' || from === this.#id) return;
     const hub = this.#hub;
     if (hub) {
+      if (type === 'who') {
+        this.#post({ type: 'leader' });
+        return;
+      }
+      if (typeof message.link !== 'string') return;
       const key = `${from}:${message.link}`;
-      if (type === 'who') this.#post({ type: 'leader' });
-      else if (type === 'open' && typeof message.session === 'string') {
+      if (type === 'open' && typeof message.session === 'string') {
         hub.open(key, from, message.session, String(message.url), (kind, data, code) =>
           this.#post({ type: 'event', to: from, link: message.link, kind, data, code }),
         );
