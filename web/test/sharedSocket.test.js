@@ -358,6 +358,29 @@ describe('presence through the shared socket', () => {
     ]);
   });
 
+  it('ignores garbage on the channel: the leader and its links go on', async () => {
+    const browser = new FakeBrowser();
+    const sockets = new SharingServer();
+    const tab = browser.tab();
+    const leader = new SharedSocket({ name: 'garbage', locks: tab.locks, BroadcastChannel: tab.BroadcastChannel, webSocketFactory: sockets.create });
+    await leader.ready;
+    const link = leader.connect('ws://x/api/v1/chat/sessions/session-0/ws', 'session-0');
+    await settle();
+    const other = new (browser.tab().BroadcastChannel)('presence.share:garbage');
+    for (const junk of [null, 42, 'text', [], {}, { type: 'open' }, { type: 'open', from: 7 }, { type: 'open', from: 'x', session: {} },
+      { type: 'send', from: 'x', link: {}, data: 'not json' }, { type: 'send', from: 'x', to: leader.id, link: 'nope', data: '{"type":"visibility"}' },
+      { type: 'close', from: 'x', to: leader.id, link: 'nope' }, { type: 'event', from: 'x', to: leader.id, link: 'nope', kind: 'close' }]) {
+      other.postMessage(junk);
+    }
+    await settle();
+    expect(leader.isLeader).toBe(true);
+    expect(link.readyState).toBe(1);
+    expect(sockets.live).toHaveLength(1);
+    expect(sockets.live[0].sent.filter((m) => m.type !== 'session.attach')).toEqual([]);
+    link.send(JSON.stringify({ type: 'visibility', state: 'hidden' }));
+    expect(sockets.live[0].sent.at(-1)).toEqual({ type: 'visibility', state: 'hidden', session: 'session-0' });
+  });
+
   it('closes the links with 1012 when the leader steps down, and the next leader takes them', async () => {
     const { sockets, nodes: list } = nodes(2);
     const [, b] = await links(list);
