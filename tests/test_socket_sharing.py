@@ -10,7 +10,11 @@ import json
 
 import httpx
 import pytest
+from starlette import status
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from presence.limits import TokenBucket
 
 from .utils import UNIT, make_settings, serve, token
 
@@ -230,3 +234,40 @@ async def test_closing_the_socket_disconnects_every_session_it_carried(server, a
     for sid in (own, other):
         session = await _session(alice, sid)
         assert (session["transport"], session["state"]) == ("none", "disconnected")
+
+
+async def test_each_carried_session_brings_its_own_message_budget(server, alice):
+    """Too fast, shared: a socket carrying three sessions takes three sessions' burst
+    (what three sockets would), and one message more than that is closed with 1008."""
+    burst = server.services.settings.ws_message_burst
+    own = await _new_session(alice)
+    others = [await _new_session(alice) for _ in range(2)]
+    async with connect(_url(server, own), ping_interval=None) as websocket:
+        await _recv(websocket)
+        for sid in others:
+            await _send(websocket, {"type": "session.attach", "session": sid})
+            await _recv(websocket)
+        # Two attaches spent, so the burst of three, less those, is allowed at once.
+        for i in range(3 * burst - 2):
+            sid = [own, *others][i % 3]
+            await _send(websocket, {"type": "visibility", "state": "visible", "session": sid})
+        for _ in range(3 * burst - 2):
+            assert (await _recv(websocket))["type"] == "snapshot"
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(3 * burst):
+                await _send(websocket, {"type": "visibility", "state": "visible"})
+            while True:
+                await _recv(websocket)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == status.WS_1008_POLICY_VIOLATION
+
+
+def test_a_token_bucket_that_grows_gets_the_newcomers_burst_at_once():
+    """resize(): growing adds the extra burst at once; shrinking caps what is held."""
+    bucket = TokenBucket(10.0, 4, now=0.0)
+    assert [bucket.allow(0.0) for _ in range(5)] == [True] * 4 + [False]
+    bucket.resize(20.0, 8)
+    assert [bucket.allow(0.0) for _ in range(5)] == [True] * 4 + [False]
+    bucket.resize(10.0, 4)
+    assert bucket.allow(10.0) and bucket.wait(10.0) == 0.0
+    assert [bucket.allow(10.0) for _ in range(4)] == [True] * 3 + [False]
