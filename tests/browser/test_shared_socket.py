@@ -4,6 +4,7 @@ a real server: the server's own count of sockets is the measure."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -149,6 +150,33 @@ async def test_closing_the_leader_hands_the_socket_over_within_2_s(context, serv
         response = await context.request.get(f"/api/v1/chat/sessions/{sid}")
         assert response.status == 200
         assert (await response.json())["transport"] == "websocket"
+
+
+async def test_a_crashed_leader_is_replaced_within_2_s(context, server):
+    """The leader tab's renderer crashes (no pagehide, no close frame from the page):
+    the browser frees its locks, and another tab takes the socket over within 2 s."""
+    pages = await _open_tabs(context, server, 3)
+    await _wait_for_sockets(context, 1, 50 * UNIT)
+    ids = await _session_ids(pages)
+    leaders = [await page.evaluate("window.isLeader()") for page in pages]
+    leader = leaders.index(True)
+    survivors = [page for i, page in enumerate(pages) if i != leader]
+    cdp = await context.new_cdp_session(pages[leader])
+    started = time.monotonic()
+    # The renderer goes before it can answer: the call is not waited for long.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(cdp.send("Page.crash"), timeout=5 * UNIT)
+    alive = sorted(sid for i, sid in enumerate(ids) if i != leader)
+
+    def carried() -> list[str]:
+        return sorted(ref[1] for ref in server.services.registry.refs())
+
+    async with asyncio.timeout(HANDOVER):
+        while await _statuses(survivors) != ["connected", "connected"] or carried() != alive:  # noqa: ASYNC110
+            await asyncio.sleep(UNIT / 4)
+    assert time.monotonic() - started < HANDOVER
+    assert [await page.evaluate("window.isLeader()") for page in survivors].count(True) == 1
+    await _wait_for_sockets(context, 1, 50 * UNIT)
 
 
 async def test_a_follower_tab_closing_detaches_only_its_session(context, server):
