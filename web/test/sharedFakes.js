@@ -148,6 +148,7 @@ export class SharingServer {
   sockets = [];
   /** Ids `session.attach` refuses. */
   refuse = new Set();
+  manual = false;
 
   create = (url) => {
     const socket = new FakeWebSocket(url);
@@ -172,11 +173,13 @@ export class SharingServer {
       }
     };
     this.sockets.push(socket);
-    queueMicrotask(() => {
+    socket.open = () => {
       if (socket.readyState !== FakeWebSocket.CONNECTING) return;
       socket.accept();
       socket.receive({ type: 'snapshot', session: { id: own, state: 'active', heartbeat_interval: 30 } });
-    });
+    };
+    // manual: the test opens each socket itself, with socket.open().
+    if (!this.manual) queueMicrotask(socket.open);
     return socket;
   };
 

@@ -227,6 +227,26 @@ describe('one socket for the tabs of a browser', () => {
     expect(tabs.slice(1).map((t) => t.manager.status)).toEqual(['connected', 'connected']);
   });
 
+  it('reopens with another session when the one the socket was opening for stops first', async () => {
+    const { sockets, tabs } = browserWithTabs(2);
+    sockets.manual = true;
+    await startAll(tabs);
+    const [first] = sockets.sockets;
+    expect(sockets.sockets).toHaveLength(1);
+    expect(first.url).toContain(tabs[0].manager.sessionId);
+    tabs[0].manager.stopSession(); // before the handshake is done
+    await settle();
+    expect(first.closedWith?.code).toBe(1000);
+    expect(sockets.sockets).toHaveLength(2);
+    const second = sockets.sockets[1];
+    expect(second.url).toContain(tabs[1].manager.sessionId);
+    second.open();
+    await settle();
+    expect(tabs[1].manager.status).toBe('connected');
+    expect(second.carried).toEqual(new Set([tabs[1].manager.sessionId]));
+    expect(second.sent.filter((m) => m.type === 'session.attach')).toEqual([]);
+  });
+
   it('falls back to REST for a tab whose session the server refuses to attach, and only for it', async () => {
     const { server, sockets, tabs } = browserWithTabs(2);
     await tabs[0].manager.startSession(null);
