@@ -136,6 +136,7 @@ export class ChatSessionManager extends EventTarget {
   #attempt = 0;
   #heartbeatTimer = null;
   #heartbeatTimerMs = null;
+  #awayPending = false;
   #reconnectTimer = null;
   #heartbeatInFlight = false;
   #pageListeners = [];
@@ -621,7 +622,12 @@ export class ChatSessionManager extends EventTarget {
   }
 
   async #heartbeat(state = 'active') {
-    if (this.#heartbeatInFlight || !this.#sessionId) return;
+    if (!this.#sessionId) return;
+    if (this.#heartbeatInFlight) {
+      // The tab hid while a beat was on its way: say `away` right after it.
+      if (state === 'away') this.#awayPending = true;
+      return;
+    }
     const generation = this.#generation;
     this.#heartbeatInFlight = true;
     try {
@@ -645,7 +651,13 @@ export class ChatSessionManager extends EventTarget {
     } catch (error) {
       if (generation === this.#generation) this.#report(error, 'heartbeat');
     } finally {
-      if (generation === this.#generation) this.#heartbeatInFlight = false;
+      if (generation === this.#generation) {
+        this.#heartbeatInFlight = false;
+        if (this.#awayPending) {
+          this.#awayPending = false;
+          if (this.#status === 'paused') this.#heartbeat('away');
+        }
+      }
     }
   }
 
@@ -754,6 +766,7 @@ export class ChatSessionManager extends EventTarget {
   #teardown() {
     this.#generation += 1;
     this.#heartbeatInFlight = false;
+    this.#awayPending = false;
     this.#stopPolling();
     this.#closeSocket();
     this.#unlistenToPage();

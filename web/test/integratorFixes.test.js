@@ -175,6 +175,27 @@ describe('a tab hidden over REST', () => {
   });
 });
 
+describe('a tab hidden over REST while a beat is on its way', () => {
+  it('still says away, right after that beat', async () => {
+    const { manager, server } = setup({ sockets: 'refuse' });
+    await manager.startSession(null);
+    await flush();
+    let answer;
+    const original = server.fetch.getMockImplementation();
+    server.fetch.mockImplementationOnce((url, init) => new Promise((resolve) => {
+      answer = () => resolve(original(url, init));
+    }));
+    await vi.advanceTimersByTimeAsync(30 * SECOND); // this beat hangs
+    setVisibility('hidden');
+    answer();
+    await flush();
+    expect(server.heartbeats().map((r) => r.body.state)).toEqual(['active', 'active', 'away']);
+    await vi.advanceTimersByTimeAsync(5 * 60 * SECOND);
+    expect(server.heartbeats()).toHaveLength(3);
+    manager.stopSession();
+  });
+});
+
 describe('credentials', () => {
   it("sends 'same-origin' by default and 'include' when asked, on every request and the pagehide cleanup", async () => {
     const plain = setup();
