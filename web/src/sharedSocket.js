@@ -436,7 +436,10 @@ export class SharedSocket {
     this.#links.set(linkId, state);
     state.timer = setTimeout(() => {
       state.timer = null;
-      if (link.readyState === CONNECTING) this.#drop(linkId, CLOSE_ABNORMAL);
+      if (link.readyState !== CONNECTING) return;
+      // Given up: the leader, if it has the link, lets go of it too.
+      this.#linkClose(linkId);
+      link._closed(CLOSE_ABNORMAL);
     }, this.#openTimeoutMs);
     this.#ready.then(() => this.#request(linkId));
     return link;

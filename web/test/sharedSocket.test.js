@@ -247,6 +247,34 @@ describe('one socket for the tabs of a browser', () => {
     expect(second.sent.filter((m) => m.type === 'session.attach')).toEqual([]);
   });
 
+  it('lets go of a link that gave up waiting: the socket opened for it is not kept for it', async () => {
+    const { sockets, tabs } = browserWithTabs(2);
+    sockets.manual = true;
+    await tabs[0].manager.startSession(null);
+    await settle();
+    await vi.advanceTimersByTimeAsync(SECOND);
+    await tabs[1].manager.startSession(null);
+    await settle();
+    const [s0, s1] = tabs.map((t) => t.manager.sessionId);
+    // The handshake takes longer than the first tab waits: it gives up and polls.
+    await vi.advanceTimersByTimeAsync(2 * SECOND);
+    await settle();
+    expect(tabs[0].manager.status).toBe('polling');
+    const [first, second] = sockets.sockets;
+    expect(first.closedWith?.code).toBe(1000); // opened for the tab that gave up
+    expect(second.url).toContain(s1); // the other tab's link came straight back
+    second.open();
+    await settle();
+    expect(tabs[1].manager.status).toBe('connected');
+    expect(second.carried).toEqual(new Set([s1]));
+    // The first tab's next try (backoff) rides the socket that is open now.
+    await vi.advanceTimersByTimeAsync(SECOND);
+    await settle();
+    expect(tabs[0].manager.status).toBe('connected');
+    expect(second.carried).toEqual(new Set([s0, s1]));
+    expect(sockets.sockets).toHaveLength(2);
+  });
+
   it('falls back to REST for a tab whose session the server refuses to attach, and only for it', async () => {
     const { server, sockets, tabs } = browserWithTabs(2);
     await tabs[0].manager.startSession(null);
