@@ -574,10 +574,13 @@ export class PresenceRooms {
   }
 
   #startPolling() {
+    if (this.#wanted.size === 0) {
+      this.#stopPolling(); // no timer left once the last room is let go of
+      return;
+    }
     const ms = this.#port.intervalMs();
     if (this.#pollTimer !== null && this.#pollMs === ms) return;
     this.#stopPolling();
-    if (this.#wanted.size === 0) return;
     this.#pollMs = ms;
     this.#pollTimer = setInterval(() => this.#tick(), ms);
     // A room whose join is on its way is polled once the join is in.
