@@ -25,6 +25,7 @@ export function withPresence(server, { user = 'me', pageSize = 1000 } = {}) {
   const presence = {
     rooms,
     refuse: new Map(), // room -> {status, code}
+    listFailure: null, // {status, body} for GET /api/v1/presence/rooms
     room: roomOf,
     /** Someone else comes into `name` (or changes). */
     put(name, member) {
@@ -62,6 +63,13 @@ export function withPresence(server, { user = 'me', pageSize = 1000 } = {}) {
         presence.remove(name, user);
         return new FakeResponse(204);
       }
+    }
+    if (href === `${PRESENCE}/rooms` && method === 'GET') {
+      server.requests.push({ method, url: href, path: href, body, init });
+      if (presence.listFailure) return new FakeResponse(presence.listFailure.status, presence.listFailure.body);
+      const list = [...rooms].map(([room, { members }]) => ({ room, count: members.size })).filter((r) => r.count > 0);
+      list.sort((a, b) => b.count - a.count);
+      return new FakeResponse(200, { rooms: list });
     }
     const page = new RegExp(`^${PRESENCE}/rooms/([^/?]+)(?:\\?cursor=(\\d+))?$`).exec(href);
     if (page && method === 'GET') {
