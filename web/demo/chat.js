@@ -181,7 +181,8 @@ document.title = `#${roomName} · Presence`;
 const room = manager.join(roomName, { name: me.name, client: me.client });
 room.addEventListener('change', () => renderMembers(room));
 room.addEventListener('join', (event) => {
-  logRoom(`${nameOf(event.detail.member)} joined`);
+  const { member } = event.detail;
+  logRoom(member.meta?.client === me.client ? `You joined #${roomName}` : `${nameOf(member)} joined`);
 });
 room.addEventListener('leave', (event) => {
   const { reason } = event.detail;
