@@ -47,6 +47,9 @@ export interface PresenceRoomEventMap {
   error: CustomEvent<{ error: Error & { code: string | null; status: number | null } }>;
 }
 
+/** A room's meta goes to the server at most this often (250 ms); the latest wins. */
+export const UPDATE_INTERVAL_MS: 250;
+
 /** A room name the server accepts: 1 to 128 of `[A-Za-z0-9_.:@-]`. */
 export const ROOM_PATTERN: RegExp;
 

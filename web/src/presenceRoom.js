@@ -20,6 +20,10 @@ export const ROOM_PATTERN = /^[A-Za-z0-9_.:@-]{1,128}$/;
 // Pages of a room read over REST at most, for one sync or one poll (the
 // server's page is PRESENCE_ROOM_LIST_LIMIT members, 1000 by default).
 const MAX_PAGES = 50;
+// A room's meta is sent at most this often (the latest wins): a page that sets
+// it on every keystroke must not run into the server's message rate
+// (PRESENCE_WS_MESSAGES_PER_SECOND, 10 by default), which closes the socket.
+export const UPDATE_INTERVAL_MS = 250;
 // Server error codes after which a room is not asked for again on this transport.
 const REFUSALS = new Set(['room_forbidden', 'forbidden', 'invalid_room', 'too_many_rooms', 'invalid_body', 'invalid_message']);
 
@@ -263,6 +267,7 @@ export class PresenceRooms {
   #pollMs = null;
   #polling = new Set(); // rooms with a poll in flight
   #paging = new Map(); // room -> users touched by diffs while its pages load
+  #updateTimers = new Map(); // room -> the timer of its next meta update
   #generation = 0;
 
   constructor(port) {
@@ -326,6 +331,15 @@ export class PresenceRooms {
   /** A presence message from the socket (sync, diff, or an error naming a room). */
   receive(message) {
     if (this.#transport !== 'socket') return;
+    try {
+      this.#receive(message);
+    } catch (error) {
+      // A message this client cannot read (a newer or broken server): said, not thrown.
+      this.#port.report(error, 'presence');
+    }
+  }
+
+  #receive(message) {
     const entry = this.#wanted.get(message.room);
     if (!entry) return; // a room this tab has let go of; its unwatch is on the way
     const room = entry.room;
@@ -377,6 +391,7 @@ export class PresenceRooms {
 
   #switchTo(transport, idleStatus = 'offline') {
     this.#generation += 1;
+    this.#clearUpdateTimers();
     this.#paging.clear();
     this.#polling.clear();
     this.#stopPolling();
@@ -422,6 +437,7 @@ export class PresenceRooms {
       if (this.#transport === 'socket') this.#reconcileSocket(name, entry, active);
       else if (this.#transport === 'rest') this.#reconcileRest(name, entry, active);
       if (!active) {
+        this.#clearUpdateTimer(name);
         if (this.#transport === null && this.#toldJoined(this.#applied.get(name))) this.#departed.add(name);
         this.#wanted.delete(name);
         this.#applied.delete(name);
@@ -439,11 +455,14 @@ export class PresenceRooms {
       const meta = encodeMeta(entry.meta);
       if (!applied.joined) {
         if (!send({ type: 'presence.join', room: name, meta: entry.meta })) return;
+        applied.updatedAt = Date.now();
         if (!applied.watching) entry.room._setStatus('syncing');
       } else if (applied.meta !== meta) {
+        if (this.#throttled(name, applied)) return;
         if (!send({ type: 'presence.update', room: name, meta: entry.meta })) return;
+        applied.updatedAt = Date.now();
       }
-      this.#applied.set(name, { joined: true, meta, watching: true });
+      this.#applied.set(name, { joined: true, meta, watching: true, updatedAt: applied.updatedAt ?? 0 });
       return;
     }
     if (applied.joined) {
@@ -471,6 +490,11 @@ export class PresenceRooms {
     }
     const meta = encodeMeta(entry.meta);
     if (entry.joined && (!applied.joined || applied.meta !== meta)) {
+      if (applied.joined && this.#throttled(name, applied)) {
+        this.#applied.set(name, applied);
+        return;
+      }
+      applied.updatedAt = Date.now();
       applied.pending = true;
       this.#applied.set(name, applied);
       this.#restJoin(name, entry.meta, meta, applied);
@@ -519,6 +543,32 @@ export class PresenceRooms {
     } catch (error) {
       this.#port.report(error, 'presence');
     }
+  }
+
+  /** True when `name`'s last meta went out too recently; its next goes by a timer. */
+  #throttled(name, applied) {
+    const wait = (applied.updatedAt ?? 0) + UPDATE_INTERVAL_MS - Date.now();
+    if (wait <= 0) return false;
+    if (!this.#updateTimers.has(name)) {
+      this.#updateTimers.set(
+        name,
+        setTimeout(() => {
+          this.#updateTimers.delete(name);
+          this.#reconcile();
+        }, wait),
+      );
+    }
+    return true;
+  }
+
+  #clearUpdateTimer(name) {
+    const timer = this.#updateTimers.get(name);
+    if (timer !== undefined) clearTimeout(timer);
+    this.#updateTimers.delete(name);
+  }
+
+  #clearUpdateTimers() {
+    for (const name of [...this.#updateTimers.keys()]) this.#clearUpdateTimer(name);
   }
 
   #resync(room) {

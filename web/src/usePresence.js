@@ -15,6 +15,28 @@ export function PresenceProvider({ manager, children }) {
   return createElement(PresenceContext.Provider, { value: manager }, children);
 }
 
+// How many mounted hooks join each room of each manager: the room is left when
+// the last of them unmounts, not the first.
+const joins = new WeakMap();
+
+function hold(manager, room, meta) {
+  let rooms = joins.get(manager);
+  if (!rooms) joins.set(manager, (rooms = new Map()));
+  rooms.set(room, (rooms.get(room) ?? 0) + 1);
+  return manager.join(room, meta);
+}
+
+function release(manager, room) {
+  const rooms = joins.get(manager);
+  const held = (rooms?.get(room) ?? 1) - 1;
+  if (held > 0) {
+    rooms.set(room, held);
+    return;
+  }
+  rooms?.delete(room);
+  manager.leave(room);
+}
+
 const NO_MEMBERS = new Map();
 const OFFLINE = Object.freeze({ members: NO_MEMBERS, count: 0, status: 'offline', error: null, room: null });
 
@@ -58,7 +80,7 @@ export function usePresence(room, { join = false, meta = null, manager } = {}) {
       setSnapshot(OFFLINE);
       return undefined;
     }
-    const handle = join ? target.join(room, latest.current.meta) : target.watch(room);
+    const handle = join ? hold(target, room, latest.current.meta) : target.watch(room);
     given.current = latest.current.metaKey;
     const update = () => {
       const next = read(handle);
@@ -68,7 +90,7 @@ export function usePresence(room, { join = false, meta = null, manager } = {}) {
     update();
     return () => {
       handle.removeEventListener('change', update);
-      if (join) target.leave(room);
+      if (join) release(target, room);
       else target.unwatch(room);
     };
   }, [target, room, join]);

@@ -98,6 +98,7 @@ describe('usePresence', () => {
     await settle();
     view.rerender(page({ typing: false }));
     await settle();
+    await act(async () => vi.advanceTimersByTimeAsync(SECOND));
     view.rerender(page({ typing: true }));
     await settle();
     expect(presenceSent(sockets.last)).toEqual([
@@ -114,6 +115,23 @@ describe('usePresence', () => {
     render(h(StrictMode, null, h(Online, { room: 'general', options: { join: true, manager } })));
     await settle();
     expect(presenceSent(sockets.last)).toEqual([{ type: 'presence.join', room: 'general', meta: null }]);
+    manager.stopSession();
+  });
+
+  it('two components joining one room: the room is left when the last one unmounts', async () => {
+    const { manager, sockets } = setupPresence();
+    await manager.startSession(null);
+    await flush();
+    const page = (both) =>
+      h('div', null, h(Online, { room: 'general', options: { join: true, manager } }), both ? h(Online, { room: 'general', options: { join: true, manager } }) : null);
+    const view = render(page(true));
+    await settle();
+    view.rerender(page(false));
+    await settle();
+    expect(presenceSent(sockets.last)).toEqual([{ type: 'presence.join', room: 'general', meta: null }]);
+    view.unmount();
+    await flush();
+    expect(presenceSent(sockets.last).at(-1)).toEqual({ type: 'presence.leave', room: 'general' });
     manager.stopSession();
   });
 

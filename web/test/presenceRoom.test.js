@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { PresenceRoom, checkRoom } from '../src/presenceRoom.js';
+import { PresenceRoom, UPDATE_INTERVAL_MS, checkRoom } from '../src/presenceRoom.js';
 import * as index from '../src/index.js';
 import { flush, resetVisibility, setVisibility } from './fakes.js';
 import { diff, memberOf, presenceSent, setupPresence, sync } from './presenceFakes.js';
@@ -126,6 +126,7 @@ describe('the room object', () => {
     manager.watch('general');
     manager.join('general', { typing: false });
     await flush();
+    await vi.advanceTimersByTimeAsync(SECOND);
     manager.update('general', { typing: true });
     await flush();
     manager.leave('general');
@@ -141,6 +142,27 @@ describe('the room object', () => {
     expect(manager.update('general', {})).toBe(false);
     expect(events.of('error').at(-1).detail.context).toBe('presence');
     manager.stopSession();
+  });
+
+  it('sends a fast-changing meta at most every 250 ms, the latest winning, and leaves no timer when stopped', async () => {
+    const { manager, sockets } = await connected();
+    manager.join('general', { n: 0 });
+    await flush();
+    for (let n = 1; n <= 50; n += 1) {
+      manager.update('general', { n });
+      await vi.advanceTimersByTimeAsync(20); // a keystroke every 20 ms for a second
+    }
+    await vi.advanceTimersByTimeAsync(UPDATE_INTERVAL_MS);
+    const sent = presenceSent(sockets.last);
+    expect(sent[0]).toEqual({ type: 'presence.join', room: 'general', meta: { n: 0 } });
+    expect(sent.length).toBeLessThanOrEqual(1 + Math.ceil((50 * 20) / UPDATE_INTERVAL_MS) + 1);
+    expect(sent.at(-1)).toEqual({ type: 'presence.update', room: 'general', meta: { n: 50 } });
+    manager.update('general', { n: 51 });
+    await flush();
+    manager.update('general', { n: 52 });
+    await flush();
+    manager.stopSession();
+    expect(vi.getTimerCount()).toBe(0);
   });
 
   it('a leave and a join in the same tick (React StrictMode) send nothing', async () => {
@@ -178,6 +200,25 @@ describe('the room object', () => {
     // A diff or sync for another room goes to that room only.
     sockets.last.receive(sync('other', 1, [memberOf('ada')]));
     expect(room.members.size).toBe(0);
+    manager.stopSession();
+  });
+
+  it('a presence message it cannot read is an error event, never a throw, and changes nothing', async () => {
+    const { manager, sockets, events } = await connected();
+    const room = manager.watch('general');
+    await flush();
+    sockets.last.receive(sync('general', 1, [memberOf('ada')]));
+    const members = room.members;
+    for (const bad of [
+      { type: 'presence.sync', room: 'general', seq: 2, count: 1, members: null },
+      { type: 'presence.sync', room: 'general', seq: 3, count: 1, members: [null] },
+      diff('general', 2, { joins: [null], count: 2 }),
+      { type: 'presence.diff', room: { not: 'a name' }, seq: 2 },
+    ]) {
+      expect(() => sockets.last.receive(bad)).not.toThrow();
+    }
+    expect(room.members).toBe(members);
+    expect(events.of('error').filter((e) => e.detail.context === 'presence').length).toBeGreaterThanOrEqual(3);
     manager.stopSession();
   });
 });
