@@ -77,6 +77,10 @@ export class PresenceRoom extends EventTarget {
   #partial = false;
   #error = null;
   #synced = false;
+  // Members kept from before a sync that had further pages, until those pages
+  // say whether they are still there.
+  #carried = new Set();
+  #firstPages = false; // those pages complete the first list: no joins to tell
 
   constructor(name) {
     super();
@@ -144,12 +148,24 @@ export class PresenceRoom extends EventTarget {
    * A full list: a socket sync or a REST page (with the rest of its pages).
    * @internal
    */
-  _sync({ seq, count, members, partial = false }, status) {
+  _sync({ seq, count, members, partial = false, next: more = null }, status) {
+    count = Number(count) || 0;
     const next = new Map();
     for (const raw of members) {
       const incoming = member(raw);
       const known = this.#members.get(incoming.user);
       next.set(incoming.user, known && sameMember(known, incoming) ? known : incoming);
+    }
+    this.#carried = new Set();
+    this.#firstPages = !this.#synced;
+    if (more) {
+      // Only the first page: whoever is not on it may be on the next ones.
+      for (const [user, known] of this.#members) {
+        if (!next.has(user)) {
+          next.set(user, known);
+          this.#carried.add(user);
+        }
+      }
     }
     const changes = [];
     if (this.#synced) {
@@ -186,15 +202,27 @@ export class PresenceRoom extends EventTarget {
    */
   _more(members, touched) {
     const next = new Map(this.#members);
-    let added = false;
+    const events = [];
+    const seen = new Set();
     for (const raw of members) {
       const incoming = member(raw);
-      if (touched.has(incoming.user) || next.has(incoming.user)) continue;
+      seen.add(incoming.user);
+      if (touched.has(incoming.user)) continue;
+      const known = next.get(incoming.user);
+      if (known && sameMember(known, incoming)) continue;
       next.set(incoming.user, incoming);
-      added = true;
+      if (known) events.push(['update', { user: incoming.user, member: incoming, previous: known, synced: true }]);
+      else if (!this.#firstPages) events.push(['join', { user: incoming.user, member: incoming, synced: true }]);
     }
-    if (!added) return;
+    for (const user of this.#carried) {
+      if (seen.has(user) || touched.has(user) || !next.has(user)) continue;
+      events.push(['leave', { user, reason: null, lastSeen: null, member: next.get(user), synced: true }]);
+      next.delete(user);
+    }
+    this.#carried = new Set();
+    if (next.size === this.#members.size && events.length === 0 && [...next].every(([user, m]) => this.#members.get(user) === m)) return;
     this.#members = next;
+    for (const [type, detail] of events) this.#emit(type, detail);
     this.#emit('change', {});
   }
 
@@ -353,11 +381,6 @@ export class PresenceRooms {
     } else if (message.type === 'error') {
       this.#refused(room, message.code, message.message);
     }
-  }
-
-  /** The manager stopped for good: no timer, nothing in flight matters. */
-  dispose() {
-    this.#switchTo(null, 'offline');
   }
 
   // --- desired state -----------------------------------------------------------

@@ -295,6 +295,28 @@ describe('gaps in seq', () => {
   });
 });
 
+describe('large rooms', () => {
+  it('a fresh sync with `next` keeps the known members until the pages say who left and who came', async () => {
+    const { manager, sockets, presence } = await connected({ pageSize: 2 });
+    const room = manager.watch('big');
+    await flush();
+    sockets.last.receive(sync('big', 1, ['a', 'b', 'c', 'd', 'e'].map((u) => memberOf(u))));
+    const events = record(room);
+    // Meanwhile d left and f came; the server holds a, b, c, e, f.
+    for (const user of ['a', 'b', 'c', 'e', 'f']) presence.put('big', memberOf(user));
+    sockets.last.receive(sync('big', 9, [memberOf('a'), memberOf('b')], { count: 5, next: '2' }));
+    // The first page alone is not taken for the list: nobody left yet.
+    expect(events.of('leave')).toEqual([]);
+    expect(room.members.size).toBe(5);
+    await flush();
+    await flush();
+    expect([...room.members.keys()].sort()).toEqual(['a', 'b', 'c', 'e', 'f']);
+    expect(events.of('leave').map((e) => [e.user, e.reason, e.synced])).toEqual([['d', null, true]]);
+    expect(events.of('join').map((e) => e.user)).toEqual(['f']);
+    manager.stopSession();
+  });
+});
+
 describe('reconnects and the REST fallback', () => {
   it('re-sends joins (with the latest meta) and watches on every new socket', async () => {
     const { manager, sockets } = await connected();
