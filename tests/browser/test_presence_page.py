@@ -12,7 +12,7 @@ from playwright.async_api import expect
 from presence.settings import Settings
 
 from ..utils import UNIT, serve
-from .test_chat_page import FAILING_WEBSOCKET
+from .test_chat_page import FAILING_WEBSOCKET, SET_VISIBILITY
 
 pytestmark = pytest.mark.browser
 
@@ -186,3 +186,66 @@ async def test_without_a_socket_the_list_is_polled_and_presence_kept(two_users):
     ada_again = await ada_context.new_page()
     await ada_again.goto("/chat?room=x")
     await expect(_online(bob).filter(has_text="Ada")).to_contain_text("2 tabs", timeout=WAIT_MS)
+
+
+async def test_a_hidden_tab_shows_as_away(two_users):
+    """Bob hiding his only tab turns his dot to away on Ada's list, an update rather
+    than a leave; showing it again turns it back to online."""
+    ada_context, bob_context = two_users
+    ada = await ada_context.new_page()
+    await ada.goto("/chat?room=x")
+    bob = await bob_context.new_page()
+    await bob.goto("/chat?room=x")
+    await _in_room(ada, "x", "Ada", "Bob")
+    bob_dot = _online(ada).filter(has_text="Bob").locator(".dot")
+    await expect(bob_dot).to_have_attribute("data-status", "online", timeout=WAIT_MS)
+    await bob.evaluate(SET_VISIBILITY, "hidden")
+    await expect(bob_dot).to_have_attribute("data-status", "away", timeout=WAIT_MS)
+    await expect(_online(ada).filter(has_text="Bob")).to_contain_text("away")
+    await bob.evaluate(SET_VISIBILITY, "visible")
+    await expect(bob_dot).to_have_attribute("data-status", "online", timeout=WAIT_MS)
+    await expect(ada.locator("#room-log")).not_to_contain_text("left")
+
+
+# Keeps every WebSocket the page opens at hand, so that a test can cut one.
+KEEP_SOCKETS = """
+window.__sockets = [];
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = class extends NativeWebSocket {
+  constructor(...args) {
+    super(...args);
+    window.__sockets.push(this);
+  }
+};
+"""
+
+
+async def test_a_lost_socket_keeps_the_room_and_comes_back_live(two_users):
+    """Bob's socket dropping is no leave: his page holds the room over REST meanwhile
+    and joins again on the new socket, and his list is live again."""
+    ada_context, bob_context = two_users
+    ada = await ada_context.new_page()
+    await ada.goto("/chat?room=x")
+    bob = await bob_context.new_page()
+    await bob.add_init_script(KEEP_SOCKETS)
+    await bob.goto("/chat?room=x")
+    await _in_room(ada, "x", "Ada", "Bob")
+    await expect(bob.locator("#members-status")).to_contain_text("Live", timeout=WAIT_MS)
+    await bob.evaluate("window.__sockets.at(-1).close()")
+    # The fallback may last a moment only (the first retry is within 0.5 s): its
+    # trace is the activity log.
+    await expect(bob.locator("#activity")).to_contain_text(
+        "Falling back to HTTP heartbeats", timeout=WAIT_MS
+    )
+    await bob.wait_for_selector('#status[data-value="connected"]', timeout=WAIT_MS)
+    assert await bob.evaluate("window.__sockets.length") == 2
+    await expect(bob.locator("#members-status")).to_contain_text("Live", timeout=WAIT_MS)
+    await _in_room(bob, "x", "Ada", "Bob")
+    # Past the grace: had the drop been a leave, Ada would have been told by now.
+    await asyncio.sleep(25 * UNIT)
+    await _in_room(ada, "x", "Ada", "Bob")
+    await expect(ada.locator("#room-log")).not_to_contain_text("left")
+    # The new socket carries the room: Ada sees Bob's tab hide through it.
+    await bob.evaluate(SET_VISIBILITY, "hidden")
+    bob_dot = _online(ada).filter(has_text="Bob").locator(".dot")
+    await expect(bob_dot).to_have_attribute("data-status", "away", timeout=WAIT_MS)
