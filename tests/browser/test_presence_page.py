@@ -249,3 +249,35 @@ async def test_a_lost_socket_keeps_the_room_and_comes_back_live(two_users):
     await bob.evaluate(SET_VISIBILITY, "hidden")
     bob_dot = _online(ada).filter(has_text="Bob").locator(".dot")
     await expect(bob_dot).to_have_attribute("data-status", "away", timeout=WAIT_MS)
+
+
+ROOM_ERROR = """async ([name, meta]) => {
+  const room = window.presence.join(name, meta);
+  if (room.status === 'error') return room.error.code;
+  return await new Promise((resolve) => {
+    room.addEventListener('error', () => resolve(room.error.code), { once: true });
+    room.addEventListener('change', () => room.status === 'live' && resolve('live'));
+  });
+}"""
+
+
+async def test_the_server_refuses_too_big_a_meta_and_too_many_rooms(two_users, server):
+    """A meta past PRESENCE_MAX_META_BYTES and a room past PRESENCE_MAX_ROOMS_PER_SESSION
+    are the room's error with the server's code; the page's socket and its other rooms
+    carry on."""
+    ada_context, _ = two_users
+    ada = await ada_context.new_page()
+    await ada.goto("/chat?room=x")
+    await _in_room(ada, "x", "Ada")
+    settings = server.services.settings
+    big = {"blob": "x" * (settings.max_meta_bytes + 1)}
+    assert await ada.evaluate(ROOM_ERROR, ["big-meta", big]) == "invalid_body"
+    # x is one room; fill up to the limit, then one more.
+    for n in range(settings.max_rooms_per_session - 1):
+        assert await ada.evaluate(ROOM_ERROR, [f"r{n}", None]) == "live"
+    assert await ada.evaluate(ROOM_ERROR, ["one-too-many", None]) == "too_many_rooms"
+    assert await ada.get_attribute("#status", "data-value") == "connected"
+    await _in_room(ada, "x", "Ada")
+    # Letting go of a room makes room for another.
+    await ada.evaluate("window.presence.leave('r0')")
+    assert await ada.evaluate(ROOM_ERROR, ["room-again", None]) == "live"
