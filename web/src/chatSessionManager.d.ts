@@ -1,3 +1,5 @@
+import type { PresenceRoom } from './presenceRoom.js';
+
 /** The server's session object. */
 export interface Session {
   /** 22-character base64url id. */
@@ -8,6 +10,8 @@ export interface Session {
   transport: Transport;
   state: SessionState;
   data: unknown;
+  /** The server's HEARTBEAT_INTERVAL in seconds. */
+  heartbeat_interval?: number;
 }
 
 export type SessionState = 'active' | 'away' | 'disconnected';
@@ -67,6 +71,10 @@ export interface ChatSessionManagerOptions {
   sendBeacon?: (url: string, data: Blob) => boolean;
   /** Initial value of `heartbeatIntervalMs`. */
   heartbeatIntervalMs?: number;
+  /** One socket for all of the origin's tabs (Web Locks + BroadcastChannel). */
+  shareConnection?: boolean;
+  /** The presence REST base; default the base URL with `/chat` replaced by `/presence`. */
+  presenceUrl?: string;
 }
 
 export interface ChatSessionManagerEventMap {
@@ -113,6 +121,23 @@ export class ChatSessionManager extends EventTarget {
   readonly state: SessionState | null;
   readonly lastKeepalive: Date | null;
   readonly session: Session | null;
+  readonly shareConnection: boolean;
+  readonly presenceUrl: string;
+
+  /**
+   * Be present in `room` with `meta` (again: a new meta), across reconnects and
+   * the REST fallback, until `leave(room)`. Throws a TypeError for a bad name.
+   */
+  join(room: string, meta?: unknown): PresenceRoom;
+  /** Leave `room`; false when this tab had not joined it. */
+  leave(room: string): boolean;
+  /** Set this tab's meta in a room it joined; false (and an `error` event) otherwise. */
+  update(room: string, meta: unknown): boolean;
+  /** See `room`'s members without being in it; each call holds it until an `unwatch()`. */
+  watch(room: string): PresenceRoom;
+  unwatch(room: string): boolean;
+  /** The room object of a room joined or watched, or null. */
+  room(room: string): PresenceRoom | null;
 
   /** Continue `id` (or create a session) and keep it alive. Null if it failed. */
   startSession(id?: string | null): Promise<Session | null>;

@@ -20,3 +20,13 @@ export {
   DEFAULT_STORAGE_KEY,
   default,
 } from './chatSessionManager.js';
+export {
+  PresenceMember,
+  PresenceLeave,
+  PresenceRoom,
+  PresenceRoomEventMap,
+  PresenceRoomStatus,
+  LeaveReason,
+  MemberStatus,
+  ROOM_PATTERN,
+} from './presenceRoom.js';

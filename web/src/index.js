@@ -15,3 +15,4 @@ export {
   DEFAULT_STORAGE_KEY,
   default,
 } from './chatSessionManager.js';
+export { PresenceRoom, ROOM_PATTERN } from './presenceRoom.js';
