@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -415,3 +416,19 @@ def test_the_families_are_documented_in_the_readme():
     section = readme[readme.index("## Operating") :]
     for name in FAMILIES:
         assert f"`{name}" in section, name
+
+
+def test_workers_get_a_metrics_folder_of_their_launch_when_none_is_given(monkeypatch):
+    """`presence serve --workers 2` without PROMETHEUS_MULTIPROC_DIR makes a folder for
+    the launch, names it to the workers in the environment, and removes it at exit; one
+    worker needs none."""
+    from presence.cli import _metrics_folder
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    with _metrics_folder(Settings(), 1):
+        assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    with _metrics_folder(Settings(), 2):
+        folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        assert folder.is_dir()
+    assert not folder.exists()
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
