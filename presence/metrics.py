@@ -17,8 +17,13 @@ folder when it is not set) and a scrape, answered by any worker, adds them up: c
 and histograms summed over every worker that ever ran, gauges summed over the live ones
 (rooms and members: the latest reading).
 
-Cost, measured with ``bench/rest.py`` (16 connections, 200 sessions, 3 rounds of 5 s,
-REST heartbeats on a real Redis): see the commit that added this module.
+Cost on the hottest path, the REST heartbeat: the access middleware's wrapper, the
+route's template and one histogram observation (its child cached) add 2.7 us of CPU a
+request, measured on a bare ASGI app; a Redis call's observation 0.7 us (one call per
+batch of heartbeats). A heartbeat costs 140-200 us of CPU in ``bench/rest.py`` (16
+connections, 200 sessions, 5 s rounds), so about 2%: under the noise of that benchmark
+on the shared 2-core host, where A/B runs of the code before and after gave 0.161 and
+0.177 ms a request against floors of 0.076 and 0.080 ms.
 """
 
 from __future__ import annotations
