@@ -236,8 +236,8 @@ def _metrics_folder(settings: Settings, workers: int) -> Iterator[None]:
     metrics to files in ``PROMETHEUS_MULTIPROC_DIR`` and a scrape adds them up. The
     variable must be set before a worker imports the library (each worker is a new
     interpreter that inherits this environment); when the operator has not set it, a
-    folder of this launch's own is made, and removed at exit. A folder given is wiped
-    of a previous launch's files, as the library asks."""
+    folder of this launch's own is made, and removed (and unnamed) at exit. A folder
+    given is wiped of a previous launch's files, as the library asks."""
     from . import metrics
 
     if settings.metrics_dir is not None:
@@ -252,6 +252,7 @@ def _metrics_folder(settings: Settings, workers: int) -> Iterator[None]:
     try:
         yield
     finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -441,4 +441,4 @@ def test_workers_get_a_metrics_folder_of_their_launch_when_none_is_given(monkeyp
         folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         assert folder.is_dir()
     assert not folder.exists()
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
