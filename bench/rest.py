@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _harness as h
+from ._wrk import heartbeat_script
 from .idle import KINDS
 
 
@@ -73,54 +74,12 @@ def run(sizes: Sizes = FULL) -> dict[str, Any]:
 
 
 def _script(clients: list[h.Client], tokens: dict[str, str]) -> Path:
-    """A wrk Lua script that cycles through pre-formatted heartbeat requests."""
-    entries = ",\n".join(
-        f'  {{"/api/v1/chat/sessions/{c.session_id}/heartbeat", "Bearer {tokens[c.user]}"}}'
-        for c in clients
+    """The wrk script heartbeating each client's session round-robin."""
+    return heartbeat_script(
+        h.WORK / "tmp" / "heartbeat.lua",
+        ((f"/api/v1/chat/sessions/{c.session_id}/heartbeat", tokens[c.user]) for c in clients),
+        writer="bench/rest.py: one heartbeat per session, round-robin",
     )
-    text = f"""-- Written by bench/rest.py: one heartbeat per session, round-robin.
-local entries = {{
-{entries}
-}}
-local requests = {{}}
-local i = 0
-local threads = {{}}
-statuses = {{}}
-function setup(thread)
-  table.insert(threads, thread)
-end
-function init(args)
-  for n, e in ipairs(entries) do
-    requests[n] = wrk.format("POST", e[1], {{
-      ["Authorization"] = e[2],
-      ["Content-Type"] = "application/json",
-    }}, "{{}}")
-  end
-  i = math.random(#requests)
-end
-function request()
-  i = i % #requests + 1
-  return requests[i]
-end
-function response(status, headers, body)
-  statuses[status] = (statuses[status] or 0) + 1
-end
-function done(summary, latency, requests)
-  local total = {{}}
-  for _, thread in ipairs(threads) do
-    for status, count in pairs(thread:get("statuses")) do
-      total[status] = (total[status] or 0) + count
-    end
-  end
-  for status, count in pairs(total) do
-    io.write(string.format("status %d %d\\n", status, count))
-  end
-end
-"""
-    path = h.WORK / "tmp" / "heartbeat.lua"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 def _wrk(wrk: str, port: int, script: Path, connections: int, duration: float) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import events, keys
+from . import events, keys, metrics
 from .exceptions import (
     InvalidBody,
     InvalidRoom,
@@ -356,6 +356,10 @@ class RoomService:
             with contextlib.suppress(BaseException):
                 await task
 
+    def held_tabs(self) -> Iterable[LocalTab]:
+        """The tabs this process holds (for the metrics' sampler; not to be changed)."""
+        return self._tabs.values()
+
     # -- rules ----------------------------------------------------------------------------
 
     def check_room(self, identity: Identity, room: object) -> str:
@@ -617,10 +621,13 @@ class RoomService:
     async def _flush(self, room: str) -> None:
         self._flushing.discard(room)
         try:
-            await self.store.flush(room)
+            diff = await self.store.flush(room)
         except StoreUnavailable:
             logger.warning("could not flush a room's changes; trying again")
             self._changed([room])
+            return
+        if diff is not None:
+            metrics.diff_published(diff)
 
     def _depart_later(self, user: str, session_id: str, since: float) -> None:
         delay = max(0.0, since + self.settings.offline_grace - time.time())
@@ -658,15 +665,18 @@ class RoomService:
             for watcher in list(local.watchers):
                 self._spawn(self._sync(watcher, room, local))
             return
+        sent = 0
         for watcher in list(local.watchers):
             seq = watcher.watching.get(room)
             if seq is None:
                 continue  # its sync is on the way; it takes this one from `recent`
             if seq == diff.seq - 1 and await watcher.offer(text):
                 watcher.watching[room] = diff.seq
+                sent += 1
             elif seq < diff.seq:
                 # It fell behind (a diff it could not take): sync it again.
                 self._spawn(self._sync(watcher, room, local))
+        metrics.fanned_out(sent)
 
     async def _sync(self, watcher: Watcher, room: str, local: _LocalRoom) -> None:
         for _ in range(_SYNC_ATTEMPTS):

@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench._wrk import heartbeat_script
+
 from .test_faults import _ms, _redis_state
 from .utils import JWT_SECRET, UNIT, RedisServer, server_process, token
 
@@ -39,70 +41,6 @@ STALL = 30 * UNIT
 # load stayed degraded until the load stopped.
 RECOVERED_WITHIN = 50 * UNIT
 HANG = 30 * UNIT
-
-
-def _wrk_script(path: Path, sessions: list[tuple[str, str]]) -> Path:
-    """A wrk script that heartbeats ``(session id, user)`` round-robin, each with its
-    user's bearer token, and prints every status's count and, for each session, the
-    latest last_seen that a 200 acknowledged."""
-    entries = ",\n".join(
-        f'  {{"{BASE}/sessions/{sid}/heartbeat", "Bearer {token(user)}"}}' for sid, user in sessions
-    )
-    path.write_text(
-        f"""-- Written by tests/test_recovery_under_load.py.
-local entries = {{
-{entries}
-}}
-local requests = {{}}
-local i = 0
-local threads = {{}}
-statuses = {{}}
-seen = {{}}
-function setup(thread)
-  table.insert(threads, thread)
-end
-function init(args)
-  for n, e in ipairs(entries) do
-    requests[n] = wrk.format("POST", e[1], {{
-      ["Authorization"] = e[2],
-      ["Content-Type"] = "application/json",
-    }}, "{{}}")
-  end
-  i = math.random(#requests)
-end
-function request()
-  i = i % #requests + 1
-  return requests[i]
-end
-function response(status, headers, body)
-  statuses[status] = (statuses[status] or 0) + 1
-  if status == 200 then
-    local sid = string.match(body, '"id":"([^"]+)"')
-    local at = string.match(body, '"last_seen":"([^"]+)"')
-    -- ISO 8601 times of one fixed shape: later is greater.
-    if sid and at and (seen[sid] == nil or at > seen[sid]) then seen[sid] = at end
-  end
-end
-function done(summary, latency, requests)
-  local total, latest = {{}}, {{}}
-  for _, thread in ipairs(threads) do
-    for status, count in pairs(thread:get("statuses")) do
-      total[status] = (total[status] or 0) + count
-    end
-    for sid, at in pairs(thread:get("seen")) do
-      if latest[sid] == nil or at > latest[sid] then latest[sid] = at end
-    end
-  end
-  for status, count in pairs(total) do
-    io.write(string.format("status %d %d\\n", status, count))
-  end
-  for sid, at in pairs(latest) do
-    io.write(string.format("seen %s %s\\n", sid, at))
-  end
-end
-"""
-    )
-    return path
 
 
 @contextlib.contextmanager
@@ -181,7 +119,12 @@ async def test_a_process_under_load_leaves_degraded_mode_soon_after_redis_return
             # no writes in its journal, and users whose sessions are under load.
             theirs = [(await _create(elsewhere, f"other{n}"), f"other{n}") for n in range(10)]
             theirs += [(await _create(elsewhere, user), user) for user in USERS[:10]]
-            script = _wrk_script(tmp_path / "heartbeat.lua", sessions)
+            script = heartbeat_script(
+                tmp_path / "heartbeat.lua",
+                ((f"{BASE}/sessions/{sid}/heartbeat", token(user)) for sid, user in sessions),
+                writer="tests/test_recovery_under_load.py",
+                track_seen=True,
+            )
             with _wrk(script, loaded.port, seconds) as wrk:
                 await asyncio.sleep(WARM_UP)
                 own_redis.pause()

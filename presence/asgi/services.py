@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from ..auth import Authenticator, OriginPolicy
 from ..bus import EventBus, MemoryBackend, RedisBackend
 from ..exceptions import ConfigError, StoreError, StoreUnavailable
 from ..registry import Refresher, Registry
-from ..rooms import RoomService
+from ..rooms import LocalTab, RoomService
 from ..sessions import SessionService, new_session_id
 from ..settings import Settings
 from ..stores import FallbackStore, MemoryStore, RedisStore, SessionStore, store_from_settings
@@ -31,6 +31,10 @@ from ..stores.presence_redis import RedisPresenceStore
 from . import protocol
 
 logger = logging.getLogger("presence.services")
+
+#: Rooms that a scrape of /metrics counts at most (members summed over them): a read of
+#: the rooms index as large as this (some 300 KiB) per scrape, not per request.
+ROOMS_COUNTED = 10_000
 
 
 @dataclass
@@ -135,6 +139,30 @@ class Services:
                 await self.bus.close()
         finally:
             await self.store.close()
+
+    # -- what the metrics' sampler reads (presence.metrics.Sampler) ------------------------
+
+    @property
+    def sockets(self) -> int:
+        """Sockets open or being opened on this process."""
+        return self.registry.sockets
+
+    def held_tabs(self) -> Iterable[LocalTab]:
+        """The tabs this process holds."""
+        return self.rooms.held_tabs()
+
+    def store_state(self) -> tuple[bool, int]:
+        """Whether the session store serves from memory (the breaker is open), and how
+        many writes wait to be written back to Redis."""
+        store = self.store
+        if isinstance(store, FallbackStore):
+            return store.degraded, store.pending_writes
+        return False, 0
+
+    async def room_counts(self) -> list[tuple[str, int]]:
+        """The rooms with members and their counts (the most populous
+        ``ROOMS_COUNTED``), wherever presence is now."""
+        return await self.rooms.store.rooms(ROOMS_COUNTED)
 
     async def _share_dev_key(self, redis: RedisStore | None) -> None:
         """Development mode without PRESENCE_DEV_SECRET: the key of anonymous identities

@@ -20,6 +20,7 @@ from starlette import status
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from .. import metrics
 from ..auth import Identity, cookie_token, first_headers, header, query_token
 from ..exceptions import (
     Forbidden,
@@ -209,6 +210,11 @@ class SessionSocket:
     async def close(self, code: int, reason: str) -> None:
         async with self._lock:
             if self.websocket.application_state is WebSocketState.CONNECTED:
+                if self.close_code is None:
+                    # The code the socket closes with, for the metrics; the client's
+                    # echo may overwrite it with the same. (No close of ours is 1011,
+                    # the code that _closing_reason takes for uvicorn's ping timeout.)
+                    self.close_code = code
                 await self.websocket.close(code, reason)
 
 
@@ -269,6 +275,7 @@ async def session_socket(websocket: WebSocket) -> None:
                 await services.rooms.unwatch(socket, room)
             for part in socket.parts():
                 await _let_go(socket, part, services, _closing_reason(socket))
+            metrics.socket_closed(socket.close_code)
     finally:
         sessions.release_socket(user)
 

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import keys
+from .. import keys, metrics
 from .._shutdown import settle
 from ..exceptions import (
     ConfigError,
@@ -715,6 +715,7 @@ class RedisStore:
         return await self._call(fn, *args, **kwargs)
 
     async def _call(self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+        started = time.perf_counter()
         try:
             # A timer rather than wait_for: on 3.11 wait_for wraps every call in a
             # new Task, a cost paid on each request.
@@ -727,6 +728,8 @@ class RedisStore:
             if why is None:
                 raise
             raise self._misconfigured(why) from exc
+        finally:
+            metrics.REDIS_CALLS.observe(time.perf_counter() - started)
 
     def _failure(self, exc: BaseException) -> PresenceError:
         """What a call that got no answer it could use raises: a refusal (redis-py

@@ -1,6 +1,7 @@
-// The /hub demo page: the user's sessions and a way to clean them up.
+// The /hub demo page: the rooms with their counts, the user's sessions and a
+// way to clean them up.
 
-import { ChatSessionManager } from '/static/src/index.js';
+import { ChatSessionManager, ROOM_PATTERN } from '/static/src/index.js';
 
 const manager = new ChatSessionManager('/api/v1/chat');
 const $ = (id) => document.getElementById(id);
@@ -65,11 +66,53 @@ function render(sessions) {
   $('cleanup-all').disabled = rows.length === 0;
 }
 
+function roomItem({ room, count }) {
+  const item = document.createElement('li');
+  item.dataset.room = room;
+  const link = document.createElement('a');
+  link.href = `/chat?room=${encodeURIComponent(room)}`;
+  link.textContent = `#${room}`;
+  const badge = document.createElement('span');
+  badge.className = 'count';
+  badge.textContent = `${count} online`;
+  item.append(link, ' ', badge);
+  return item;
+}
+
+async function loadRooms() {
+  // The rooms this user may watch that have members (GET /api/v1/presence/rooms).
+  try {
+    const response = await fetch(`${manager.presenceUrl}/rooms`, { headers: { Accept: 'application/json' }, credentials: 'same-origin' });
+    const data = await response.json().catch(() => null);
+    if (!response.ok) throw new Error(data?.error?.message ?? `HTTP ${response.status}`);
+    const rooms = Array.isArray(data?.rooms) ? data.rooms : [];
+    $('rooms').replaceChildren(...rooms.map(roomItem));
+    $('rooms-empty').hidden = rooms.length > 0;
+    $('rooms-message').hidden = true;
+  } catch (error) {
+    // Said in the rooms' card: the sessions below may well be fine.
+    $('rooms').replaceChildren();
+    $('rooms-empty').hidden = true;
+    $('rooms-message').textContent = `Could not list the rooms: ${error.message ?? error}`;
+    $('rooms-message').hidden = false;
+  }
+}
+
 async function load() {
-  const sessions = await manager.listSessions();
+  const [sessions] = await Promise.all([manager.listSessions(), loadRooms()]);
   if (sessions !== null) render(sessions);
   document.body.dataset.loaded = 'true';
 }
+
+$('open-room').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const room = $('room-input').value.trim() || 'general';
+  if (!ROOM_PATTERN.test(room)) {
+    notice('A room name is 1 to 128 letters, digits or _ . : @ -', 'error');
+    return;
+  }
+  location.assign(`/chat?room=${encodeURIComponent(room)}`);
+});
 
 manager.addEventListener('error', (event) => {
   notice(`Something went wrong: ${event.detail.error?.message ?? event.detail.error}`, 'error');

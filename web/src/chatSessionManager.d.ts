@@ -1,3 +1,5 @@
+import type { PresenceRoom } from './presenceRoom.js';
+
 /** The server's session object. */
 export interface Session {
   /** 22-character base64url id. */
@@ -82,6 +84,8 @@ export interface ChatSessionManagerOptions {
    * credentials (PRESENCE_ALLOWED_ORIGINS), so its identity cookie is sent.
    */
   credentials?: RequestCredentials;
+  /** The presence REST base; default the base URL with `/chat` replaced by `/presence`. */
+  presenceUrl?: string;
 }
 
 export interface ShareConnectionOptions {
@@ -147,6 +151,23 @@ export class ChatSessionManager extends EventTarget {
   readonly sharesConnection: boolean;
   /** The REST rhythm in use: min(heartbeatIntervalMs, the server's heartbeat_interval). */
   readonly effectiveHeartbeatIntervalMs: number;
+  readonly shareConnection: boolean;
+  readonly presenceUrl: string;
+
+  /**
+   * Be present in `room` with `meta` (again: a new meta), across reconnects and
+   * the REST fallback, until `leave(room)`. Throws a TypeError for a bad name.
+   */
+  join(room: string, meta?: unknown): PresenceRoom;
+  /** Leave `room`; false when this tab had not joined it. */
+  leave(room: string): boolean;
+  /** Set this tab's meta in a room it joined; false (and an `error` event) otherwise. */
+  update(room: string, meta: unknown): boolean;
+  /** See `room`'s members without being in it; each call holds it until an `unwatch()`. */
+  watch(room: string): PresenceRoom;
+  unwatch(room: string): boolean;
+  /** The room object of a room joined or watched, or null. */
+  room(room: string): PresenceRoom | null;
 
   /** Continue `id` (or create a session) and keep it alive. Null if it failed. */
   startSession(id?: string | null): Promise<Session | null>;

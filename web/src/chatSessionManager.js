@@ -12,6 +12,11 @@
 //
 // Plain ES module, no build step. Every failure becomes an `error` event and a
 // status; nothing here throws into the page.
+//
+// Presence (join, leave, update, watch) lives in presenceRoom.js; the manager
+// only carries its messages and tells it when the transport changes.
+
+import { PresenceRooms } from './presenceRoom.js';
 
 import { CLOSE_HANDOVER, sharedSocketFor, sharedSocketSupported } from './sharedSocket.js';
 
@@ -89,6 +94,11 @@ export function getOrCreateSessionId(storage = defaultStorage(), key = DEFAULT_S
   }
 }
 
+function presenceUrlFor(baseUrl) {
+  // '/api/v1/chat' -> '/api/v1/presence', for an absolute base too.
+  return /\/chat$/.test(baseUrl) ? baseUrl.replace(/\/chat$/, '/presence') : `${baseUrl}/../presence`;
+}
+
 function hasDocument() {
   return typeof globalThis.document !== 'undefined' && globalThis.document !== null;
 }
@@ -145,6 +155,9 @@ export class ChatSessionManager extends EventTarget {
   #inflight = null;
   // Set by a 401 on a heartbeat, cleared by the next keepalive that works.
   #identityLost = false;
+  #presence;
+  #presenceUrl;
+  #shareConnection;
 
   /**
    * @param {string} [baseUrl] REST base, a path or an absolute http(s) URL.
@@ -184,6 +197,77 @@ export class ChatSessionManager extends EventTarget {
         };
       }
     }
+    this.#shareConnection = Boolean(options.shareConnection);
+    this.#presenceUrl = String(options.presenceUrl ?? presenceUrlFor(this.#baseUrl)).replace(/\/+$/, '');
+    this.#presence = new PresenceRooms({
+      send: (message) => this.#send(message),
+      request: (method, url, body) => this.#request(method, null, { url, body }),
+      sessionId: () => this.#sessionId,
+      status: () => this.#status,
+      intervalMs: () => this.#presenceIntervalMs(),
+      chatUrl: this.#baseUrl,
+      presenceUrl: this.#presenceUrl,
+      report: (error, context) => this.#report(error, context),
+    });
+    this.addEventListener('statuschange', (event) => this.#presence.statusChanged(event.detail.status));
+  }
+
+  /** Whether this manager was asked to share one socket among the origin's tabs. */
+  get shareConnection() {
+    return this.#shareConnection;
+  }
+
+  /** The presence REST base (`/api/v1/presence` beside `/api/v1/chat`). */
+  get presenceUrl() {
+    return this.#presenceUrl;
+  }
+
+  // --- presence --------------------------------------------------------------
+
+  /**
+   * Be present in `room` with `meta` (again with a new meta: an update), for
+   * as long as this tab keeps the session, across reconnects and REST.
+   *
+   * @returns {PresenceRoom} The room, its members kept live.
+   * @throws {TypeError} For a name the server would refuse.
+   */
+  join(room, meta = null) {
+    return this.#presence.join(room, meta);
+  }
+
+  /** Leave `room` (watching it stops too, unless `watch()` holds it). */
+  leave(room) {
+    return this.#presence.leave(room);
+  }
+
+  /** Set this tab's meta in a room it joined; false (and an `error` event) otherwise. */
+  update(room, meta) {
+    return this.#presence.update(room, meta);
+  }
+
+  /**
+   * See `room`'s members without being in it. Each call holds the room until
+   * a matching `unwatch()`.
+   *
+   * @returns {PresenceRoom}
+   */
+  watch(room) {
+    return this.#presence.watch(room);
+  }
+
+  unwatch(room) {
+    return this.#presence.unwatch(room);
+  }
+
+  /** The room object of a room joined or watched, or null. */
+  room(room) {
+    return this.#presence.get(room);
+  }
+
+  #presenceIntervalMs() {
+    // The server's HEARTBEAT_INTERVAL, when its snapshot says it, bounds the
+    // rhythm: a REST member is present only while it comes within twice that.
+    return this.effectiveHeartbeatIntervalMs;
   }
 
   /** True when this manager's socket is the one its browser's tabs share. */
@@ -512,7 +596,12 @@ export class ChatSessionManager extends EventTarget {
         this.#end(message.reason ?? 'ended');
         break;
       case 'error':
+        if (message.room) this.#presence.receive(message);
         this.#report(new PresenceError(message.message ?? 'The server rejected a message', { code: message.code ?? null }), 'websocket');
+        break;
+      case 'presence.sync':
+      case 'presence.diff':
+        this.#presence.receive(message);
         break;
       default:
         // Unknown types are ignored so that a newer server can add some.
@@ -812,7 +901,7 @@ export class ChatSessionManager extends EventTarget {
     return this.#lastToken;
   }
 
-  async #request(method, path, { body, keepalive = false } = {}) {
+  async #request(method, path, { body, keepalive = false, url = null } = {}) {
     const headers = { Accept: 'application/json' };
     const init = { method, headers, credentials: this.#credentials };
     if (body !== undefined) {
@@ -822,7 +911,7 @@ export class ChatSessionManager extends EventTarget {
     if (keepalive) init.keepalive = true;
     const token = await this.#currentToken();
     if (token) headers.Authorization = `Bearer ${token}`;
-    const response = await this.#fetch(`${this.#baseUrl}${path}`, init);
+    const response = await this.#fetch(url ?? `${this.#baseUrl}${path}`, init);
     const text = await response.text();
     let data = null;
     if (text) {

@@ -22,3 +22,13 @@ export {
   default,
 } from './chatSessionManager.js';
 export { sharedSocketSupported } from './sharedSocket.js';
+export {
+  PresenceMember,
+  PresenceLeave,
+  PresenceRoom,
+  PresenceRoomEventMap,
+  PresenceRoomStatus,
+  LeaveReason,
+  MemberStatus,
+  ROOM_PATTERN,
+} from './presenceRoom.js';

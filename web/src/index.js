@@ -16,3 +16,4 @@ export {
   default,
 } from './chatSessionManager.js';
 export { sharedSocketSupported } from './sharedSocket.js';
+export { PresenceRoom, ROOM_PATTERN } from './presenceRoom.js';

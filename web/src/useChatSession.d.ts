@@ -37,3 +37,5 @@ export interface UseChatSessionResult {
 export function useChatSession(options?: UseChatSessionOptions): UseChatSessionResult;
 
 export default useChatSession;
+
+export { PresenceContext, PresenceProvider, UsePresenceOptions, UsePresenceResult, usePresence } from './usePresence.js';

@@ -77,3 +77,7 @@ export function useChatSession(options = {}) {
 }
 
 export default useChatSession;
+
+// The package's React entry ('@presence/client/react') is this module: it
+// carries the presence hook too.
+export { PresenceContext, PresenceProvider, usePresence } from './usePresence.js';
