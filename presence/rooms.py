@@ -685,9 +685,10 @@ class RoomService:
             for s, text in behind:
                 await watcher.send(text)
                 seq = s
+            # The page may be ahead of the bus (read after a flush whose diff is still
+            # on its way here): `local.seq` stays what the bus delivered, or that diff
+            # would be taken for heard already and withheld from every other watcher.
             watcher.watching[room] = seq
-            if local.seq is None or local.seq < seq:
-                local.seq = seq
             return
 
     async def _resync_all(self) -> None:

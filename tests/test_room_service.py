@@ -1,0 +1,120 @@
+"""The room service's fan-out to this process's watchers, with the bus's deliveries
+held back so that their order against a sync can be chosen.
+
+The store is the memory presence store, whose flush hands each diff to a list here
+instead of a bus; each diff is then given to the room's listener when the test says,
+as the bus would give it, late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from presence import keys
+from presence.asgi import protocol
+from presence.auth import Identity
+from presence.bus import EventBus
+from presence.bus.memory import MemoryBackend
+from presence.rooms import RoomService
+from presence.stores.presence_memory import MemoryPresenceStore
+
+from .utils import make_settings
+
+ROOM = "lobby"
+
+
+class _Watcher:
+    """A socket that takes everything at once, and keeps what it was sent."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.session_id = f"{user}-s"
+        self.watching: dict[str, int | None] = {}
+        self.got: list[dict[str, Any]] = []
+
+    async def offer(self, text: str) -> bool:
+        self.got.append(json.loads(text))
+        return True
+
+    async def send(self, text: str) -> None:
+        self.got.append(json.loads(text))
+
+    def kinds(self) -> list[tuple[str, int]]:
+        return [(m["type"], m["seq"]) for m in self.got]
+
+
+async def _service() -> tuple[RoomService, MemoryPresenceStore, list[str]]:
+    published: list[str] = []
+    store = MemoryPresenceStore(lambda room, data: published.append(data))
+    await store.open()
+    service = RoomService(
+        # A window long enough that no flush runs by itself: the test flushes.
+        make_settings(diff_window=3600.0),
+        store,
+        EventBus(MemoryBackend()),
+        channel=lambda room: keys.room_channel("presence", room),
+        encode_sync=protocol.presence_sync,
+        encode_diff=protocol.presence_diff,
+    )
+    return service, store, published
+
+
+async def _join(service: RoomService, user: str) -> None:
+    tab = await service.open_tab(user, f"{user}-tab")
+    await service.join(Identity(user, "bearer", None), tab, ROOM, {"name": user})
+
+
+async def test_a_sync_read_ahead_of_the_bus_keeps_the_diff_for_the_others():
+    """A watcher that comes (a member joining, say) reads the room after a flush whose
+    diff has not reached this process yet: the watchers already here still get that
+    diff when the bus brings it, as a diff, and no sync; the newcomer, whose page had
+    it, does not get it twice."""
+    service, store, published = await _service()
+    old = _Watcher("old")
+    await service.watch(old, ROOM)
+    await _join(service, "ann")
+    await store.flush(ROOM)  # diff 1, on its way
+    newcomer = _Watcher("new")
+    await service.watch(newcomer, ROOM)  # its page is at diff 1 already
+    heard = service._listeners[ROOM]
+    await heard(published[0])
+    await _join(service, "bob")
+    await store.flush(ROOM)
+    await heard(published[1])
+    await asyncio.sleep(0)  # a sync the service spawned would have run by now
+    first = old.got[0]["seq"]
+    assert old.kinds() == [
+        ("presence.sync", first),
+        ("presence.diff", first + 1),
+        ("presence.diff", first + 2),
+    ]
+    assert newcomer.kinds() == [("presence.sync", first + 1), ("presence.diff", first + 2)]
+    assert [m["user"] for m in newcomer.got[0]["members"]] == ["ann"]
+    assert [m["user"] for m in old.got[1]["joins"]] == ["ann"]
+
+
+async def test_a_watcher_behind_the_bus_is_still_synced():
+    """The fix keeps the gap rule: a diff this process did not hear (the bus dropped
+    it) still sends every watcher here a fresh sync."""
+    service, store, published = await _service()
+    watcher = _Watcher("w")
+    await service.watch(watcher, ROOM)
+    for user in ("ann", "bob"):
+        await _join(service, user)
+        await store.flush(ROOM)
+    heard = service._listeners[ROOM]
+    await heard(published[0])
+    await _join(service, "cyd")
+    await store.flush(ROOM)
+    await heard(published[2])  # diff 2 never came
+    for _ in range(3):
+        await asyncio.sleep(0)
+    first = watcher.got[0]["seq"]
+    assert watcher.kinds() == [
+        ("presence.sync", first),
+        ("presence.diff", first + 1),
+        ("presence.sync", first + 3),
+    ]
+    assert watcher.got[-1]["count"] == 3
