@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -318,6 +319,8 @@ class RoomService:
         self._rooms: dict[str, _LocalRoom] = {}
         self._listeners: dict[str, Callable[[str], Awaitable[None]]] = {}
         self._flushing: set[str] = set()
+        # Each room's page being read for syncs, shared by the watchers syncing meanwhile.
+        self._pages: dict[str, asyncio.Future[tuple[RoomPage, str]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lease: asyncio.Task[None] | None = None
         self._reaping: set[str] = set()
@@ -350,6 +353,8 @@ class RoomService:
         for tab in self._tabs.values():
             if tab.timer is not None:
                 tab.timer.cancel()
+        for shared in list(self._pages.values()):
+            shared.cancel()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -672,12 +677,12 @@ class RoomService:
         for _ in range(_SYNC_ATTEMPTS):
             watcher.watching[room] = None
             try:
-                page = await self.page(room)
+                page, text = await self._sync_page(room)
             except StoreUnavailable:
                 return
             if watcher not in local.watchers:
                 return
-            await watcher.send(self.encode_sync(page))
+            await watcher.send(text)
             seq = page.seq
             behind = [(s, text) for s, text in local.recent if s > seq]
             if behind and behind[0][0] != seq + 1:
@@ -690,6 +695,28 @@ class RoomService:
             # would be taken for heard already and withheld from every other watcher.
             watcher.watching[room] = seq
             return
+
+    async def _sync_page(self, room: str) -> tuple[RoomPage, str]:
+        """The room's page and its sync's text. Watchers syncing at once share one read
+        and one encoding: in a crowd joining a room each join watches it, and a read
+        and an encoding of the whole room for each would make N joins cost N² members.
+        A page read before a watcher came is as good as one read after: what changed
+        since comes in the diffs after its seq."""
+        shared = self._pages.get(room)
+        if shared is None:
+            shared = self._pages[room] = asyncio.ensure_future(self._read_page(room))
+            shared.add_done_callback(functools.partial(self._page_read, room))
+        return await asyncio.shield(shared)
+
+    async def _read_page(self, room: str) -> tuple[RoomPage, str]:
+        page = await self.page(room)
+        return page, self.encode_sync(page)
+
+    def _page_read(self, room: str, shared: asyncio.Future[tuple[RoomPage, str]]) -> None:
+        if self._pages.get(room) is shared:
+            del self._pages[room]
+        if not shared.cancelled():
+            shared.exception()  # each watcher waiting had it; none left is no warning
 
     async def _resync_all(self) -> None:
         for room, local in list(self._rooms.items()):

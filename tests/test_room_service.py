@@ -61,6 +61,12 @@ async def _service() -> tuple[RoomService, MemoryPresenceStore, list[str]]:
     return service, store, published
 
 
+async def _settle() -> None:
+    """Lets the tasks the service spawned (a sync, its page's read) run to their end."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
 async def _join(service: RoomService, user: str) -> None:
     tab = await service.open_tab(user, f"{user}-tab")
     await service.join(Identity(user, "bearer", None), tab, ROOM, {"name": user})
@@ -83,7 +89,7 @@ async def test_a_sync_read_ahead_of_the_bus_keeps_the_diff_for_the_others():
     await _join(service, "bob")
     await store.flush(ROOM)
     await heard(published[1])
-    await asyncio.sleep(0)  # a sync the service spawned would have run by now
+    await _settle()  # a sync the service spawned would have run by now
     first = old.got[0]["seq"]
     assert old.kinds() == [
         ("presence.sync", first),
@@ -109,8 +115,7 @@ async def test_a_watcher_behind_the_bus_is_still_synced():
     await _join(service, "cyd")
     await store.flush(ROOM)
     await heard(published[2])  # diff 2 never came
-    for _ in range(3):
-        await asyncio.sleep(0)
+    await _settle()
     first = watcher.got[0]["seq"]
     assert watcher.kinds() == [
         ("presence.sync", first),
@@ -118,3 +123,66 @@ async def test_a_watcher_behind_the_bus_is_still_synced():
         ("presence.sync", first + 3),
     ]
     assert watcher.got[-1]["count"] == 3
+
+
+async def test_watchers_syncing_at_once_share_one_read_of_the_room():
+    """A crowd watching a room at once (each member joining watches it) costs one read
+    and one encoding of the room, not one each; every watcher still gets the members,
+    and then every diff after the page's seq."""
+    service, store, published = await _service()
+    for user in ("ann", "bob"):
+        await _join(service, user)
+    await store.flush(ROOM)
+    reads = 0
+    room = store.room
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.01)  # a round trip, during which the others come
+        return await room(*args, **kwargs)
+
+    store.room = counted  # type: ignore[method-assign]
+    crowd = [_Watcher(f"w{i}") for i in range(20)]
+    await asyncio.gather(*(service.watch(w, ROOM) for w in crowd))
+    assert reads == 1
+    await _join(service, "cyd")
+    await store.flush(ROOM)
+    await service._listeners[ROOM](published[-1])
+    for watcher in crowd:
+        sync, diff = watcher.got
+        assert sync["type"] == "presence.sync"
+        assert sorted(m["user"] for m in sync["members"]) == ["ann", "bob"]
+        assert (diff["type"], diff["seq"]) == ("presence.diff", sync["seq"] + 1)
+        assert [m["user"] for m in diff["joins"]] == ["cyd"]
+    # Once the read is done, the next watcher reads the room afresh.
+    late = _Watcher("late")
+    await service.watch(late, ROOM)
+    assert reads == 2
+    assert late.got[0]["count"] == 3
+
+
+async def test_a_failed_shared_read_fails_every_sync_waiting_on_it_and_no_more():
+    """The store away during a shared read: each watcher waiting is left for the next
+    sync (as one alone was), and the next watcher reads again."""
+    from presence.exceptions import StoreUnavailable
+
+    service, store, _ = await _service()
+    room = store.room
+    failing = True
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.01)
+        if failing:
+            raise StoreUnavailable("redis unavailable")
+        return await room(*args, **kwargs)
+
+    store.room = away  # type: ignore[method-assign]
+    crowd = [_Watcher(f"w{i}") for i in range(5)]
+    await asyncio.gather(*(service.watch(w, ROOM) for w in crowd))
+    assert all(w.got == [] and w.watching[ROOM] is None for w in crowd)
+    failing = False
+    later = _Watcher("later")
+    await service.watch(later, ROOM)
+    assert later.kinds()[0][0] == "presence.sync"
+    assert not service._pages
