@@ -8,6 +8,14 @@ first copy and looked up by ``seq`` for the others. A watcher keeps its own view
 room's size, as a client applying sync plus diffs does, and notes when that view first
 holds every member expected.
 
+The sockets are a lean WebSocket client of this module's own (an ``asyncio.Protocol``
+reading frames straight from the transport's buffer), not the ``websockets`` client
+that :mod:`bench._load` uses: 10,000 watchers on one CPU each reading a diff a window
+would otherwise spend more time in the client's per-message machinery than the
+servers spend sending, and the latency measured would be the client's. It behaves as
+a browser does on the wire: it offers per-message compression (the server refuses
+it), masks what it sends, answers pings and sends none.
+
 A **joiner** is a socket that sends ``presence.join`` at a time it is given (one clock
 for every process: ``time.monotonic`` is the system's ``CLOCK_MONOTONIC``), and records
 when it sent it.
@@ -19,6 +27,7 @@ Driven over stdin/stdout by the fan-out benchmark, one JSON object a line: ``ope
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import json
 import os
@@ -27,21 +36,110 @@ import time
 from collections import Counter
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-# A sync of a room of 1,000 members is about 80 KB; the server's own cap on what it
-# sends is what bounds a message, not this.
-MAX_MESSAGE = 8 * 1024 * 1024
+class Client(asyncio.Protocol):
+    """One WebSocket, client side: the handshake, then frames parsed as they come.
 
+    Text messages go to ``on_text(payload, wire_bytes)`` as bytes; pings are answered;
+    a close is answered and ends the connection.
+    """
 
-def _frame_bytes(payload: int) -> int:
-    """A server frame's size on the wire: RFC 6455 header (unmasked) plus payload."""
-    if payload < 126:
-        return payload + 2
-    if payload < 65536:
-        return payload + 4
-    return payload + 10
+    def __init__(self, path: str, host: str, on_text: Any) -> None:
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        ).encode()
+        self.on_text = on_text
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.upgraded = False
+        self.fragments: list[bytes] = []
+        loop = asyncio.get_running_loop()
+        # The handshake's outcome: None when upgraded, else why not.
+        self.handshake: asyncio.Future[str | None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.handshake.done():
+            self.handshake.set_result("connection_lost")
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(buffer[: buffer.find(b"\r\n")]).split()
+            del buffer[: end + 4]
+            if len(status) < 2 or status[1] != b"101":
+                code = status[1].decode() if len(status) > 1 else "?"
+                self.handshake.set_result(f"http_{code}")
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self.upgraded = True
+            self.handshake.set_result(None)
+        start, size = 0, len(buffer)
+        while size - start >= 2:
+            first, second = buffer[start], buffer[start + 1]
+            length, offset = second & 0x7F, 2
+            if length == 126:
+                if size - start < 4:
+                    break
+                length, offset = int.from_bytes(buffer[start + 2 : start + 4]), 4
+            elif length == 127:
+                if size - start < 10:
+                    break
+                length, offset = int.from_bytes(buffer[start + 2 : start + 10]), 10
+            if size - start < offset + length:
+                break
+            payload = bytes(buffer[start + offset : start + offset + length])
+            start += offset + length
+            self._frame(first, payload, offset + length)
+        del buffer[:start]
+
+    def _frame(self, first: int, payload: bytes, wire: int) -> None:
+        opcode = first & 0x0F
+        if opcode in (1, 0):  # text, or a continuation of one
+            self.fragments.append(payload)
+            if first & 0x80:
+                text = b"".join(self.fragments) if len(self.fragments) > 1 else payload
+                self.fragments = []
+                self.on_text(text, wire)
+        elif opcode == 9:
+            self._send(0xA, payload)  # pong
+        elif opcode == 8:
+            self._send(0x8, payload[:2])
+            assert self.transport is not None
+            self.transport.close()
+
+    def send_text(self, text: str) -> None:
+        self._send(0x1, text.encode())
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        length = len(payload)
+        if length < 126:
+            header = bytes([0x80 | opcode, 0x80 | length])
+        elif length < 65536:
+            header = bytes([0x80 | opcode, 0x80 | 126]) + length.to_bytes(2)
+        else:
+            header = bytes([0x80 | opcode, 0x80 | 127]) + length.to_bytes(8)
+        mask = os.urandom(4)
+        repeated = (mask * (length // 4 + 1))[:length]
+        masked = (int.from_bytes(payload) ^ int.from_bytes(repeated)).to_bytes(length)
+        self.transport.write(header + mask + masked)
 
 
 class Sock:
@@ -63,7 +161,7 @@ class Sock:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
-        self.ws: ClientConnection | None = None
+        self.ws: Client | None = None
         self.reset()
         self.synced: asyncio.Event = asyncio.Event()
 
@@ -82,7 +180,6 @@ class Sock:
 class Load:
     def __init__(self) -> None:
         self.socks: list[Sock] = []
-        self.tasks: set[asyncio.Task[None]] = set()
         # "watcher" or "joiner": a joiner's messages are counted, never read.
         self.role = "watcher"
         self.room: str | None = None
@@ -125,45 +222,53 @@ class Load:
 
     async def _open(self, sock: Sock, address: str, gate: asyncio.Semaphore, watch: bool) -> bool:
         spec = sock.spec
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[bytes] = loop.create_future()
+
+        def on_text(payload: bytes, wire: int) -> None:
+            if not first.done():
+                first.set_result(payload)
+            else:
+                self._heard(sock, payload, wire)
+
         async with gate:
+            client = Client(spec["ws"], f"127.0.0.1:{spec['port']}", on_text)
             try:
-                ws = await connect(
-                    f"ws://127.0.0.1:{spec['port']}{spec['ws']}",
-                    ping_interval=None,
-                    open_timeout=self.timeout,
-                    close_timeout=2,
-                    max_size=MAX_MESSAGE,
-                    max_queue=None,
-                    local_addr=(address, 0),
+                await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: client, "127.0.0.1", spec["port"], local_addr=(address, 0)
+                    ),
+                    self.timeout,
                 )
-            except InvalidStatus as exc:
-                self.failures[f"http_{exc.response.status_code}"] += 1
-                return False
-            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                failure = await asyncio.wait_for(client.handshake, self.timeout)
+                if failure is not None:
+                    self.failures[failure] += 1
+                    return False
+                kind = json.loads(await asyncio.wait_for(first, self.timeout)).get("type")
+            except (OSError, TimeoutError, ValueError) as exc:
                 self.failures[type(exc).__name__] += 1
+                if client.transport is not None:
+                    client.transport.close()
                 return False
-            try:
-                first = json.loads(await asyncio.wait_for(ws.recv(), self.timeout))
-            except (ConnectionClosed, TimeoutError, ValueError) as exc:
-                self.failures[f"first_message_{type(exc).__name__}"] += 1
-                await ws.close()
+            if kind != "snapshot":
+                self.failures[f"first_message_{kind}"] += 1
+                assert client.transport is not None
+                client.transport.close()
                 return False
-            if first.get("type") != "snapshot":
-                self.failures[f"first_message_{first.get('type')}"] += 1
-                await ws.close()
-                return False
-            sock.ws = ws
-            task = asyncio.get_running_loop().create_task(self._read(sock))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            sock.ws = client
+            client.closed.add_done_callback(lambda _: self._lost(sock))
             if watch and self.room is not None:
                 return await self._watch(sock, self.room)
         return True
 
+    def _lost(self, sock: Sock) -> None:
+        sock.ws = None
+        self.closed += 1
+
     async def _watch(self, sock: Sock, room: str) -> bool:
         assert sock.ws is not None
         sock.synced.clear()
-        await sock.ws.send(json.dumps({"type": "presence.watch", "room": room}))
+        sock.ws.send_text(json.dumps({"type": "presence.watch", "room": room}))
         try:
             await asyncio.wait_for(sock.synced.wait(), self.timeout)
         except TimeoutError:
@@ -186,7 +291,7 @@ class Load:
                 if sock.ws is None:
                     return False
                 if old is not None and old != self.room:
-                    await sock.ws.send(json.dumps({"type": "presence.unwatch", "room": old}))
+                    sock.ws.send_text(json.dumps({"type": "presence.unwatch", "room": old}))
                 sock.reset()
                 assert self.room is not None
                 return await self._watch(sock, self.room)
@@ -231,7 +336,7 @@ class Load:
                 {"type": "presence.join", "room": room, "meta": {"name": sock.spec["user"]}}
             )
             now = time.monotonic()
-            await sock.ws.send(message)
+            sock.ws.send_text(message)
             sent[sock.spec["user"]] = now
             late.append(now - due)
 
@@ -288,26 +393,15 @@ class Load:
 
     # --- reading ----------------------------------------------------------------------
 
-    async def _read(self, sock: Sock) -> None:
-        ws = sock.ws
-        assert ws is not None
-        try:
-            async for message in ws:
-                self._heard(sock, message if isinstance(message, str) else message.decode())
-        except ConnectionClosed:
-            pass
-        sock.ws = None
-        self.closed += 1
-
-    def _heard(self, sock: Sock, text: str) -> None:
+    def _heard(self, sock: Sock, text: bytes, wire: int) -> None:
         now = time.monotonic()
         sock.messages += 1
-        sock.bytes += _frame_bytes(len(text) if text.isascii() else len(text.encode()))
-        # The server writes "type" first, then "room", then "seq" (compact JSON).
+        sock.bytes += wire
         if self.role == "joiner":
             return
+        # The server writes "type" first, then "room", then "seq" (compact JSON).
         head = text[:300]
-        if head.startswith('{"type":"presence.diff"'):
+        if head.startswith(b'{"type":"presence.diff"'):
             seq = _seq(head)
             known = self.diffs.get(seq)
             if known is None:
@@ -327,7 +421,7 @@ class Load:
                 return
             sock.seq = seq
             sock.count = known[1]
-        elif head.startswith('{"type":"presence.sync"'):
+        elif head.startswith(b'{"type":"presence.sync"'):
             sync = json.loads(text)
             if sync.get("room") != self.room:
                 self.other["sync_of_another_room"] += 1
@@ -347,10 +441,10 @@ class Load:
             sock.complete_at = now
 
 
-def _seq(head: str) -> int:
-    start = head.index('"seq":') + 6
+def _seq(head: bytes) -> int:
+    start = head.index(b'"seq":') + 6
     end = start
-    while head[end].isdigit():
+    while 48 <= head[end] <= 57:
         end += 1
     return int(head[start:end])
 
