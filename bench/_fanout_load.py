@@ -319,6 +319,7 @@ class Load:
             "complete": sum(1 for s in self.socks if s.complete_at is not None),
             "messages": sum(s.messages for s in self.socks),
             "last_receipt": max((s.receipts[-1][0] for s in self.socks if s.receipts), default=0),
+            "other": dict(self.other),
         }
 
     async def burst(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -398,6 +399,9 @@ class Load:
         sock.messages += 1
         sock.bytes += wire
         if self.role == "joiner":
+            # A joiner reads only the errors it is sent (a join refused, say).
+            if text.startswith(b'{"type":"error"'):
+                self.other[f"error {json.loads(text).get('code')}"] += 1
             return
         # The server writes "type" first, then "room", then "seq" (compact JSON).
         head = text[:300]
