@@ -779,7 +779,14 @@ class RoomService:
         (held again under the new name first, so the reaper passes it over)."""
         old, self.holder = self.holder, _holder_name()
         await self.primary.renew(self.holder, keys.LEASE_TTL)
+        renewed = time.monotonic()
         for tab in list(self._tabs.values()):
+            if time.monotonic() - renewed >= keys.LEASE_RENEW_INTERVAL:
+                # Thousands of tabs take longer to hold again than the lease lasts, and
+                # the lease loop waits for this: renewed meanwhile, or the new name
+                # lapses too and is reaped, and so on.
+                await self.primary.renew(self.holder, keys.LEASE_TTL)
+                renewed = time.monotonic()
             await self._hold_in_full(tab)
         changed, _ = await self.primary.reap(old)
         self._changed(changed)

@@ -186,3 +186,36 @@ async def test_a_failed_shared_read_fails_every_sync_waiting_on_it_and_no_more()
     await service.watch(later, ROOM)
     assert later.kinds()[0][0] == "presence.sync"
     assert not service._pages
+
+
+async def test_holding_every_tab_again_keeps_the_new_lease(monkeypatch: Any):
+    """A process taken for dead holds its tabs again under a new name; when that takes
+    longer than a lease lasts (thousands of tabs, a busy loop), the new name's lease is
+    renewed meanwhile rather than lapsing, which would have it reaped again."""
+    from presence.rooms import RoomService as Service
+
+    monkeypatch.setattr(keys, "LEASE_RENEW_INTERVAL", 0.02)
+    service, store, _ = await _service()
+    for i in range(10):
+        await service.open_tab(f"u{i}", f"u{i}-tab")
+    renewals: list[str] = []
+    renew = store.renew
+
+    async def counted(holder: str, ttl: float) -> bool:
+        renewals.append(holder)
+        return await renew(holder, ttl)
+
+    hold_in_full = Service._hold_in_full
+
+    async def slow(self: Service, tab: Any) -> None:
+        await asyncio.sleep(0.01)  # a round trip on a busy process
+        await hold_in_full(self, tab)
+
+    store.renew = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(Service, "_hold_in_full", slow)
+    old = service.holder
+    await service._hold_all_again()
+    assert service.holder != old
+    # Renewed at the start, then about every 20 ms of the 100 ms the holds took.
+    assert renewals.count(service.holder) >= 3
+    assert old not in renewals
