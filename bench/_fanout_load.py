@@ -399,8 +399,9 @@ class Load:
         sock.messages += 1
         sock.bytes += wire
         if self.role == "joiner":
-            # A joiner reads only the errors it is sent (a join refused, say).
-            if text.startswith(b'{"type":"error"'):
+            # A joiner reads only the errors it is sent (a join refused, say); an
+            # error is plain json.dumps, "type" first.
+            if text.startswith((b'{"type": "error"', b'{"type":"error"')):
                 self.other[f"error {json.loads(text).get('code')}"] += 1
             return
         # The server writes "type" first, then "room", then "seq" (compact JSON).

@@ -64,8 +64,9 @@ class Sizes:
     settle: float = 2.0
     # ...or this long after the burst began, complete or not.
     give_up: float = 60.0
-    # Seconds of Redis's background commands counted before each burst.
-    background: float = 3.0
+    # Seconds of Redis's background commands counted before the first burst: longer
+    # than the refresher's interval (the heartbeat interval, 30 s by default).
+    background: float = 31.0
 
 
 FULL = Sizes()
@@ -225,6 +226,7 @@ def _rounds(
             f"fanout: only {watching} watchers and {joined['opened']} joiners opened: "
             f"{[r['failed'] for r in opened]} {joined['failed']}"
         )
+    rate = _background(redis_server, sizes.background)
     results = []
     for number in range(sizes.rounds):
         room = f"{ROOM}.{number}"
@@ -234,7 +236,7 @@ def _rounds(
             synced = sum(load.receive()["synced"] for load in watch_loads)
             if synced < sizes.watchers:
                 raise RuntimeError(f"fanout: only {synced} watchers synced on {room}")
-        result = _burst(sizes, redis_server, servers, watch_loads, join_load, room)
+        result = _burst(sizes, redis_server, servers, watch_loads, join_load, room, rate)
         result["round"] = number
         results.append(result)
         h.log(
@@ -247,6 +249,18 @@ def _rounds(
     return results
 
 
+def _background(redis_server: h.RedisServer, seconds: float) -> float:
+    """Commands a second that Redis runs with everyone idle: the refresher's ticks (one
+    a heartbeat interval in each process), the leases, health checks. Read over a
+    whole refresher interval, as a tick is thousands of commands at once."""
+    stats = h.CommandStats(redis_server.client())
+    stats.start()
+    started = time.monotonic()
+    time.sleep(seconds)
+    calls = sum(v["calls"] for v in stats.stop().values())
+    return calls / (time.monotonic() - started)
+
+
 def _burst(
     sizes: Sizes,
     redis_server: h.RedisServer,
@@ -254,19 +268,13 @@ def _burst(
     watch_loads: list[FanoutLoader],
     join_load: FanoutLoader,
     room: str,
+    rate: float,
 ) -> dict[str, Any]:
     client = redis_server.client()
     window = Settings().diff_window
     for load in (*watch_loads, join_load):
         load.request({"cmd": "arm", "expected": sizes.joiners})
     stats = h.CommandStats(client)
-    # What Redis runs anyway (refresher ticks, leases, health checks), to take out of
-    # the commands per join.
-    stats.start()
-    quiet_started = time.monotonic()
-    time.sleep(sizes.background)
-    background = stats.stop()
-    background_s = time.monotonic() - quiet_started
     pids = {
         "servers": [s.pid for s in servers],
         "loaders": [load.pid for load in (*watch_loads, join_load)],
@@ -318,8 +326,7 @@ def _burst(
         {k: [a - b for a, b in zip(cpu_after[k], cpu_before[k], strict=True)] for k in pids},
         burst,
     )  # fmt: skip
-    result["join_errors"] = join_errors
-    rate = sum(v["calls"] for v in background.values()) / background_s
+    result["join_refusals"] = join_errors
     result["redis"]["background_per_s"] = rate
     result["redis"]["commands_per_join_net"] = max(
         0.0, (result["redis"]["commands_total"] - rate * result["elapsed_s"]) / result["joins"]
@@ -653,7 +660,11 @@ def section(result: dict[str, Any]) -> list[str]:
         machine = r.get("machine", {})
         lines.append(
             f"| {r['round'] + 1} | {r['sent_span_s']:.2f} | "
-            + (", ".join(f"`{k}` × {v}" for k, v in r.get("join_errors", {}).items()) or "0")
+            + (
+                (", ".join(f"`{k}` × {v}" for k, v in r["join_refusals"].items()) or "0")
+                if "join_refusals" in r
+                else "–"
+            )
             + f" | {r['watchers_complete']:,} of {r['watchers']:,} | {r['pairs_missing']:,} | "
             f"{stalls or '–'} | {r.get('lease_lost', '–')} | "
             f"{r['other_messages'].get('leaves_or_updates', 0)} | "
