@@ -557,10 +557,7 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def targets(result: dict[str, Any] | None) -> list[tuple[str, str, bool | None]]:
     """The target lines of issue 13's fan-out row: (target, figure, met)."""
-    title = (
-        "Presence fan-out, 10,000 watchers over 3 processes, 1,000 joins within 1 s: "
-        "every watcher has every join within 1 s at p99"
-    )
+    title = "Fan-out: every join to all of 10,000 watchers within 1 s at p99"
     messages = "Fan-out: messages a watcher receives ≤ 2 per diff window, not 1,000"
     commands = "Fan-out: Redis commands per join reported"
     if not result:
@@ -572,21 +569,24 @@ def targets(result: dict[str, Any] | None) -> list[tuple[str, str, bool | None]]
     pair = s["pair_p99_s"]
     missing = int(s["pairs_missing"]["max"])
     per_window = s["messages_per_window_max"]
+    in_one = s["max_messages_in_one_window_max"]
     window = result["diff_window_ms"]
     rows: list[tuple[str, str, bool | None]] = [
         (
             title,
-            f"{sizes['watchers']:,} watchers, {sizes['joiners']:,} joins: until every watcher "
+            f"{sizes['watchers']:,} watchers over {sizes['processes']} processes, "
+            f"{sizes['joiners']:,} joins sent over {sizes['spread']:g} s: until every watcher "
             f"has a join p99 {_seconds(every)} s (per pair p99 {_seconds(pair)} s, p50 "
             f"{_seconds(s['pair_p50_s'])} s); pairs never delivered: {missing:,}",
             full and missing == 0 and every["max"] <= TARGET_P99_S,
         ),
         (
             messages,
-            f"{_num(s['messages_per_watcher_p50'])} messages a watcher (naive: "
-            f"{sizes['joiners']:,}) over {_num(s['diff_windows'])} windows of {window:g} ms: "
-            f"{_num(per_window, 2)} a window (worst watcher)",
-            full and per_window["max"] <= TARGET_PER_WINDOW,
+            f"{_num(s['messages_per_watcher_p50'], 0)} messages a watcher (naive: "
+            f"{sizes['joiners']:,}) over {_num(s['diff_windows'], 0)} windows of {window:g} "
+            f"ms: {_num(per_window, 2)} a window on average, at most "
+            f"{_num(in_one['max'], 0)} in any one window (worst watcher)",
+            full and per_window["max"] <= TARGET_PER_WINDOW and in_one["max"] <= TARGET_PER_WINDOW,
         ),
         (
             commands,
