@@ -677,12 +677,12 @@ class RoomService:
         for _ in range(_SYNC_ATTEMPTS):
             watcher.watching[room] = None
             try:
-                page, text = await self._sync_page(room)
+                page, sync = await self._sync_page(room)
             except StoreUnavailable:
                 return
             if watcher not in local.watchers:
                 return
-            await watcher.send(text)
+            await watcher.send(sync)
             seq = page.seq
             behind = [(s, text) for s, text in local.recent if s > seq]
             if behind and behind[0][0] != seq + 1:
@@ -719,6 +719,9 @@ class RoomService:
             shared.exception()  # each watcher waiting had it; none left is no warning
 
     async def _resync_all(self) -> None:
+        # A read begun before (on the bus's old connection, or on the store presence
+        # just left) is not shared with these: each room is read afresh.
+        self._pages.clear()
         for room, local in list(self._rooms.items()):
             local.seq = None
             local.recent.clear()

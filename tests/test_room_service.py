@@ -219,3 +219,33 @@ async def test_holding_every_tab_again_keeps_the_new_lease(monkeypatch: Any):
     # Renewed at the start, then about every 20 ms of the 100 ms the holds took.
     assert renewals.count(service.holder) >= 3
     assert old not in renewals
+
+
+async def test_a_resync_does_not_share_a_read_begun_before_it():
+    """Presence moving to another store (Redis away, or back), or the bus reconnecting,
+    syncs every watcher again: those syncs read the room afresh rather than wait on a
+    read begun before, which may be of the store just left and fail."""
+    from presence.exceptions import StoreUnavailable
+
+    service, store, _ = await _service()
+    await _join(service, "ann")
+    await store.flush(ROOM)
+    room = store.room
+    gate = asyncio.Event()
+
+    async def doomed(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        raise StoreUnavailable("redis unavailable")
+
+    store.room = doomed  # type: ignore[method-assign]
+    watcher = _Watcher("w")
+    first = asyncio.ensure_future(service.watch(watcher, ROOM))
+    await _settle()
+    store.room = room  # type: ignore[method-assign]
+    await service._resync_all()
+    await _settle()
+    gate.set()
+    await first
+    await _settle()
+    assert watcher.kinds()[0][0] == "presence.sync"
+    assert watcher.watching[ROOM] == watcher.got[0]["seq"]
