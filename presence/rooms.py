@@ -674,12 +674,13 @@ class RoomService:
                 self._spawn(self._sync(watcher, room, local))
 
     async def _sync(self, watcher: Watcher, room: str, local: _LocalRoom) -> None:
+        seq = -1
         for _ in range(_SYNC_ATTEMPTS):
             watcher.watching[room] = None
             try:
                 page, sync = await self._sync_page(room)
             except StoreUnavailable:
-                return
+                break
             if watcher not in local.watchers:
                 return
             await watcher.send(sync)
@@ -695,6 +696,13 @@ class RoomService:
             # would be taken for heard already and withheld from every other watcher.
             watcher.watching[room] = seq
             return
+        # Not synced (the store did not answer in time, or what came since the page
+        # never lined up): left behind, so that the next diff heard here syncs it
+        # again. Left "on its way" (None), every diff would pass it over for good. (A
+        # sync of it that succeeded meanwhile has set its seq: that one stands.)
+        if watcher in local.watchers and room in watcher.watching:
+            if watcher.watching[room] is None:
+                watcher.watching[room] = seq
 
     async def _sync_page(self, room: str) -> tuple[RoomPage, str]:
         """The room's page and its sync's text. Watchers syncing at once share one read

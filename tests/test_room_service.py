@@ -164,7 +164,7 @@ async def test_watchers_syncing_at_once_share_one_read_of_the_room():
 
 async def test_a_failed_shared_read_fails_every_sync_waiting_on_it_and_no_more():
     """The store away during a shared read: each watcher waiting is left for the next
-    sync (as one alone was), and the next watcher reads again."""
+    diff to sync (as one alone is), and the next watcher reads again."""
     from presence.exceptions import StoreUnavailable
 
     service, store, _ = await _service()
@@ -180,7 +180,8 @@ async def test_a_failed_shared_read_fails_every_sync_waiting_on_it_and_no_more()
     store.room = away  # type: ignore[method-assign]
     crowd = [_Watcher(f"w{i}") for i in range(5)]
     await asyncio.gather(*(service.watch(w, ROOM) for w in crowd))
-    assert all(w.got == [] and w.watching[ROOM] is None for w in crowd)
+    # Each is left behind (below any seq), so that the room's next diff syncs it.
+    assert all(w.got == [] and w.watching[ROOM] == -1 for w in crowd)
     failing = False
     later = _Watcher("later")
     await service.watch(later, ROOM)
@@ -249,3 +250,33 @@ async def test_a_resync_does_not_share_a_read_begun_before_it():
     await _settle()
     assert watcher.kinds()[0][0] == "presence.sync"
     assert watcher.watching[ROOM] == watcher.got[0]["seq"]
+
+
+async def test_a_sync_the_store_could_not_answer_is_made_at_the_next_diff():
+    """The store not answering a watcher's sync in time (a busy process's Redis call past
+    its bound) leaves the watcher behind, not waiting: the room's next diff syncs it,
+    and it is not passed over by every diff after."""
+    from presence.exceptions import StoreUnavailable
+
+    service, store, published = await _service()
+    room = store.room
+
+    async def late(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("redis unavailable")
+
+    store.room = late  # type: ignore[method-assign]
+    watcher = _Watcher("w")
+    await service.watch(watcher, ROOM)
+    assert watcher.got == []
+    assert watcher.watching[ROOM] is not None
+    store.room = room  # type: ignore[method-assign]
+    await _join(service, "ann")
+    await store.flush(ROOM)
+    await service._listeners[ROOM](published[-1])
+    await _settle()
+    assert [m["type"] for m in watcher.got] == ["presence.sync"]
+    assert [m["user"] for m in watcher.got[0]["members"]] == ["ann"]
+    await _join(service, "bob")
+    await store.flush(ROOM)
+    await service._listeners[ROOM](published[-1])
+    assert watcher.kinds()[-1] == ("presence.diff", watcher.got[0]["seq"] + 1)
