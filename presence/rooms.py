@@ -248,6 +248,10 @@ class _LocalRoom:
 _RECENT = 32
 # Attempts at syncing a watcher before it is left for the next diff to catch up.
 _SYNC_ATTEMPTS = 3
+# Seconds before a watcher whose sync the store did not answer is synced again (even
+# in a quiet room, where no diff comes to prompt it), doubling up to the cap.
+_RESYNC_FIRST = 0.5
+_RESYNC_CAP = 8.0
 
 
 @dataclass(eq=False)
@@ -322,6 +326,7 @@ class RoomService:
         # Each room's page being read for syncs, shared by the watchers syncing meanwhile.
         self._pages: dict[str, asyncio.Future[tuple[RoomPage, str]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._resyncs: set[asyncio.TimerHandle] = set()
         self._lease: asyncio.Task[None] | None = None
         self._reaping: set[str] = set()
         self._switching = asyncio.Lock()
@@ -355,6 +360,9 @@ class RoomService:
                 tab.timer.cancel()
         for shared in list(self._pages.values()):
             shared.cancel()
+        for handle in self._resyncs:
+            handle.cancel()
+        self._resyncs.clear()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -673,13 +681,16 @@ class RoomService:
                 # It fell behind (a diff it could not take): sync it again.
                 self._spawn(self._sync(watcher, room, local))
 
-    async def _sync(self, watcher: Watcher, room: str, local: _LocalRoom) -> None:
+    async def _sync(
+        self, watcher: Watcher, room: str, local: _LocalRoom, retry: float | None = None
+    ) -> None:
         seq = -1
         for _ in range(_SYNC_ATTEMPTS):
             watcher.watching[room] = None
             try:
                 page, sync = await self._sync_page(room)
             except StoreUnavailable:
+                self._resync_later(watcher, room, local, retry or _RESYNC_FIRST)
                 break
             if watcher not in local.watchers:
                 return
@@ -703,6 +714,16 @@ class RoomService:
         if watcher in local.watchers and room in watcher.watching:
             if watcher.watching[room] is None:
                 watcher.watching[room] = seq
+
+    def _resync_later(self, watcher: Watcher, room: str, local: _LocalRoom, after: float) -> None:
+        def due() -> None:
+            self._resyncs.discard(handle)
+            # Still watching, and still behind: no sync of it has begun since.
+            if watcher in local.watchers and watcher.watching.get(room) == -1:
+                self._spawn(self._sync(watcher, room, local, min(after * 2, _RESYNC_CAP)))
+
+        handle = asyncio.get_running_loop().call_later(after, due)
+        self._resyncs.add(handle)
 
     async def _sync_page(self, room: str) -> tuple[RoomPage, str]:
         """The room's page and its sync's text. Watchers syncing at once share one read

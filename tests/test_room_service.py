@@ -280,3 +280,38 @@ async def test_a_sync_the_store_could_not_answer_is_made_at_the_next_diff():
     await store.flush(ROOM)
     await service._listeners[ROOM](published[-1])
     assert watcher.kinds()[-1] == ("presence.diff", watcher.got[0]["seq"] + 1)
+
+
+async def test_a_sync_the_store_could_not_answer_is_tried_again_in_a_quiet_room(
+    monkeypatch: Any,
+):
+    """No diff comes in a quiet room to prompt a sync the store did not answer: the
+    service tries it again by itself, later and later, until the store answers."""
+    import presence.rooms
+    from presence.exceptions import StoreUnavailable
+
+    monkeypatch.setattr(presence.rooms, "_RESYNC_FIRST", 0.01)
+    service, store, _ = await _service()
+    room = store.room
+    failures = 0
+
+    async def busy(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise StoreUnavailable("redis unavailable")
+        return await room(*args, **kwargs)
+
+    store.room = busy  # type: ignore[method-assign]
+    watcher = _Watcher("w")
+    await service.watch(watcher, ROOM)
+    assert watcher.got == []
+    for _ in range(100):  # 0.01 + 0.02 + 0.04 s of retries, then the sync
+        if watcher.got:
+            break
+        await asyncio.sleep(0.01)
+    assert failures == 3
+    assert watcher.kinds() == [("presence.sync", watcher.got[0]["seq"])]
+    assert watcher.watching[ROOM] == watcher.got[0]["seq"]
+    await service.stop()
+    assert not service._resyncs
