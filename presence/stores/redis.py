@@ -52,6 +52,16 @@ _STATE_OF: dict[str, State] = {"a": "active", "y": "away", "d": "disconnected"}
 # one for a single round trip.
 _POOL_SIZE = 256
 
+try:  # redis-py >= 7 reads its package metadata for every new connection unless given it
+    from redis.driver_info import DriverInfo
+
+    #: One DriverInfo for every connection: without it redis-py calls
+    #: importlib.metadata for each connection it makes, 22 % of a process's samples at
+    #: the start of a burst in the fan-out benchmark (bench/analysis.md).
+    DRIVER: dict[str, Any] = {"driver_info": DriverInfo()}
+except ImportError:  # pragma: no cover - older redis-py reads it once, as a default
+    DRIVER = {}
+
 # Most heartbeats sent in one TOUCH: about a millisecond of Redis's time, which no
 # other client waits longer than.
 _TOUCH_BATCH = 128
@@ -159,6 +169,7 @@ class RedisStore:
                     decode_responses=True,
                     socket_connect_timeout=self.backstop,
                     socket_timeout=self.backstop,
+                    **DRIVER,
                 )
             else:
                 # A blocking pool: past its size a call waits for a free connection
@@ -181,6 +192,7 @@ class RedisStore:
                     ),
                     retry_on_error=[RedisConnectionError],
                     health_check_interval=30,
+                    **DRIVER,
                 )
                 self._client = aioredis.Redis.from_pool(pool)
                 self._probe_client = aioredis.Redis.from_url(
@@ -189,6 +201,7 @@ class RedisStore:
                     single_connection_client=True,
                     socket_connect_timeout=self.backstop,
                     socket_timeout=self.backstop,
+                    **DRIVER,
                 )
         for name in (
             "CREATE",
