@@ -59,6 +59,9 @@ class Settings:
     room_list_limit: int = 1000
     open_rooms: bool = False
     max_meta_bytes: int = 1024
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_retry: float = 24 * 3600.0
 
     @property
     def dev_mode(self) -> bool:
@@ -156,6 +159,15 @@ class Settings:
         open_rooms = env.text("PRESENCE_OPEN_ROOMS")
         if open_rooms is not None:
             values["open_rooms"] = _parse_bool("PRESENCE_OPEN_ROOMS", open_rooms)
+        hooks = env.text("PRESENCE_WEBHOOK_URL")
+        if hooks is not None:
+            from .webhooks import check_urls
+
+            values["webhook_urls"] = check_urls(hooks)
+        values["webhook_secret"] = env.text("PRESENCE_WEBHOOK_SECRET")
+        retry_hours = env.number("PRESENCE_WEBHOOK_RETRY_HOURS", minimum=0.0)
+        if retry_hours is not None:
+            values["webhook_retry"] = retry_hours * 3600.0
         prefix = env.text("PRESENCE_KEY_PREFIX")
         if prefix is not None:
             values["key_prefix"] = prefix
@@ -241,6 +253,24 @@ class Settings:
             raise ConfigError("PRESENCE_FALLBACK_MAX_SESSIONS", "must be at least 1")
         if not self.key_prefix or any(c in self.key_prefix for c in "{} "):
             raise ConfigError("PRESENCE_KEY_PREFIX", "must be non-empty, without braces or spaces")
+        if self.webhook_urls:
+            if self.webhook_secret is None:
+                raise ConfigError(
+                    "PRESENCE_WEBHOOK_SECRET",
+                    "must be set with PRESENCE_WEBHOOK_URL: every webhook is signed with it",
+                )
+            if len(self.webhook_secret) < 16:
+                raise ConfigError("PRESENCE_WEBHOOK_SECRET", "must be at least 16 characters")
+            if self.redis_url is not None and "+cluster://" in self.redis_url:
+                # A script may add to streams of its own slot only, and a user's or a
+                # room's slot is not a stream's: see docs/architecture.md, Webhooks.
+                raise ConfigError(
+                    "PRESENCE_WEBHOOK_URL",
+                    "webhooks need a single Redis (a primary with replicas), not a Redis "
+                    "Cluster: their events are added by the scripts that make the changes",
+                )
+        if self.webhook_retry <= 0:
+            raise ConfigError("PRESENCE_WEBHOOK_RETRY_HOURS", "must be greater than 0")
         if self.log_level not in {"critical", "error", "warning", "info", "debug"}:
             raise ConfigError("LOG_LEVEL", "must be one of critical, error, warning, info, debug")
 

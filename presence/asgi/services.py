@@ -28,6 +28,7 @@ from ..stores import FallbackStore, MemoryStore, RedisStore, SessionStore, store
 from ..stores.presence_base import PresenceStore
 from ..stores.presence_memory import MemoryPresenceStore
 from ..stores.presence_redis import RedisPresenceStore
+from ..webhooks import Webhooks
 from . import protocol
 
 logger = logging.getLogger("presence.services")
@@ -49,6 +50,8 @@ class Services:
     bus: EventBus = field(init=False)
     presence: PresenceStore = field(init=False)
     rooms: RoomService = field(init=False)
+    #: Delivers presence events to PRESENCE_WEBHOOK_URL (None when it is not set).
+    webhooks: Webhooks | None = None
 
     def __post_init__(self) -> None:
         # Ids are minted through this object, so that a test may swap the minting.
@@ -100,6 +103,12 @@ class Services:
                 else:
                     self.presence = RedisPresenceStore(redis, keep=settings.session_ttl)
                 await self.presence.open()
+                if settings.webhook_urls:
+                    self.webhooks = Webhooks(settings, redis)
+                    await self.webhooks.start()
+                    # Memory stores only: the fallback's mirror (while Redis is away)
+                    # tells nothing, Redis does once it is back.
+                    self.webhooks.produce_from(self.presence, self.store)
                 store = self.store
                 self.rooms = RoomService(
                     settings,
@@ -130,6 +139,8 @@ class Services:
                 finally:
                     self.refresher = None
                     await self.rooms.stop()
+                    if self.webhooks is not None:
+                        await self.webhooks.stop()
                     await self.presence.close()
             finally:
                 await self.bus.close()

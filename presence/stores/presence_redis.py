@@ -54,6 +54,8 @@ class RedisPresenceStore:
         # costs one SADD again.
         self._registered: set[tuple[str, str]] = set()
         self._renewed: dict[str, float] = {}
+        #: The webhook streams the scripts add events to (see :mod:`presence.webhooks`).
+        self.webhook_streams: list[str] = []
 
     @property
     def publish_command(self) -> str:
@@ -148,9 +150,12 @@ class RedisPresenceStore:
     # -- rooms ----------------------------------------------------------------------------
 
     async def flush(self, room: str) -> Diff | None:
+        flush_keys = keys.room_keys(self.prefix, room)
+        if self.webhook_streams:
+            flush_keys += [keys.room_event_seq_key(self.prefix, room), *self.webhook_streams]
         raw = await self._run(
             "FLUSH",
-            keys.room_keys(self.prefix, room),
+            flush_keys,
             [room, keys.room_channel(self.prefix, room), self.publish_command],
         )
         if not raw:
@@ -219,7 +224,9 @@ class RedisPresenceStore:
 
     async def _user(self, user: str, op: str, *args: Any) -> Any:
         return await self._run(
-            "USER", [keys.tabs_key(self.prefix, user)], [op, self.keep_ms, *args]
+            "USER",
+            [keys.tabs_key(self.prefix, user), *self.webhook_streams],
+            [op, self.keep_ms, *args, user],
         )
 
     async def _apply(self, user: str, reply: Sequence[Any]) -> list[str]:

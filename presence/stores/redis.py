@@ -128,6 +128,10 @@ class RedisStore:
         self.prefix = prefix
         self.timeout = timeout
         self.channel = keys.ended_channel(prefix)
+        #: The ended channel as the scripts take it: the channel, then the webhook
+        #: streams each end is added to as a ``session.ended`` event, one a line (see
+        #: :meth:`add_webhook_streams`).
+        self.script_channel = self.channel
         self.cluster = cluster
         self._client: aioredis.Redis | RedisCluster | None = client
         self._owns_client = client is None
@@ -142,6 +146,11 @@ class RedisStore:
         self._refused: str | None = None
         # When each cause of refusal was last logged (time.monotonic()).
         self._refusals_logged: dict[str, float] = {}
+
+    def add_webhook_streams(self, streams: Sequence[str]) -> None:
+        """Every session's end is added, as a ``session.ended`` event, to ``streams``
+        too, by the script that ends it (see :mod:`presence.webhooks`)."""
+        self.script_channel = "\n".join([self.channel, *streams])
 
     @property
     def client(self) -> Any:
@@ -409,7 +418,7 @@ class RedisStore:
                 "na|" + encoded,
                 self.max_lifetime_ms,
                 self.held_open_window_ms,
-                self.channel,
+                self.script_channel,
                 user,
             ],
         )
@@ -520,7 +529,11 @@ class RedisStore:
         for user, sid in refs:
             by_user.setdefault(user, []).append(sid)
         script_keys: list[str] = []
-        args: list[Any] = [self.ttl_ms, "1" if self.max_lifetime_ms > 0 else "0", self.channel]
+        args: list[Any] = [
+            self.ttl_ms,
+            "1" if self.max_lifetime_ms > 0 else "0",
+            self.script_channel,
+        ]
         ordered: list[SessionRef] = []
         for user, sids in by_user.items():
             script_keys += [self._lone(user), self._idx(user)]
@@ -539,7 +552,7 @@ class RedisStore:
 
     async def _touch_here(self, touches: list[_Touch]) -> list[Any]:
         script_keys = [key for keys_, _ in touches for key in keys_]
-        args: list[Any] = [self.ttl_ms, self.channel]
+        args: list[Any] = [self.ttl_ms, self.script_channel]
         for _, args_ in touches:
             args += args_
         return list(await self._run("TOUCH", script_keys, args))
@@ -595,7 +608,7 @@ class RedisStore:
             "" if deadline is None else round(deadline * 1000),
             self.max_sessions_per_user,
             self.held_open_window_ms,
-            self.channel,
+            self.script_channel,
             session.user,
         ]
 
@@ -693,7 +706,7 @@ class RedisStore:
                 mode,
                 self._key(user, ""),
                 self.ttl_ms,
-                self.channel,
+                self.script_channel,
                 user,
                 reason,
                 cutoff_ms,

@@ -1,0 +1,44 @@
+"""The Lua that adds webhook events to their streams, shared by the session scripts
+(:mod:`._scripts`, ``session.ended``) and the presence scripts
+(:mod:`._presence_scripts`, the rest): an event is added by the script that makes the
+change it tells of, in the same atomic step, so that no change goes untold and none is
+told twice (see :mod:`presence.webhooks`).
+
+An event as a script adds it: ``{"id", "type", "created_at", "seq", ...}`` with
+``created_at`` (and ``last_seen``) in ms; :mod:`presence.webhooks` turns them into ISO
+times on the way out. Its ``id`` is a digest of its scope (the user or the room) and
+its seq, which a scope never repeats: a counter in the scope's slot, started at the
+time in ms whenever it is made (again), so above any number it had before.
+
+It uses no global of the script: times and starts are passed in.
+"""
+
+from __future__ import annotations
+
+from .. import keys
+
+WEBHOOK = f"""
+-- With pcall, as PUBLISH: a script is not rolled back, so an XADD refused (an ACL,
+-- which the start-up self-check finds first) must not fail a change already made.
+local function webhook_add(streams, event)
+  for _, s in ipairs(streams) do
+    redis.pcall('XADD', s, 'MAXLEN', '~', {keys.WEBHOOK_STREAM_MAXLEN}, '*', 'e', event)
+  end
+end
+local function webhook_event(kind, scope, seq, at, fields)
+  local id = 'ev_' .. string.sub(redis.sha1hex(scope .. '|' .. seq), 1, 24)
+  return '{{"id":"' .. id .. '","type":"' .. kind .. '","created_at":' .. at
+    .. ',"seq":' .. seq .. fields .. '}}'
+end
+-- The next seq of a scope: field `field` of hash `key`, or the string `key` itself
+-- when `field` is nil.
+local function webhook_seq(key, field, start)
+  local seq
+  if field then seq = redis.call('HINCRBY', key, field, 1) else seq = redis.call('INCR', key) end
+  if seq == 1 then
+    seq = start
+    if field then redis.call('HSET', key, field, seq) else redis.call('SET', key, seq) end
+  end
+  return seq
+end
+"""
