@@ -243,6 +243,9 @@ WEBHOOK_DEAD_MAXLEN = 100_000
 #: claims it (XAUTOCLAIM): the consumer died. A live one touches what it holds every
 #: third of this (while posting and while waiting to retry), so it never loses it.
 WEBHOOK_CLAIM_IDLE = 15.0
+#: Seconds a consumer (a process's name in a webhook group) may sit idle holding nothing
+#: before it is dropped from the group: a process gone; a live one reads every second.
+WEBHOOK_CONSUMER_IDLE = 3600.0
 #: How long (ms) a user's tabs hash made only to number a ``session.ended`` event (the
 #: user had no tab) is kept: the user's seq must outlive the events it numbered long
 #: enough to stay above them; it starts at the time again after.

@@ -248,6 +248,8 @@ class _Outbox(Protocol):
     async def bury(self, entries: Sequence[_Entry], error: str, attempts: int) -> None: ...
     async def dead_letters(self, count: int, after: str | None) -> list[DeadLetter]: ...
     async def replay(self, ids: Sequence[str] | None) -> int: ...
+    async def size(self) -> tuple[int, int]: ...
+    async def forget_consumers(self) -> None: ...
 
 
 class _RedisOutbox:
@@ -270,6 +272,25 @@ class _RedisOutbox:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        # The scripts' XADD is a pcall (a refusal must not fail the change it tells
+        # of), so an ACL without it is found here, on a key beside the stream.
+        check = self.stream + ":check"
+        await self.client.xadd(check, {"x": "1"}, maxlen=1)
+        await self.client.delete(check)
+
+    async def size(self) -> tuple[int, int]:
+        """Events waiting, and dead letters."""
+        return int(await self.client.xlen(self.stream)), int(await self.client.xlen(self.dead))
+
+    async def forget_consumers(self) -> None:
+        """Drops the group's consumers that hold nothing and were idle for an hour
+        (processes gone), so that the group does not grow with every restart."""
+        for consumer in await self.client.xinfo_consumers(self.stream, keys.WEBHOOK_GROUP):
+            idle = int(consumer.get("idle", 0))
+            if consumer.get("pending") == 0 and idle > keys.WEBHOOK_CONSUMER_IDLE * 1000:
+                await self.client.xgroup_delconsumer(
+                    self.stream, keys.WEBHOOK_GROUP, consumer["name"]
+                )
 
     async def close(self) -> None:
         pass
@@ -422,6 +443,12 @@ class _MemoryOutbox:
                     await self._ready.wait()
         return [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
 
+    async def size(self) -> tuple[int, int]:
+        return len(self._queue), len(self._dead)
+
+    async def forget_consumers(self) -> None:
+        pass
+
     async def claim(self, count: int) -> list[_Entry]:
         return []  # One process: nobody else held anything.
 
@@ -467,6 +494,7 @@ class _Delivery:
     retry_for: float
     health: Health
     _next_claim: float = 0.0
+    _next_forget: float = 0.0
     _logged: float = field(default=-_LOG_EVERY)
 
     async def run(self) -> None:
@@ -491,6 +519,9 @@ class _Delivery:
 
     async def _next(self) -> list[_Entry]:
         now = time.monotonic()
+        if now >= self._next_forget:
+            self._next_forget = now + keys.WEBHOOK_CONSUMER_IDLE / 4
+            await self.outbox.forget_consumers()
         if now >= self._next_claim:
             self._next_claim = now + keys.WEBHOOK_CLAIM_IDLE / 3
             claimed = await self.outbox.claim(BATCH)
@@ -716,6 +747,36 @@ class Webhooks:
         self.emit(
             "session.ended", "u:" + user, {"user": user, "session_id": session_id, "reason": reason}
         )
+
+    # -- for the admin page and metrics ---------------------------------------------
+
+    async def state(self) -> list[dict[str, Any]]:
+        """Each URL's delivery: where it goes (scheme, host, port), events waiting and
+        dead (for every process, with Redis), and this process's counters.
+
+        Raises:
+            RedisError: Redis did not answer.
+        """
+        out = []
+        for url, outbox in self._outboxes.items():
+            waiting, dead = await outbox.size()
+            health = self.health[url]
+            out.append(
+                {
+                    "url": url,
+                    "where": where(url),
+                    "waiting": waiting,
+                    "dead": dead,
+                    "delivered": health.delivered,
+                    "failures": health.failures,
+                    "retries": health.retries,
+                    "lost": health.lost,
+                    "lag": health.lag,
+                    "last_error": health.last_error,
+                    "last_success": health.last_success,
+                }
+            )
+        return out
 
     # -- dead letters -----------------------------------------------------------------
 

