@@ -678,6 +678,13 @@ class Webhooks:
         Raises:
             ConfigError: Redis refuses the streams' commands (an ACL).
         """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         prefix = self.settings.key_prefix
         if self._http is None:
             self._http = httpx.AsyncClient(

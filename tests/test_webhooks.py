@@ -29,7 +29,16 @@ from presence.exceptions import ConfigError
 from presence.settings import Settings
 from presence.webhooks import BATCH, EVENT_TYPES, MAX_BACKOFF, backoff, sign, where
 
-from .utils import REPO, UNIT, make_settings, serve, server_process, token
+from .utils import (
+    REPO,
+    UNIT,
+    RedisServer,
+    ServerProcess,
+    make_settings,
+    serve,
+    server_process,
+    token,
+)
 
 BASE = "/api/v1/chat"
 SECRET = "webhook-secret-0123456789"
@@ -435,6 +444,72 @@ async def test_a_receiver_that_never_answers_cannot_grow_the_servers_memory(redi
     assert pending <= BATCH
     print(f"RSS {before} KiB -> {after} KiB with {waiting} events waiting, {pending} pending")
     assert after - before < 8 * 1024, (before, after, waiting)
+
+
+# -- an ACL -----------------------------------------------------------------------------
+
+ACL_PASSWORD = "acl-password-for-webhooks"
+
+
+def _readme_acl() -> list[str]:
+    """The ACL the README gives: Deployment's, and the Webhooks section's commands."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"ACL SETUSER presence on >PASSWORD (.*?)\n```", readme, re.S)
+    assert block
+    hooks = re.search(r"An ACL user \(see Deployment\) needs these too:\s*`([^`]*)`", readme)
+    assert hooks
+    return block.group(1).split() + hooks.group(1).split()
+
+
+@contextlib.contextmanager
+def _acl_redis(*rules: str):
+    server = RedisServer()
+    server.start()
+    try:
+        with redis.Redis(host="127.0.0.1", port=server.port) as admin:
+            admin.execute_command(
+                "ACL", "SETUSER", "presence", "reset", "on", f">{ACL_PASSWORD}", *rules
+            )
+        yield f"redis://presence:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+async def test_the_acl_the_readme_gives_is_enough_for_webhooks(redis_server):
+    """With just the README's ACL, the server starts and delivers events."""
+    with _acl_redis(*_readme_acl()) as url:
+        async with receiving() as receiver:
+            with server_process(_env(url, receiver.url)) as server:
+                async with httpx.AsyncClient(
+                    base_url=server.http + BASE,
+                    headers={"authorization": f"Bearer {token('fay')}"},
+                ) as fay:
+                    sid = (await fay.post("/sessions")).json()["id"]
+                    assert (await fay.post(f"/sessions/{sid}/rooms/acl")).status_code == 200
+                    assert (await fay.delete(f"/sessions/{sid}")).status_code == 204
+                await receiver.wait_for(
+                    lambda: {e["type"] for e in receiver.events.values()} == set(EVENT_TYPES),
+                    200 * UNIT,
+                )
+
+
+@pytest.mark.redis
+def test_an_acl_without_the_stream_commands_stops_start_up(redis_server):
+    """Without XADD, ``presence serve`` with webhooks stops naming REDIS_URL."""
+    rules = [r for r in _readme_acl() if r != "+xadd"]
+    with _acl_redis(*rules) as url:
+        process = ServerProcess(_env(url, "http://127.0.0.1:9/hooks"))
+        try:
+            with pytest.raises(RuntimeError) as failed:
+                process.start()
+        finally:
+            process.stop()
+    log = str(failed.value)
+    assert "Traceback" not in log, log
+    assert ACL_PASSWORD not in log and SECRET not in log
+    [line] = [line for line in log.splitlines() if "REDIS_URL" in line]
+    assert "webhooks need the stream commands" in line
 
 
 # -- signatures -----------------------------------------------------------------------
