@@ -313,6 +313,33 @@ async def test_a_receiver_down_for_a_while_gets_everything_once_back(redis_url):
         assert client.xlen(keys.webhook_stream("presence", receiver.url)) == 0
 
 
+@pytest.mark.redis
+async def test_events_waiting_in_redis_survive_its_restart_each_delivered_once(make_redis):
+    """Events wait in Redis while the receiver is down; Redis is SIGKILLed and comes
+    back (its append-only file kept them) and the delivery picks up again; once the
+    receiver answers, each arrives once, and nothing else is told (no one left)."""
+    server_redis = make_redis(appendonly=True)
+    async with receiving() as receiver:
+        receiver.status = 503
+        settings = _settings(receiver.url, server_redis.url)
+        async with serve(settings) as server:
+            for user in ("g1", "g2", "g3"):
+                async with _client(server, user) as client:
+                    sid = (await client.post("/sessions")).json()["id"]
+                    assert (await client.post(f"/sessions/{sid}/rooms/hall")).status_code == 200
+            await receiver.wait_for(lambda: receiver.posts >= 1, 100 * UNIT)
+            server_redis.kill()
+            await asyncio.sleep(20 * UNIT)
+            server_redis.start()
+            await asyncio.sleep(30 * UNIT)
+            receiver.status = 200
+            await receiver.wait_for(lambda: len(receiver.of_type("member.joined")) == 3, 300 * UNIT)
+            await asyncio.sleep(10 * UNIT)
+    types = Counter(e["type"] for e in receiver.events.values())
+    assert types == {"user.online": 3, "member.joined": 3, "room.occupied": 1}
+    assert set(receiver.deliveries.values()) == {1}
+
+
 def test_backoff_is_full_jitter_capped_and_the_first_retry_within_a_second():
     """The wait before retry n is uniform up to min(cap, 2^(n-1) s)."""
     assert backoff(1, rng=lambda: 1.0) == 1.0
