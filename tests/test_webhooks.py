@@ -340,6 +340,45 @@ async def test_events_waiting_in_redis_survive_its_restart_each_delivered_once(m
     assert set(receiver.deliveries.values()) == {1}
 
 
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_a_departure_while_redis_is_away_is_told_once_it_is_back(make_redis):
+    """While Redis is away presence is the process's own and tells nothing; a user who
+    left meanwhile is told gone (node_down) once Redis is back, once."""
+    server_redis = make_redis(appendonly=True)
+    async with receiving() as receiver:
+        async with serve(_settings(receiver.url, server_redis.url)) as server:
+            async with _client(server, "hal") as hal:
+                sid = (await hal.post("/sessions")).json()["id"]
+                url = f"{server.ws}{BASE}/sessions/{sid}/ws?token={token('hal')}"
+                async with connect(url) as websocket:
+                    await websocket.recv()
+                    await websocket.send(json.dumps({"type": "presence.join", "room": "den"}))
+                    await receiver.wait_for(lambda: receiver.of_type("member.joined"), 100 * UNIT)
+                    server_redis.kill()
+                    async with asyncio.timeout(200 * UNIT):
+                        while (await hal.get(server.http + "/readyz")).json()[
+                            "status"
+                        ] != "degraded":
+                            await hal.get(f"/sessions/{sid}")
+                            await asyncio.sleep(UNIT)
+                await asyncio.sleep(3 * GRACE)  # gone, in this process's memory alone
+                assert not receiver.of_type("user.offline")
+                server_redis.start()
+                await receiver.wait_for(lambda: receiver.of_type("user.offline"), 300 * UNIT)
+                await asyncio.sleep(10 * UNIT)
+    types = Counter(e["type"] for e in receiver.events.values())
+    assert types == {
+        "user.online": 1,
+        "room.occupied": 1,
+        "member.joined": 1,
+        "member.left": 1,
+        "room.vacated": 1,
+        "user.offline": 1,
+    }
+    assert receiver.of_type("user.offline")[0]["reason"] == "node_down"
+
+
 def test_backoff_is_full_jitter_capped_and_the_first_retry_within_a_second():
     """The wait before retry n is uniform up to min(cap, 2^(n-1) s)."""
     assert backoff(1, rng=lambda: 1.0) == 1.0
@@ -552,7 +591,8 @@ def test_the_readme_verification_refuses_bad_signatures_and_old_timestamps():
     assert not VERIFY(SECRET, sign(SECRET, body, now), body + b" ")
     assert not VERIFY(SECRET, sign(SECRET, body, now - 301), body)
     assert not VERIFY(SECRET, sign(SECRET, body, now + 301), body)
-    for header in ("", "t=,v1=", "v1=abc", f"t={now}", "garbage", f"t=x{now},v1=00"):
+    malformed = ("", "t=,v1=", "v1=abc", f"t={now}", "garbage", f"t=x{now},v1=00", "t=²,v1=0")
+    for header in malformed:
         assert not VERIFY(SECRET, header, body)
 
 
