@@ -610,6 +610,7 @@ def test_the_readme_verification_refuses_bad_signatures_and_old_timestamps():
     assert not VERIFY(SECRET, sign(SECRET, body, now - 301), body)
     assert not VERIFY(SECRET, sign(SECRET, body, now + 301), body)
     malformed = ("", "t=,v1=", "v1=abc", f"t={now}", "garbage", f"t=x{now},v1=00", "t=²,v1=0")
+    malformed += (f"t={now},v1=é", f"t=é,v1={sign(SECRET, body, now)[-64:]}")
     for header in malformed:
         assert not VERIFY(SECRET, header, body)
 
@@ -629,6 +630,8 @@ def test_the_readme_javascript_verification_agrees(tmp_path):
         "wrong": [sign("another-secret-000000", body.encode(), now), False],
         "old": [sign(SECRET, body.encode(), now - 600), False],
         "malformed": ["t=1", False],
+        "not ascii": [f"t={now},v1=é", False],
+        "empty": ["", False],
     }
     script = (
         "import { verify } from './verify.mjs';\n"
