@@ -39,7 +39,9 @@ end
 -- close on their process's next refresher tick, which finds the session gone.
 -- `channel` is the ended channel, then the webhook streams (one a line, none without
 -- webhooks), to each of which the end is added as a session.ended event, numbered in
--- the user's seq (their tabs hash, in this slot, beside `slot`).
+-- the user's seq (their tabs hash, beside `slot`). Neither is among the script's KEYS:
+-- legal on a single Redis, which is the only one webhooks run on (on a cluster they
+-- are refused at start-up, and `channel` is the channel alone).
 local function ended(channel, user, sid, reason, slot)
   if channel == '' then return end
   local streams = {}
