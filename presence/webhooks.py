@@ -76,6 +76,7 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from . import keys
 from .exceptions import ConfigError
+from .stores import _webhook_scripts
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -263,6 +264,10 @@ class _RedisOutbox:
         self.consumer = consumer
         self.health: Health | None = None
         self._cursor = "0-0"
+        self._scripts = {
+            name: client.register_script(getattr(_webhook_scripts, name))
+            for name in ("ACK", "BURY", "REPLAY")
+        }
 
     async def open(self) -> None:
         try:
@@ -346,24 +351,15 @@ class _RedisOutbox:
             )
 
     async def ack(self, entries: Sequence[_Entry]) -> None:
-        ids = [e.id for e in entries]
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xack(self.stream, keys.WEBHOOK_GROUP, *ids)
-            pipe.xdel(self.stream, *ids)
-            await pipe.execute()
+        if entries:
+            args = [keys.WEBHOOK_GROUP, *(e.id for e in entries)]
+            await self._scripts["ACK"](keys=[self.stream], args=args)
 
     async def bury(self, entries: Sequence[_Entry], error: str, attempts: int) -> None:
-        ids = [e.id for e in entries]
-        async with self.client.pipeline(transaction=True) as pipe:
-            for entry in entries:
-                pipe.xadd(
-                    self.dead,
-                    {"e": json.dumps(entry.event), "error": error, "attempts": attempts},
-                    maxlen=keys.WEBHOOK_DEAD_MAXLEN,
-                )
-            pipe.xack(self.stream, keys.WEBHOOK_GROUP, *ids)
-            pipe.xdel(self.stream, *ids)
-            await pipe.execute()
+        args: list[Any] = [keys.WEBHOOK_GROUP, error, attempts]
+        for entry in entries:
+            args += [entry.id, json.dumps(entry.event)]
+        await self._scripts["BURY"](keys=[self.stream, self.dead], args=args)
 
     async def dead_letters(self, count: int, after: str | None) -> list[DeadLetter]:
         start = "-" if after is None else "(" + after
@@ -382,18 +378,10 @@ class _RedisOutbox:
     async def replay(self, ids: Sequence[str] | None) -> int:
         if ids is None:
             found = await self.client.xrange(self.dead, "-", "+", count=MEMORY_DEAD_MAX)
-        else:
-            found = []
-            for entry_id in ids:
-                found += await self.client.xrange(self.dead, entry_id, entry_id)
-        for entry_id, fields in found:
-            # Back in the stream, then out of the dead letters: a crash between the
-            # two sends it twice (receivers deduplicate by id), never not at all.
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.xadd(self.stream, {"e": fields["e"]}, maxlen=keys.WEBHOOK_STREAM_MAXLEN)
-                pipe.xdel(self.dead, entry_id)
-                await pipe.execute()
-        return len(found)
+            ids = [str(entry_id) for entry_id, _ in found]
+        if not ids:
+            return 0
+        return int(await self._scripts["REPLAY"](keys=[self.stream, self.dead], args=list(ids)))
 
     def _entries(self, messages: Any) -> list[_Entry]:
         out = []

@@ -42,3 +42,47 @@ local function webhook_seq(key, field, start)
   return seq
 end
 """
+
+
+# The delivery's own steps, each one atomic in the slot of a URL's streams (the stream
+# and its dead letters share a tag), so that an event is in exactly one of them.
+
+# KEYS: the stream. ARGV: the group, then the ids. The URL took them.
+ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+# KEYS: the stream, the dead letters. ARGV: the group, the error, the attempts, then for
+# each event its id and JSON. The events move to the dead letters.
+BURY = f"""
+for i = 4, #ARGV, 2 do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', {keys.WEBHOOK_DEAD_MAXLEN}, '*',
+    'e', ARGV[i + 1], 'error', ARGV[2], 'attempts', ARGV[3])
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+return 1
+"""
+
+# KEYS: the stream, the dead letters. ARGV: dead letters' ids. Each goes back into the
+# stream, as it was; returns how many were found.
+REPLAY = f"""
+local n = 0
+for _, id in ipairs(ARGV) do
+  local found = redis.call('XRANGE', KEYS[2], id, id)
+  if #found == 1 then
+    local fields = found[1][2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'e' then
+        redis.call('XADD', KEYS[1], 'MAXLEN', '~', {keys.WEBHOOK_STREAM_MAXLEN}, '*',
+          'e', fields[i + 1])
+      end
+    end
+    redis.call('XDEL', KEYS[2], id)
+    n = n + 1
+  end
+end
+return n
+"""
