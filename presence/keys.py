@@ -250,3 +250,37 @@ WEBHOOK_CONSUMER_IDLE = 3600.0
 #: user had no tab) is kept: the user's seq must outlive the events it numbered long
 #: enough to stay above them; it starts at the time again after.
 WEBHOOK_USER_SEQ_MS = 86_400_000
+
+
+def user_outbox(prefix: str, user: str) -> str:
+    """On a Redis Cluster: the user's webhook events (``user.*``, ``session.ended``) as
+    the scripts of the user's slot add them (a stream there: a script may only touch its
+    own slot), until a process moves them to the URLs' streams and deletes the key
+    (emptied, atomically). A process that dies in between leaves it for the sweep,
+    which finds it by :func:`outbox_pattern`. No TTL: it holds events not yet moved."""
+    return f"{prefix}:{user_tag(user)}:wh"
+
+
+def room_outbox(prefix: str, room: str) -> str:
+    """On a Redis Cluster: a room's webhook events (``room.*``, ``member.*``), as for a
+    user (see :func:`user_outbox`), in the room's slot."""
+    return f"{prefix}:room:{room_tag(room)}:wh"
+
+
+def outbox_pattern(prefix: str) -> str:
+    """What the sweep SCANs each primary for (streams only: a session key ending in
+    ``:wh`` is a string)."""
+    return f"{prefix}:*:wh"
+
+
+def webhook_sweep_key(prefix: str) -> str:
+    """The sweep's claim (SET NX, :data:`WEBHOOK_SWEEP_INTERVAL`): one process sweeps at
+    a time. Its tag is the webhooks' own."""
+    return f"{prefix}:{{~webhook}}:sweep"
+
+
+#: Seconds between sweeps for outboxes left behind (a cluster only): the longest an
+#: event waits when the process that added it died before moving it, or when it was
+#: added by a heartbeat or a refresh (a session's lifetime reached), which are not
+#: followed by a move.
+WEBHOOK_SWEEP_INTERVAL = 10.0

@@ -261,14 +261,6 @@ class Settings:
                 )
             if len(self.webhook_secret) < 16:
                 raise ConfigError("PRESENCE_WEBHOOK_SECRET", "must be at least 16 characters")
-            if self.redis_url is not None and "+cluster://" in self.redis_url:
-                # A script may add to streams of its own slot only, and a user's or a
-                # room's slot is not a stream's: see docs/architecture.md, Webhooks.
-                raise ConfigError(
-                    "PRESENCE_WEBHOOK_URL",
-                    "webhooks need a single Redis (a primary with replicas), not a Redis "
-                    "Cluster: their events are added by the scripts that make the changes",
-                )
         if self.webhook_retry <= 0:
             raise ConfigError("PRESENCE_WEBHOOK_RETRY_HOURS", "must be greater than 0")
         if self.log_level not in {"critical", "error", "warning", "info", "debug"}:

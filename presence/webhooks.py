@@ -72,6 +72,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from . import keys
@@ -121,6 +122,8 @@ MEMORY_MAX = 10_000
 MEMORY_DEAD_MAX = 1_000
 # Seconds a read waits for new events (XREADGROUP BLOCK) before looking for stale ones.
 _READ_WAIT = 1.0
+# A cluster's outboxes waiting to be moved, at most (past it the sweep finds them).
+_DUE_MAX = 100_000
 # Seconds between log lines about one URL's failures (a dead receiver is one line a
 # minute, not one a retry).
 _LOG_EVERY = 60.0
@@ -631,6 +634,11 @@ class Webhooks:
         self.health: dict[str, Health] = {url: Health(url) for url in self.urls}
         self._tasks: list[asyncio.Task[None]] = []
         self._seq = int(time.time() * 1000)
+        # A cluster's outboxes to move on, oldest first (bounded: past it the sweep
+        # finds the rest).
+        self._due: dict[str, None] = {}
+        self._wake = asyncio.Event()
+        self._drain: Any = None
 
     @property
     def streams(self) -> list[str]:
@@ -644,6 +652,10 @@ class Webhooks:
         stores through :meth:`emit`."""
         from .stores.memory import MemoryStore
 
+        if self.redis is not None and self.redis.cluster:
+            self.redis.add_webhook_outboxes(self.outbox_added)
+            presence.webhook_outbox_added = self.outbox_added  # type: ignore[union-attr]
+            return
         if self.redis is not None:
             streams = self.streams
             self.redis.add_webhook_streams(streams)
@@ -708,6 +720,10 @@ class Webhooks:
                 url, outbox, self._http, self.secret, self.settings.webhook_retry, self.health[url]
             )
             self._tasks.append(asyncio.create_task(delivery.run(), name="presence-webhook"))
+        if self.redis is not None and self.redis.cluster:
+            self._drain = self._client.register_script(_webhook_scripts.DRAIN)
+            self._tasks.append(asyncio.create_task(self._mover(), name="presence-webhook-mover"))
+            self._tasks.append(asyncio.create_task(self._sweeper(), name="presence-webhook-sweep"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -722,6 +738,67 @@ class Webhooks:
         if self._owns_client and self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    # -- a cluster's outboxes -----------------------------------------------------------
+
+    def outbox_added(self, key: str) -> None:
+        """A script may have added events to the outbox ``key``: they are moved on soon,
+        in a task of its own (never in the caller's request)."""
+        if len(self._due) < _DUE_MAX:
+            self._due[key] = None
+            self._wake.set()
+
+    async def _mover(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._due:
+                key = next(iter(self._due))
+                del self._due[key]
+                await self._move_safely(key)
+
+    async def _sweeper(self) -> None:
+        # Outboxes left behind (a process that died before moving them, or ends added by
+        # a heartbeat or a refresh): one process at a time SCANs every primary for them.
+        prefix = self.settings.key_prefix
+        while True:
+            await asyncio.sleep(keys.WEBHOOK_SWEEP_INTERVAL)
+            try:
+                claim = keys.webhook_sweep_key(prefix)
+                ms = round(keys.WEBHOOK_SWEEP_INTERVAL * 1000)
+                if not await self._client.set(claim, self.consumer, nx=True, px=ms):
+                    continue
+                pattern = keys.outbox_pattern(prefix)
+                async for key in self._client.scan_iter(match=pattern, count=1000, _type="STREAM"):
+                    await self._move_safely(str(key))
+            except RedisError as exc:
+                logger.warning("webhook sweep: Redis: %s; trying again", type(exc).__name__)
+
+    async def _move_safely(self, key: str) -> None:
+        try:
+            await self._move(key)
+        except RedisError as exc:
+            # Left where it is: the sweep moves it later.
+            logger.warning("webhook: could not move an outbox (%s)", type(exc).__name__)
+
+    async def _move(self, key: str) -> None:
+        """Moves the outbox's events into every URL's stream, then out of the outbox:
+        a crash in between moves them twice (receivers deduplicate by id), never not
+        at all."""
+        streams = self.streams
+        while True:
+            found = await self._client.xrange(key, "-", "+", count=BATCH)
+            if not found:
+                return
+            for stream in streams:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for _, fields in found:
+                        if "e" in fields:
+                            pipe.xadd(stream, {"e": fields["e"]}, maxlen=keys.WEBHOOK_STREAM_MAXLEN)
+                    await pipe.execute()
+            ids = [str(entry_id) for entry_id, _ in found]
+            if not int(await self._drain(keys=[key], args=ids)):
+                return
 
     # -- the memory store's events ----------------------------------------------------
 
@@ -800,6 +877,13 @@ class Webhooks:
         if redis.url is None:
             return redis.client
         self._owns_client = True
+        if redis.cluster:
+            return RedisCluster.from_url(
+                redis.url,
+                decode_responses=True,
+                socket_connect_timeout=2.0,
+                socket_timeout=_READ_WAIT + 5.0,
+            )
         return aioredis.Redis.from_url(
             redis.url,
             decode_responses=True,

@@ -39,9 +39,9 @@ end
 -- close on their process's next refresher tick, which finds the session gone.
 -- `channel` is the ended channel, then the webhook streams (one a line, none without
 -- webhooks), to each of which the end is added as a session.ended event, numbered in
--- the user's seq (their tabs hash, beside `slot`). Neither is among the script's KEYS:
--- legal on a single Redis, which is the only one webhooks run on (on a cluster they
--- are refused at start-up, and `channel` is the channel alone).
+-- the user's seq (their tabs hash, beside `slot`); on a cluster ('@outbox') to the
+-- user's outbox beside `slot` instead. Neither is among the script's KEYS: legal on a
+-- single Redis, and on a cluster for keys of the script's own slot, as these are.
 local function ended(channel, user, sid, reason, slot)
   if channel == '' then return end
   local streams = {}
@@ -49,6 +49,8 @@ local function ended(channel, user, sid, reason, slot)
   redis.pcall('PUBLISH', streams[1], cjson.encode({u = user, s = sid, r = reason}))
   if #streams > 1 then
     table.remove(streams, 1)
+    -- On a cluster: the user's outbox, in this slot (see presence.webhooks).
+    if streams[1] == '@outbox' then streams = {string.sub(slot, 1, #slot - 3) .. 'wh'} end
     local tabs = string.sub(slot, 1, #slot - 3) .. 'tabs'
     local fresh = redis.call('EXISTS', tabs) == 0
     local seq = webhook_seq(tabs, '~w', now)

@@ -86,3 +86,13 @@ for _, id in ipairs(ARGV) do
 end
 return n
 """
+
+# KEYS: an outbox (a cluster: a user's or a room's). ARGV: ids moved to the URLs'
+# streams. They go, and the key with them once it is empty (in one step, so that an
+# event a script adds meanwhile is never deleted unmoved). Returns what is left.
+DRAIN = """
+redis.call('XDEL', KEYS[1], unpack(ARGV))
+local left = redis.call('XLEN', KEYS[1])
+if left == 0 then redis.call('DEL', KEYS[1]) end
+return left
+"""

@@ -146,11 +146,20 @@ class RedisStore:
         self._refused: str | None = None
         # When each cause of refusal was last logged (time.monotonic()).
         self._refusals_logged: dict[str, float] = {}
+        self._outbox_added: Callable[[str], None] | None = None
 
     def add_webhook_streams(self, streams: Sequence[str]) -> None:
         """Every session's end is added, as a ``session.ended`` event, to ``streams``
         too, by the script that ends it (see :mod:`presence.webhooks`)."""
         self.script_channel = "\n".join([self.channel, *streams])
+
+    def add_webhook_outboxes(self, added: Callable[[str], None]) -> None:
+        """On a cluster: every session's end is added, as a ``session.ended`` event, to
+        its user's outbox (:func:`presence.keys.user_outbox`, in the script's slot),
+        and ``added`` is told of the outbox after a create or a delete (an end in a
+        heartbeat or a refresh waits for the sweep; see :mod:`presence.webhooks`)."""
+        self.script_channel = self.channel + "\n@outbox"
+        self._outbox_added = added
 
     @property
     def client(self) -> Any:
@@ -423,6 +432,8 @@ class RedisStore:
             ],
         )
         code = int(result[0])
+        if self._outbox_added is not None:
+            self._outbox_added(keys.user_outbox(self.prefix, user))  # a replaced one
         if code == -1:
             raise TooManySessions(
                 f"a user may hold at most {self.max_sessions_per_user} sessions, and each "
@@ -695,6 +706,8 @@ class RedisStore:
         self, user: str, mode: str, reason: str, cutoff_ms: int, ids: list[str]
     ) -> list[str]:
         deleted = await self._run("DELETE", *self._delete_call(user, mode, reason, cutoff_ms, ids))
+        if deleted and self._outbox_added is not None:
+            self._outbox_added(keys.user_outbox(self.prefix, user))
         return [str(sid) for sid in deleted]
 
     def _delete_call(
