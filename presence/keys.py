@@ -206,7 +206,8 @@ def webhook_stream(prefix: str, url: str) -> str:
     """The events still to deliver to one URL: a stream read by the consumer group
     :data:`WEBHOOK_GROUP`, written by the presence and session scripts in the same
     atomic step as the change they tell of (so an event exists if and only if its
-    change happened). An entry is deleted once the URL has taken it; the stream has no
+    change happened; on a cluster, moved there from the outbox the script wrote, see
+    :func:`user_outbox`). An entry is deleted once the URL has taken it; the stream has no
     TTL (undelivered events are kept until delivered or dead), and a MAXLEN
     (:data:`WEBHOOK_STREAM_MAXLEN`) so that a receiver gone for good cannot fill
     Redis."""

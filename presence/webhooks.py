@@ -23,8 +23,13 @@ held or their last departs (after the grace, so a refresh or a blip tells nothin
 flush script with the room's diff (one a window, by one process), and the session
 scripts when they end a session. No process adds an event because it heard of a change,
 so each happens once however many processes run, and none is lost between a change and
-its event. While Redis is away, presence is each process's own and tells nothing: when
-Redis is back, what changed meanwhile is decided there, and told then. With the memory
+its event. On a Redis Cluster a script may touch only its own slot: it adds the event to
+the user's or room's outbox there (:func:`presence.keys.user_outbox`), which the process
+moves on to the URLs' streams right after (:meth:`Webhooks.outbox_added`), and a sweep
+every :data:`presence.keys.WEBHOOK_SWEEP_INTERVAL` moves what was left behind (a process
+that died first, or an end made by a heartbeat or a refresh). While Redis is away,
+presence is each process's own and tells nothing: when Redis is back, what changed
+meanwhile is decided there, and told then. With the memory
 store (no Redis) the memory stores call :meth:`Webhooks.emit` instead: delivered from
 this process's memory, not durable (said at start-up).
 
