@@ -509,6 +509,10 @@ class _Delivery:
             except RedisError as exc:
                 self._log(f"Redis: {type(exc).__name__}; trying again")
                 await asyncio.sleep(FIRST_RETRY)
+                if "NOGROUP" in str(exc):
+                    # The stream went (a FLUSHALL, an eviction): made again.
+                    with contextlib.suppress(RedisError):
+                        await self.outbox.open()
             except Exception:
                 logger.exception("webhook %s: delivery failed; trying again", where(self.url))
                 await asyncio.sleep(FIRST_RETRY)

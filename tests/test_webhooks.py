@@ -414,6 +414,23 @@ async def test_on_a_cluster_an_outbox_left_behind_is_swept_and_delivered(redis_c
 
 
 @pytest.mark.redis
+async def test_a_stream_deleted_under_the_delivery_is_made_again(redis_url):
+    """A FLUSHALL takes the stream and its group: the delivery makes them again and
+    delivers what comes after."""
+    async with receiving() as receiver, serve(_settings(receiver.url, redis_url)) as server:
+        async with _client(server, "kim") as kim:
+            sid = (await kim.post("/sessions")).json()["id"]
+            await kim.post(f"/sessions/{sid}/rooms/one")
+            await receiver.wait_for(lambda: receiver.of_type("member.joined"), 100 * UNIT)
+            with redis.Redis.from_url(redis_url) as client:
+                client.flushall()
+            await asyncio.sleep(20 * UNIT)
+            sid = (await kim.post("/sessions")).json()["id"]
+            await kim.delete(f"/sessions/{sid}")
+            await receiver.wait_for(lambda: receiver.of_type("session.ended"), 200 * UNIT)
+
+
+@pytest.mark.redis
 async def test_each_url_gets_every_event(redis_url):
     """Two URLs: each has its own stream, and each gets every event, with the same ids."""
     async with receiving() as one, receiving() as other:
