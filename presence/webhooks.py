@@ -127,6 +127,8 @@ MEMORY_MAX = 10_000
 MEMORY_DEAD_MAX = 1_000
 # Seconds a read waits for new events (XREADGROUP BLOCK) before looking for stale ones.
 _READ_WAIT = 1.0
+# Characters of a webhook URL, at most.
+_URL_MAX = 2048
 # A cluster's outboxes waiting to be moved, at most (past it the sweep finds them).
 _DUE_MAX = 100_000
 # Seconds between log lines about one URL's failures (a dead receiver is one line a
@@ -160,13 +162,18 @@ def check_urls(raw: str) -> tuple[str, ...]:
 
     Raises:
         ConfigError: one is not an absolute http(s) URL with a host, carries
-            credentials or a fragment, or is given twice; or there are more than 10.
+            credentials or a fragment, is longer than 2048 characters, or is given
+            twice; or there are more than 10.
     """
     urls: list[str] = []
     for item in raw.split(","):
         url = item.strip()
         if not url:
             continue
+        if len(url) > _URL_MAX:
+            raise ConfigError(
+                "PRESENCE_WEBHOOK_URL", f"a URL of {len(url)} characters; at most {_URL_MAX}"
+            )
         try:
             parts = urlsplit(url)
             port = parts.port

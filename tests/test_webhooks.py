@@ -708,6 +708,7 @@ def test_the_readme_javascript_verification_agrees(tmp_path):
         ({"PRESENCE_WEBHOOK_URL": "https://u:p@example.com/"}, "PRESENCE_WEBHOOK_URL", "cred"),
         ({"PRESENCE_WEBHOOK_URL": "https://example.com:99999/"}, "PRESENCE_WEBHOOK_URL", "port"),
         ({"PRESENCE_WEBHOOK_URL": "https://a.example,https://a.example"}, "", "twice"),
+        ({"PRESENCE_WEBHOOK_URL": "https://a.example/" + "x" * 3000}, "", "at most 2048"),
         ({"PRESENCE_WEBHOOK_URL": ",".join(f"https://h{i}.example" for i in range(11))}, "", "10"),
         ({"PRESENCE_WEBHOOK_URL": "https://example.com/"}, "PRESENCE_WEBHOOK_SECRET", "set"),
         (
