@@ -431,6 +431,48 @@ async def test_a_stream_deleted_under_the_delivery_is_made_again(redis_url):
 
 
 @pytest.mark.redis
+async def test_a_receivers_endless_response_body_is_never_read(redis_url):
+    """A receiver that answers 200 and then streams a body without end: the events are
+    taken on the status alone, and the connection is closed rather than read."""
+    written = 0
+    closed = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal written
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        try:
+            while written < 1 << 30:
+                writer.write(chunk)
+                await writer.drain()
+                written += 65536
+        except ConnectionError:
+            pass
+        finally:
+            closed.set()
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/endless"
+    try:
+        async with serve(_settings(url, redis_url)) as running, _client(running, "lee") as lee:
+            await lee.post("/sessions")
+            sid = (await lee.post("/sessions")).json()["id"]
+            await lee.delete(f"/sessions/{sid}")
+            await asyncio.wait_for(closed.wait(), 100 * UNIT)
+            async with asyncio.timeout(50 * UNIT):
+                while (await running.services.webhooks.state())[0]["waiting"]:  # noqa: ASYNC110
+                    await asyncio.sleep(UNIT)
+            assert (await running.services.webhooks.state())[0]["delivered"] == 1
+    finally:
+        server.close()
+    assert written < 64 << 20  # closed long before a gigabyte
+
+
+@pytest.mark.redis
 async def test_each_url_gets_every_event(redis_url):
     """Two URLs: each has its own stream, and each gets every event, with the same ids."""
     async with receiving() as one, receiving() as other:
