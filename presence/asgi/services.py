@@ -106,8 +106,9 @@ class Services:
                 if settings.webhook_urls:
                     self.webhooks = Webhooks(settings, redis)
                     await self.webhooks.start()
-                    # Memory stores only: the fallback's mirror (while Redis is away)
-                    # tells nothing, Redis does once it is back.
+                    # Redis's scripts add the events, or without Redis the memory
+                    # stores; never the fallback's mirror, which stands in for Redis
+                    # while it is away (Redis tells what changed once it is back).
                     self.webhooks.produce_from(self.presence, self.store)
                 store = self.store
                 self.rooms = RoomService(

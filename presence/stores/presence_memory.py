@@ -99,7 +99,7 @@ class MemoryPresenceStore:
         tabs[session_id] = _Tab(holder, self._gen, tab)
         changed = self._recompute(user, self._rooms_of(user))
         if came and self.emit is not None:
-            status = user_status(held.tab for held in tabs.values())
+            status = user_status(each.tab for each in tabs.values())
             self.emit("user.online", "u:" + user, {"user": user, "status": status})
         return self._gen, changed
 
