@@ -282,6 +282,6 @@ def webhook_sweep_key(prefix: str) -> str:
 
 #: Seconds between sweeps for outboxes left behind (a cluster only): the longest an
 #: event waits when the process that added it died before moving it, or when it was
-#: added by a heartbeat or a refresh (a session's lifetime reached), which are not
-#: followed by a move.
+#: added by a heartbeat, a refresh (a session's lifetime reached) or the write-back
+#: after an outage, which are not followed by a move.
 WEBHOOK_SWEEP_INTERVAL = 10.0
