@@ -76,6 +76,7 @@ class Receiver:
         self.deliveries: Counter[str] = Counter()
         self.posts = 0
         self.largest = 0
+        self.times: list[float] = []
         self.refused = 0
         self.status = 200
         self.hold: asyncio.Event | None = None
@@ -99,6 +100,7 @@ class Receiver:
         headers = dict(scope["headers"])
         signature = headers.get(b"presence-signature", b"").decode()
         self.posts += 1
+        self.times.append(time.monotonic())
         if not VERIFY(SECRET, signature, body):
             self.refused += 1
             await self._answer(send, 400)
@@ -484,6 +486,20 @@ async def test_each_url_gets_every_event(redis_url):
                 await receiver.wait_for(lambda r=receiver: len(r.events) == 3, 100 * UNIT)
     assert one.events.keys() == other.events.keys()
     assert one.events == other.events
+
+
+async def test_the_first_retry_comes_within_about_a_second(store_url):
+    """A POST that fails is tried again within a second (full jitter: anywhere in it)."""
+    async with receiving() as receiver, serve(_settings(receiver.url, store_url)) as server:
+        receiver.status = 500
+        async with _client(server, "max") as user:
+            await user.post("/sessions")
+            sid = (await user.post("/sessions")).json()["id"]
+            await user.delete(f"/sessions/{sid}")
+        await receiver.wait_for(lambda: receiver.posts >= 1, 100 * UNIT)
+        receiver.status = 200
+        await receiver.wait_for(lambda: receiver.events, 100 * UNIT)
+    assert receiver.times[1] - receiver.times[0] <= 1.0 + 5 * UNIT
 
 
 def test_backoff_is_full_jitter_capped_and_the_first_retry_within_a_second():
