@@ -871,12 +871,13 @@ class Webhooks:
     async def dead_letters(
         self, url: str, *, count: int = 100, after: str | None = None
     ) -> list[DeadLetter]:
-        """The URL's dead letters, oldest first, ``count`` at most, after ``after``.
+        """The URL's dead letters, oldest first, ``count`` (at most 1000) at most,
+        after the one whose id is ``after``.
 
         Raises:
             KeyError: not one of the URLs.
         """
-        return await self._outboxes[url].dead_letters(count, after)
+        return await self._outbox(url).dead_letters(max(1, min(count, 1000)), after)
 
     async def replay(self, url: str, ids: Sequence[str] | None = None) -> int:
         """Sends the URL's dead letters ``ids`` (all when None, up to a thousand) again:
@@ -885,7 +886,13 @@ class Webhooks:
         Raises:
             KeyError: not one of the URLs.
         """
-        return await self._outboxes[url].replay(ids)
+        return await self._outbox(url).replay(ids)
+
+    def _outbox(self, url: str) -> _Outbox:
+        outbox = self._outboxes.get(url)
+        if outbox is None:
+            raise KeyError(f"not a webhook URL: {where(url)}")
+        return outbox
 
     def _redis_client(self, redis: RedisStore) -> Any:
         # A client of its own: a blocking read holds a connection for its wait, and

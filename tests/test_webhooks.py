@@ -539,6 +539,10 @@ async def test_events_past_the_retry_hours_are_dead_letters_and_replay_sends_the
             assert receiver.of_type("session.ended")[0]["session_id"] == sid
             assert receiver.of_type("session.ended")[0]["id"] == dead[0].event["id"]
             assert dead[0].id not in [d.id for d in await webhooks.dead_letters(receiver.url)]
+            with pytest.raises(KeyError, match="not a webhook URL"):
+                await webhooks.replay("https://elsewhere.example/")
+            with pytest.raises(KeyError, match="not a webhook URL"):
+                await webhooks.dead_letters("https://elsewhere.example/")
 
 
 # -- processes ------------------------------------------------------------------------
