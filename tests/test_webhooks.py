@@ -43,6 +43,8 @@ from .utils import (
 BASE = "/api/v1/chat"
 SECRET = "webhook-secret-0123456789"
 GRACE = 3 * UNIT
+# A bound on one request to a loaded server.
+HANG = 100 * UNIT
 
 
 def _readme_code(language: str) -> str:
@@ -609,7 +611,7 @@ async def test_a_receiver_that_never_answers_cannot_grow_the_servers_memory(redi
         with server_process(_env(redis_url, url)) as server:
 
             async def burst(round_: int) -> None:
-                async with httpx.AsyncClient(base_url=server.http + BASE) as client:
+                async with httpx.AsyncClient(base_url=server.http + BASE, timeout=HANG) as client:
 
                     async def one(i: int) -> None:
                         user = f"r{round_}-{i}"
