@@ -63,6 +63,9 @@ class Settings:
     room_list_limit: int = 1000
     open_rooms: bool = False
     max_meta_bytes: int = 1024
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_retry: float = 24 * 3600.0
 
     @property
     def dev_mode(self) -> bool:
@@ -176,6 +179,16 @@ class Settings:
             raise ConfigError("PRESENCE_FALLBACK_MAX_SESSIONS", "must be at least 1")
         if not self.key_prefix or any(c in self.key_prefix for c in "{} "):
             raise ConfigError("PRESENCE_KEY_PREFIX", "must be non-empty, without braces or spaces")
+        if self.webhook_urls:
+            if self.webhook_secret is None:
+                raise ConfigError(
+                    "PRESENCE_WEBHOOK_SECRET",
+                    "must be set with PRESENCE_WEBHOOK_URL: every webhook is signed with it",
+                )
+            if len(self.webhook_secret) < 16:
+                raise ConfigError("PRESENCE_WEBHOOK_SECRET", "must be at least 16 characters")
+        if self.webhook_retry <= 0:
+            raise ConfigError("PRESENCE_WEBHOOK_RETRY_HOURS", "must be greater than 0")
         if self.log_level not in {"critical", "error", "warning", "info", "debug"}:
             raise ConfigError("LOG_LEVEL", "must be one of critical, error, warning, info, debug")
         if self.log_format not in {"plain", "json"}:
@@ -283,6 +296,12 @@ def _parse_origins(raw: str) -> tuple[str, ...]:
             )
         origins.append(origin)
     return tuple(origins)
+
+
+def _webhook_urls(name: str, raw: str) -> tuple[str, ...]:
+    from .webhooks import check_urls
+
+    return check_urls(raw)
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -481,6 +500,25 @@ VARIABLES: tuple[Variable, ...] = (
         "metrics_dir",
         _text,
         "prometheus-client's multiprocess folder; `--workers N` makes one when unset",
+    ),
+    Variable(
+        "PRESENCE_WEBHOOK_URL",
+        "webhook_urls",
+        _webhook_urls,
+        "URLs (comma-separated) that presence events are POSTed to, signed",
+    ),
+    Variable(
+        "PRESENCE_WEBHOOK_SECRET",
+        "webhook_secret",
+        _text,
+        "the key of the webhooks' Presence-Signature (16 characters or more)",
+    ),
+    Variable(
+        "PRESENCE_WEBHOOK_RETRY_HOURS",
+        "webhook_retry",
+        _number(scale=3600.0),
+        "hours a webhook is retried before it goes to the dead letters",
+        scale=3600.0,
     ),
     Variable("LOG_LEVEL", "log_level", _lower, "debug, info, warning, error or critical"),
     Variable(

@@ -217,6 +217,17 @@ def _log_start(settings: Settings, store: SessionStore) -> None:
         logger.warning(
             "REDIS_URL is not set: sessions are kept in memory and will not survive a restart"
         )
+    if settings.webhook_urls:
+        if store.name == "memory":
+            logger.warning(
+                "webhooks to %d URL(s) are not durable: without Redis they wait in this "
+                "process's memory, and are lost if it stops before delivering them",
+                len(settings.webhook_urls),
+            )
+        else:
+            logger.info(
+                "webhooks to %d URL(s), durable in Redis streams", len(settings.webhook_urls)
+            )
     if settings.dev_mode:
         logger.warning(
             "DEVELOPMENT MODE: PRESENCE_JWT_SECRET is not set, so every browser is given an "

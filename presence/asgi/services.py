@@ -28,6 +28,7 @@ from ..stores import FallbackStore, MemoryStore, RedisStore, SessionStore, store
 from ..stores.presence_base import PresenceStore
 from ..stores.presence_memory import MemoryPresenceStore
 from ..stores.presence_redis import RedisPresenceStore
+from ..webhooks import Webhooks
 from . import protocol
 
 logger = logging.getLogger("presence.services")
@@ -53,6 +54,8 @@ class Services:
     bus: EventBus = field(init=False)
     presence: PresenceStore = field(init=False)
     rooms: RoomService = field(init=False)
+    #: Delivers presence events to PRESENCE_WEBHOOK_URL (None when it is not set).
+    webhooks: Webhooks | None = None
 
     def __post_init__(self) -> None:
         # Ids are minted through this object, so that a test may swap the minting.
@@ -104,6 +107,13 @@ class Services:
                 else:
                     self.presence = RedisPresenceStore(redis, keep=settings.session_ttl)
                 await self.presence.open()
+                if settings.webhook_urls:
+                    self.webhooks = Webhooks(settings, redis)
+                    await self.webhooks.start()
+                    # Redis's scripts add the events, or without Redis the memory
+                    # stores; never the fallback's mirror, which stands in for Redis
+                    # while it is away (Redis tells what changed once it is back).
+                    self.webhooks.produce_from(self.presence, self.store)
                 store = self.store
                 self.rooms = RoomService(
                     settings,
@@ -134,6 +144,8 @@ class Services:
                 finally:
                     self.refresher = None
                     await self.rooms.stop()
+                    if self.webhooks is not None:
+                        await self.webhooks.stop()
                     await self.presence.close()
             finally:
                 await self.bus.close()

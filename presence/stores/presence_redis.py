@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
@@ -54,6 +54,12 @@ class RedisPresenceStore:
         # costs one SADD again.
         self._registered: set[tuple[str, str]] = set()
         self._renewed: dict[str, float] = {}
+        #: The webhook streams the scripts add events to (see :mod:`presence.webhooks`).
+        self.webhook_streams: list[str] = []
+        #: On a cluster, the scripts add them to the user's or room's outbox instead (a
+        #: stream in the script's own slot), and this is told of each outbox that may
+        #: have some, to move them on.
+        self.webhook_outbox_added: Callable[[str], None] | None = None
 
     @property
     def publish_command(self) -> str:
@@ -148,13 +154,22 @@ class RedisPresenceStore:
     # -- rooms ----------------------------------------------------------------------------
 
     async def flush(self, room: str) -> Diff | None:
+        flush_keys = keys.room_keys(self.prefix, room)
+        outbox = None
+        if self.webhook_outbox_added is not None:
+            outbox = keys.room_outbox(self.prefix, room)
+            flush_keys += [keys.room_event_seq_key(self.prefix, room), outbox]
+        elif self.webhook_streams:
+            flush_keys += [keys.room_event_seq_key(self.prefix, room), *self.webhook_streams]
         raw = await self._run(
             "FLUSH",
-            keys.room_keys(self.prefix, room),
+            flush_keys,
             [room, keys.room_channel(self.prefix, room), self.publish_command],
         )
         if not raw:
             return None
+        if outbox is not None and self.webhook_outbox_added is not None:
+            self.webhook_outbox_added(outbox)
         diff = events.decode_diff(raw)
         # The rooms' index, for listing them (one command a flush, not a join).
         index = keys.rooms_key(self.prefix)
@@ -218,9 +233,19 @@ class RedisPresenceStore:
     # -- internals ------------------------------------------------------------------------
 
     async def _user(self, user: str, op: str, *args: Any) -> Any:
-        return await self._run(
-            "USER", [keys.tabs_key(self.prefix, user)], [op, self.keep_ms, *args]
+        if self.webhook_outbox_added is None:
+            return await self._run(
+                "USER",
+                [keys.tabs_key(self.prefix, user), *self.webhook_streams],
+                [op, self.keep_ms, *args, user],
+            )
+        outbox = keys.user_outbox(self.prefix, user)
+        reply = await self._run(
+            "USER", [keys.tabs_key(self.prefix, user), outbox], [op, self.keep_ms, *args, user]
         )
+        if op in ("hold", "depart", "reap"):  # the operations that tell
+            self.webhook_outbox_added(outbox)
+        return reply
 
     async def _apply(self, user: str, reply: Sequence[Any]) -> list[str]:
         """Applies the rows a user script sent to their rooms, concurrently; returns

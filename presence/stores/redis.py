@@ -138,6 +138,10 @@ class RedisStore:
         self.prefix = prefix
         self.timeout = timeout
         self.channel = keys.ended_channel(prefix)
+        #: The ended channel as the scripts take it: the channel, then the webhook
+        #: streams each end is added to as a ``session.ended`` event, one a line (see
+        #: :meth:`add_webhook_streams`).
+        self.script_channel = self.channel
         self.cluster = cluster
         self._client: aioredis.Redis | RedisCluster | None = client
         self._owns_client = client is None
@@ -152,6 +156,20 @@ class RedisStore:
         self._refused: str | None = None
         # When each cause of refusal was last logged (time.monotonic()).
         self._refusals_logged: dict[str, float] = {}
+        self._outbox_added: Callable[[str], None] | None = None
+
+    def add_webhook_streams(self, streams: Sequence[str]) -> None:
+        """Every session's end is added, as a ``session.ended`` event, to ``streams``
+        too, by the script that ends it (see :mod:`presence.webhooks`)."""
+        self.script_channel = "\n".join([self.channel, *streams])
+
+    def add_webhook_outboxes(self, added: Callable[[str], None]) -> None:
+        """On a cluster: every session's end is added, as a ``session.ended`` event, to
+        its user's outbox (:func:`presence.keys.user_outbox`, in the script's slot),
+        and ``added`` is told of the outbox after a create or a delete (an end in a
+        heartbeat or a refresh waits for the sweep; see :mod:`presence.webhooks`)."""
+        self.script_channel = self.channel + "\n@outbox"
+        self._outbox_added = added
 
     @property
     def client(self) -> Any:
@@ -422,11 +440,13 @@ class RedisStore:
                 "na|" + encoded,
                 self.max_lifetime_ms,
                 self.held_open_window_ms,
-                self.channel,
+                self.script_channel,
                 user,
             ],
         )
         code = int(result[0])
+        if self._outbox_added is not None:
+            self._outbox_added(keys.user_outbox(self.prefix, user))  # a replaced one
         if code == -1:
             raise TooManySessions(
                 f"a user may hold at most {self.max_sessions_per_user} sessions, and each "
@@ -533,7 +553,11 @@ class RedisStore:
         for user, sid in refs:
             by_user.setdefault(user, []).append(sid)
         script_keys: list[str] = []
-        args: list[Any] = [self.ttl_ms, "1" if self.max_lifetime_ms > 0 else "0", self.channel]
+        args: list[Any] = [
+            self.ttl_ms,
+            "1" if self.max_lifetime_ms > 0 else "0",
+            self.script_channel,
+        ]
         ordered: list[SessionRef] = []
         for user, sids in by_user.items():
             script_keys += [self._lone(user), self._idx(user)]
@@ -552,7 +576,7 @@ class RedisStore:
 
     async def _touch_here(self, touches: list[_Touch]) -> list[Any]:
         script_keys = [key for keys_, _ in touches for key in keys_]
-        args: list[Any] = [self.ttl_ms, self.channel]
+        args: list[Any] = [self.ttl_ms, self.script_channel]
         for _, args_ in touches:
             args += args_
         return list(await self._run("TOUCH", script_keys, args))
@@ -608,7 +632,7 @@ class RedisStore:
             "" if deadline is None else round(deadline * 1000),
             self.max_sessions_per_user,
             self.held_open_window_ms,
-            self.channel,
+            self.script_channel,
             session.user,
         ]
 
@@ -695,6 +719,8 @@ class RedisStore:
         self, user: str, mode: str, reason: str, cutoff_ms: int, ids: list[str]
     ) -> list[str]:
         deleted = await self._run("DELETE", *self._delete_call(user, mode, reason, cutoff_ms, ids))
+        if deleted and self._outbox_added is not None:
+            self._outbox_added(keys.user_outbox(self.prefix, user))
         return [str(sid) for sid in deleted]
 
     def _delete_call(
@@ -706,7 +732,7 @@ class RedisStore:
                 mode,
                 self._key(user, ""),
                 self.ttl_ms,
-                self.channel,
+                self.script_channel,
                 user,
                 reason,
                 cutoff_ms,
