@@ -373,14 +373,26 @@ class RoomService:
         return room
 
     def check_meta(self, meta: JSON) -> JSON:
-        """``meta``, if it is within its size limit once encoded.
+        """``meta``, if it is an object (or null: no meta) within its size limit once
+        encoded, that every watcher can be sent.
 
         Raises:
-            InvalidBody: larger than ``PRESENCE_MAX_META_BYTES`` once encoded.
+            InvalidBody: not an object, larger than ``PRESENCE_MAX_META_BYTES`` once
+                encoded, or holding what no diff could carry (NaN, Infinity, an
+                unpaired surrogate), which a socket's JSON parser lets through.
         """
-        encoded = json.dumps(meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        if meta is not None and not isinstance(meta, dict):
+            raise InvalidBody("meta must be a JSON object, or null")
+        try:
+            encoded = json.dumps(
+                meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+        except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+            raise InvalidBody(
+                "meta must not hold NaN, Infinity or unpaired surrogates, nor nest too deep"
+            ) from None
         limit = self.settings.max_meta_bytes
-        size = len(encoded.encode())
+        size = len(encoded)
         if size > limit:
             raise InvalidBody(f"meta is {size} bytes once encoded; the limit is {limit}")
         return meta
