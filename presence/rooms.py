@@ -321,6 +321,9 @@ class RoomService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lease: asyncio.Task[None] | None = None
         self._reaping: set[str] = set()
+        #: Loop time since which every renewal of this process's lease has succeeded
+        #: (None: the last one failed, or it was reaped).
+        self._renewing_since: float | None = None
         self._switching = asyncio.Lock()
         #: Called with the (user, session id) of the tabs reaped from a dead process
         #: (their sessions' records still say "websocket").
@@ -337,7 +340,8 @@ class RoomService:
 
     async def start(self) -> None:
         with contextlib.suppress(StoreUnavailable):
-            await self.primary.renew(self.holder, keys.LEASE_TTL)
+            if await self.primary.renew(self.holder, keys.LEASE_TTL):
+                self._renewing_since = asyncio.get_running_loop().time()
         self.bus.on_reconnect(self._resync_all)
         self._lease = asyncio.create_task(self._lease_loop(), name="presence-lease")
 
@@ -712,22 +716,35 @@ class RoomService:
     # -- internals: the lease, and Redis going and coming back --------------------------
 
     async def _lease_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(keys.LEASE_RENEW_INTERVAL)
             try:
                 await self._follow_the_store()
                 if self._degraded:
+                    self._renewing_since = None
                     continue  # no lease, no reaping: this process sees only itself
                 if not await self.primary.renew(self.holder, keys.LEASE_TTL):
                     logger.warning(
                         "this process was taken for dead and reaped; holding its tabs again"
                     )
+                    self._renewing_since = None
                     await self._hold_all_again()
+                if self._renewing_since is None:
+                    self._renewing_since = loop.time()
+                # A lease lapsed while this process could not renew its own either (Redis
+                # away, or this process stalled or cut off) says nothing of its holder:
+                # every lease lapsed then. Others are taken for dead only once this
+                # process has renewed its own for a whole lease, in which time every
+                # live process has renewed its own too.
+                if loop.time() - self._renewing_since < keys.LEASE_TTL + keys.LEASE_RENEW_INTERVAL:
+                    continue
                 for holder, renewed in await self.primary.lapsed():
                     if holder != self.holder and holder not in self._reaping:
                         self._reaping.add(holder)
                         self._spawn(self._reap(holder, renewed))
             except StoreUnavailable:
+                self._renewing_since = None
                 logger.warning("presence lease: store unavailable; will retry")
             except Exception:
                 logger.exception("presence lease tick failed")
@@ -782,7 +799,9 @@ class RoomService:
             # The grace runs from the dead process's last renewal, as from a closed
             # socket: tabs held again elsewhere meanwhile are not reaped.
             await asyncio.sleep(max(0.0, renewed + self.settings.offline_grace - time.time()))
-            changed, reaped = await self.primary.reap(holder)
+            # Reaped only if still lapsed: one that renewed meanwhile was stalled or cut
+            # off, not dead, and its members stay.
+            changed, reaped = await self.primary.reap(holder, if_lapsed=True)
             self._changed(changed)
             if self.on_reaped is not None and reaped:
                 await self.on_reaped(reaped)
