@@ -328,6 +328,12 @@ class RoomService:
         #: Called with the (user, session id) of the tabs reaped from a dead process
         #: (their sessions' records still say "websocket").
         self.on_reaped: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None
+        #: Called with the (user, session id, state) of the tabs of this process's
+        #: sockets once they are held again after this process was taken for dead (the
+        #: reaper marked their sessions disconnected; their sockets are open here).
+        self.on_held_again: Callable[[list[tuple[str, str, TabState]]], Awaitable[None]] | None = (
+            None
+        )
 
     @property
     def store(self) -> PresenceStore:
@@ -729,7 +735,7 @@ class RoomService:
                         "this process was taken for dead and reaped; holding its tabs again"
                     )
                     self._renewing_since = None
-                    await self._hold_all_again()
+                    await self._hold_all_again(reaped=True)
                 if self._renewing_since is None:
                     self._renewing_since = loop.time()
                 # A lease lapsed while this process could not renew its own either (Redis
@@ -773,17 +779,22 @@ class RoomService:
                 await self._hold_all_again()
             await self._resync_all()
 
-    async def _hold_all_again(self) -> None:
+    async def _hold_all_again(self, *, reaped: bool = False) -> None:
         """Takes a new name and holds every tab held here again, rooms and metas with
         it, then reaps the old name: what this process held under it and holds no
         longer (tabs that went while it was cut off) leaves, what it still holds does not
-        (held again under the new name first, so the reaper passes it over)."""
+        (held again under the new name first, so the reaper passes it over). ``reaped``:
+        this process was taken for dead, so its sockets' sessions are theirs again."""
         old, self.holder = self.holder, _holder_name()
         await self.primary.renew(self.holder, keys.LEASE_TTL)
         for tab in list(self._tabs.values()):
             await self._hold_in_full(tab)
         changed, _ = await self.primary.reap(old)
         self._changed(changed)
+        if reaped and self.on_held_again is not None:
+            await self.on_held_again(
+                [(t.user, t.session_id, t.state) for t in self._tabs.values() if t.sockets]
+            )
 
     async def _hold_in_full(self, tab: LocalTab) -> None:
         await self._hold(tab)
