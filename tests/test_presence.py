@@ -101,11 +101,13 @@ class User:
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
-    async def tab(self, server: ServerProcess, session_id: str | None = None) -> Tab:
+    async def tab(
+        self, server: ServerProcess, session_id: str | None = None, *, views: bool = True
+    ) -> Tab:
         """A socket of a session (a new one unless given), its snapshot read."""
         if session_id is None:
             session_id = await self.session(server)
-        return await Tab.open(server, self, session_id)
+        return await Tab.open(server, self, session_id, views=views)
 
 
 def _member(value: dict[str, Any]) -> Member:
@@ -133,10 +135,15 @@ class Tab:
     order, and each watched room's :class:`View` (a sync, then its diffs applied in
     order; a gap is recorded, never applied)."""
 
-    def __init__(self, websocket: ClientConnection, user: User, session_id: str) -> None:
+    def __init__(
+        self, websocket: ClientConnection, user: User, session_id: str, *, views: bool = True
+    ) -> None:
         self.websocket = websocket
         self.user = user
         self.session_id = session_id
+        #: False: presence messages are dropped unread (a member that watches nothing
+        #: of interest, among hundreds).
+        self.keeps_presence = views
         self.messages: list[dict[str, Any]] = []
         self.views: dict[str, View] = {}
         self.gaps: list[str] = []
@@ -144,16 +151,20 @@ class Tab:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def open(cls, server: ServerProcess, user: User, session_id: str) -> Tab:
+    async def open(
+        cls, server: ServerProcess, user: User, session_id: str, *, views: bool = True
+    ) -> Tab:
         url = f"{server.ws}{CHAT}/sessions/{session_id}/ws?token={user.token}"
         websocket = await connect(url, ping_interval=None, compression=None)
-        tab = cls(websocket, user, session_id)
+        tab = cls(websocket, user, session_id, views=views)
         await tab.next("snapshot")
         return tab
 
     async def _read(self) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for text in self.websocket:
+                if not self.keeps_presence and text.startswith('{"type":"presence.'):
+                    continue
                 message = json.loads(text)
                 kind = message.get("type")
                 if kind == "presence.sync":
