@@ -260,6 +260,8 @@ class LocalTab:
         rooms: the rooms the tab joined, each with its meta.
         sockets: its sockets open here (0 for a REST tab).
         timer: a REST tab's lapse, twice ``HEARTBEAT_INTERVAL`` after its heartbeat.
+        left: the rooms it left while presence was this process's alone (Redis away),
+            to be left in Redis too when it is back (where the tab is still in them).
     """
 
     user: str
@@ -269,6 +271,7 @@ class LocalTab:
     rooms: dict[str, JSON] = field(default_factory=dict)
     sockets: int = 0
     timer: asyncio.TimerHandle | None = None
+    left: set[str] = field(default_factory=set)
 
 
 class RoomService:
@@ -468,6 +471,7 @@ class RoomService:
         if result == "no_tab":
             raise NotFound("no such session present here")
         tab.rooms[room] = meta
+        tab.left.discard(room)
         self._changed(changed)
         return result
 
@@ -487,10 +491,14 @@ class RoomService:
     async def leave(self, user: str, session_id: str, room: str, reason: Reason = "left") -> bool:
         """The session leaves ``room`` (announced after the grace, unless it joins
         again); False when it was not in it."""
+        left = await self.store.leave(user, session_id, room, reason)
+        # Only once the store took it: a leave it refused (Redis going away) is still
+        # to be made, and the room still the tab's.
         tab = self._tabs.get((user, session_id))
         if tab is not None:
             tab.rooms.pop(room, None)
-        left = await self.store.leave(user, session_id, room, reason)
+            if self._degraded:
+                tab.left.add(room)
         if left is None:
             return False
         self._depart_later(user, session_id, left[0])
@@ -804,6 +812,13 @@ class RoomService:
                 tab.user, tab.session_id, room, meta, max_rooms=limit
             )
             self._changed(changed)
+        # A hold keeps the rooms the store has for the tab (a refresh keeps them): the
+        # ones it left while Redis was away are left there too, or they would come back.
+        for room in sorted(tab.left):
+            left = await self.store.leave(tab.user, tab.session_id, room, "left")
+            if left is not None:
+                self._depart_later(tab.user, tab.session_id, left[0])
+        tab.left.clear()
 
     async def _reap(self, holder: str, renewed: float) -> None:
         try:
