@@ -285,3 +285,64 @@ async def test_a_process_stopped_until_reaped_comes_back_under_a_new_name_once(t
             )
     for tab in watchers + [tab for _, tab, _ in held]:
         await tab.close()
+
+
+async def _status(server: ServerProcess) -> str:
+    async with httpx.AsyncClient(base_url=server.http) as client:
+        return str((await client.get("/readyz", timeout=50 * UNIT)).json()["status"])
+
+
+async def test_after_a_redis_outage_no_live_member_is_reaped_and_a_room_left_stays_left(
+    own_redis,
+):
+    """Redis stopped (SIGSTOP) for longer than a lease, then continued: every process's
+    lease lapsed meanwhile, and none takes another's for a death (no node_down leave at
+    any watcher); members stay; a room one of them left during the outage is left in
+    Redis too, with reason left; and every watcher's view ends equal to Redis's."""
+    url = own_redis.url
+    with server_process(reclaim_env(url)) as a, server_process(reclaim_env(url)) as b:
+        rooms = [name("outage") for _ in range(2)]
+        watchers = await _watchers([a, b], rooms)
+        ann, ann_tab, ann_sids = await _user_with_sessions(a, rooms)
+        bob, bob_tab, _ = await _user_with_sessions(b, rooms)
+        count = len(watchers) * len(rooms)
+        await until(lambda: _counts(watchers, rooms) == [2] * count, 50 * UNIT, "members seen")
+        # Every lease lapses: three seconds unrenewed, and a look for lapsed ones.
+        own_redis.pause()
+        try:
+            for server in (a, b):
+                deadline = time.monotonic() + 100 * UNIT
+                while await _status(server) != "degraded":
+                    assert time.monotonic() < deadline, "not degraded"
+                    await asyncio.sleep(UNIT)
+            # The room service follows the session store within a tick.
+            await asyncio.sleep(20 * UNIT)
+            mark = len(ann_tab.messages)
+            await ann_tab.send({"type": "presence.leave", "room": rooms[1], "session": ann_sids[1]})
+            await asyncio.sleep(30 * UNIT)
+            assert ann_tab.received("error") == [], ann_tab.messages[mark:]
+        finally:
+            own_redis.resume()
+        for server in (a, b):
+            deadline = time.monotonic() + 100 * UNIT
+            while await _status(server) != "ready":
+                assert time.monotonic() < deadline, "not ready again"
+                await asyncio.sleep(UNIT)
+        # A lease, a look and a grace for any reap to come, and the room left to go.
+        await asyncio.sleep(100 * UNIT)
+        with redis.Redis.from_url(url, decode_responses=True) as client:
+            in_redis = {room: set(client.hkeys(keys.room_keys(PREFIX, room)[0])) for room in rooms}
+        assert in_redis == {rooms[0]: {ann.name, bob.name}, rooms[1]: {bob.name}}
+        for watcher in watchers:
+            for room in rooms:
+                for user in (ann, bob):
+                    told = changes(watcher, room, user.name)
+                    assert ("leave", "node_down") not in told, (room, user.name, told)
+                assert set(watcher.views[room].members) == in_redis[room], (
+                    room,
+                    watcher.messages[-5:],
+                )
+        presence = (await ann.call(b, "GET", f"{PRESENCE}/users/{ann.name}")).json()
+        assert presence["rooms"] == [rooms[0]]
+        for tab in [*watchers, ann_tab, bob_tab]:
+            await tab.close()
