@@ -262,6 +262,8 @@ class LocalTab:
         timer: a REST tab's lapse, twice ``HEARTBEAT_INTERVAL`` after its heartbeat.
         left: the rooms it left while presence was this process's alone (Redis away),
             to be left in Redis too when it is back (where the tab is still in them).
+        primary_gen: the generation of its hold in Redis, kept while it is held in
+            this process's memory.
     """
 
     user: str
@@ -272,6 +274,7 @@ class LocalTab:
     sockets: int = 0
     timer: asyncio.TimerHandle | None = None
     left: set[str] = field(default_factory=set)
+    primary_gen: int = 0
 
 
 class RoomService:
@@ -327,6 +330,9 @@ class RoomService:
         #: Loop time since which every renewal of this process's lease has succeeded
         #: (None: the last one failed, or it was reaped).
         self._renewing_since: float | None = None
+        #: Tabs released while Redis was away: why, and the generation of their hold
+        #: in Redis.
+        self._released_away: dict[tuple[str, str], tuple[Reason, int]] = {}
         self._switching = asyncio.Lock()
         #: Called with the (user, session id) of the tabs reaped from a dead process
         #: (their sessions' records still say "websocket").
@@ -609,6 +615,10 @@ class RoomService:
         )
         if since is not None:
             self._depart_later(tab.user, tab.session_id, since)
+        if self._degraded:
+            # Released in memory only: Redis still has it held, and is told when it is
+            # back, or the reap of this process's old name would say node_down.
+            self._released_away[(tab.user, tab.session_id)] = (reason, tab.primary_gen)
 
     async def _hold_rest(self, session: Session) -> LocalTab:
         state: TabState = "online" if session.state == "active" else "away"
@@ -778,6 +788,7 @@ class RoomService:
                 self.local = self._make_local()
                 await self.local.open()
                 for tab in list(self._tabs.values()):
+                    tab.primary_gen = tab.gen
                     await self._hold_in_full(tab)
             else:
                 logger.warning("Redis is back: this process's tabs are held there again")
@@ -795,6 +806,10 @@ class RoomService:
         this process was taken for dead, so its sockets' sessions are theirs again."""
         old, self.holder = self.holder, _holder_name()
         await self.primary.renew(self.holder, keys.LEASE_TTL)
+        # Tabs released while Redis was away leave with their own reason, not node_down.
+        released, self._released_away = self._released_away, {}
+        for (user, session_id), (reason, gen) in released.items():
+            await self.primary.release(user, session_id, reason, holder=old, gen=gen)
         for tab in list(self._tabs.values()):
             await self._hold_in_full(tab)
         changed, _ = await self.primary.reap(old)
