@@ -298,15 +298,17 @@ async def test_after_a_redis_outage_no_live_member_is_reaped_and_a_room_left_sta
     """Redis stopped (SIGSTOP) for longer than a lease, then continued: every process's
     lease lapsed meanwhile, and none takes another's for a death (no node_down leave at
     any watcher); members stay; a room one of them left during the outage is left in
-    Redis too, with reason left; and every watcher's view ends equal to Redis's."""
+    Redis too, and a member whose socket closed during it leaves with reason closed;
+    every watcher's view ends equal to Redis's."""
     url = own_redis.url
     with server_process(reclaim_env(url)) as a, server_process(reclaim_env(url)) as b:
         rooms = [name("outage") for _ in range(2)]
         watchers = await _watchers([a, b], rooms)
         ann, ann_tab, ann_sids = await _user_with_sessions(a, rooms)
         bob, bob_tab, _ = await _user_with_sessions(b, rooms)
+        cy, cy_tab, _ = await _user_with_sessions(b, rooms)
         count = len(watchers) * len(rooms)
-        await until(lambda: _counts(watchers, rooms) == [2] * count, 50 * UNIT, "members seen")
+        await until(lambda: _counts(watchers, rooms) == [3] * count, 50 * UNIT, "members seen")
         # Every lease lapses: three seconds unrenewed, and a look for lapsed ones.
         own_redis.pause()
         try:
@@ -319,6 +321,7 @@ async def test_after_a_redis_outage_no_live_member_is_reaped_and_a_room_left_sta
             await asyncio.sleep(20 * UNIT)
             mark = len(ann_tab.messages)
             await ann_tab.send({"type": "presence.leave", "room": rooms[1], "session": ann_sids[1]})
+            await cy_tab.close()  # its leave, whenever it is told, says closed
             await asyncio.sleep(30 * UNIT)
             assert ann_tab.received("error") == [], ann_tab.messages[mark:]
         finally:
@@ -335,9 +338,10 @@ async def test_after_a_redis_outage_no_live_member_is_reaped_and_a_room_left_sta
         assert in_redis == {rooms[0]: {ann.name, bob.name}, rooms[1]: {bob.name}}
         for watcher in watchers:
             for room in rooms:
-                for user in (ann, bob):
+                for user in (ann, bob, cy):
                     told = changes(watcher, room, user.name)
                     assert ("leave", "node_down") not in told, (room, user.name, told)
+                assert changes(watcher, room, cy.name)[-1] == ("leave", "closed")
                 assert set(watcher.views[room].members) == in_redis[room], (
                     room,
                     watcher.messages[-5:],
