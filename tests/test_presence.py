@@ -1088,3 +1088,34 @@ async def test_a_flood_of_joins_and_leaves_is_cut_off_and_is_one_join_and_one_le
         assert not watcher.gaps and watcher.views[room].members == {}
         healthy = await ann.call(b, "GET", "/healthz")
         assert healthy.status_code == 200
+
+
+async def test_an_emptied_room_keeps_its_numbering(processes):
+    """A room whose last member left keeps its seq: a watcher who comes while it is
+    empty is synced at that seq, and the next join is numbered one more, for old and
+    new watchers alike (no gap, no restart)."""
+    a, b = processes
+    room = name("empty")
+    ann = User()
+    async with tabs() as opened:
+        old = await User().tab(b)
+        opened.append(old)
+        first = await old.watch(room)
+        tab = await ann.tab(a)
+        opened.append(tab)
+        await tab.join(room)
+        await seen(old, room, ann.name, [("join", ("online", 1, None))])
+        await tab.send({"type": "presence.leave", "room": room})
+        await seen(old, room, ann.name, [("join", ("online", 1, None)), ("leave", "left")])
+        assert old.views[room].seq == first["seq"] + 2
+        new = await User().tab(a)
+        opened.append(new)
+        empty = await new.watch(room)
+        assert (empty["seq"], empty["count"], empty["members"]) == (first["seq"] + 2, 0, [])
+        await tab.join(room, {"again": True})
+        for watcher in (old, new):
+            diff = await watcher.next(
+                "presence.diff", room, where=lambda d: d["seq"] == first["seq"] + 3
+            )
+            assert [m["user"] for m in diff["joins"]] == [ann.name]
+            assert not watcher.gaps
