@@ -333,6 +333,8 @@ class RoomService:
         #: Tabs released while Redis was away: why, and the generation of their hold
         #: in Redis.
         self._released_away: dict[tuple[str, str], tuple[Reason, int]] = {}
+        #: Loop time until which syncs say partial after Redis came back.
+        self._partial_until = 0.0
         self._switching = asyncio.Lock()
         #: Called with the (user, session id) of the tabs reaped from a dead process
         #: (their sessions' records still say "websocket").
@@ -545,7 +547,14 @@ class RoomService:
     async def page(self, room: str, cursor: str | None = None) -> RoomPage:
         """A page of the room's members, for REST."""
         page = await self.store.room(room, cursor=cursor, limit=self.settings.room_list_limit)
-        return replace(page, partial=True) if self._degraded else page
+        return replace(page, partial=True) if self.partial else page
+
+    @property
+    def partial(self) -> bool:
+        """Whether what this process says of rooms may miss other processes' members:
+        while Redis is away, and for a lease after it is back (until every process has
+        held its tabs there again)."""
+        return self._degraded or asyncio.get_running_loop().time() < self._partial_until
 
     async def user(self, user: str) -> UserPresence:
         return await self.store.user(user)
@@ -796,6 +805,14 @@ class RoomService:
                     await self.local.close()
                 self.local = None
                 await self._hold_all_again()
+                # The other processes hold theirs again within a lease (each follows its
+                # store within a tick of its own breaker closing): until then a sync from
+                # Redis may miss what they did meanwhile, so it says partial, and every
+                # watcher is synced afresh once it is over.
+                loop = asyncio.get_running_loop()
+                settle = keys.LEASE_TTL + keys.LEASE_RENEW_INTERVAL
+                self._partial_until = loop.time() + settle
+                loop.call_later(settle, lambda: self._spawn(self._resync_all()))
             await self._resync_all()
 
     async def _hold_all_again(self, *, reaped: bool = False) -> None:
