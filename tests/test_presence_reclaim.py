@@ -299,7 +299,8 @@ async def test_after_a_redis_outage_no_live_member_is_reaped_and_a_room_left_sta
     lease lapsed meanwhile, and none takes another's for a death (no node_down leave at
     any watcher); members stay; a room one of them left during the outage is left in
     Redis too, and a member whose socket closed during it leaves with reason closed;
-    every watcher's view ends equal to Redis's."""
+    no sync says it is whole until every process has held its tabs again; every
+    watcher's view ends equal to Redis's."""
     url = own_redis.url
     with server_process(reclaim_env(url)) as a, server_process(reclaim_env(url)) as b:
         rooms = [name("outage") for _ in range(2)]
@@ -322,10 +323,18 @@ async def test_after_a_redis_outage_no_live_member_is_reaped_and_a_room_left_sta
             mark = len(ann_tab.messages)
             await ann_tab.send({"type": "presence.leave", "room": rooms[1], "session": ann_sids[1]})
             await cy_tab.close()  # its leave, whenever it is told, says closed
-            await asyncio.sleep(30 * UNIT)
+            # A user who comes during the outage, to A, which alone knows of them then.
+            dan, dan_tab, _ = await _user_with_sessions(a, rooms[:1])
+            # Past the grace: cy's leave is told, partial, to B's watchers.
+            await asyncio.sleep(60 * UNIT)
             assert ann_tab.received("error") == [], ann_tab.messages[mark:]
         finally:
-            own_redis.resume()
+            # A comes back a little after B (its breaker later, its loop busy): B's
+            # watchers must not take a sync from Redis without A's tabs for whole.
+            with _stopped(a):
+                own_redis.resume()
+                marks = [len(w.messages) for w in watchers]
+                await asyncio.sleep(20 * UNIT)
         for server in (a, b):
             deadline = time.monotonic() + 100 * UNIT
             while await _status(server) != "ready":
@@ -335,18 +344,29 @@ async def test_after_a_redis_outage_no_live_member_is_reaped_and_a_room_left_sta
         await asyncio.sleep(100 * UNIT)
         with redis.Redis.from_url(url, decode_responses=True) as client:
             in_redis = {room: set(client.hkeys(keys.room_keys(PREFIX, room)[0])) for room in rooms}
-        assert in_redis == {rooms[0]: {ann.name, bob.name}, rooms[1]: {bob.name}}
+        assert in_redis == {rooms[0]: {ann.name, bob.name, dan.name}, rooms[1]: {bob.name}}
         for watcher in watchers:
             for room in rooms:
                 for user in (ann, bob, cy):
                     told = changes(watcher, room, user.name)
                     assert ("leave", "node_down") not in told, (room, user.name, told)
-                assert changes(watcher, room, cy.name)[-1] == ("leave", "closed")
+                # Gone, by a leave or a sync without them; every leave told says closed,
+                # and B's watchers, who had them in view then, were told one.
+                left = [v for kind, v in changes(watcher, room, cy.name) if kind == "leave"]
+                assert set(left) <= {"closed"} and (left or watcher not in watchers[WATCHERS:])
                 assert set(watcher.views[room].members) == in_redis[room], (
                     room,
                     watcher.messages[-5:],
                 )
         presence = (await ann.call(b, "GET", f"{PRESENCE}/users/{ann.name}")).json()
         assert presence["rooms"] == [rooms[0]]
-        for tab in [*watchers, ann_tab, bob_tab]:
+        # No sync says it is whole before every process has held its tabs again: each
+        # one since Redis came back that is not partial has the user who came meanwhile.
+        for watcher, mark in zip(watchers, marks, strict=True):
+            syncs = [m for m in watcher.messages[mark:] if m["type"] == "presence.sync"]
+            whole = [m for m in syncs if m["room"] == rooms[0] and not m.get("partial")]
+            assert whole, syncs
+            for sync in whole:
+                assert dan.name in {m["user"] for m in sync["members"]}, sync
+        for tab in [*watchers, ann_tab, bob_tab, dan_tab]:
             await tab.close()
