@@ -1119,3 +1119,22 @@ async def test_an_emptied_room_keeps_its_numbering(processes):
             )
             assert [m["user"] for m in diff["joins"]] == [ann.name]
             assert not watcher.gaps
+
+
+async def test_a_rest_session_deleted_through_another_process_leaves_with_ended(processes):
+    """A REST member whose session is deleted through another process than the one
+    holding its tab leaves with reason ended (the end reaches the holder on the bus)."""
+    a, b = processes
+    room = name("rest-ended")
+    ann = User()
+    async with tabs() as opened:
+        watcher = await User().tab(b)
+        opened.append(watcher)
+        await watcher.watch(room)
+        sid = await ann.session(a)
+        assert (await ann.call(a, "POST", f"{CHAT}/sessions/{sid}/rooms/{room}")).status_code == 200
+        await seen(watcher, room, ann.name, [("join", ("online", 1, None))])
+        assert (await ann.call(b, "DELETE", f"{CHAT}/sessions/{sid}")).status_code == 204
+        await seen(watcher, room, ann.name, [("join", ("online", 1, None)), ("leave", "ended")])
+        presence = (await ann.call(a, "GET", f"{PRESENCE}/users/{ann.name}")).json()
+        assert (presence["status"], presence["sessions"], presence["rooms"]) == ("offline", 0, [])
