@@ -32,6 +32,7 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from presence import keys
 from presence.models import Diff, Leave, Member, RoomPage
 from presence.rooms import GapError, View
 
@@ -1138,3 +1139,25 @@ async def test_a_rest_session_deleted_through_another_process_leaves_with_ended(
         await seen(watcher, room, ann.name, [("join", ("online", 1, None)), ("leave", "ended")])
         presence = (await ann.call(a, "GET", f"{PRESENCE}/users/{ann.name}")).json()
         assert (presence["status"], presence["sessions"], presence["rooms"]) == ("offline", 0, [])
+
+
+async def test_a_session_whose_ttl_ran_out_leaves_with_expired(processes, shared_redis):
+    """A session gone from Redis as an expired TTL leaves it (no announcement: its key
+    is simply gone) is found by the refresher, its socket ended with ``expired``, and
+    its member leaves with reason expired."""
+    a, b = processes
+    room = name("ttl")
+    ann = User()
+    async with tabs() as opened:
+        watcher = await User().tab(b)
+        opened.append(watcher)
+        await watcher.watch(room)
+        tab = await ann.tab(a)
+        opened.append(tab)
+        await tab.join(room)
+        await seen(watcher, room, ann.name, [("join", ("online", 1, None))])
+        with redis.Redis.from_url(shared_redis) as client:
+            assert client.delete(keys.lone_key("presence", ann.name)) == 1
+        ended = await tab.next("ended", within=50 * UNIT)
+        assert ended["reason"] == "expired"
+        await seen(watcher, room, ann.name, [("join", ("online", 1, None)), ("leave", "expired")])
