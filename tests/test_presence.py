@@ -1191,3 +1191,37 @@ async def test_a_rest_join_of_a_session_with_an_open_socket_keeps_the_socket_pre
         await tab.close()
         told.append(("leave", "closed"))
         await seen(watcher, room, ann.name, told)
+
+
+async def test_unwatch_stops_the_diffs_and_watching_again_is_a_fresh_sync(processes):
+    """After presence.unwatch no diff of the room comes; presence.watch of a room
+    watched already (a client that saw a gap) is answered with a fresh sync at the
+    room's seq, and diffs go on from it."""
+    a, b = processes
+    room = name("unwatch")
+    ann, bob = User(), User()
+    async with tabs() as opened:
+        watcher = await User().tab(b)
+        opened.append(watcher)
+        await watcher.watch(room)
+        one = await ann.tab(a)
+        opened.append(one)
+        await one.join(room)
+        await seen(watcher, room, ann.name, [("join", ("online", 1, None))])
+        again = await watcher.watch(room)  # watched already: a fresh sync
+        assert (again["seq"], again["count"]) == (watcher.views[room].seq, 1)
+        await watcher.send({"type": "presence.unwatch", "room": room})
+        await asyncio.sleep(5 * UNIT)
+        mark = len(watcher.messages)
+        two = await bob.tab(a)
+        opened.append(two)
+        await two.join(room)
+        await asyncio.sleep(10 * UNIT)
+        assert watcher.received("presence.diff", room) == [
+            m for m in watcher.messages[:mark] if m.get("type") == "presence.diff"
+        ]
+        back = await watcher.watch(room)
+        assert back["count"] == 2 and back["seq"] == again["seq"] + 1
+        await two.send({"type": "presence.leave", "room": room})
+        diff = await watcher.next("presence.diff", room, after=mark)
+        assert diff["seq"] == back["seq"] + 1 and diff["leaves"][0]["user"] == bob.name
