@@ -281,11 +281,6 @@ async def seen(
     assert not tab.gaps
 
 
-def redis_keys(url: str, pattern: str) -> list[str]:
-    with redis.Redis.from_url(url, decode_responses=True) as client:
-        return sorted(client.scan_iter(match=pattern, count=1000))
-
-
 # -- the processes ------------------------------------------------------------------
 
 
@@ -483,26 +478,26 @@ async def test_the_first_tab_joins_and_the_last_tab_leaves(processes):
         assert watcher.views[room].members == {}
 
 
-async def _delete(tab: Tab, server: ServerProcess) -> None:
+async def _delete(tab: Tab, server: ServerProcess, room: str) -> None:
     response = await tab.user.call(server, "DELETE", f"{CHAT}/sessions/{tab.session_id}")
     assert response.status_code == 204
 
 
-async def _cleanup(tab: Tab, server: ServerProcess) -> None:
+async def _cleanup(tab: Tab, server: ServerProcess, room: str) -> None:
     body = {"type": "specific", "session_ids": [tab.session_id]}
     response = await tab.user.call(server, "POST", f"{CHAT}/sessions/cleanup", json=body)
     assert response.json()["session_ids"] == [tab.session_id]
 
 
-async def _leave(tab: Tab, server: ServerProcess) -> None:
-    await tab.send({"type": "presence.leave", "room": tab.user.room})
+async def _leave(tab: Tab, server: ServerProcess, room: str) -> None:
+    await tab.send({"type": "presence.leave", "room": room})
 
 
-async def _close(tab: Tab, server: ServerProcess) -> None:
+async def _close(tab: Tab, server: ServerProcess, room: str) -> None:
     await tab.close()
 
 
-async def _silence(tab: Tab, server: ServerProcess) -> None:
+async def _silence(tab: Tab, server: ServerProcess, room: str) -> None:
     tab.silence()
 
 
@@ -526,7 +521,6 @@ async def test_the_last_tab_leaves_with_the_reason_it_went_for(processes, depart
     a, b = processes
     room = name("reasons")
     ann = User()
-    ann.room = room  # type: ignore[attr-defined]
     async with tabs() as opened:
         watcher = await User().tab(b)
         opened.append(watcher)
@@ -541,7 +535,7 @@ async def test_the_last_tab_leaves_with_the_reason_it_went_for(processes, depart
         await seen(watcher, room, ann.name, first)
         await one.close()
         await seen(watcher, room, ann.name, [*first, ("update", ("online", 1, meta))])
-        await depart(two, a)
+        await depart(two, a, room)
         # A silent client is found out by the ping it does not answer: up to a ping
         # interval and a ping timeout, before the grace.
         await seen(
