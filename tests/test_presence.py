@@ -303,11 +303,13 @@ def processes(shared_redis: str) -> Iterator[tuple[ServerProcess, ServerProcess]
 @pytest.fixture(scope="module")
 def small(shared_redis: str) -> Iterator[ServerProcess]:
     """A third process on the same Redis: every room open, two members a page, three
-    rooms a session."""
+    rooms a session, and diff windows of 300 ms (so that joins made together share
+    one)."""
     settings = {
         "PRESENCE_OPEN_ROOMS": "true",
         "PRESENCE_ROOM_LIST_LIMIT": "2",
         "PRESENCE_MAX_ROOMS_PER_SESSION": "3",
+        "PRESENCE_DIFF_WINDOW_MS": "300",
     }
     with server_process(env(shared_redis, **settings)) as c:
         yield c
@@ -1219,3 +1221,27 @@ async def test_unwatch_stops_the_diffs_and_watching_again_is_a_fresh_sync(proces
         await two.send({"type": "presence.leave", "room": room})
         diff = await watcher.next("presence.diff", room, after=mark)
         assert diff["seq"] == back["seq"] + 1 and diff["leaves"][0]["user"] == bob.name
+
+
+async def test_a_diff_over_the_list_limit_carries_the_count_and_says_truncated(small):
+    """Above PRESENCE_ROOM_LIST_LIMIT (2 there) changes in one window, a diff carries
+    at most that many, ``truncated``, and the room's whole count."""
+    room = name("many")
+    async with tabs() as opened:
+        watcher = await User().tab(small)
+        opened.append(watcher)
+        sync = await watcher.watch(room)
+        users = [User() for _ in range(4)]
+        sids = [await user.session(small) for user in users]
+        await asyncio.gather(
+            *(
+                user.call(small, "POST", f"{CHAT}/sessions/{sid}/rooms/{room}")
+                for user, sid in zip(users, sids, strict=True)
+            )
+        )
+        diff = await watcher.next("presence.diff", room)
+        assert diff["seq"] == sync["seq"] + 1
+        assert diff["truncated"] is True and diff["count"] == 4
+        assert len(diff["joins"]) == 2 and diff["updates"] == diff["leaves"] == []
+        page = (await users[0].call(small, "GET", f"{PRESENCE}/rooms/{room}")).json()
+        assert page["count"] == 4 and len(page["members"]) == 2 and page["next"]
