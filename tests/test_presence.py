@@ -1245,3 +1245,45 @@ async def test_a_diff_over_the_list_limit_carries_the_count_and_says_truncated(s
         assert len(diff["joins"]) == 2 and diff["updates"] == diff["leaves"] == []
         page = (await users[0].call(small, "GET", f"{PRESENCE}/rooms/{room}")).json()
         assert page["count"] == 4 and len(page["members"]) == 2 and page["next"]
+
+
+async def test_sessions_carried_by_one_socket_are_tabs_of_their_own(processes):
+    """One socket carrying two sessions of its user (session.attach) counts two tabs:
+    detaching one is an update back to one session after the grace; the socket's own
+    session deleted while it carries another leaves the member present through it;
+    the last one's end is the one leave, ended."""
+    a, b = processes
+    room = name("attached")
+    ann = User()
+    async with tabs() as opened:
+        watcher = await User().tab(b)
+        opened.append(watcher)
+        await watcher.watch(room)
+        tab = await ann.tab(a)
+        opened.append(tab)
+        second, third = await ann.session(a), await ann.session(b)
+        for sid in (second, third):
+            mark = len(tab.messages)
+            await tab.send({"type": "session.attach", "session": sid})
+            await tab.next(
+                "snapshot", where=lambda m, sid=sid: m["session"]["id"] == sid, after=mark
+            )
+        await tab.join(room)
+        told = [("join", ("online", 1, None))]
+        await seen(watcher, room, ann.name, told)
+        for sid in (second, third):
+            await tab.send({"type": "presence.join", "room": room, "meta": None, "session": sid})
+        told.append(("update", ("online", 3, None)))
+        await seen(watcher, room, ann.name, told)
+        await tab.send({"type": "session.detach", "session": second})
+        told.append(("update", ("online", 2, None)))
+        await seen(watcher, room, ann.name, told)
+        response = await ann.call(b, "DELETE", f"{CHAT}/sessions/{tab.session_id}")
+        assert response.status_code == 204
+        ended = await tab.next("ended")
+        assert "session" not in ended  # the socket's own, and the socket lives on
+        told.append(("update", ("online", 1, None)))
+        await seen(watcher, room, ann.name, told)
+        assert (await ann.call(a, "DELETE", f"{CHAT}/sessions/{third}")).status_code == 204
+        told.append(("leave", "ended"))
+        await seen(watcher, room, ann.name, told)
