@@ -567,7 +567,7 @@ async def test_a_session_past_its_lifetime_leaves_with_expired(processes, shared
     _, b = processes
     room = name("lifetime")
     ann = User()
-    lifetime = 80 * UNIT
+    lifetime = 50 * UNIT
     settings = {"PRESENCE_MAX_LIFETIME_HOURS": str(lifetime / 3600)}
     with server_process(env(shared_redis, **settings)) as short:
         async with tabs() as opened:
