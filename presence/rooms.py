@@ -571,30 +571,7 @@ class RoomService:
         self, identity: Identity, session: Session, room: str, meta: JSON
     ) -> JoinResult:
         """A REST session joins ``room``: it is present, held by this process, while
-        its heartbeats come within twice ``HEARTBEAT_INTERVAL``.
-
-        A session with a socket open, here or on another process, is held by it: the
-        join takes no REST hold, which would lapse without heartbeats and take the
-        socket's presence with it.
-
-        Raises:
-            TooManyRooms: the session is in its maximum of rooms.
-        """
-        tab = self._tabs.get((session.user, session.id))
-        if tab is not None and tab.sockets:
-            return await self.join(identity, tab, room, meta)
-        if session.transport == "websocket":
-            meta = self.check_meta(meta)
-            limit = self.settings.max_rooms_per_session
-            result, changed = await self.store.join(
-                session.user, session.id, room, meta, max_rooms=limit
-            )
-            if result == "full":
-                raise TooManyRooms(f"a session may be in at most {limit} rooms")
-            if result != "no_tab":
-                self._changed(changed)
-                return result
-            # Its socket's process holds no tab for it (it just went): held here.
+        its heartbeats come within twice ``HEARTBEAT_INTERVAL``."""
         tab = await self._hold_rest(session)
         return await self.join(identity, tab, room, meta)
 

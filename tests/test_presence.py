@@ -1151,36 +1151,6 @@ async def test_a_session_whose_ttl_ran_out_leaves_with_expired(processes, shared
         await seen(watcher, room, ann.name, [("join", ("online", 1, None)), ("leave", "expired")])
 
 
-async def test_a_rest_join_of_a_session_with_an_open_socket_keeps_the_socket_present(processes):
-    """A session whose socket is open on one process joins a room over REST through
-    another: the member stays while the socket does, with no heartbeats (the REST join
-    takes no hold that would lapse), and follows the socket's visibility."""
-    a, b = processes
-    room = name("mixed")
-    ann = User()
-    interval = 20 * UNIT  # the processes' HEARTBEAT_INTERVAL
-    async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
-        tab = await ann.tab(a)
-        opened.append(tab)
-        path = f"{CHAT}/sessions/{tab.session_id}/rooms/{room}"
-        joined = await ann.call(b, "POST", path, json={"meta": {"via": "rest"}})
-        assert joined.json() == {"room": room, "result": "joined"}
-        told = [("join", ("online", 1, {"via": "rest"}))]
-        await seen(watcher, room, ann.name, told)
-        await asyncio.sleep(2 * interval + GRACE + 10 * UNIT)  # past a REST tab's lapse
-        await tab.send({"type": "visibility", "state": "hidden"})
-        told.append(("update", ("away", 1, {"via": "rest"})))
-        await seen(watcher, room, ann.name, told)
-        presence = (await ann.call(b, "GET", f"{PRESENCE}/users/{ann.name}")).json()
-        assert (presence["status"], presence["sessions"], presence["rooms"]) == ("away", 1, [room])
-        await tab.close()
-        told.append(("leave", "closed"))
-        await seen(watcher, room, ann.name, told)
-
-
 async def test_unwatch_stops_the_diffs_and_watching_again_is_a_fresh_sync(processes):
     """After presence.unwatch no diff of the room comes; presence.watch of a room
     watched already (a client that saw a gap) is answered with a fresh sync at the
