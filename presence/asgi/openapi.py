@@ -585,8 +585,9 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {
                 "meta": {
+                    "type": ["object", "null"],
                     "description": (
-                        "Any JSON the client wants its member to show, at most "
+                        "A JSON object the client wants its member to show, at most "
                         f"{settings.max_meta_bytes} bytes once encoded."
                     ),
                     "x-max-encoded-bytes": settings.max_meta_bytes,

@@ -128,6 +128,7 @@ class Services:
                     degraded=lambda: bool(getattr(store, "degraded", False)),
                 )
                 self.rooms.on_reaped = self.sessions.reaped
+                self.rooms.on_held_again = self.sessions.held_again
                 await self.rooms.start()
                 try:
                     async with Refresher(

@@ -506,6 +506,22 @@ end
 return out
 """
 
+# KEYS: expiry zset, renewal hash, reaped zset. ARGV: holder, '1' to fence it only if its
+# lease is still lapsed. Fences the holder before its tabs are reaped: from then on its
+# RENEW answers 0, so a process that was only stalled or cut off learns it was taken for
+# dead and holds its tabs again under a new name, instead of renewing a lease while its
+# tabs are being removed. A holder that renewed since it was found lapsed is alive: 0,
+# and it is not reaped. Returns 1 when the holder is fenced (or was already).
+FENCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 1 end
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if ARGV[2] == '1' and expiry and tonumber(expiry) > now then return 0 end
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+return 1
+"""
+
 # KEYS: expiry zset, renewal hash, reaped zset. ARGV: holder. The holder is reaped.
 REAPED = """
 local t = redis.call('TIME')

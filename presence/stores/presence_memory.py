@@ -211,8 +211,13 @@ class MemoryPresenceStore:
         held.tab = replace(held.tab, rooms={**held.tab.rooms, room: joined})
         return now, []
 
-    async def reap(self, holder: str) -> tuple[list[str], list[tuple[str, str]]]:
-        lease = self._leases.pop(holder, None)
+    async def reap(
+        self, holder: str, *, if_lapsed: bool = False
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        lease = self._leases.get(holder)
+        if if_lapsed and holder not in self._reaped and lease and lease[0] > self.clock():
+            return [], []  # renewed since it was found lapsed: alive
+        self._leases.pop(holder, None)
         renewed = lease[1] if lease else self.clock()
         changed: set[str] = set()
         reaped: list[tuple[str, str]] = []

@@ -69,7 +69,7 @@ class RedisPresenceStore:
 
     async def open(self) -> None:
         client = self.sessions.client
-        for name in ("USER", "APPLY", "FLUSH", "ROOM", "RENEW", "LAPSED", "REAPED"):
+        for name in ("USER", "APPLY", "FLUSH", "ROOM", "RENEW", "LAPSED", "FENCE", "REAPED"):
             self._scripts[name] = client.register_script(getattr(_presence_scripts, name))
 
     async def close(self) -> None:
@@ -128,7 +128,12 @@ class RedisPresenceStore:
             return None
         return int(reply[1]) / 1000, []
 
-    async def reap(self, holder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    async def reap(
+        self, holder: str, *, if_lapsed: bool = False
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        lease_keys = keys.lease_keys(self.prefix)
+        if not int(await self._run("FENCE", lease_keys, [holder, "1" if if_lapsed else "0"])):
+            return [], []  # renewed since it was found lapsed: alive
         client = self.sessions.client
         users_key = keys.holder_users_key(self.prefix, holder)
         renewed = self._renewed.pop(holder, None)
@@ -148,7 +153,7 @@ class RedisPresenceStore:
             if int(cursor) == 0:
                 break
         await self._call_raw(client.delete, users_key)
-        await self._run("REAPED", keys.lease_keys(self.prefix), [holder])
+        await self._run("REAPED", lease_keys, [holder])
         return sorted(changed), reaped
 
     # -- rooms ----------------------------------------------------------------------------
