@@ -140,6 +140,14 @@ ROOM_KEY_SUFFIXES = ("m", "u", "v", "t", "d", "w", "q")
 #: window).
 EMPTY_ROOM_SEQ_MS = 86_400_000
 
+#: How long (ms) a room remembers the version of a member who left (a tombstone), so
+#: that a row of theirs still on its way (applied late, out of order) cannot bring them
+#: back: far longer than a retried script takes to arrive.
+TOMBSTONE_MS = 60_000
+#: The TTL (ms) of a room's versions and tombstones, pushed on by every change to the
+#: room: twice a tombstone's life, so that a quiet room's bookkeeping goes by itself.
+ROOM_VERSIONS_MS = 2 * TOMBSTONE_MS
+
 
 def room_keys(prefix: str, room: str) -> list[str]:
     """Every key of a room, in :data:`ROOM_KEY_SUFFIXES` order: one slot, the room's."""
@@ -185,6 +193,10 @@ REAP_CLAIM = 30.0
 #: the grace since its last renewal has passed too). Three renewals may fail first, so
 #: a stall of the event loop or a lost round trip is not a death.
 LEASE_TTL = 3.0
+#: How long (ms) a reaped process is remembered: long enough for one that was only cut
+#: off to come back, find it was reaped (its renewal says so) and hold its tabs again
+#: under a new name, instead of renewing a lease whose members are gone.
+REAPED_MEMORY_MS = 3_600_000
 #: Seconds between a process's renewals of its lease, and between its looks for
 #: lapsed ones.
 LEASE_RENEW_INTERVAL = 1.0

@@ -24,7 +24,17 @@ A member row, as rooms keep it: ``<status>|<sessions>|<since ms>|<meta JSON>``.
 
 from __future__ import annotations
 
+import re
+
+from .. import keys
 from ._webhook_scripts import WEBHOOK
+
+
+def _with_keys(script: str) -> str:
+    """``script`` with each ``@NAME@`` replaced by :mod:`presence.keys`'s ``NAME``:
+    the TTLs a script sets live in keys.py with why, like every other."""
+    return re.sub(r"@([A-Z_]+)@", lambda m: str(int(getattr(keys, m.group(1)))), script)
+
 
 # ARGV[1] is the operation, ARGV[#ARGV] the user; KEYS[1] the user's hash, KEYS[2..]
 # the webhook streams (none without webhooks), to which user.online and user.offline
@@ -326,13 +336,14 @@ return redis.error_reply('unknown presence operation ' .. tostring(op))
 # row ('' to remove), reason, last seen ms. Applies each row newer than the one the room
 # has for its user, remembering the member as published before the first change since
 # the last flush. Returns 1 when anything changed (a flush is due).
-APPLY = """
+APPLY = _with_keys(
+    """
 local m, u, v, tomb, d, w, q = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('EXISTS', q) == 0 then redis.call('SET', q, now) end
--- Tombstones (versions of members gone) outlive any row still on its way: a minute.
-local old = redis.call('ZRANGEBYSCORE', tomb, '-inf', now - 60000, 'LIMIT', 0, 32)
+-- Tombstones (versions of members gone) outlive any row still on its way.
+local old = redis.call('ZRANGEBYSCORE', tomb, '-inf', now - @TOMBSTONE_MS@, 'LIMIT', 0, 32)
 for _, user in ipairs(old) do
   redis.call('HDEL', v, user)
   redis.call('ZREM', tomb, user)
@@ -363,14 +374,15 @@ for i = 1, #ARGV, 5 do
   end
 end
 if redis.call('HLEN', m) == 0 then
-  redis.call('PEXPIRE', q, 86400000)
+  redis.call('PEXPIRE', q, @EMPTY_ROOM_SEQ_MS@)
 else
   redis.call('PERSIST', q)
 end
-redis.call('PEXPIRE', v, 120000)
-redis.call('PEXPIRE', tomb, 120000)
+redis.call('PEXPIRE', v, @ROOM_VERSIONS_MS@)
+redis.call('PEXPIRE', tomb, @ROOM_VERSIONS_MS@)
 return changed
 """
+)
 
 # KEYS: as APPLY, then (with webhooks) the room's webhook seq and the webhook streams.
 # ARGV: room, channel, publish command (PUBLISH, or SPUBLISH on a cluster). Publishes the
@@ -379,7 +391,7 @@ return changed
 # leaves are the webhook's member.joined and member.left, and a room that had no member
 # before it or has none after it room.occupied or room.vacated: a flush is once a room
 # and window, by one process, so each is added once.
-FLUSH = (
+FLUSH = _with_keys(
     WEBHOOK
     + """
 local m, u, v, tomb, d, w, q = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -435,11 +447,11 @@ if #KEYS >= 9 then
     webhook_add(streams, webhook_event(ev[1], scope, n, now,
       ',"room":' .. cjson.encode(room) .. ev[2] .. ',"count":' .. count))
   end
-  if count == 0 then redis.call('PEXPIRE', e, 86400000) else redis.call('PERSIST', e) end
+  if count == 0 then redis.call('PEXPIRE', e, @EMPTY_ROOM_SEQ_MS@) else redis.call('PERSIST', e) end
 end
 if count == 0 then
   redis.call('DEL', m, u)
-  redis.call('PEXPIRE', q, 86400000)
+  redis.call('PEXPIRE', q, @EMPTY_ROOM_SEQ_MS@)
 end
 return diff
 """
@@ -447,16 +459,17 @@ return diff
 
 # KEYS: the room's m, u, q. ARGV: the cursor (the last user of the previous page, or
 # ''), the page's size. Returns {seq, count, next user or '', user, row, user, row...}.
-ROOM = """
+ROOM = _with_keys(
+    """
 local m, u, q = KEYS[1], KEYS[2], KEYS[3]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local seq = redis.call('GET', q)
 if not seq then
-  -- A room nobody is in yet: its numbering starts now, and is kept a day, so that a
+  -- A room nobody is in yet: its numbering starts now, and is kept (EMPTY_ROOM_SEQ_MS), so that a
   -- watcher and the room's first diff agree.
   seq = tostring(now)
-  redis.call('SET', q, seq, 'PX', 86400000)
+  redis.call('SET', q, seq, 'PX', @EMPTY_ROOM_SEQ_MS@)
 end
 local limit = tonumber(ARGV[2])
 local start = '-'
@@ -474,6 +487,7 @@ end
 if #users > limit then out[3] = users[limit] end
 return out
 """
+)
 
 # KEYS: the leases' expiry zset, renewal hash, reaped zset. ARGV: holder, ttl ms.
 # Returns 1, or 0 when the holder was reaped (it must hold its tabs again, renamed).
@@ -490,11 +504,13 @@ return 1
 # holds (ms). Returns {holder, last renewal ms, ...} for the holders whose lease lapsed,
 # each claimed for the caller (SET NX of <reaped zset>:claim:<holder>), so that one
 # survivor reaps each; a claim lapses so another takes over if the reaper dies too.
-LAPSED = """
+LAPSED = _with_keys(
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- Reaped holders are remembered an hour: long enough for one cut off to come back.
-local forgotten = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - 3600000, 'LIMIT', 0, 64)
+-- Reaped holders are remembered long enough for one cut off to come back.
+local forgotten = redis.call(
+  'ZRANGEBYSCORE', KEYS[3], '-inf', now - @REAPED_MEMORY_MS@, 'LIMIT', 0, 64)
 for _, holder in ipairs(forgotten) do redis.call('ZREM', KEYS[3], holder) end
 local out = {}
 for _, holder in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 64)) do
@@ -505,6 +521,7 @@ for _, holder in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT
 end
 return out
 """
+)
 
 # KEYS: expiry zset, renewal hash, reaped zset. ARGV: holder, '1' to fence it only if its
 # lease is still lapsed. Fences the holder before its tabs are reaped: from then on its
