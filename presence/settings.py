@@ -59,6 +59,7 @@ class Settings:
     room_list_limit: int = 1000
     open_rooms: bool = False
     max_meta_bytes: int = 1024
+    admin_token: str | None = field(default=None, repr=False)
 
     @property
     def dev_mode(self) -> bool:
@@ -131,6 +132,7 @@ class Settings:
         values["jwt_secret"] = env.text("PRESENCE_JWT_SECRET")
         values["dev_secret"] = env.text("PRESENCE_DEV_SECRET")
         values["dev_secret_file"] = env.text("PRESENCE_DEV_SECRET_FILE")
+        values["admin_token"] = env.text("PRESENCE_ADMIN_TOKEN")
         require_exp = env.text("PRESENCE_JWT_REQUIRE_EXP")
         if require_exp is not None:
             values["jwt_require_exp"] = _parse_bool("PRESENCE_JWT_REQUIRE_EXP", require_exp)
@@ -206,6 +208,9 @@ class Settings:
             raise ConfigError("PRESENCE_PING_TIMEOUT", "must be greater than 0")
         if self.jwt_secret is not None and len(self.jwt_secret) < 32:
             raise ConfigError("PRESENCE_JWT_SECRET", "must be at least 32 characters for HS256")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            # A bearer that guards every user's presence: not something one can guess.
+            raise ConfigError("PRESENCE_ADMIN_TOKEN", "must be at least 16 characters")
         if not 0 < self.port < 65536 and self.port != 0:
             raise ConfigError("PORT", "must be between 0 and 65535")
         if self.max_sessions_per_user < 1:

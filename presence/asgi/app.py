@@ -28,7 +28,7 @@ from ..auth import cookie_token, first_headers, header
 from ..exceptions import PresenceError
 from ..settings import Settings
 from ..stores import SessionStore
-from . import errors, openapi, rest
+from . import admin, errors, openapi, rest
 from .services import Services
 from .sockets import session_socket
 
@@ -114,6 +114,7 @@ def _routes() -> list[BaseRoute]:
         Route("/openapi.json", openapi_document, methods=["GET"]),
         Route("/chat", _page("chat.html"), methods=["GET"]),
         Route("/hub", _page("hub.html"), methods=["GET"]),
+        *admin.routes(WEB_DIR),
     ]
     # Only the client modules and the demo's assets are public, never the rest of web/
     # (tests, node_modules, package metadata).
