@@ -99,10 +99,27 @@ function clock(ms) {
   return new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
 }
 
+// The demo pages put a display name in the meta; otherwise the user id is all there is.
+function nameOf(member) {
+  const name = member.meta?.name;
+  return typeof name === 'string' && name ? name : member.user;
+}
+
+// Events carry user ids; the rooms' members give the names known for them.
+function userName(user) {
+  for (const room of rooms.values()) {
+    const member = room.members.find((m) => m.user === user);
+    if (member) return nameOf(member);
+  }
+  return names.get(user) ?? user;
+}
+
+const names = new Map();
 const rooms = new Map();
 let events = [];
 
 function drawRooms() {
+  for (const room of rooms.values()) for (const member of room.members) names.set(member.user, nameOf(member));
   const list = $('rooms');
   const sorted = [...rooms.values()].filter((r) => r.count > 0).sort((a, b) => b.count - a.count || a.room.localeCompare(b.room));
   list.replaceChildren(
@@ -115,7 +132,7 @@ function drawRooms() {
             'li',
             { class: 'member', 'data-user': member.user },
             el('span', { class: 'dot', 'data-status': member.status, 'aria-hidden': 'true' }),
-            el('span', { class: 'member-name', text: member.user }),
+            el('span', { class: 'member-name', text: nameOf(member), title: member.user }),
             el('span', { class: 'member-status', text: member.status }),
             el('span', { class: 'tabs', text: tabs }),
           ),
@@ -138,13 +155,13 @@ function drawRooms() {
 function describe(event) {
   switch (event.kind) {
     case 'member.joined':
-      return `${event.user} joined ${event.room}`;
+      return `${userName(event.user)} joined ${event.room}`;
     case 'member.left':
-      return `${event.user} left ${event.room} (${LEFT[event.reason] ?? event.reason})`;
+      return `${userName(event.user)} left ${event.room} (${LEFT[event.reason] ?? event.reason})`;
     case 'member.status':
-      return `${event.user} is ${event.status} in ${event.room}`;
+      return `${userName(event.user)} is ${event.status} in ${event.room}`;
     case 'session.ended':
-      return `a session of ${event.user} ended (${event.reason})`;
+      return `a session of ${userName(event.user)} ended (${event.reason})`;
     case 'webhook.replayed':
       return `dead letter ${event.id} replayed`;
     default:
@@ -281,6 +298,7 @@ feed.addEventListener('admin.status', ({ detail }) => drawStatus(detail.status))
 feed.addEventListener('admin.room', ({ detail }) => {
   rooms.set(detail.room, detail);
   drawRooms();
+  drawEvents(); // names of members just seen, for the events about them
 });
 feed.addEventListener('admin.event', ({ detail }) => {
   events = [detail.event, ...events].slice(0, MAX_EVENTS);
