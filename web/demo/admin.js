@@ -179,8 +179,8 @@ function drawEvents() {
 }
 
 function drawChart(series, now) {
-  const width = 640;
-  const height = 180;
+  const width = 960;
+  const height = 200;
   const pad = { left: 36, right: 12, top: 12, bottom: 24 };
   const end = Math.floor(now / 60_000) * 60_000;
   const start = end - 59 * 60_000;
