@@ -487,15 +487,18 @@ class AdminService:
         now = self.clock()
         store: dict[str, JSON] = dict(await self.store.status())
         store["status"] = "degraded" if store.get("degraded") else "ready"
-        try:
-            processes = await self.board.processes(now)
-            leases = await self.board.leases()
-            series = await self.board.series(now)
-        except StoreError as error:
-            # Redis is away: this process alone, as it knows itself.
-            logger.warning("admin status: %s", error.message)
-            processes = [self._snapshot_now(now)]
-            leases, series = {}, []
+        processes: list[ProcessSnapshot] = [self._snapshot_now(now)]
+        leases: dict[str, float] = {}
+        series: list[tuple[int, int, int]] = []
+        if not self._degraded():
+            try:
+                processes = await self.board.processes(now)
+                leases = await self.board.leases()
+                series = await self.board.series(now)
+            except StoreError as error:
+                # Redis is away or refuses: this process alone, as it knows itself.
+                logger.warning("admin status: %s", error.message)
+                processes = [self._snapshot_now(now)]
         procs: list[JSON] = []
         for proc in processes:
             value = proc.to_json()
@@ -535,7 +538,9 @@ class AdminService:
         while True:
             await asyncio.sleep(TICK)
             try:
-                await self._publish()
+                if not self._degraded():
+                    with contextlib.suppress(StoreError):
+                        await self._publish()
                 if self.clients:
                     await self._observe()
                     text = _encode({"type": "admin.status", "status": await self.status()})
@@ -549,6 +554,11 @@ class AdminService:
                 logger.warning("admin tick: %s", error.message)
             except Exception:
                 logger.exception("admin tick failed")
+
+    def _degraded(self) -> bool:
+        # While the session store serves from memory (Redis away), the board is not
+        # asked: each call would wait out its bound for nothing.
+        return bool(getattr(self.store, "degraded", False))
 
     def _snapshot_now(self, now: float) -> ProcessSnapshot:
         registry = self.registry

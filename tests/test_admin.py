@@ -399,3 +399,43 @@ async def test_an_admin_sees_every_process_and_rooms_change_live(redis_url):
             assert joined["event"]["user"] == "carol"
             await carol.close()
         await ada.close()
+
+
+@pytest.mark.slow
+async def test_the_store_state_is_shown_through_an_outage(own_redis):
+    """Redis stopped (SIGSTOP): the admin sees the store degraded, serving from memory
+    with the journal's length, and this process alone; Redis back: ready, nothing
+    pending, and the board's processes and series again."""
+    settings = make_settings(redis_url=own_redis.url, admin_token=ADMIN_TOKEN)
+    async with serve(settings) as server:
+        user = {"authorization": f"Bearer {token('alice')}"}
+        async with (
+            httpx.AsyncClient(base_url=server.http, headers=user, timeout=WAIT) as client,
+            connect(server.ws + ADMIN_WS, additional_headers=BEARER) as admin,
+        ):
+            first = await _recv(admin)
+            assert first["status"]["store"] == {**first["status"]["store"], "status": "ready"}
+            own_redis.pause()
+            try:
+                # Writes while Redis is away go to the journal.
+                for _ in range(3):
+                    response = await client.post("/api/v1/chat/sessions", json={})
+                    assert response.status_code in (201, 503)
+
+                def degraded(message):
+                    store = (message.get("status") or {}).get("store", {})
+                    return store.get("status") == "degraded" and store.get("pending_writes", 0) > 0
+
+                status = (await _until(admin, degraded))["status"]
+                assert status["store"]["store"] == "memory"
+                assert [p["self"] for p in status["processes"]] == [True]
+            finally:
+                own_redis.resume()
+
+            def ready(message):
+                store = (message.get("status") or {}).get("store", {})
+                return store.get("status") == "ready" and store.get("pending_writes") == 0
+
+            status = (await _until(admin, ready))["status"]
+            assert status["store"]["store"] == "redis"
+            assert status["series"]
