@@ -464,7 +464,8 @@ class AdminService:
         first = not self.clients
         self.clients[client] = False
         if first:
-            await self._observe()
+            with contextlib.suppress(StoreError):  # the next tick tries again
+                await self._observe()
         await client.send(await self.snapshot())
 
     async def detach(self, client: AdminClient) -> None:
@@ -542,7 +543,8 @@ class AdminService:
                     with contextlib.suppress(StoreError):
                         await self._publish()
                 if self.clients:
-                    await self._observe()
+                    with contextlib.suppress(StoreError):
+                        await self._observe()
                     text = _encode({"type": "admin.status", "status": await self.status()})
                     for client, behind in list(self.clients.items()):
                         if behind:

@@ -245,7 +245,10 @@ function drawStatus(status) {
     ['Serving from', store.store],
     ['Journal (writes pending)', String(store.pending_writes ?? 0)],
   ];
-  if (store.error) facts.push(['Problem', store.error]);
+  // /readyz's sentence when it has one (what is wrong, in words), else the raw error.
+  const problem = store.problem ?? store.error;
+  if (problem) facts.push(['Problem', problem]);
+  if (store.unreachable_since) facts.push(['Unreachable since', store.unreachable_since]);
   $('store').replaceChildren(...facts.flatMap(([name, value]) => [el('dt', { text: name }), el('dd', { text: value ?? '–' })]));
   drawWebhooks(status.webhooks ?? {});
   drawChart(status.series ?? [], status.at);
