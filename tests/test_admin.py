@@ -195,7 +195,7 @@ async def test_failed_logins_are_rate_limited(admin_server):
             json.dumps({"token": ADMIN_TOKEN, "user": "x"}).encode(),
             {"content-type": "application/json"},
             422,
-            "bad_message",
+            "invalid_body",
         ),
         (b'{"token": 12}', {"content-type": "application/json"}, 401, "unauthorized"),
         (b"token=x", {"content-type": "application/x-www-form-urlencoded"}, 415, None),
@@ -439,3 +439,17 @@ async def test_the_store_state_is_shown_through_an_outage(own_redis):
             status = (await _until(admin, ready))["status"]
             assert status["store"]["store"] == "redis"
             assert status["series"]
+
+
+async def test_the_document_names_the_admin_api_while_it_is_on(admin_server):
+    """With PRESENCE_ADMIN_TOKEN set, /openapi.json documents the login, the logout and
+    the admin socket with their security, and still validates."""
+    import schemathesis
+
+    async with httpx.AsyncClient(base_url=admin_server.http) as client:
+        served = (await client.get("/openapi.json")).json()
+    schemathesis.openapi.from_dict(served).validate()
+    routes = {"/api/v1/admin/login", "/api/v1/admin/logout", "/api/v1/admin/ws"}
+    assert routes <= set(served["paths"])
+    assert served["paths"]["/api/v1/admin/login"]["post"]["security"] == []
+    assert {"adminToken", "adminCookie"} <= set(served["components"]["securitySchemes"])

@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..admin import CREDENTIAL_TTL
 from ..auth import first_headers, header
-from ..exceptions import Forbidden, InvalidMessage, PresenceError, RateLimited
+from ..exceptions import Forbidden, InvalidBody, InvalidMessage, PresenceError, RateLimited
 from ..limits import TokenBucket
 from . import errors, protocol, rest
 
@@ -76,7 +76,7 @@ async def login(request: Request) -> Response:
     body = await rest.read_json(request, headers, services)
     unknown = sorted(body.keys() - {"token"})
     if unknown:
-        raise InvalidMessage(f"unknown field {unknown[0]!r}")
+        raise InvalidBody(f"unknown field {unknown[0]!r}")
     credential = services.gate.login(body.get("token"), rest.client_address(request.scope))
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     response.headers.append("set-cookie", _cookie(services, request, credential, CREDENTIAL_TTL))
