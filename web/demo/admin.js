@@ -257,14 +257,29 @@ function drawStatus(status) {
 function drawWebhooks(webhooks) {
   const health = webhooks.health ?? {};
   const line = $('webhooks-health');
+  const receivers = Array.isArray(health.receivers) ? health.receivers : [];
   if (!health.configured) {
     line.textContent = health.message ?? 'webhooks not configured';
+  } else if (health.error) {
+    line.textContent = `Webhook state unavailable: ${health.error}`;
   } else {
-    const parts = Object.entries(health)
-      .filter(([name]) => name !== 'configured')
-      .map(([name, value]) => `${name.replaceAll('_', ' ')}: ${typeof value === 'object' ? JSON.stringify(value) : value}`);
-    line.textContent = parts.length ? parts.join(' · ') : 'configured';
+    const dead = receivers.reduce((n, r) => n + (r.dead ?? 0), 0);
+    const waiting = receivers.reduce((n, r) => n + (r.waiting ?? 0), 0);
+    line.textContent = `${receivers.length} receiver${receivers.length === 1 ? '' : 's'} · ${waiting} waiting · ${dead} dead${health.durable === false ? ' · not durable (memory store)' : ''}`;
   }
+  $('receivers').replaceChildren(
+    ...receivers.map((r) => {
+      const facts = [`delivered ${r.delivered ?? 0}`, `failures ${r.failures ?? 0}`, `retries ${r.retries ?? 0}`, `lag ${age(r.lag ?? 0)}`];
+      const ok = !r.last_error || (r.last_success ?? 0) * 1000 > Date.now() - 60_000;
+      return el(
+        'li',
+        { 'data-where': r.where ?? '' },
+        el('span', { class: 'dot', 'data-status': ok ? 'online' : 'away', 'aria-hidden': 'true' }),
+        el('code', { text: r.where ?? '' }),
+        el('span', { class: 'muted', text: ` ${facts.join(' · ')}${r.last_error ? ` · last error: ${r.last_error}` : ''}` }),
+      );
+    }),
+  );
   const letters = webhooks.dead_letters ?? [];
   $('dead-letters').replaceChildren(
     ...letters.map((letter) => {
@@ -273,7 +288,8 @@ function drawWebhooks(webhooks) {
         button.disabled = true;
         feed.send({ type: 'admin.replay', id: letter.id });
       });
-      const what = [letter.type, letter.error].filter(Boolean).join(' · ');
+      const tries = letter.attempts ? `${letter.attempts} attempts` : null;
+      const what = [letter.type, letter.to, letter.error, tries].filter(Boolean).join(' · ');
       return el('li', { 'data-id': letter.id }, el('div', {}, el('code', { text: letter.id }), el('p', { class: 'muted', text: what })), button);
     }),
   );

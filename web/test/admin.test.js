@@ -118,11 +118,18 @@ describe('admin page', () => {
   it('lists dead letters with a labelled Replay button that sends admin.replay, then refreshes', async () => {
     const socket = await open();
     const webhooks = {
-      health: { configured: true, receivers: 1 },
+      health: {
+        configured: true,
+        durable: true,
+        receivers: [{ where: 'https://hooks.example.com:443', waiting: 2, dead: 1, delivered: 9, failures: 3, retries: 3, lag: 0.2, last_error: 'HTTP 500', last_success: null }],
+      },
       dead_letters: [{ id: '0/1-0', type: 'member.joined', error: 'HTTP 500' }],
     };
     socket.receive({ type: 'admin.snapshot', rooms: [], events: [], status: status({ webhooks }) });
     await flush();
+    expect($('#webhooks-health').textContent).toBe('1 receiver · 2 waiting · 1 dead');
+    expect($('#receivers').textContent).toContain('https://hooks.example.com:443');
+    expect($('#receivers').textContent).toContain('last error: HTTP 500');
     const button = document.querySelector('button[aria-label="Replay dead letter 0/1-0"]');
     expect(button.closest('li').textContent).toContain('HTTP 500');
     button.click();
