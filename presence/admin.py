@@ -60,9 +60,13 @@ LOGIN_REFILL = 12.0
 #: Seconds between two status pushes to admin sockets, and two process snapshots.
 TICK = 2.0
 #: Rooms observed at most by one process for its admins (the most populous first).
-MAX_ROOMS = 50
-#: Members of a room sent to an admin at most (the count is always the room's).
-MAX_MEMBERS = 200
+MAX_ROOMS = 30
+#: Members of a room sent to an admin at most (the count is always the room's). With
+#: each member's meta left out but for a short display name (~150 bytes a member), a
+#: snapshot stays far below what a socket may hold unsent (PRESENCE_WS_MAX_UNSENT_BYTES).
+MAX_MEMBERS = 100
+#: The longest display name (a meta's ``name``) passed on.
+MAX_NAME = 64
 #: Recent events kept by each process.
 MAX_EVENTS = 200
 #: Dead letters shown at most.
@@ -369,7 +373,23 @@ class _Room:
 
     def to_json(self, room: str) -> dict[str, JSON]:
         shown = sorted(self.members.values(), key=lambda m: str(m["user"]))[:MAX_MEMBERS]
-        return {"room": room, "count": self.count, "seq": self.seq, "members": list(shown)}
+        return {
+            "room": room,
+            "count": self.count,
+            "seq": self.seq,
+            "members": [_shown(member) for member in shown],
+        }
+
+
+def _shown(member: dict[str, JSON]) -> JSON:
+    """A member as an admin sees it: its meta (up to PRESENCE_MAX_META_BYTES, the
+    client's) left out but for a short display name."""
+    out: dict[str, JSON] = {k: member.get(k) for k in ("user", "status", "sessions", "since")}
+    meta = member.get("meta")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if isinstance(name, str) and name:
+        out["name"] = name[:MAX_NAME]
+    return out
 
 
 class _Observer:

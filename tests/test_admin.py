@@ -324,7 +324,8 @@ async def _user_in_room(server, user: str, room: str):
         sid = (await client.post("/api/v1/chat/sessions", json={})).json()["id"]
     websocket = await connect(f"{server.ws}/api/v1/chat/sessions/{sid}/ws?token={bearer}")
     assert (await _recv(websocket))["type"] == "snapshot"
-    await websocket.send(json.dumps({"type": "presence.join", "room": room, "meta": {}}))
+    meta = {"name": user.title(), "bio": "x" * 500}
+    await websocket.send(json.dumps({"type": "presence.join", "room": room, "meta": meta}))
     await _until(websocket, lambda m: m["type"] == "presence.sync")
     return websocket
 
@@ -378,6 +379,12 @@ async def test_an_admin_sees_every_process_and_rooms_change_live(redis_url):
             await admin.send(json.dumps({"type": "admin.refresh"}))
             room = await _until(admin, general_with("ada", "bob"))
             assert room["type"] in ("admin.snapshot", "admin.room")
+            (general,) = [r for r in room.get("rooms", [room]) if r["room"] == "general"]
+            assert general["count"] == 2
+            for member in general["members"]:
+                # A meta is the client's (up to a KiB): an admin gets its name alone.
+                assert set(member) == {"user", "status", "sessions", "since", "name"}
+                assert member["name"] == member["user"].title()
 
             await bob.close()
             seen: list[dict] = []

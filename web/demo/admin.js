@@ -101,7 +101,7 @@ function clock(ms) {
 
 // The demo pages put a display name in the meta; otherwise the user id is all there is.
 function nameOf(member) {
-  const name = member.meta?.name;
+  const name = member.name ?? member.meta?.name;
   return typeof name === 'string' && name ? name : member.user;
 }
 

@@ -36,8 +36,8 @@ function status(overrides = {}) {
   };
 }
 
-const ada = { user: 'u1', status: 'online', sessions: 2, meta: { name: 'Ada' }, since: '2026-12-01T12:00:00Z' };
-const bob = { user: 'u2', status: 'away', sessions: 1, meta: null, since: '2026-12-01T12:01:00Z' };
+const ada = { user: 'u1', status: 'online', sessions: 2, name: 'Ada', since: '2026-12-01T12:00:00Z' };
+const bob = { user: 'u2', status: 'away', sessions: 1, since: '2026-12-01T12:01:00Z' };
 
 beforeEach(() => {
   vi.resetModules();
