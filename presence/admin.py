@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from redis.exceptions import RedisError
+
 from . import events, keys
 from .auth import Identity
 from .exceptions import (
@@ -37,11 +39,13 @@ from .exceptions import (
     DeadLetterNotFound,
     RateLimited,
     StoreError,
+    StoreUnavailable,
     Unauthorized,
     WebhooksNotConfigured,
 )
 from .limits import KeyedLimiter
 from .models import JSON
+from .webhooks import Webhooks, where
 
 if TYPE_CHECKING:
     from .bus import EventBus
@@ -100,6 +104,58 @@ class NoWebhooks:
 
     async def replay(self, letter_id: str) -> bool:
         raise WebhooksNotConfigured("webhooks are not configured: nothing to replay")
+
+
+class WebhookPanel:
+    """Webhook delivery (:class:`presence.webhooks.Webhooks`) as the admin page shows it.
+
+    A dead letter's id here is ``<n>/<entry id>``: the n-th URL's dead-letter stream and
+    the entry in it (a URL itself may hold a secret, so it never leaves the process;
+    each receiver is shown by its scheme, host and port).
+    """
+
+    def __init__(self, webhooks: Webhooks) -> None:
+        self.webhooks = webhooks
+
+    async def health(self) -> dict[str, JSON]:
+        try:
+            state = await self.webhooks.state()
+        except RedisError as error:
+            raise StoreUnavailable(f"webhook state: Redis: {type(error).__name__}") from None
+        receivers: list[JSON] = [
+            {name: value for name, value in url.items() if name != "url"} for url in state
+        ]
+        return {"configured": True, "durable": self.webhooks.durable, "receivers": receivers}
+
+    async def dead_letters(self, limit: int) -> list[dict[str, JSON]]:
+        out: list[dict[str, JSON]] = []
+        for n, url in enumerate(self.webhooks.urls):
+            try:
+                letters = await self.webhooks.dead_letters(url, count=limit)
+            except RedisError as error:
+                raise StoreUnavailable(f"dead letters: Redis: {type(error).__name__}") from None
+            for letter in letters:
+                out.append(
+                    {
+                        "id": f"{n}/{letter.id}",
+                        "to": where(url),
+                        "event": letter.event.get("id"),
+                        "type": letter.event.get("type"),
+                        "error": letter.error,
+                        "attempts": letter.attempts,
+                    }
+                )
+        return out[:limit]
+
+    async def replay(self, letter_id: str) -> bool:
+        n, _, entry = letter_id.partition("/")
+        urls = self.webhooks.urls
+        if not n.isdigit() or int(n) >= len(urls) or not entry:
+            return False
+        try:
+            return await self.webhooks.replay(urls[int(n)], [entry]) > 0
+        except RedisError as error:
+            raise StoreUnavailable(f"replay: Redis: {type(error).__name__}") from None
 
 
 # -- who may look ---------------------------------------------------------------------

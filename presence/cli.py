@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import secrets
+import shutil
 import sys
-from collections.abc import Awaitable, Sequence
+import tempfile
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from ._http import HttpProtocol, NoDelayHttpToolsProtocol, no_delay
 from .exceptions import ConfigError
-from .settings import Settings
+from .settings import VARIABLES, Settings
 from .wsproto import FrameLimits, PresenceWebSocketProtocol
 
 __all__ = ["NoDelayHttpToolsProtocol", "app_from_env", "main", "no_delay", "uvicorn_options"]
@@ -112,7 +115,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws_per_message_deflate": False,
         "ws_max_size": settings.ws_max_message_bytes,
         "access_log": False,
-        "log_config": logging_config(settings.log_level),
+        "log_config": logging_config(settings.log_level, settings.log_format),
         "lifespan": "on",
         # Named, not guessed: the app factory's wrapper (StartupErrors) is no coroutine
         # function, which uvicorn would take for ASGI 2.
@@ -123,8 +126,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def logging_config(level: str) -> dict[str, Any]:
-    """One line per record on stderr; uvicorn's access log is off (ours templates paths)."""
+def logging_config(level: str, log_format: str = "plain") -> dict[str, Any]:
+    """One line per record on stderr, as text or (``LOG_FORMAT=json``) a JSON object;
+    uvicorn's access log is off (ours templates paths)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -134,11 +138,12 @@ def logging_config(level: str) -> dict[str, Any]:
                 "()": "presence.logs.SafeFormatter",
                 "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
             },
+            "json": {"()": "presence.logs.JsonFormatter"},
         },
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
-                "formatter": "plain",
+                "formatter": log_format,
                 "stream": "ext://sys.stderr",
             },
         },
@@ -150,15 +155,46 @@ def logging_config(level: str) -> dict[str, Any]:
     }
 
 
+def environment_help() -> str:
+    """The environment variables with their defaults, for ``--help`` (from
+    :data:`presence.settings.VARIABLES`)."""
+    rows = [(v.name, v.shown_default(), v.meaning) for v in VARIABLES]
+    name_width = max(len(name) for name, _, _ in rows)
+    default_width = max(len(default) for _, default, _ in rows)
+    lines = ["environment variables (read once at start-up):"]
+    lines.append(f"  {'variable':<{name_width}}  {'default':<{default_width}}  meaning")
+    for name, default, meaning in rows:
+        lines.append(f"  {name:<{name_width}}  {default:<{default_width}}  {meaning}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="presence", description=__doc__)
+    """``presence [serve] [--host H] [--port P] [--workers N]``: with no command, serves."""
+    epilog = environment_help()
+    parser = argparse.ArgumentParser(
+        prog="presence",
+        description="Presence: browser chat sessions and who is online. "
+        "With no command, `presence serve`.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"presence {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
+    commands = parser.add_subparsers(dest="command", metavar="{serve}")
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP and WebSocket server",
+        description="Runs the HTTP and WebSocket server under uvicorn.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", help="address to bind (default: HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: PORT or 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or (arguments[0].startswith("-") and arguments[0] not in _TOP_LEVEL):
+        # No command (`python -m presence`, `presence --port 8080`): serve.
+        arguments.insert(0, "serve")
+    args = parser.parse_args(arguments)
 
     overrides: dict[str, object] = {}
     if args.host is not None:
@@ -182,15 +218,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    uvicorn.run(
-        "presence.cli:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=args.workers,
-        **uvicorn_options(settings),
-    )
+    with _metrics_folder(settings, args.workers):
+        uvicorn.run(
+            "presence.cli:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=args.workers,
+            **uvicorn_options(settings),
+        )
     return 0
+
+
+@contextlib.contextmanager
+def _metrics_folder(settings: Settings, workers: int) -> Iterator[None]:
+    """Under ``--workers``, prometheus-client's multiprocess mode: each worker writes its
+    metrics to files in ``PROMETHEUS_MULTIPROC_DIR`` and a scrape adds them up. The
+    variable must be set before a worker imports the library (each worker is a new
+    interpreter that inherits this environment); when the operator has not set it, a
+    folder of this launch's own is made, and removed (and unnamed) at exit. A folder
+    given is wiped of a previous launch's files, as the library asks."""
+    from . import metrics
+
+    if settings.metrics_dir is not None:
+        metrics.wipe(settings.metrics_dir)
+        yield
+        return
+    if workers < 2:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="presence-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# Flags of `presence` itself, not of `serve`.
+_TOP_LEVEL = frozenset({"-h", "--help", "--version"})
 
 
 if __name__ == "__main__":  # pragma: no cover

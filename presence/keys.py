@@ -212,3 +212,100 @@ def admin_keys(prefix: str) -> list[str]:
 ADMIN_PROCESS_STALE = 10.0
 #: Seconds of samples the admin page's chart shows: the last hour.
 ADMIN_SERIES_SPAN = 3600.0
+
+
+# -- webhooks -------------------------------------------------------------------------
+
+
+def webhook_tag(url: str) -> str:
+    """The hash tag of one webhook URL's streams: a digest of the URL (which may hold
+    anything, and must not show in Redis), behind a "~" that no user's or room's tag
+    has. The stream and its dead letters share it, so that moving an event from one
+    to the other is one transaction in one slot."""
+    digest = hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
+    return "{~webhook:" + digest + "}"
+
+
+def webhook_stream(prefix: str, url: str) -> str:
+    """The events still to deliver to one URL: a stream read by the consumer group
+    :data:`WEBHOOK_GROUP`, written by the presence and session scripts in the same
+    atomic step as the change they tell of (so an event exists if and only if its
+    change happened; on a cluster, moved there from the outbox the script wrote, see
+    :func:`user_outbox`). An entry is deleted once the URL has taken it; the stream has no
+    TTL (undelivered events are kept until delivered or dead), and a MAXLEN
+    (:data:`WEBHOOK_STREAM_MAXLEN`) so that a receiver gone for good cannot fill
+    Redis."""
+    return f"{prefix}:{webhook_tag(url)}:events"
+
+
+def webhook_dead(prefix: str, url: str) -> str:
+    """The events that one URL did not take within ``PRESENCE_WEBHOOK_RETRY_HOURS``:
+    a stream of ``event``, ``error`` and ``attempts`` entries, kept for the admin page
+    to list and replay (replayed entries leave it). No TTL; MAXLEN
+    :data:`WEBHOOK_DEAD_MAXLEN`, the oldest trimmed first."""
+    return f"{prefix}:{webhook_tag(url)}:dead"
+
+
+def room_event_seq_key(prefix: str, room: str) -> str:
+    """A room's webhook seq (a counter, started at the time in ms, so that a room made
+    again numbers on above its old events): in the room's slot, incremented by the
+    flush script for each event it adds. No TTL while the room has members; a day
+    once it is empty, as the room's diff seq."""
+    return f"{prefix}:room:{room_tag(room)}:e"
+
+
+#: The consumer group every process reads a webhook stream through: each event goes to
+#: one consumer (one process) at a time, and stays pending until acknowledged.
+WEBHOOK_GROUP = "presence"
+#: Events kept undelivered per URL at most (approximately: ``MAXLEN ~``). At about
+#: 300 B an event, 1,000,000 is ~300 MB of Redis for a receiver that is gone for long
+#: under heavy traffic; past it the oldest are trimmed, and the delivering process
+#: logs how many it found trimmed (XAUTOCLAIM names them).
+WEBHOOK_STREAM_MAXLEN = 1_000_000
+#: Dead letters kept per URL at most; the oldest go first.
+WEBHOOK_DEAD_MAXLEN = 100_000
+#: Seconds an event may stay pending with one consumer untouched before another process
+#: claims it (XAUTOCLAIM): the consumer died. A live one touches what it holds every
+#: third of this (while posting and while waiting to retry), so it never loses it.
+WEBHOOK_CLAIM_IDLE = 15.0
+#: Seconds a consumer (a process's name in a webhook group) may sit idle holding nothing
+#: before it is dropped from the group: a process gone; a live one reads every second.
+WEBHOOK_CONSUMER_IDLE = 3600.0
+#: How long (ms) a user's tabs hash made only to number a ``session.ended`` event (the
+#: user had no tab) is kept: the user's seq must outlive the events it numbered long
+#: enough to stay above them; it starts at the time again after.
+WEBHOOK_USER_SEQ_MS = 86_400_000
+
+
+def user_outbox(prefix: str, user: str) -> str:
+    """On a Redis Cluster: the user's webhook events (``user.*``, ``session.ended``) as
+    the scripts of the user's slot add them (a stream there: a script may only touch its
+    own slot), until a process moves them to the URLs' streams and deletes the key
+    (emptied, atomically). A process that dies in between leaves it for the sweep,
+    which finds it by :func:`outbox_pattern`. No TTL: it holds events not yet moved."""
+    return f"{prefix}:{user_tag(user)}:wh"
+
+
+def room_outbox(prefix: str, room: str) -> str:
+    """On a Redis Cluster: a room's webhook events (``room.*``, ``member.*``), as for a
+    user (see :func:`user_outbox`), in the room's slot."""
+    return f"{prefix}:room:{room_tag(room)}:wh"
+
+
+def outbox_pattern(prefix: str) -> str:
+    """What the sweep SCANs each primary for (streams only: a session key ending in
+    ``:wh`` is a string)."""
+    return f"{prefix}:*:wh"
+
+
+def webhook_sweep_key(prefix: str) -> str:
+    """The sweep's claim (SET NX, :data:`WEBHOOK_SWEEP_INTERVAL`): one process sweeps at
+    a time. Its tag is the webhooks' own."""
+    return f"{prefix}:{{~webhook}}:sweep"
+
+
+#: Seconds between sweeps for outboxes left behind (a cluster only): the longest an
+#: event waits when the process that added it died before moving it, or when it was
+#: added by a heartbeat, a refresh (a session's lifetime reached) or the write-back
+#: after an outage, which are not followed by a move.
+WEBHOOK_SWEEP_INTERVAL = 10.0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -30,7 +31,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import events, keys
+from . import events, keys, metrics
 from .exceptions import (
     InvalidBody,
     InvalidRoom,
@@ -247,6 +248,10 @@ class _LocalRoom:
 _RECENT = 32
 # Attempts at syncing a watcher before it is left for the next diff to catch up.
 _SYNC_ATTEMPTS = 3
+# Seconds before a watcher whose sync the store did not answer is synced again (even
+# in a quiet room, where no diff comes to prompt it), doubling up to the cap.
+_RESYNC_FIRST = 0.5
+_RESYNC_CAP = 8.0
 
 
 @dataclass(eq=False)
@@ -260,6 +265,10 @@ class LocalTab:
         rooms: the rooms the tab joined, each with its meta.
         sockets: its sockets open here (0 for a REST tab).
         timer: a REST tab's lapse, twice ``HEARTBEAT_INTERVAL`` after its heartbeat.
+        left: the rooms it left while presence was this process's alone (Redis away),
+            to be left in Redis too when it is back (where the tab is still in them).
+        primary_gen: the generation of its hold in Redis, kept while it is held in
+            this process's memory.
     """
 
     user: str
@@ -269,6 +278,8 @@ class LocalTab:
     rooms: dict[str, JSON] = field(default_factory=dict)
     sockets: int = 0
     timer: asyncio.TimerHandle | None = None
+    left: set[str] = field(default_factory=set)
+    primary_gen: int = 0
 
 
 class RoomService:
@@ -318,13 +329,30 @@ class RoomService:
         self._rooms: dict[str, _LocalRoom] = {}
         self._listeners: dict[str, Callable[[str], Awaitable[None]]] = {}
         self._flushing: set[str] = set()
+        # Each room's page being read for syncs, shared by the watchers syncing meanwhile.
+        self._pages: dict[str, asyncio.Future[tuple[RoomPage, str]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._resyncs: set[asyncio.TimerHandle] = set()
         self._lease: asyncio.Task[None] | None = None
         self._reaping: set[str] = set()
+        #: Loop time since which every renewal of this process's lease has succeeded
+        #: (None: the last one failed, or it was reaped).
+        self._renewing_since: float | None = None
+        #: Tabs released while Redis was away: why, and the generation of their hold
+        #: in Redis.
+        self._released_away: dict[tuple[str, str], tuple[Reason, int]] = {}
+        #: Loop time until which syncs say partial after Redis came back.
+        self._partial_until = 0.0
         self._switching = asyncio.Lock()
         #: Called with the (user, session id) of the tabs reaped from a dead process
         #: (their sessions' records still say "websocket").
         self.on_reaped: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None
+        #: Called with the (user, session id, state) of the tabs of this process's
+        #: sockets once they are held again after this process was taken for dead (the
+        #: reaper marked their sessions disconnected; their sockets are open here).
+        self.on_held_again: Callable[[list[tuple[str, str, TabState]]], Awaitable[None]] | None = (
+            None
+        )
 
     @property
     def store(self) -> PresenceStore:
@@ -337,7 +365,8 @@ class RoomService:
 
     async def start(self) -> None:
         with contextlib.suppress(StoreUnavailable):
-            await self.primary.renew(self.holder, keys.LEASE_TTL)
+            if await self.primary.renew(self.holder, keys.LEASE_TTL):
+                self._renewing_since = asyncio.get_running_loop().time()
         self.bus.on_reconnect(self._resync_all)
         self._lease = asyncio.create_task(self._lease_loop(), name="presence-lease")
 
@@ -350,11 +379,20 @@ class RoomService:
         for tab in self._tabs.values():
             if tab.timer is not None:
                 tab.timer.cancel()
+        for shared in list(self._pages.values()):
+            shared.cancel()
+        for handle in self._resyncs:
+            handle.cancel()
+        self._resyncs.clear()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
+
+    def held_tabs(self) -> Iterable[LocalTab]:
+        """The tabs this process holds (for the metrics' sampler; not to be changed)."""
+        return self._tabs.values()
 
     # -- rules ----------------------------------------------------------------------------
 
@@ -373,14 +411,26 @@ class RoomService:
         return room
 
     def check_meta(self, meta: JSON) -> JSON:
-        """``meta``, if it is within its size limit once encoded.
+        """``meta``, if it is an object (or null: no meta) within its size limit once
+        encoded, that every watcher can be sent.
 
         Raises:
-            InvalidBody: larger than ``PRESENCE_MAX_META_BYTES`` once encoded.
+            InvalidBody: not an object, larger than ``PRESENCE_MAX_META_BYTES`` once
+                encoded, or holding what no diff could carry (NaN, Infinity, an
+                unpaired surrogate), which a socket's JSON parser lets through.
         """
-        encoded = json.dumps(meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        if meta is not None and not isinstance(meta, dict):
+            raise InvalidBody("meta must be a JSON object, or null")
+        try:
+            encoded = json.dumps(
+                meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+        except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+            raise InvalidBody(
+                "meta must not hold NaN, Infinity or unpaired surrogates, nor nest too deep"
+            ) from None
         limit = self.settings.max_meta_bytes
-        size = len(encoded.encode())
+        size = len(encoded)
         if size > limit:
             raise InvalidBody(f"meta is {size} bytes once encoded; the limit is {limit}")
         return meta
@@ -446,6 +496,7 @@ class RoomService:
         if result == "no_tab":
             raise NotFound("no such session present here")
         tab.rooms[room] = meta
+        tab.left.discard(room)
         self._changed(changed)
         return result
 
@@ -465,10 +516,14 @@ class RoomService:
     async def leave(self, user: str, session_id: str, room: str, reason: Reason = "left") -> bool:
         """The session leaves ``room`` (announced after the grace, unless it joins
         again); False when it was not in it."""
+        left = await self.store.leave(user, session_id, room, reason)
+        # Only once the store took it: a leave it refused (Redis going away) is still
+        # to be made, and the room still the tab's.
         tab = self._tabs.get((user, session_id))
         if tab is not None:
             tab.rooms.pop(room, None)
-        left = await self.store.leave(user, session_id, room, reason)
+            if self._degraded:
+                tab.left.add(room)
         if left is None:
             return False
         self._depart_later(user, session_id, left[0])
@@ -509,7 +564,14 @@ class RoomService:
     async def page(self, room: str, cursor: str | None = None) -> RoomPage:
         """A page of the room's members, for REST."""
         page = await self.store.room(room, cursor=cursor, limit=self.settings.room_list_limit)
-        return replace(page, partial=True) if self._degraded else page
+        return replace(page, partial=True) if self.partial else page
+
+    @property
+    def partial(self) -> bool:
+        """Whether what this process says of rooms may miss other processes' members:
+        while Redis is away, and for a lease after it is back (until every process has
+        held its tabs there again)."""
+        return self._degraded or asyncio.get_running_loop().time() < self._partial_until
 
     async def user(self, user: str) -> UserPresence:
         return await self.store.user(user)
@@ -579,6 +641,10 @@ class RoomService:
         )
         if since is not None:
             self._depart_later(tab.user, tab.session_id, since)
+        if self._degraded:
+            # Released in memory only: Redis still has it held, and is told when it is
+            # back, or the reap of this process's old name would say node_down.
+            self._released_away[(tab.user, tab.session_id)] = (reason, tab.primary_gen)
 
     async def _hold_rest(self, session: Session) -> LocalTab:
         state: TabState = "online" if session.state == "active" else "away"
@@ -617,10 +683,13 @@ class RoomService:
     async def _flush(self, room: str) -> None:
         self._flushing.discard(room)
         try:
-            await self.store.flush(room)
+            diff = await self.store.flush(room)
         except StoreUnavailable:
             logger.warning("could not flush a room's changes; trying again")
             self._changed([room])
+            return
+        if diff is not None:
+            metrics.diff_published(diff)
 
     def _depart_later(self, user: str, session_id: str, since: float) -> None:
         delay = max(0.0, since + self.settings.offline_grace - time.time())
@@ -658,26 +727,33 @@ class RoomService:
             for watcher in list(local.watchers):
                 self._spawn(self._sync(watcher, room, local))
             return
+        sent = 0
         for watcher in list(local.watchers):
             seq = watcher.watching.get(room)
             if seq is None:
                 continue  # its sync is on the way; it takes this one from `recent`
             if seq == diff.seq - 1 and await watcher.offer(text):
                 watcher.watching[room] = diff.seq
+                sent += 1
             elif seq < diff.seq:
                 # It fell behind (a diff it could not take): sync it again.
                 self._spawn(self._sync(watcher, room, local))
+        metrics.fanned_out(sent)
 
-    async def _sync(self, watcher: Watcher, room: str, local: _LocalRoom) -> None:
+    async def _sync(
+        self, watcher: Watcher, room: str, local: _LocalRoom, retry: float | None = None
+    ) -> None:
+        seq = -1
         for _ in range(_SYNC_ATTEMPTS):
             watcher.watching[room] = None
             try:
-                page = await self.page(room)
+                page, sync = await self._sync_page(room)
             except StoreUnavailable:
-                return
+                self._resync_later(watcher, room, local, retry or _RESYNC_FIRST)
+                break
             if watcher not in local.watchers:
                 return
-            await watcher.send(self.encode_sync(page))
+            await watcher.send(sync)
             seq = page.seq
             behind = [(s, text) for s, text in local.recent if s > seq]
             if behind and behind[0][0] != seq + 1:
@@ -685,12 +761,55 @@ class RoomService:
             for s, text in behind:
                 await watcher.send(text)
                 seq = s
+            # The page may be ahead of the bus (read after a flush whose diff is still
+            # on its way here): `local.seq` stays what the bus delivered, or that diff
+            # would be taken for heard already and withheld from every other watcher.
             watcher.watching[room] = seq
-            if local.seq is None or local.seq < seq:
-                local.seq = seq
             return
+        # Not synced (the store did not answer in time, or what came since the page
+        # never lined up): left behind, so that the next diff heard here syncs it
+        # again. Left "on its way" (None), every diff would pass it over for good. (A
+        # sync of it that succeeded meanwhile has set its seq: that one stands.)
+        if watcher in local.watchers and room in watcher.watching:
+            if watcher.watching[room] is None:
+                watcher.watching[room] = seq
+
+    def _resync_later(self, watcher: Watcher, room: str, local: _LocalRoom, after: float) -> None:
+        def due() -> None:
+            self._resyncs.discard(handle)
+            # Still watching, and still behind: no sync of it has begun since.
+            if watcher in local.watchers and watcher.watching.get(room) == -1:
+                self._spawn(self._sync(watcher, room, local, min(after * 2, _RESYNC_CAP)))
+
+        handle = asyncio.get_running_loop().call_later(after, due)
+        self._resyncs.add(handle)
+
+    async def _sync_page(self, room: str) -> tuple[RoomPage, str]:
+        """The room's page and its sync's text. Watchers syncing at once share one read
+        and one encoding: in a crowd joining a room each join watches it, and a read
+        and an encoding of the whole room for each would make N joins cost N² members.
+        A page read before a watcher came is as good as one read after: what changed
+        since comes in the diffs after its seq."""
+        shared = self._pages.get(room)
+        if shared is None:
+            shared = self._pages[room] = asyncio.ensure_future(self._read_page(room))
+            shared.add_done_callback(functools.partial(self._page_read, room))
+        return await asyncio.shield(shared)
+
+    async def _read_page(self, room: str) -> tuple[RoomPage, str]:
+        page = await self.page(room)
+        return page, self.encode_sync(page)
+
+    def _page_read(self, room: str, shared: asyncio.Future[tuple[RoomPage, str]]) -> None:
+        if self._pages.get(room) is shared:
+            del self._pages[room]
+        if not shared.cancelled():
+            shared.exception()  # each watcher waiting had it; none left is no warning
 
     async def _resync_all(self) -> None:
+        # A read begun before (on the bus's old connection, or on the store presence
+        # just left) is not shared with these: each room is read afresh.
+        self._pages.clear()
         for room, local in list(self._rooms.items()):
             local.seq = None
             local.recent.clear()
@@ -700,22 +819,35 @@ class RoomService:
     # -- internals: the lease, and Redis going and coming back --------------------------
 
     async def _lease_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(keys.LEASE_RENEW_INTERVAL)
             try:
                 await self._follow_the_store()
                 if self._degraded:
+                    self._renewing_since = None
                     continue  # no lease, no reaping: this process sees only itself
                 if not await self.primary.renew(self.holder, keys.LEASE_TTL):
                     logger.warning(
                         "this process was taken for dead and reaped; holding its tabs again"
                     )
-                    await self._hold_all_again()
+                    self._renewing_since = None
+                    await self._hold_all_again(reaped=True)
+                if self._renewing_since is None:
+                    self._renewing_since = loop.time()
+                # A lease lapsed while this process could not renew its own either (Redis
+                # away, or this process stalled or cut off) says nothing of its holder:
+                # every lease lapsed then. Others are taken for dead only once this
+                # process has renewed its own for a whole lease, in which time every
+                # live process has renewed its own too.
+                if loop.time() - self._renewing_since < keys.LEASE_TTL + keys.LEASE_RENEW_INTERVAL:
+                    continue
                 for holder, renewed in await self.primary.lapsed():
                     if holder != self.holder and holder not in self._reaping:
                         self._reaping.add(holder)
                         self._spawn(self._reap(holder, renewed))
             except StoreUnavailable:
+                self._renewing_since = None
                 logger.warning("presence lease: store unavailable; will retry")
             except Exception:
                 logger.exception("presence lease tick failed")
@@ -735,6 +867,7 @@ class RoomService:
                 self.local = self._make_local()
                 await self.local.open()
                 for tab in list(self._tabs.values()):
+                    tab.primary_gen = tab.gen
                     await self._hold_in_full(tab)
             else:
                 logger.warning("Redis is back: this process's tabs are held there again")
@@ -742,19 +875,43 @@ class RoomService:
                     await self.local.close()
                 self.local = None
                 await self._hold_all_again()
+                # The other processes hold theirs again within a lease (each follows its
+                # store within a tick of its own breaker closing): until then a sync from
+                # Redis may miss what they did meanwhile, so it says partial, and every
+                # watcher is synced afresh once it is over.
+                loop = asyncio.get_running_loop()
+                settle = keys.LEASE_TTL + keys.LEASE_RENEW_INTERVAL
+                self._partial_until = loop.time() + settle
+                loop.call_later(settle, lambda: self._spawn(self._resync_all()))
             await self._resync_all()
 
-    async def _hold_all_again(self) -> None:
+    async def _hold_all_again(self, *, reaped: bool = False) -> None:
         """Takes a new name and holds every tab held here again, rooms and metas with
         it, then reaps the old name: what this process held under it and holds no
         longer (tabs that went while it was cut off) leaves, what it still holds does not
-        (held again under the new name first, so the reaper passes it over)."""
+        (held again under the new name first, so the reaper passes it over). ``reaped``:
+        this process was taken for dead, so its sockets' sessions are theirs again."""
         old, self.holder = self.holder, _holder_name()
         await self.primary.renew(self.holder, keys.LEASE_TTL)
+        renewed = time.monotonic()
+        # Tabs released while Redis was away leave with their own reason, not node_down.
+        released, self._released_away = self._released_away, {}
+        for (user, session_id), (reason, gen) in released.items():
+            await self.primary.release(user, session_id, reason, holder=old, gen=gen)
         for tab in list(self._tabs.values()):
+            if time.monotonic() - renewed >= keys.LEASE_RENEW_INTERVAL:
+                # Thousands of tabs take longer to hold again than the lease lasts, and
+                # the lease loop waits for this: renewed meanwhile, or the new name
+                # lapses too and is reaped, and so on.
+                await self.primary.renew(self.holder, keys.LEASE_TTL)
+                renewed = time.monotonic()
             await self._hold_in_full(tab)
         changed, _ = await self.primary.reap(old)
         self._changed(changed)
+        if reaped and self.on_held_again is not None:
+            await self.on_held_again(
+                [(t.user, t.session_id, t.state) for t in self._tabs.values() if t.sockets]
+            )
 
     async def _hold_in_full(self, tab: LocalTab) -> None:
         await self._hold(tab)
@@ -764,13 +921,22 @@ class RoomService:
                 tab.user, tab.session_id, room, meta, max_rooms=limit
             )
             self._changed(changed)
+        # A hold keeps the rooms the store has for the tab (a refresh keeps them): the
+        # ones it left while Redis was away are left there too, or they would come back.
+        for room in sorted(tab.left):
+            left = await self.store.leave(tab.user, tab.session_id, room, "left")
+            if left is not None:
+                self._depart_later(tab.user, tab.session_id, left[0])
+        tab.left.clear()
 
     async def _reap(self, holder: str, renewed: float) -> None:
         try:
             # The grace runs from the dead process's last renewal, as from a closed
             # socket: tabs held again elsewhere meanwhile are not reaped.
             await asyncio.sleep(max(0.0, renewed + self.settings.offline_grace - time.time()))
-            changed, reaped = await self.primary.reap(holder)
+            # Reaped only if still lapsed: one that renewed meanwhile was stalled or cut
+            # off, not dead, and its members stay.
+            changed, reaped = await self.primary.reap(holder, if_lapsed=True)
             self._changed(changed)
             if self.on_reaped is not None and reaped:
                 await self.on_reaped(reaped)

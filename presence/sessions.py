@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from .exceptions import InvalidBody, NotFound, StoreError, TooManySockets
 
 if TYPE_CHECKING:
+    from .models import TabState
     from .registry import Registry
     from .settings import Settings
     from .stores.base import SessionStore
@@ -275,6 +276,20 @@ class SessionService:
         ``disconnected``, still alive within their TTL (their heartbeats together, one
         round trip a batch)."""
         await asyncio.gather(*(self.detach(user, sid) for user, sid in tabs))
+
+    async def held_again(self, tabs: Sequence[tuple[str, str, TabState]]) -> None:
+        """This process was taken for dead (and these sessions marked disconnected by
+        its reaper), but their sockets are open here: they are ``websocket`` again,
+        ``active``, or ``away`` for a tab hidden or idle."""
+
+        async def attached(user: str, session_id: str, tab: TabState) -> None:
+            state: State = "active" if tab == "online" else "away"
+            try:
+                await self.store.touch(user, session_id, transport="websocket", state=state)
+            except StoreError:
+                logger.warning("could not mark a session connected again: store unavailable")
+
+        await asyncio.gather(*(attached(*tab) for tab in tabs))
 
     def _check_data(self, data: JSON) -> None:
         if data is UNSET:

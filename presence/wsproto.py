@@ -369,6 +369,23 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
             self.deadline = None
         super().connection_lost(exc)
 
+    def keepalive_timeout(self) -> None:
+        closing = self.close_sent or self.transport.is_closing()
+        super().keepalive_timeout()
+        if not closing:
+            # uvicorn sends the peer 1011 but tells the app nothing until the connection
+            # is lost, and then says 1005, as for any close: the app could not tell a
+            # client that went silent (presence's leave reason ``timeout``) from one
+            # that closed. So the app hears the close code the peer was sent, as it does
+            # for a limit's close (_close_over_limit).
+            self.queue.put_nowait(
+                {
+                    "type": "websocket.disconnect",
+                    "code": status.WS_1011_INTERNAL_ERROR,
+                    "reason": "keepalive ping timeout",
+                }
+            )
+
     def pause_writing(self) -> None:
         super().pause_writing()
         self.abort_unless_drained()

@@ -210,30 +210,43 @@ async def test_in_process_records_at_debug_level_hold_no_secret(request, caplog,
 
 
 async def test_the_access_log_steps_aside_while_it_is_off(caplog):
-    """With presence.access off for INFO, a request (a socket too) goes straight to the
-    app, with no wrapper frame held for its life; turned on later, it logs again."""
+    """With presence.access off for INFO, a socket goes straight to the app, with no
+    wrapper frame held for its life, and a request is measured but not logged; turned
+    on later, it logs again."""
+    from presence import metrics
     from presence.asgi.app import AccessLog
 
     calls = []
 
     async def inner(scope, receive, send):
         calls.append(scope["type"])
-        await send({"type": "http.response.start", "status": 204})
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 204})
 
     async def send(message):
         pass
 
     middleware = AccessLog(inner)
     scope = {"type": "http", "method": "GET", "path": "/healthz", "client": ("1.2.3.4", 1)}
+    socket_scope = {**scope, "type": "websocket"}
     caplog.set_level(logging.WARNING, logger="presence.access")
-    handed = middleware(scope, None, send)
+    handed = middleware(socket_scope, None, send)
     assert handed.cr_code is inner.__code__  # The app's own coroutine, unwrapped.
     await handed
+    measured = metrics.HTTP_REQUESTS.labels("GET", "(no route)", "204")
+    before = _histogram_count(measured)
+    await middleware(scope, None, send)
+    assert _histogram_count(measured) == before + 1
+    assert not [r for r in caplog.records if r.name == "presence.access"]
     caplog.set_level(logging.INFO, logger="presence.access")
     await middleware(scope, None, send)
-    assert calls == ["http", "http"]
+    assert calls == ["websocket", "http", "http"]
     lines = [r.getMessage() for r in caplog.records if r.name == "presence.access"]
     assert lines == [lines[0]] and '"GET (no route)" 204 ' in lines[0]
+
+
+def _histogram_count(child) -> float:
+    return next(s.value for m in child.collect() for s in m.samples if s.name.endswith("_count"))
 
 
 # -- Log forging ------------------------------------------------------------------------
@@ -312,3 +325,167 @@ def test_the_formatter_escapes_messages_and_indents_tracebacks():
     assert lines[0] == "ERROR presence: got a\\x0d\\x0aERROR x: y\\u2028"
     assert all(line.startswith("  ") for line in lines[1:])
     assert "\x1b" not in "".join(lines) and "\\x1b[31m" in lines[-2] + lines[-1]
+
+
+# -- LOG_FORMAT=json ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_json_logs_are_one_object_a_line_with_the_request_fields(redis_url):
+    """A real server process at LOG_FORMAT=json and LOG_LEVEL=debug, driven through
+    every endpoint and the socket and sent request-controlled control characters, writes
+    only lines that are each one JSON object with time, level, logger and message; the
+    access lines carry method, route template, status and duration; no session id,
+    token or cookie value is in any of it."""
+    env = {
+        "REDIS_URL": redis_url,
+        "LOG_LEVEL": "debug",
+        "LOG_FORMAT": "json",
+        "PRESENCE_JWT_SECRET": JWT_SECRET,
+    }
+    with server_process(env) as server:
+        secrets = await _drive(server.http, server.ws, dev_mode=False)
+        async with httpx.AsyncClient(base_url=server.http) as client:
+            for forgery in FORGERIES:
+                await client.get(f"/x{forgery}%20ERROR%20presence:%20forged")
+        assert server.process is not None
+        server.process.send_signal(signal.SIGINT)
+        server.process.wait(timeout=100 * UNIT)
+        server.process = None
+        raw = server.log.read_bytes()
+    assert raw.isascii() and b"\r" not in raw
+    entries = [json.loads(line) for line in raw.decode().splitlines()]
+    assert all(isinstance(entry, dict) for entry in entries)
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= set(entry)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
+    levels = {entry["level"] for entry in entries}
+    assert "debug" in levels and "info" in levels
+    heartbeat = [e for e in entries if e.get("route") == f"{BASE}/sessions/{{session_id}}"]
+    assert heartbeat and all(
+        e["logger"] == "presence.access"
+        and e["method"] in {"GET", "DELETE", "POST", "PUT", "PATCH", "HEAD", "OPTIONS"}
+        and isinstance(e["status"], int)
+        and isinstance(e["duration_ms"], float)
+        for e in heartbeat
+    )
+    assert any(e.get("route") == "(no route)" for e in entries)
+    assert secrets.leaks(raw.decode()) == []
+    assert not any("forged" in e["message"] and e["level"] == "error" for e in entries)
+
+
+def test_the_json_formatter_writes_an_exception_and_escapes_everything():
+    """An exception goes into "exception"; CR, LF, escapes and separators are JSON
+    escapes; the line is ASCII."""
+    import sys
+
+    from presence.logs import JsonFormatter
+
+    try:
+        raise ValueError("bad\npath\x1b[31m")
+    except ValueError:
+        record = logging.LogRecord(
+            "presence", logging.ERROR, __file__, 1, "got %s", ("a\r\nb\u2028",), sys.exc_info()
+        )
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and line.isascii()
+    entry = json.loads(line)
+    assert entry["message"] == "got a\r\nb\u2028" and entry["level"] == "error"
+    assert "ValueError: bad\npath\x1b[31m" in entry["exception"]
+
+
+def test_a_bad_log_format_is_refused():
+    """LOG_FORMAT other than plain or json stops start-up, naming the variable."""
+    from presence.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="LOG_FORMAT"):
+        Settings.from_env({"LOG_FORMAT": "xml"})
+    assert Settings.from_env({"LOG_FORMAT": "JSON"}).log_format == "json"
+
+
+# -- Health: /readyz says what is wrong ---------------------------------------------------
+
+
+async def _ready(base: str) -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        return await client.get(f"{base}/readyz")
+
+
+@pytest.mark.parametrize("degraded_status", [200, 503])
+async def test_readyz_says_since_when_redis_is_unreachable_and_the_journal(
+    own_redis, degraded_status
+):
+    """Redis stopped: /readyz is degraded, says since when Redis is unreachable and how
+    many writes the journal holds, with PRESENCE_READYZ_DEGRADED_STATUS's status; Redis
+    back: ready, 200, and no problem once the journal is written back."""
+    settings = make_settings(
+        redis_url=own_redis.url, redis_timeout=UNIT, readyz_degraded_status=degraded_status
+    )
+    async with serve(settings) as running:
+        base = running.http
+        response = await _ready(base)
+        assert response.status_code == 200 and "problem" not in response.json()
+        headers = {"authorization": f"Bearer {token('ann')}"}
+        async with httpx.AsyncClient(base_url=base + BASE, headers=headers) as client:
+            sid = (await client.post("/sessions")).json()["id"]
+            own_redis.kill()
+            assert (await client.post(f"/sessions/{sid}/heartbeat")).status_code == 200
+        response = await _ready(base)
+        ready = response.json()
+        assert response.status_code == degraded_status
+        assert ready["status"] == "degraded" and ready["store"] == "memory"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ready["unreachable_since"])
+        assert ready["problem"].startswith(f"Redis unreachable since {ready['unreachable_since']}")
+        assert "journal of 1 write " in ready["problem"]
+        own_redis.start()
+        async with asyncio.timeout(100 * UNIT):
+            while True:
+                response = await _ready(base)
+                if "problem" not in response.json():
+                    break
+                await asyncio.sleep(UNIT)
+        assert response.status_code == 200 and response.json()["status"] == "ready"
+
+
+@pytest.mark.parametrize("degraded_status", [200, 503])
+async def test_readyz_says_redis_refused_the_password(own_redis, degraded_status):
+    """Redis taking another password at run time: /readyz is degraded and its problem
+    says Redis refused the password (never the password itself), with
+    PRESENCE_READYZ_DEGRADED_STATUS's status."""
+    import redis
+
+    password = "the-password-of-this-test"
+    with redis.Redis(port=own_redis.port) as admin:
+        admin.config_set("requirepass", password)
+    url = f"redis://:{password}@127.0.0.1:{own_redis.port}/0"
+    settings = make_settings(redis_url=url, readyz_degraded_status=degraded_status)
+    async with serve(settings) as running:
+        assert (await _ready(running.http)).status_code == 200
+        with redis.Redis(port=own_redis.port, password=password) as admin:
+            admin.config_set("requirepass", "another-password-entirely")
+            admin.client_kill_filter(_type="normal", skipme=True)
+        headers = {"authorization": f"Bearer {token('ann')}"}
+        async with httpx.AsyncClient(base_url=running.http + BASE, headers=headers) as client:
+            assert (await client.post("/sessions")).status_code == 503
+        response = await _ready(running.http)
+        ready = response.json()
+        assert response.status_code == degraded_status
+        assert ready["status"] == "degraded"
+        assert "Redis refused the user name or password in REDIS_URL" in ready["problem"]
+        assert "another-password" not in response.text and password not in response.text
+        with redis.Redis(port=own_redis.port, password="another-password-entirely") as admin:
+            admin.config_set("requirepass", password)
+        response = await _ready(running.http)
+        assert response.status_code == 200 and "problem" not in response.json()
+
+
+def test_a_readyz_status_other_than_200_or_503_is_refused():
+    """PRESENCE_READYZ_DEGRADED_STATUS takes 200 or 503 only."""
+    from presence.exceptions import ConfigError
+
+    for raw in ("500", "ok", "204"):
+        with pytest.raises(ConfigError, match="PRESENCE_READYZ_DEGRADED_STATUS"):
+            Settings.from_env({"PRESENCE_READYZ_DEGRADED_STATUS": raw})
+    assert (
+        Settings.from_env({"PRESENCE_READYZ_DEGRADED_STATUS": "503"}).readyz_degraded_status == 503
+    )

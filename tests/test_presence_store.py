@@ -410,3 +410,36 @@ def test_every_watchers_view_follows_the_store_and_the_rules(stores):
 
     Machine.stores = stores
     run_state_machine_as_test(Machine, settings=_machine_settings(stores.kind))
+
+
+def test_a_holder_that_renewed_since_it_lapsed_is_not_reaped(stores):
+    """The reap is fenced on the lease: a holder whose lease is not lapsed is left
+    alone by another's reap (``if_lapsed``), its tab and rooms intact; once it lapses
+    it is reaped, and from then on its renewal says so."""
+    clock = Clock(1_000.0)
+    loop = asyncio.new_event_loop()
+    stores.flush()
+    store, sessions = loop.run_until_complete(stores.open(clock))
+
+    async def scenario() -> None:
+        assert await store.renew("p1", 0.2)
+        await store.hold("ann", "ann-0", holder="p1", state="online")
+        await store.join("ann", "ann-0", "lobby", {"n": 1}, max_rooms=20)
+        await store.flush("lobby")
+        assert await store.reap("p1", if_lapsed=True) == ([], [])
+        assert (await store.room("lobby")).count == 1
+        assert await store.renew("p1", 0.2)  # still its own
+        clock.advance(1.0)
+        await asyncio.sleep(0.3 if stores.kind != "memory" else 0)
+        changed, reaped = await store.reap("p1", if_lapsed=True)
+        assert (changed, reaped) == (["lobby"], [("ann", "ann-0")])
+        diff = await store.flush("lobby")
+        assert diff is not None and [x.reason for x in diff.leaves] == ["node_down"]
+        assert not await store.renew("p1", 0.2)
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        if sessions is not None:
+            loop.run_until_complete(sessions.close())
+        loop.close()

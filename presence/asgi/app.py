@@ -4,6 +4,7 @@ store, subscribes to ended sessions and runs the refresher."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import logging
 import re
@@ -23,9 +24,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 
-from .. import _http
+from .. import _http, metrics
 from ..auth import cookie_token, first_headers, header
-from ..exceptions import PresenceError
+from ..exceptions import PresenceError, Unauthorized
+from ..models import JSON
 from ..settings import Settings
 from ..stores import SessionStore
 from . import admin, errors, openapi, rest
@@ -70,9 +72,11 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
         for name in _SERVER_LOGGERS:
             logging.getLogger(name).addFilter(_REDACT)  # Once per process: a no-op after.
         async with services.run():
-            _log_start(settings, services.store)
-            _freeze_startup_objects()
-            yield
+            async with metrics.Sampler(services, settings.metrics_dir).running() as sampler:
+                app.state.sampler = sampler
+                _log_start(settings, services.store)
+                _freeze_startup_objects()
+                yield
 
     middleware = [Middleware(AccessLog)]
     if settings.allowed_origins:
@@ -111,6 +115,7 @@ def _routes() -> list[BaseRoute]:
         Route("/", lambda request: RedirectResponse("/chat"), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_document, methods=["GET"]),
         Route("/chat", _page("chat.html"), methods=["GET"]),
         Route("/hub", _page("hub.html"), methods=["GET"]),
@@ -129,11 +134,57 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Which store serves and, when something is wrong, what, in words. Degraded
+    answers ``PRESENCE_READYZ_DEGRADED_STATUS`` (200 unless an operator chose 503)."""
     services: Services = request.app.state.services
     status = await services.store.status()
-    status["status"] = "degraded" if status.get("degraded") else "ready"
+    degraded = bool(status.get("degraded"))
+    status["status"] = "degraded" if degraded else "ready"
     status["sockets"] = services.registry.sockets
-    return JSONResponse(status)
+    since = status.get("unreachable_since")
+    if isinstance(since, float | int):
+        status["unreachable_since"] = _iso(since)
+    problem = _problem(status, None if since is None else time.time() - float(since))
+    if problem is not None:
+        status["problem"] = problem
+    code = services.settings.readyz_degraded_status if degraded else 200
+    return JSONResponse(status, status_code=code)
+
+
+def _problem(status: dict[str, JSON], away_for: float | None) -> str | None:
+    """What is wrong with the store, in a sentence, or None when nothing is."""
+    pending = status.get("pending_writes") or 0
+    journal = f"a journal of {pending} write{'' if pending == 1 else 's'}"
+    if status.get("error"):
+        # A refusal says itself what it is (the password, the ACL, TLS).
+        return f"{status['error']}; requests that need Redis answer 503 store_misconfigured"
+    if away_for is not None:
+        return (
+            f"Redis unreachable since {status['unreachable_since']} ({away_for:.0f} s ago); "
+            f"serving from memory with {journal} to write back when it returns"
+        )
+    if pending:
+        return f"Redis is back; writing back {journal} made while it was away"
+    return None
+
+
+def _iso(timestamp: float) -> str:
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Every metric family in the Prometheus text format (see presence.metrics), behind
+    ``Authorization: Bearer <PRESENCE_METRICS_TOKEN>`` when that is set."""
+    services: Services = request.app.state.services
+    settings = services.settings
+    authorization = header(first_headers(request.scope["headers"]), b"authorization")
+    if not metrics.authorized(settings.metrics_token, authorization):
+        raise Unauthorized("/metrics needs Authorization: Bearer <PRESENCE_METRICS_TOKEN>")
+    sampler: metrics.Sampler = request.app.state.sampler
+    sampler.sample()  # this process's gauges as of now; other workers' within a second
+    await sampler.sample_rooms()
+    return Response(metrics.render(settings.metrics_dir), media_type=metrics.CONTENT_TYPE)
 
 
 async def openapi_document(request: Request) -> Response:
@@ -167,6 +218,17 @@ def _log_start(settings: Settings, store: SessionStore) -> None:
         logger.warning(
             "REDIS_URL is not set: sessions are kept in memory and will not survive a restart"
         )
+    if settings.webhook_urls:
+        if store.name == "memory":
+            logger.warning(
+                "webhooks to %d URL(s) are not durable: without Redis they wait in this "
+                "process's memory, and are lost if it stops before delivering them",
+                len(settings.webhook_urls),
+            )
+        else:
+            logger.info(
+                "webhooks to %d URL(s), durable in Redis streams", len(settings.webhook_urls)
+            )
     if settings.dev_mode:
         logger.warning(
             "DEVELOPMENT MODE: PRESENCE_JWT_SECRET is not set, so every browser is given an "
@@ -183,20 +245,23 @@ def _log_start(settings: Settings, store: SessionStore) -> None:
 class AccessLog:
     """Logs one line per HTTP request with the route's template, never the concrete path:
     session ids are capabilities and tokens can ride in query strings, so neither may
-    reach a log.
+    reach a log. Each HTTP request also moves ``presence_http_request_duration_seconds``
+    (by method, template and status: see presence.metrics).
 
     While the ``presence.access`` logger is off for INFO (``LOG_LEVEL=warning``), a
-    request is handed straight to the app: ``__call__`` is not a coroutine function,
-    so it returns the app's own awaitable and leaves no frame or closure behind, for a
-    WebSocket none for the socket's whole life. It is asked per request, so a level
-    set after the app is built (a test's ``caplog.set_level``) is obeyed.
+    WebSocket is handed straight to the app: ``__call__`` is not a coroutine function,
+    so it returns the app's own awaitable and leaves no frame or closure behind for the
+    socket's whole life (its close is counted by the socket endpoint). It is asked per
+    request, so a level set after the app is built (a test's ``caplog.set_level``) is
+    obeyed.
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        if scope["type"] in ("http", "websocket") and access_logger.isEnabledFor(logging.INFO):
+        kind = scope["type"]
+        if kind == "http" or (kind == "websocket" and access_logger.isEnabledFor(logging.INFO)):
             return self._logged(scope, receive, send)
         return self.app(scope, receive, send)
 
@@ -215,14 +280,27 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            elapsed = time.perf_counter() - started
+            method = scope.get("method", "WS")
+            route = _template(scope)
+            if scope["type"] == "http":
+                metrics.request_done(method, route, status, elapsed)
             if access_logger.isEnabledFor(logging.INFO):
+                duration_ms = round(elapsed * 1000, 1)
                 access_logger.info(
                     '%s "%s %s" %d %.1fms',
                     rest.client_address(scope),
-                    scope.get("method", "WS"),
-                    _template(scope),
+                    method,
+                    route,
                     status,
-                    (time.perf_counter() - started) * 1000,
+                    duration_ms,
+                    # Fields of their own in LOG_FORMAT=json (presence.logs).
+                    extra={
+                        "method": method,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": duration_ms,
+                    },
                 )
 
 

@@ -117,9 +117,31 @@ def document(settings: Settings) -> OpenAPI:
             "/readyz": {
                 "get": {
                     "operationId": "readyz",
-                    "summary": "Which store serves, and whether it is degraded.",
+                    "summary": "Which store serves, and what is wrong in words.",
                     "security": [],
-                    "responses": {"200": _json("Always, degraded or not.", "Readiness")},
+                    "responses": {
+                        "200": _json(
+                            "Ready; or degraded, unless PRESENCE_READYZ_DEGRADED_STATUS is 503.",
+                            "Readiness",
+                        ),
+                        "503": _json(
+                            "Degraded, with PRESENCE_READYZ_DEGRADED_STATUS=503.", "Readiness"
+                        ),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Every metric family in the Prometheus text format.",
+                    "security": [{"metricsToken": []}] if settings.metrics_token else [],
+                    "responses": {
+                        "200": {
+                            "description": "The Prometheus text exposition format 0.0.4.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **(_errors(401) if settings.metrics_token else {}),
+                    },
                 }
             },
             "/openapi.json": {
@@ -354,6 +376,11 @@ def document(settings: Settings) -> OpenAPI:
             "securitySchemes": {
                 **_admin_security(settings),
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "PRESENCE_METRICS_TOKEN, for /metrics only.",
+                },
                 "cookie": {
                     "type": "apiKey",
                     "in": "cookie",
@@ -566,8 +593,9 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {
                 "meta": {
+                    "type": ["object", "null"],
                     "description": (
-                        "Any JSON the client wants its member to show, at most "
+                        "A JSON object the client wants its member to show, at most "
                         f"{settings.max_meta_bytes} bytes once encoded."
                     ),
                     "x-max-encoded-bytes": settings.max_meta_bytes,
@@ -618,6 +646,16 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                     "description": "Writes made during a Redis outage not yet written back.",
                 },
                 "sessions": {"type": "integer", "minimum": 0},
+                "error": {"type": "string", "description": "Why Redis refuses the service."},
+                "unreachable_since": {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "While Redis is away: since when.",
+                },
+                "problem": {
+                    "type": "string",
+                    "description": "What is wrong, in a sentence; absent when nothing is.",
+                },
             },
         },
         "Error": {

@@ -11,27 +11,32 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import events, keys
-from ..admin import AdminGate, AdminService, MemoryBoard, RedisBoard, WebhookStatus
+from ..admin import AdminGate, AdminService, MemoryBoard, RedisBoard, WebhookPanel
 from ..auth import Authenticator, OriginPolicy
 from ..bus import EventBus, MemoryBackend, RedisBackend
 from ..exceptions import ConfigError, StoreError, StoreUnavailable
 from ..registry import Refresher, Registry
-from ..rooms import RoomService
+from ..rooms import LocalTab, RoomService
 from ..sessions import SessionService, new_session_id
 from ..settings import Settings
 from ..stores import FallbackStore, MemoryStore, RedisStore, SessionStore, store_from_settings
 from ..stores.presence_base import PresenceStore
 from ..stores.presence_memory import MemoryPresenceStore
 from ..stores.presence_redis import RedisPresenceStore
+from ..webhooks import Webhooks
 from . import protocol
 
 logger = logging.getLogger("presence.services")
+
+#: Rooms that a scrape of /metrics counts at most (members summed over them): a read of
+#: the rooms index as large as this (some 300 KiB) per scrape, not per request.
+ROOMS_COUNTED = 10_000
 
 
 @dataclass
@@ -46,8 +51,6 @@ class Services:
     registry: Registry = field(default_factory=Registry)
     new_session_id: Callable[[], str] = new_session_id
     refresher: Refresher | None = None
-    #: Webhook delivery as the admin page sees it (None: not configured).
-    webhooks: WebhookStatus | None = None
     gate: AdminGate = field(init=False)
     #: The admin page's service, while the app runs with PRESENCE_ADMIN_TOKEN set.
     admin: AdminService | None = field(init=False, default=None)
@@ -55,6 +58,8 @@ class Services:
     bus: EventBus = field(init=False)
     presence: PresenceStore = field(init=False)
     rooms: RoomService = field(init=False)
+    #: Delivers presence events to PRESENCE_WEBHOOK_URL (None when it is not set).
+    webhooks: Webhooks | None = None
 
     def __post_init__(self) -> None:
         # Ids are minted through this object, so that a test may swap the minting.
@@ -107,6 +112,13 @@ class Services:
                 else:
                     self.presence = RedisPresenceStore(redis, keep=settings.session_ttl)
                 await self.presence.open()
+                if settings.webhook_urls:
+                    self.webhooks = Webhooks(settings, redis)
+                    await self.webhooks.start()
+                    # Redis's scripts add the events, or without Redis the memory
+                    # stores; never the fallback's mirror, which stands in for Redis
+                    # while it is away (Redis tells what changed once it is back).
+                    self.webhooks.produce_from(self.presence, self.store)
                 store = self.store
                 self.rooms = RoomService(
                     settings,
@@ -121,6 +133,7 @@ class Services:
                     degraded=lambda: bool(getattr(store, "degraded", False)),
                 )
                 self.rooms.on_reaped = self.sessions.reaped
+                self.rooms.on_held_again = self.sessions.held_again
                 await self.rooms.start()
                 try:
                     async with Refresher(
@@ -141,7 +154,9 @@ class Services:
                                 store=self.store,
                                 bus=self.bus,
                                 board=MemoryBoard() if redis is None else RedisBoard(redis),
-                                webhooks=self.webhooks,
+                                webhooks=None
+                                if self.webhooks is None
+                                else WebhookPanel(self.webhooks),
                             )
                             await self.admin.start()
                         try:
@@ -153,11 +168,37 @@ class Services:
                 finally:
                     self.refresher = None
                     await self.rooms.stop()
+                    if self.webhooks is not None:
+                        await self.webhooks.stop()
                     await self.presence.close()
             finally:
                 await self.bus.close()
         finally:
             await self.store.close()
+
+    # -- what the metrics' sampler reads (presence.metrics.Sampler) ------------------------
+
+    @property
+    def sockets(self) -> int:
+        """Sockets open or being opened on this process."""
+        return self.registry.sockets
+
+    def held_tabs(self) -> Iterable[LocalTab]:
+        """The tabs this process holds."""
+        return self.rooms.held_tabs()
+
+    def store_state(self) -> tuple[bool, int]:
+        """Whether the session store serves from memory (the breaker is open), and how
+        many writes wait to be written back to Redis."""
+        store = self.store
+        if isinstance(store, FallbackStore):
+            return store.degraded, store.pending_writes
+        return False, 0
+
+    async def room_counts(self) -> list[tuple[str, int]]:
+        """The rooms with members and their counts (the most populous
+        ``ROOMS_COUNTED``), wherever presence is now."""
+        return await self.rooms.store.rooms(ROOMS_COUNTED)
 
     async def _share_dev_key(self, redis: RedisStore | None) -> None:
         """Development mode without PRESENCE_DEV_SECRET: the key of anonymous identities

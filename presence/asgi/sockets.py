@@ -20,6 +20,7 @@ from starlette import status
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from .. import metrics
 from ..auth import Identity, cookie_token, first_headers, header, query_token
 from ..exceptions import (
     Forbidden,
@@ -209,6 +210,11 @@ class SessionSocket:
     async def close(self, code: int, reason: str) -> None:
         async with self._lock:
             if self.websocket.application_state is WebSocketState.CONNECTED:
+                if self.close_code is None:
+                    # The code the socket closes with, for the metrics; the client's
+                    # echo may overwrite it with the same. (No close of ours is 1011,
+                    # the code that _closing_reason takes for uvicorn's ping timeout.)
+                    self.close_code = code
                 await self.websocket.close(code, reason)
 
 
@@ -269,6 +275,7 @@ async def session_socket(websocket: WebSocket) -> None:
                 await services.rooms.unwatch(socket, room)
             for part in socket.parts():
                 await _let_go(socket, part, services, _closing_reason(socket))
+            metrics.socket_closed(socket.close_code)
     finally:
         sessions.release_socket(user)
 
@@ -309,6 +316,7 @@ async def _let_go(
             part.expiry.cancel()
         if socket.attached is not None:
             socket.attached.pop(part.session_id, None)
+        _budget(socket, services)
     last_here = services.registry.discard((socket.user, part.session_id), socket)
     if part.tab is not None:
         try:
@@ -456,6 +464,7 @@ async def _session_message(
                 session_id,
             )
         await _hold_part(socket, part, services)
+        _budget(socket, services)
     session = await services.sessions.get(socket.user, part.session_id)
     await socket.send(protocol.snapshot(session, services.settings.heartbeat_interval))
 
@@ -497,6 +506,16 @@ async def _room_message(
         await rooms.leave(socket.user, part.session_id, room, "left")
         if not any(room in _joined(other) for other in socket.parts()):
             await rooms.unwatch(socket, room)
+
+
+def _budget(socket: SessionSocket, services: Services) -> None:
+    """The socket's message rate is that of the sessions it carries (each tab of a
+    shared socket sends as one with its own socket would), but never more than the
+    user's sockets could send together (PRESENCE_MAX_SOCKETS_PER_USER of them)."""
+    settings = services.settings
+    carried = 1 + len(socket.attached or ())
+    share = min(carried, settings.max_sockets_per_user)
+    socket.bucket.resize(settings.ws_messages_per_second * share, settings.ws_message_burst * share)
 
 
 def _joined(part: SessionSocket | Attached) -> dict[str, JSON]:

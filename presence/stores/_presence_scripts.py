@@ -24,15 +24,35 @@ A member row, as rooms keep it: ``<status>|<sessions>|<since ms>|<meta JSON>``.
 
 from __future__ import annotations
 
-# ARGV[1] is the operation; KEYS[1] the user's hash. Every operation returns
+from ._webhook_scripts import WEBHOOK
+
+# ARGV[1] is the operation, ARGV[#ARGV] the user; KEYS[1] the user's hash, KEYS[2..]
+# the webhook streams (none without webhooks), to which user.online and user.offline
+# are added. Every operation returns
 # {result, extra, version, room, row, reason, seen, room, row, reason, seen, ...}: the
 # rooms whose row changed ('' row: the user is no longer a member), to be APPLYed.
-USER = """
+USER = (
+    """
 local key = KEYS[1]
 local op = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+    + WEBHOOK
+    + """
 local keep_ms = tonumber(ARGV[2])
+local user = ARGV[#ARGV]
+local streams = {}
+for i = 2, #KEYS do table.insert(streams, KEYS[i]) end
+-- A user's status changes only here, once: they came (no tab before) or went (no tab
+-- after, which a departure makes only after the grace), so a refresh or a blip inside
+-- the grace tells nothing.
+local function user_event(kind, fields)
+  if #streams == 0 then return end
+  local seq = webhook_seq(key, '~w', now)
+  webhook_add(streams, webhook_event(kind, 'u:' .. user, seq, now,
+    ',"user":' .. cjson.encode(user) .. fields))
+end
 
 local tabs, rooms, since, emitted = {}, {}, {}, {}
 local flat = redis.call('HGETALL', key)
@@ -52,6 +72,12 @@ for i = 1, #flat, 2 do
   elseif kind == 'e:' then
     emitted[string.sub(f, 3)] = v
   end
+end
+
+local function went_offline(reason)
+  if next(tabs) ~= nil then return end
+  user_event('user.offline', ',"last_seen":' .. (redis.call('HGET', key, '~seen') or now)
+    .. ',"reason":' .. cjson.encode(reason))
 end
 
 local function tab_value(tab)
@@ -156,9 +182,12 @@ if op == 'hold' then
   -- ARGV: holder, state, force ('1': send every room's row)
   local holder, state, force = ARGV[4], ARGV[5], ARGV[6] == '1'
   local gen = redis.call('HINCRBY', key, '~g', 1)
+  local came = next(tabs) == nil
   tabs[sid] = {holder = holder, gen = gen, state = state, lr = '', lt = ''}
   redis.call('HSET', key, 't:' .. sid, tab_value(tabs[sid]))
-  return finish('ok', gen, emit(user_rooms(), nil, force))
+  local out = emit(user_rooms(), nil, force)
+  if came then user_event('user.online', ',"status":"' .. status() .. '"') end
+  return finish('ok', gen, out)
 elseif op == 'state' then
   -- ARGV: holder, state
   local tab = tabs[sid]
@@ -195,6 +224,7 @@ elseif op == 'depart' then
     end
     seen(tonumber(tab.lt))
     remove_tab(sid)
+    went_offline(tab.lr)
     for room, _ in pairs(user_rooms()) do touched[room] = true end
   else
     for room, r in pairs(rooms[sid] or {}) do
@@ -253,10 +283,11 @@ elseif op == 'reap' then
   local holder, renewed = ARGV[3], ARGV[4]
   if renewed == '0' or renewed == '' then renewed = tostring(now) end
   local touched, why = user_rooms(), {}
-  local gone = {}
+  local gone, last_reason = {}, 'node_down'
   for s, tab in pairs(tabs) do
     if tab.holder == holder then
       table.insert(gone, s)
+      if tab.lr ~= '' then last_reason = tab.lr end
       for room, r in pairs(rooms[s] or {}) do
         -- What was leaving already keeps the first reason it had to go.
         if r.lr ~= '' and (tab.lr == '' or tonumber(r.lt) <= tonumber(tab.lt)) then
@@ -269,6 +300,7 @@ elseif op == 'reap' then
     end
   end
   if #gone == 0 then return finish('none', 0, {}) end
+  went_offline(last_reason)
   -- The sessions reaped, so that their records are marked disconnected.
   return finish('ok', table.concat(gone, ','), emit(touched, why, true))
 elseif op == 'user' then
@@ -288,6 +320,7 @@ elseif op == 'rooms' then
 end
 return redis.error_reply('unknown presence operation ' .. tostring(op))
 """
+)
 
 # KEYS: the room's m, u, v, t, d, w, q. ARGV: then for each row in turn: user, version,
 # row ('' to remove), reason, last seen ms. Applies each row newer than the one the room
@@ -339,10 +372,16 @@ redis.call('PEXPIRE', tomb, 120000)
 return changed
 """
 
-# KEYS: as APPLY. ARGV: room, channel, publish command (PUBLISH, or SPUBLISH on a
-# cluster). Publishes the room's changes since its last flush as one diff with the next
-# seq (see presence.events for its form) and returns it; false when nothing changed.
-FLUSH = """
+# KEYS: as APPLY, then (with webhooks) the room's webhook seq and the webhook streams.
+# ARGV: room, channel, publish command (PUBLISH, or SPUBLISH on a cluster). Publishes the
+# room's changes since its last flush as one diff with the next seq (see presence.events
+# for its form) and returns it; false when nothing changed. The same diff's joins and
+# leaves are the webhook's member.joined and member.left, and a room that had no member
+# before it or has none after it room.occupied or room.vacated: a flush is once a room
+# and window, by one process, so each is added once.
+FLUSH = (
+    WEBHOOK
+    + """
 local m, u, v, tomb, d, w, q = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local room, channel, command = ARGV[1], ARGV[2], ARGV[3]
 local dirty = redis.call('HGETALL', d)
@@ -353,15 +392,21 @@ local function row_json(user, row)
     .. meta .. ',' .. since .. ']'
 end
 local joins, updates, leaves = {}, {}, {}
+local told = {}
 for i = 1, #dirty, 2 do
   local user, before = dirty[i], dirty[i + 1]
   local after = redis.call('HGET', m, user) or ''
   if before == '' and after ~= '' then
     table.insert(joins, row_json(user, after))
+    local status, sessions, since, meta = string.match(after, '^(%a+)|(%d+)|(%d+)|(.*)$')
+    table.insert(told, {'member.joined', ',"user":' .. cjson.encode(user) .. ',"status":"'
+      .. status .. '","sessions":' .. sessions .. ',"meta":' .. meta})
   elseif before ~= '' and after == '' then
     local why = redis.call('HGET', w, user) or 'left|0'
     local reason, seen = string.match(why, '^([%a_]+)|(%d+)$')
     table.insert(leaves, '[' .. cjson.encode(user) .. ',"' .. reason .. '",' .. seen .. ']')
+    table.insert(told, {'member.left', ',"user":' .. cjson.encode(user) .. ',"reason":"'
+      .. reason .. '","last_seen":' .. seen})
   elseif before ~= after then
     table.insert(updates, row_json(user, after))
   end
@@ -377,12 +422,28 @@ local diff = '{"r":' .. cjson.encode(room) .. ',"q":' .. seq .. ',"c":' .. count
   .. ',"j":[' .. table.concat(joins, ',') .. '],"u":[' .. table.concat(updates, ',')
   .. '],"l":[' .. table.concat(leaves, ',') .. ']}'
 redis.call(command, channel, diff)
+if #KEYS >= 9 then
+  local e = KEYS[8]
+  local streams = {}
+  for i = 9, #KEYS do table.insert(streams, KEYS[i]) end
+  local before = count - #joins + #leaves
+  if before == 0 and count > 0 then table.insert(told, 1, {'room.occupied', ''}) end
+  if before > 0 and count == 0 then table.insert(told, {'room.vacated', ''}) end
+  local scope = 'r:' .. room
+  for _, ev in ipairs(told) do
+    local n = webhook_seq(e, nil, now)
+    webhook_add(streams, webhook_event(ev[1], scope, n, now,
+      ',"room":' .. cjson.encode(room) .. ev[2] .. ',"count":' .. count))
+  end
+  if count == 0 then redis.call('PEXPIRE', e, 86400000) else redis.call('PERSIST', e) end
+end
 if count == 0 then
   redis.call('DEL', m, u)
   redis.call('PEXPIRE', q, 86400000)
 end
 return diff
 """
+)
 
 # KEYS: the room's m, u, q. ARGV: the cursor (the last user of the previous page, or
 # ''), the page's size. Returns {seq, count, next user or '', user, row, user, row...}.
@@ -443,6 +504,22 @@ for _, holder in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT
   end
 end
 return out
+"""
+
+# KEYS: expiry zset, renewal hash, reaped zset. ARGV: holder, '1' to fence it only if its
+# lease is still lapsed. Fences the holder before its tabs are reaped: from then on its
+# RENEW answers 0, so a process that was only stalled or cut off learns it was taken for
+# dead and holds its tabs again under a new name, instead of renewing a lease while its
+# tabs are being removed. A holder that renewed since it was found lapsed is alive: 0,
+# and it is not reaped. Returns 1 when the holder is fenced (or was already).
+FENCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 1 end
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if ARGV[2] == '1' and expiry and tonumber(expiry) > now then return 0 end
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+return 1
 """
 
 # KEYS: expiry zset, renewal hash, reaped zset. ARGV: holder. The holder is reaped.

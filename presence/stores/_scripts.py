@@ -15,11 +15,17 @@ up in the slot first (by the id it stores), then under its own key.
 
 from __future__ import annotations
 
+from .. import keys
+from ._webhook_scripts import WEBHOOK
+
 # Shared preamble: NOW in ms, and helpers.
-_PRELUDE = """
+_PRELUDE = (
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function parse(v)
+"""
+    + WEBHOOK
+    + """local function parse(v)
   return string.match(v, '^(%d+)|(%d*)|(.)(.)|(.*)$')
 end
 -- The lone slot's session: its id, last_seen and value; nil when the slot is free.
@@ -31,15 +37,36 @@ end
 -- With pcall: a script is not rolled back, so a PUBLISH that an ACL refuses after the
 -- write would fail a write that already happened. Unannounced, the session's sockets
 -- close on their process's next refresher tick, which finds the session gone.
-local function ended(channel, user, sid, reason)
-  if channel ~= '' then
-    redis.pcall('PUBLISH', channel, cjson.encode({u = user, s = sid, r = reason}))
+-- `channel` is the ended channel, then the webhook streams (one a line, none without
+-- webhooks), to each of which the end is added as a session.ended event, numbered in
+-- the user's seq (their tabs hash, beside `slot`); on a cluster ('@outbox') to the
+-- user's outbox beside `slot` instead. Neither is among the script's KEYS: legal on a
+-- single Redis, and on a cluster for keys of the script's own slot, as these are.
+local function ended(channel, user, sid, reason, slot)
+  if channel == '' then return end
+  local streams = {}
+  for part in string.gmatch(channel, '[^\\n]+') do table.insert(streams, part) end
+  redis.pcall('PUBLISH', streams[1], cjson.encode({u = user, s = sid, r = reason}))
+  if #streams > 1 then
+    table.remove(streams, 1)
+    -- On a cluster: the user's outbox, in this slot (see presence.webhooks).
+    if streams[1] == '@outbox' then streams = {string.sub(slot, 1, #slot - 3) .. 'wh'} end
+    local tabs = string.sub(slot, 1, #slot - 3) .. 'tabs'
+    local fresh = redis.call('EXISTS', tabs) == 0
+    local seq = webhook_seq(tabs, '~w', now)
+    if fresh then redis.call('PEXPIRE', tabs, """
+    + str(keys.WEBHOOK_USER_SEQ_MS)
+    + """) end
+    webhook_add(streams, webhook_event('session.ended', 'u:' .. user, seq, now,
+      ',"user":' .. cjson.encode(user) .. ',"session_id":' .. cjson.encode(sid)
+      .. ',"reason":' .. cjson.encode(reason)))
   end
 end
 local function push_index_ttl(idx, ttl)
   if redis.call('PTTL', idx) < ttl then redis.call('PEXPIRE', idx, ttl) end
 end
 """
+)
 
 # Room for one more session of a user at the cap (see CREATE): deletes the user's least
 # recently seen sessions that no socket holds open, announcing each as 'replaced', until
@@ -84,7 +111,7 @@ local function make_room(slot, idx, base, max, window, channel, user, new_seen, 
       if tr ~= 'w' or seen <= cutoff then
         redis.call('DEL', key)
         if key == slot then lone_left = nil else redis.call('ZREM', idx, sid) end
-        ended(channel, user, sid, 'replaced')
+        ended(channel, user, sid, 'replaced', slot)
         count = count - 1
       end
     end
@@ -214,7 +241,7 @@ local function touch(slot, idx, skey, head, user, data)
     if left <= 0 then
       redis.call('DEL', key)
       if not in_lone then redis.call('ZREM', idx, sid) end
-      ended(channel, user, sid, 'expired')
+      ended(channel, user, sid, 'expired', slot)
       return false
     end
     if left < px then px = left end
@@ -275,7 +302,7 @@ while a <= #ARGV do
           local left = tonumber(x) - now
           if left <= 0 then
             redis.call('DEL', slot)
-            ended(channel, user, sid, 'expired')
+            ended(channel, user, sid, 'expired', slot)
             lone_sid = nil
             alive = false
           elseif left < px then
@@ -301,7 +328,7 @@ while a <= #ARGV do
             local left = tonumber(x) - now
             if left <= 0 then
               redis.call('DEL', key)
-              ended(channel, user, sid, 'expired')
+              ended(channel, user, sid, 'expired', slot)
               alive = false
             elseif left < px then
               px = left
@@ -381,7 +408,7 @@ for _, sid in ipairs(ids) do
   end
   if gone then
     table.insert(deleted, sid)
-    ended(channel, user, sid, reason)
+    ended(channel, user, sid, reason, KEYS[1])
   end
 end
 return deleted
@@ -433,7 +460,7 @@ local held = tr == 'w' and seen > now - window
 local room, lone_left = make_room(
   KEYS[1], KEYS[2], base, tonumber(ARGV[6]), window, channel, user, seen, held)
 if not room then
-  ended(channel, user, sid, 'replaced')
+  ended(channel, user, sid, 'replaced', KEYS[1])
   return 0
 end
 if not lone_left then

@@ -80,10 +80,12 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Final, TypeVar
 
+from .. import metrics
 from .._shutdown import settle, stop
 from ..exceptions import StoreBusy, StoreFull, StoreMisconfigured, StoreUnavailable
 from ..sessions import JSON, Session, State, Transport
@@ -182,6 +184,8 @@ class FallbackStore:
         self.fallback = fallback
         self.probe_interval = probe_interval
         self.degraded = False
+        #: When the breaker last opened (POSIX seconds), while it is open.
+        self.away_since: float | None = None
         self._journal = _Journal()
         # The batch being replayed right now, if any, and the users who have entries in
         # it: their operations wait for the replay to end (see the module docstring).
@@ -276,6 +280,8 @@ class FallbackStore:
         }
         if error is not None:
             status["error"] = error
+        if self.degraded and self.away_since is not None:
+            status["unreachable_since"] = self.away_since
         return status
 
     async def create(self, user: str, session_id: str, *, data: JSON = None) -> Session:
@@ -576,6 +582,8 @@ class FallbackStore:
         if self.degraded:
             return
         self.degraded = True
+        self.away_since = time.time()
+        metrics.REDIS_BREAKER_TRIPS.inc()
         # Requests waiting for a replay are served from memory now.
         self._replay_over.set()
         logger.warning("%s: serving from memory until it is back", why)
@@ -606,6 +614,7 @@ class FallbackStore:
         # No await since the journal was frozen: every write made while the breaker was
         # open is in the batch, and every later one waits for it or has nothing in it.
         self.degraded = False
+        self.away_since = None
         logger.warning(
             "Redis is back: writing back %d journalled writes; users without any are "
             "served from Redis again",

@@ -88,11 +88,19 @@ class PresenceStore(Protocol):
         """The tab leaves ``room``: leaving from now (returned), removed by
         :meth:`depart` once the grace is over. None when it was not in the room."""
 
-    async def reap(self, holder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    async def reap(
+        self, holder: str, *, if_lapsed: bool = False
+    ) -> tuple[list[str], list[tuple[str, str]]]:
         """Every tab that ``holder`` held (its process died) is removed at once, with
         reason ``node_down`` and its last renewal as last seen; its lease is forgotten.
         Idempotent. Returns the rooms changed and the (user, session id) of the tabs
-        removed (their sessions are to be marked disconnected)."""
+        removed (their sessions are to be marked disconnected).
+
+        The holder is fenced first, atomically with its lease: from then on its
+        :meth:`renew` says it was reaped. With ``if_lapsed`` (another process reaping
+        it), a holder whose lease is not lapsed any more (it renewed since it was found
+        lapsed: it was stalled or cut off, not dead) is left alone and nothing changes.
+        """
 
     async def flush(self, room: str) -> Diff | None:
         """The room's changes since its last flush as one diff with the next ``seq``,

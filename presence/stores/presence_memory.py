@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .. import events
 from ..models import JSON, Diff, Joined, Member, Reason, RoomPage, Tab, TabState, UserPresence
@@ -16,6 +17,10 @@ from .presence_base import JoinResult
 
 #: Called with (room, encoded diff) in the same step as the flush that made it.
 Publish = Callable[[str, str], None]
+#: Called with (type, scope, fields) for each webhook event, in the same step as the
+#: change it tells of (see presence.webhooks): the scope is ``u:<user>`` or
+#: ``r:<room>``, which numbers it.
+Emit = Callable[[str, str, dict[str, Any]], None]
 
 # Users remembered as last seen after they went offline; the oldest are forgotten.
 _LAST_SEEN_MAX = 100_000
@@ -69,6 +74,9 @@ class MemoryPresenceStore:
         self._leases: dict[str, tuple[float, float]] = {}  # holder -> (expiry, renewed)
         self._reaped: OrderedDict[str, None] = OrderedDict()
         self._gen = 0
+        #: Where webhook events go (none: this store tells no one, as while it stands in
+        #: for Redis during an outage, when Redis tells once it is back).
+        self.emit: Emit | None = None
 
     async def open(self) -> None:
         pass
@@ -82,13 +90,18 @@ class MemoryPresenceStore:
         self, user: str, session_id: str, *, holder: str, state: TabState
     ) -> tuple[int, list[str]]:
         tabs = self._tabs.setdefault(user, {})
+        came = not tabs
         self._gen += 1
         held = tabs.get(session_id)
         tab = (
             Tab(session_id, state) if held is None else replace(held.tab, state=state, leaving=None)
         )
         tabs[session_id] = _Tab(holder, self._gen, tab)
-        return self._gen, self._recompute(user, self._rooms_of(user))
+        changed = self._recompute(user, self._rooms_of(user))
+        if came and self.emit is not None:
+            status = user_status(each.tab for each in tabs.values())
+            self.emit("user.online", "u:" + user, {"user": user, "status": status})
+        return self._gen, changed
 
     async def set_state(
         self, user: str, session_id: str, state: TabState, *, holder: str
@@ -129,6 +142,7 @@ class MemoryPresenceStore:
             self._seen(user, tab.leaving[1])
             if not tabs:
                 del self._tabs[user]
+                self._went_offline(user, tab.leaving[0])
             # The user's status may change in every room they are still in.
             return self._recompute(user, {*touched, *self._rooms_of(user)}, departures)
         gone = {
@@ -197,8 +211,13 @@ class MemoryPresenceStore:
         held.tab = replace(held.tab, rooms={**held.tab.rooms, room: joined})
         return now, []
 
-    async def reap(self, holder: str) -> tuple[list[str], list[tuple[str, str]]]:
-        lease = self._leases.pop(holder, None)
+    async def reap(
+        self, holder: str, *, if_lapsed: bool = False
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        lease = self._leases.get(holder)
+        if if_lapsed and holder not in self._reaped and lease and lease[0] > self.clock():
+            return [], []  # renewed since it was found lapsed: alive
+        self._leases.pop(holder, None)
         renewed = lease[1] if lease else self.clock()
         changed: set[str] = set()
         reaped: list[tuple[str, str]] = []
@@ -209,8 +228,11 @@ class MemoryPresenceStore:
                 continue
             departures: dict[str, tuple[Reason, float]] = {}
             rooms: set[str] = set()
+            reason: Reason = "node_down"
             for sid in mine:
                 tab = tabs.pop(sid).tab
+                if tab.leaving is not None:
+                    reason = tab.leaving[0]
                 reaped.append((user, sid))
                 for room, joined in tab.rooms.items():
                     # What was leaving already keeps the first reason it had to go.
@@ -222,6 +244,7 @@ class MemoryPresenceStore:
             self._seen(user, renewed)
             if not tabs:
                 del self._tabs[user]
+                self._went_offline(user, reason)
             changed.update(self._recompute(user, rooms | set(self._rooms_of(user)), departures))
         self._reaped[holder] = None
         while len(self._reaped) > _REAPED_MAX:
@@ -244,6 +267,8 @@ class MemoryPresenceStore:
         diff = Diff(room, state.seq, joins, updates, leaves, len(state.members))
         if self.publish is not None:
             self.publish(room, events.encode_diff(diff))
+        if self.emit is not None:
+            self._emit_diff(self.emit, diff)
         if not state.members:
             del self._rooms[room]
             self._remember_empty(room, state.seq)
@@ -303,6 +328,30 @@ class MemoryPresenceStore:
         return [(h, renewed) for h, (expiry, renewed) in self._leases.items() if expiry <= now]
 
     # -- internals ------------------------------------------------------------------------
+
+    def _went_offline(self, user: str, reason: Reason) -> None:
+        if self.emit is not None:
+            seen = self._last_seen.get(user, self.clock())
+            fields = {"user": user, "last_seen": int(seen * 1000), "reason": reason}
+            self.emit("user.offline", "u:" + user, fields)
+
+    @staticmethod
+    def _emit_diff(emit: Emit, diff: Diff) -> None:
+        # As the flush script does: occupied first, the joins, the leaves, vacated last.
+        scope, count = "r:" + diff.room, diff.count
+        before = count - len(diff.joins) + len(diff.leaves)
+        if before == 0 and count > 0:
+            emit("room.occupied", scope, {"room": diff.room, "count": count})
+        for member in diff.joins:
+            joined: dict[str, Any] = {"room": diff.room, "user": member.user}
+            joined |= {"status": member.status, "sessions": member.sessions}
+            emit("member.joined", scope, joined | {"meta": member.meta, "count": count})
+        for leave in diff.leaves:
+            left: dict[str, Any] = {"room": diff.room, "user": leave.user}
+            left |= {"reason": leave.reason, "last_seen": int(leave.last_seen * 1000)}
+            emit("member.left", scope, left | {"count": count})
+        if before > 0 and count == 0:
+            emit("room.vacated", scope, {"room": diff.room, "count": count})
 
     def _next_meta(self) -> int:
         self._gen += 1

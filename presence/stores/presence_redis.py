@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
@@ -54,6 +54,12 @@ class RedisPresenceStore:
         # costs one SADD again.
         self._registered: set[tuple[str, str]] = set()
         self._renewed: dict[str, float] = {}
+        #: The webhook streams the scripts add events to (see :mod:`presence.webhooks`).
+        self.webhook_streams: list[str] = []
+        #: On a cluster, the scripts add them to the user's or room's outbox instead (a
+        #: stream in the script's own slot), and this is told of each outbox that may
+        #: have some, to move them on.
+        self.webhook_outbox_added: Callable[[str], None] | None = None
 
     @property
     def publish_command(self) -> str:
@@ -63,7 +69,7 @@ class RedisPresenceStore:
 
     async def open(self) -> None:
         client = self.sessions.client
-        for name in ("USER", "APPLY", "FLUSH", "ROOM", "RENEW", "LAPSED", "REAPED"):
+        for name in ("USER", "APPLY", "FLUSH", "ROOM", "RENEW", "LAPSED", "FENCE", "REAPED"):
             self._scripts[name] = client.register_script(getattr(_presence_scripts, name))
 
     async def close(self) -> None:
@@ -122,7 +128,12 @@ class RedisPresenceStore:
             return None
         return int(reply[1]) / 1000, []
 
-    async def reap(self, holder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    async def reap(
+        self, holder: str, *, if_lapsed: bool = False
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        lease_keys = keys.lease_keys(self.prefix)
+        if not int(await self._run("FENCE", lease_keys, [holder, "1" if if_lapsed else "0"])):
+            return [], []  # renewed since it was found lapsed: alive
         client = self.sessions.client
         users_key = keys.holder_users_key(self.prefix, holder)
         renewed = self._renewed.pop(holder, None)
@@ -142,19 +153,28 @@ class RedisPresenceStore:
             if int(cursor) == 0:
                 break
         await self._call_raw(client.delete, users_key)
-        await self._run("REAPED", keys.lease_keys(self.prefix), [holder])
+        await self._run("REAPED", lease_keys, [holder])
         return sorted(changed), reaped
 
     # -- rooms ----------------------------------------------------------------------------
 
     async def flush(self, room: str) -> Diff | None:
+        flush_keys = keys.room_keys(self.prefix, room)
+        outbox = None
+        if self.webhook_outbox_added is not None:
+            outbox = keys.room_outbox(self.prefix, room)
+            flush_keys += [keys.room_event_seq_key(self.prefix, room), outbox]
+        elif self.webhook_streams:
+            flush_keys += [keys.room_event_seq_key(self.prefix, room), *self.webhook_streams]
         raw = await self._run(
             "FLUSH",
-            keys.room_keys(self.prefix, room),
+            flush_keys,
             [room, keys.room_channel(self.prefix, room), self.publish_command],
         )
         if not raw:
             return None
+        if outbox is not None and self.webhook_outbox_added is not None:
+            self.webhook_outbox_added(outbox)
         diff = events.decode_diff(raw)
         # The rooms' index, for listing them (one command a flush, not a join).
         index = keys.rooms_key(self.prefix)
@@ -218,9 +238,19 @@ class RedisPresenceStore:
     # -- internals ------------------------------------------------------------------------
 
     async def _user(self, user: str, op: str, *args: Any) -> Any:
-        return await self._run(
-            "USER", [keys.tabs_key(self.prefix, user)], [op, self.keep_ms, *args]
+        if self.webhook_outbox_added is None:
+            return await self._run(
+                "USER",
+                [keys.tabs_key(self.prefix, user), *self.webhook_streams],
+                [op, self.keep_ms, *args, user],
+            )
+        outbox = keys.user_outbox(self.prefix, user)
+        reply = await self._run(
+            "USER", [keys.tabs_key(self.prefix, user), outbox], [op, self.keep_ms, *args, user]
         )
+        if op in ("hold", "depart", "reap"):  # the operations that tell
+            self.webhook_outbox_added(outbox)
+        return reply
 
     async def _apply(self, user: str, reply: Sequence[Any]) -> list[str]:
         """Applies the rows a user script sent to their rooms, concurrently; returns

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import keys
+from .. import keys, metrics
 from .._shutdown import settle
 from ..exceptions import (
     ConfigError,
@@ -51,6 +51,16 @@ _STATE_OF: dict[str, State] = {"a": "active", "y": "away", "d": "disconnected"}
 # Connections per process: enough for bursts of concurrent requests, each call holding
 # one for a single round trip.
 _POOL_SIZE = 256
+
+try:  # redis-py >= 7 reads its package metadata for every new connection unless given it
+    from redis.driver_info import DriverInfo
+
+    #: One DriverInfo for every connection: without it redis-py calls
+    #: importlib.metadata for each connection it makes, 22 % of a process's samples at
+    #: the start of a burst in the fan-out benchmark (bench/analysis.md).
+    DRIVER: dict[str, Any] = {"driver_info": DriverInfo()}
+except ImportError:  # pragma: no cover - older redis-py reads it once, as a default
+    DRIVER = {}
 
 # Most heartbeats sent in one TOUCH: about a millisecond of Redis's time, which no
 # other client waits longer than.
@@ -128,6 +138,10 @@ class RedisStore:
         self.prefix = prefix
         self.timeout = timeout
         self.channel = keys.ended_channel(prefix)
+        #: The ended channel as the scripts take it: the channel, then the webhook
+        #: streams each end is added to as a ``session.ended`` event, one a line (see
+        #: :meth:`add_webhook_streams`).
+        self.script_channel = self.channel
         self.cluster = cluster
         self._client: aioredis.Redis | RedisCluster | None = client
         self._owns_client = client is None
@@ -142,6 +156,20 @@ class RedisStore:
         self._refused: str | None = None
         # When each cause of refusal was last logged (time.monotonic()).
         self._refusals_logged: dict[str, float] = {}
+        self._outbox_added: Callable[[str], None] | None = None
+
+    def add_webhook_streams(self, streams: Sequence[str]) -> None:
+        """Every session's end is added, as a ``session.ended`` event, to ``streams``
+        too, by the script that ends it (see :mod:`presence.webhooks`)."""
+        self.script_channel = "\n".join([self.channel, *streams])
+
+    def add_webhook_outboxes(self, added: Callable[[str], None]) -> None:
+        """On a cluster: every session's end is added, as a ``session.ended`` event, to
+        its user's outbox (:func:`presence.keys.user_outbox`, in the script's slot),
+        and ``added`` is told of the outbox after a create or a delete (an end in a
+        heartbeat or a refresh waits for the sweep; see :mod:`presence.webhooks`)."""
+        self.script_channel = self.channel + "\n@outbox"
+        self._outbox_added = added
 
     @property
     def client(self) -> Any:
@@ -159,6 +187,7 @@ class RedisStore:
                     decode_responses=True,
                     socket_connect_timeout=self.backstop,
                     socket_timeout=self.backstop,
+                    **DRIVER,
                 )
             else:
                 # A blocking pool: past its size a call waits for a free connection
@@ -181,6 +210,7 @@ class RedisStore:
                     ),
                     retry_on_error=[RedisConnectionError],
                     health_check_interval=30,
+                    **DRIVER,
                 )
                 self._client = aioredis.Redis.from_pool(pool)
                 self._probe_client = aioredis.Redis.from_url(
@@ -189,6 +219,7 @@ class RedisStore:
                     single_connection_client=True,
                     socket_connect_timeout=self.backstop,
                     socket_timeout=self.backstop,
+                    **DRIVER,
                 )
         for name in (
             "CREATE",
@@ -409,11 +440,13 @@ class RedisStore:
                 "na|" + encoded,
                 self.max_lifetime_ms,
                 self.held_open_window_ms,
-                self.channel,
+                self.script_channel,
                 user,
             ],
         )
         code = int(result[0])
+        if self._outbox_added is not None:
+            self._outbox_added(keys.user_outbox(self.prefix, user))  # a replaced one
         if code == -1:
             raise TooManySessions(
                 f"a user may hold at most {self.max_sessions_per_user} sessions, and each "
@@ -520,7 +553,11 @@ class RedisStore:
         for user, sid in refs:
             by_user.setdefault(user, []).append(sid)
         script_keys: list[str] = []
-        args: list[Any] = [self.ttl_ms, "1" if self.max_lifetime_ms > 0 else "0", self.channel]
+        args: list[Any] = [
+            self.ttl_ms,
+            "1" if self.max_lifetime_ms > 0 else "0",
+            self.script_channel,
+        ]
         ordered: list[SessionRef] = []
         for user, sids in by_user.items():
             script_keys += [self._lone(user), self._idx(user)]
@@ -539,7 +576,7 @@ class RedisStore:
 
     async def _touch_here(self, touches: list[_Touch]) -> list[Any]:
         script_keys = [key for keys_, _ in touches for key in keys_]
-        args: list[Any] = [self.ttl_ms, self.channel]
+        args: list[Any] = [self.ttl_ms, self.script_channel]
         for _, args_ in touches:
             args += args_
         return list(await self._run("TOUCH", script_keys, args))
@@ -595,7 +632,7 @@ class RedisStore:
             "" if deadline is None else round(deadline * 1000),
             self.max_sessions_per_user,
             self.held_open_window_ms,
-            self.channel,
+            self.script_channel,
             session.user,
         ]
 
@@ -682,6 +719,8 @@ class RedisStore:
         self, user: str, mode: str, reason: str, cutoff_ms: int, ids: list[str]
     ) -> list[str]:
         deleted = await self._run("DELETE", *self._delete_call(user, mode, reason, cutoff_ms, ids))
+        if deleted and self._outbox_added is not None:
+            self._outbox_added(keys.user_outbox(self.prefix, user))
         return [str(sid) for sid in deleted]
 
     def _delete_call(
@@ -693,7 +732,7 @@ class RedisStore:
                 mode,
                 self._key(user, ""),
                 self.ttl_ms,
-                self.channel,
+                self.script_channel,
                 user,
                 reason,
                 cutoff_ms,
@@ -715,6 +754,7 @@ class RedisStore:
         return await self._call(fn, *args, **kwargs)
 
     async def _call(self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+        started = time.perf_counter()
         try:
             # A timer rather than wait_for: on 3.11 wait_for wraps every call in a
             # new Task, a cost paid on each request.
@@ -727,6 +767,8 @@ class RedisStore:
             if why is None:
                 raise
             raise self._misconfigured(why) from exc
+        finally:
+            metrics.REDIS_CALLS.observe(time.perf_counter() - started)
 
     def _failure(self, exc: BaseException) -> PresenceError:
         """What a call that got no answer it could use raises: a refusal (redis-py
