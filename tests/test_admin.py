@@ -460,3 +460,54 @@ async def test_the_document_names_the_admin_api_while_it_is_on(admin_server):
     assert routes <= set(served["paths"])
     assert served["paths"]["/api/v1/admin/login"]["post"]["security"] == []
     assert {"adminToken", "adminCookie"} <= set(served["components"]["securitySchemes"])
+
+
+@pytest.mark.slow
+async def test_dead_letters_are_listed_and_replayed_over_the_admin_socket(redis_url):
+    """With real Redis streams: a receiver that refuses past the retry hours leaves dead
+    letters that admin.status lists (with the error, the receiver by host alone); an
+    admin.replay of one delivers its event and answers admin.replayed; an unknown or
+    malformed id is dead_letter_not_found."""
+    from .test_webhooks import SECRET, receiving
+
+    async with receiving() as receiver:
+        receiver.status = 500
+        settings = make_settings(
+            redis_url=redis_url,
+            admin_token=ADMIN_TOKEN,
+            webhook_urls=(receiver.url,),
+            webhook_secret=SECRET,
+            webhook_retry=20 * UNIT,
+        )
+        async with serve(settings) as server:
+            user = {"authorization": f"Bearer {token('carol')}"}
+            async with httpx.AsyncClient(base_url=server.http, headers=user) as client:
+                sid = (await client.post("/api/v1/chat/sessions", json={})).json()["id"]
+                await client.delete(f"/api/v1/chat/sessions/{sid}")
+            async with connect(server.ws + ADMIN_WS, additional_headers=BEARER) as admin:
+
+                def dead(message):
+                    webhooks = (message.get("status") or {}).get("webhooks", {})
+                    return bool(webhooks.get("dead_letters"))
+
+                status = (await _until(admin, dead, within=300 * UNIT))["status"]
+                health = status["webhooks"]["health"]
+                assert health["configured"] is True and health["durable"] is True
+                (receiving_url,) = health["receivers"]
+                assert "url" not in receiving_url
+                assert "query-token" not in json.dumps(status)
+                letter = status["webhooks"]["dead_letters"][0]
+                assert letter["type"] == "session.ended"
+                assert letter["error"] == "HTTP 500"
+                assert letter["id"].startswith("0/")
+
+                receiver.status = 200
+                await admin.send(json.dumps({"type": "admin.replay", "id": letter["id"]}))
+                answer = await _until(admin, lambda m: m["type"] in ("admin.replayed", "error"))
+                assert answer == {"type": "admin.replayed", "id": letter["id"]}
+                await receiver.wait_for(lambda: letter["event"] in receiver.events, WAIT)
+
+                for wrong in (letter["id"], "0/1-1", "9/1-0", "nope"):
+                    await admin.send(json.dumps({"type": "admin.replay", "id": wrong}))
+                    error = await _until(admin, lambda m: m["type"] == "error")
+                    assert error["code"] == "dead_letter_not_found", wrong

@@ -153,3 +153,59 @@ async def test_the_page_works_at_a_phones_width(browser, server):
     )
     assert len(set(round(left) for left in boxes)) == 1  # one column
     await context.close()
+
+
+async def test_a_dead_letter_is_replayed_from_the_page(browser):
+    """Events a receiver refused past the retry hours show as dead letters on the page,
+    with the error; once the receiver is back, the letter's Replay button delivers that
+    very event to it, and the letter leaves the list."""
+    from ..test_webhooks import SECRET, receiving
+
+    async with receiving() as receiver:
+        receiver.status = 500
+        settings = Settings(
+            port=0,
+            session_ttl=60 * UNIT,
+            heartbeat_interval=10 * UNIT,
+            ping_timeout=20 * UNIT,
+            offline_grace=10 * UNIT,
+            admin_token=ADMIN_TOKEN,
+            webhook_urls=(receiver.url,),
+            webhook_secret=SECRET,
+            webhook_retry=20 * UNIT,
+        )
+        async with serve(settings) as server:
+            admin_context, admin = await _signed_in(browser, server)
+            await expect(admin.locator("#webhooks-health")).to_contain_text(
+                "1 receiver", timeout=WAIT_MS
+            )
+            await expect(admin.locator("#receivers")).to_contain_text("127.0.0.1", timeout=WAIT_MS)
+            # The URL's query (a token) is the receiver's secret: never shown.
+            assert "query-token" not in await admin.content()
+            user = await _user(browser, server, "Ada")
+            chat = await user.new_page()
+            await chat.goto("/chat?room=general")
+
+            letters = admin.get_by_role("list", name="Dead letters").get_by_role("listitem")
+            await expect(letters.first).to_contain_text("HTTP 500", timeout=WAIT_MS)
+            await expect(admin.locator("#receivers")).to_contain_text(
+                "last error: HTTP 500", timeout=WAIT_MS
+            )
+            first = letters.first
+            letter_id = await first.get_attribute("data-id")
+            event_id = await first.get_attribute("data-event")
+            assert letter_id and event_id
+            assert event_id not in receiver.events
+
+            receiver.status = 200
+            await admin.get_by_role("button", name=f"Replay dead letter {letter_id}").click()
+            await receiver.wait_for(lambda: event_id in receiver.events, WAIT_MS / 1000)
+            assert receiver.deliveries[event_id] == 1
+            await expect(admin.locator(f'#dead-letters li[data-id="{letter_id}"]')).to_have_count(
+                0, timeout=WAIT_MS
+            )
+            await expect(admin.locator("#events")).to_contain_text(
+                f"dead letter {letter_id} replayed", timeout=WAIT_MS
+            )
+            await user.close()
+            await admin_context.close()

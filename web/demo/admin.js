@@ -290,7 +290,7 @@ function drawWebhooks(webhooks) {
       });
       const tries = letter.attempts ? `${letter.attempts} attempts` : null;
       const what = [letter.type, letter.to, letter.error, tries].filter(Boolean).join(' · ');
-      return el('li', { 'data-id': letter.id }, el('div', {}, el('code', { text: letter.id }), el('p', { class: 'muted', text: what })), button);
+      return el('li', { 'data-id': letter.id, 'data-event': letter.event ?? '' }, el('div', {}, el('code', { text: letter.id }), el('p', { class: 'muted', text: what })), button);
     }),
   );
   $('dead-empty').hidden = letters.length > 0;
