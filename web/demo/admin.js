@@ -288,7 +288,7 @@ function drawWebhooks(webhooks) {
         button.disabled = true;
         feed.send({ type: 'admin.replay', id: letter.id });
       });
-      const tries = letter.attempts ? `${letter.attempts} attempts` : null;
+      const tries = letter.attempts ? `${letter.attempts} attempt${letter.attempts === 1 ? '' : 's'}` : null;
       const what = [letter.type, letter.to, letter.error, tries].filter(Boolean).join(' · ');
       return el('li', { 'data-id': letter.id, 'data-event': letter.event ?? '' }, el('div', {}, el('code', { text: letter.id }), el('p', { class: 'muted', text: what })), button);
     }),
