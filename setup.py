@@ -17,7 +17,7 @@ from setuptools.command.build_py import build_py
 
 WEB = Path(__file__).resolve().parent / "web"
 # What the app serves, and nothing else of web/ (tests, node_modules, package metadata).
-SERVED = ("src", "demo", "chat.html", "hub.html")
+SERVED = ("src", "demo", "chat.html", "hub.html", "admin.html", "admin-login.html")
 
 
 class BuildWithBrowserPackage(build_py):

@@ -20,7 +20,10 @@ The tree::
     ├── Forbidden                 origin or CSRF check failed
     │   └── RoomForbidden         the token's rooms claim does not allow the room
     ├── NotFound                  no such session for this user
+    │   ├── AdminDisabled         the admin page is off (no PRESENCE_ADMIN_TOKEN)
+    │   └── DeadLetterNotFound    no such dead letter to replay
     ├── NotInRoom                 the session is not in that room
+    ├── WebhooksNotConfigured     a webhook action without webhooks configured
     ├── LimitExceeded             a bound on what one client may hold or do
     │   ├── TooManySessions       the user's live sessions
     │   ├── TooManySockets        the user's open sockets
@@ -177,3 +180,15 @@ class StoreMisconfigured(StoreError):
         "try again later",
     ) -> None:
         super().__init__(message)
+
+
+class AdminDisabled(NotFound):
+    """The admin page and socket are off: ``PRESENCE_ADMIN_TOKEN`` is not set."""
+
+
+class DeadLetterNotFound(NotFound):
+    """No dead letter with that id (replayed already, or never one)."""
+
+
+class WebhooksNotConfigured(PresenceError):
+    """A webhook action (a replay) while no webhook is configured."""

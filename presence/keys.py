@@ -202,6 +202,30 @@ REAPED_MEMORY_MS = 3_600_000
 LEASE_RENEW_INTERVAL = 1.0
 
 
+# -- the admin page ---------------------------------------------------------------------
+
+# The admin board's keys share a tag that no user or room can have ("~"), so that one
+# pipeline writes a process's snapshot and sample in one slot on a cluster.
+_ADMIN = "{~admin}"
+
+
+def admin_keys(prefix: str) -> list[str]:
+    """The admin board: every process's latest snapshot (a hash, holder -> JSON: its
+    sockets, sessions, users), when each last wrote it (a zset, ms: readers take only
+    those within ADMIN_PROCESS_STALE, so a dead process drops off the page by itself),
+    and the sockets and users online a minute (a zset of "<minute ms>|<holder>|<sockets>|
+    <users>" scored by the minute, trimmed to ADMIN_SERIES_SPAN on every write). Each
+    write pushes their TTLs, so they go once no process writes."""
+    return [f"{prefix}:{_ADMIN}:procs", f"{prefix}:{_ADMIN}:seen", f"{prefix}:{_ADMIN}:series"]
+
+
+#: Seconds after its last snapshot (written every two seconds) that a process is no
+#: longer shown: a few missed writes are a stall, not a death (the lease says that).
+ADMIN_PROCESS_STALE = 10.0
+#: Seconds of samples the admin page's chart shows: the last hour.
+ADMIN_SERIES_SPAN = 3600.0
+
+
 # -- webhooks -------------------------------------------------------------------------
 
 

@@ -50,6 +50,11 @@ class Registry:
         """Sessions with at least one socket here."""
         return len(self._sockets)
 
+    @property
+    def users(self) -> int:
+        """Users with at least one socket here (or being opened)."""
+        return len(self._per_user)
+
     def reserve(self, user: str, limit: int) -> bool:
         """Takes one of the user's ``limit`` places for a socket; False when all are
         taken. Every place taken is given back with :meth:`release`."""

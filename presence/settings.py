@@ -57,6 +57,7 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     readyz_degraded_status: int = 200
     metrics_dir: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
     max_rooms_per_session: int = 20
     offline_grace: float = 5.0
     diff_window: float = 0.05
@@ -196,6 +197,9 @@ class Settings:
         if self.metrics_token is not None and len(self.metrics_token) < 16:
             # A short token can be guessed; a scrape config holds a long one as easily.
             raise ConfigError("PRESENCE_METRICS_TOKEN", "must be at least 16 characters")
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            # A bearer that guards every user's presence: not something one can guess.
+            raise ConfigError("PRESENCE_ADMIN_TOKEN", "must be at least 16 characters")
         if self.readyz_degraded_status not in (200, 503):
             raise ConfigError("PRESENCE_READYZ_DEGRADED_STATUS", "must be 200 or 503")
 
@@ -481,6 +485,12 @@ VARIABLES: tuple[Variable, ...] = (
         _parse_bool,
         "force the cookies' Secure attribute",
         default="by scheme",
+    ),
+    Variable(
+        "PRESENCE_ADMIN_TOKEN",
+        "admin_token",
+        _text,
+        "turns on /admin: the token (16 characters or more) as a bearer or to sign in",
     ),
     Variable("PRESENCE_KEY_PREFIX", "key_prefix", _text, "prefix of every Redis key"),
     Variable(

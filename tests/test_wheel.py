@@ -44,7 +44,7 @@ def wheel(tmp_path_factory) -> Path:
 
 
 def test_the_wheel_carries_the_browser_package_and_pages(wheel):
-    """The wheel holds every client module, every demo asset and both pages, and
+    """The wheel holds every client module, every demo asset and every page, and
     nothing else of web/ (tests, package metadata)."""
     names = set(zipfile.ZipFile(wheel).namelist())
     served = {
@@ -52,17 +52,22 @@ def test_the_wheel_carries_the_browser_package_and_pages(wheel):
         for folder in ("src", "demo")
         for path in (REPO / "web" / folder).rglob("*")
         if path.is_file()
-    } | {"presence/static/chat.html", "presence/static/hub.html"}
+    } | {
+        f"presence/static/{page}"
+        for page in ("chat.html", "hub.html", "admin.html", "admin-login.html")
+    }
     assert served <= names
     assert not [n for n in names if n.startswith("presence/static/") and n not in served]
 
 
 def test_a_service_installed_from_the_wheel_serves_the_client(wheel, tmp_path):
     """``presence serve`` from the wheel's files alone, run away from the checkout,
-    answers /chat, /hub and the client modules with 200."""
+    answers /chat, /hub and the client modules with 200, and /admin with its sign-in
+    form (401) or, given the admin token, the page."""
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    server = ServerProcess({"PYTHONPATH": str(site)})
+    admin_token = "wheel-admin-token-0123456789"
+    server = ServerProcess({"PYTHONPATH": str(site), "PRESENCE_ADMIN_TOKEN": admin_token})
     server.cwd = tmp_path  # not the checkout: nothing of web/ within reach
     server.start()
     try:
@@ -70,6 +75,10 @@ def test_a_service_installed_from_the_wheel_serves_the_client(wheel, tmp_path):
             for path in ("/chat", "/hub", "/static/src/index.js", "/static/demo/chat.js"):
                 response = client.get(path)
                 assert response.status_code == 200, (path, response.text)
+            response = client.get("/admin")
+            assert response.status_code == 401 and 'id="login-form"' in response.text
+            response = client.get("/admin", headers={"authorization": f"Bearer {admin_token}"})
+            assert response.status_code == 200 and 'id="rooms"' in response.text
             imported = subprocess.run(
                 [sys.executable, "-c", "import presence; print(presence.__file__)"],
                 env={**os.environ, "PYTHONPATH": str(site)},

@@ -30,7 +30,7 @@ from ..exceptions import PresenceError, Unauthorized
 from ..models import JSON
 from ..settings import Settings
 from ..stores import SessionStore
-from . import errors, openapi, rest
+from . import admin, errors, openapi, rest
 from .services import Services
 from .sockets import session_socket
 
@@ -119,6 +119,7 @@ def _routes() -> list[BaseRoute]:
         Route("/openapi.json", openapi_document, methods=["GET"]),
         Route("/chat", _page("chat.html"), methods=["GET"]),
         Route("/hub", _page("hub.html"), methods=["GET"]),
+        *admin.routes(WEB_DIR),
     ]
     # Only the client modules and the demo's assets are public, never the rest of web/
     # (tests, node_modules, package metadata).

@@ -35,7 +35,7 @@ _ERRORS: dict[int, tuple[str, tuple[str, ...]]] = {
     ),
     404: (
         "No such session for this caller, or the session is not in that room.",
-        ("session_not_found", "not_found", "not_in_room"),
+        ("session_not_found", "not_found", "not_in_room", "admin_disabled"),
     ),
     413: ("The body exceeds the size limit.", ("payload_too_large",)),
     415: (
@@ -370,9 +370,11 @@ def document(settings: Settings) -> OpenAPI:
                     },
                 },
             },
+            **_admin_paths(settings),
         },
         "components": {
             "securitySchemes": {
+                **_admin_security(settings),
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "metricsToken": {
                     "type": "http",
@@ -568,6 +570,12 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 }
             },
         },
+        "AdminLogin": {
+            "type": "object",
+            "required": ["token"],
+            "additionalProperties": False,
+            "properties": {"token": {"type": "string", "description": "PRESENCE_ADMIN_TOKEN."}},
+        },
         "UserPresence": {
             "type": "object",
             "required": ["user", "status", "sessions", "last_seen", "rooms"],
@@ -675,6 +683,86 @@ def _session_links() -> dict[str, Any]:
     return {
         name: {"operationId": name, "parameters": session_id}
         for name in ("getSession", "heartbeat", "deleteSession")
+    }
+
+
+def _admin_paths(settings: Settings) -> dict[str, Any]:
+    """The admin page's API, documented when it is on (PRESENCE_ADMIN_TOKEN set); off,
+    each of these paths answers 404 ``admin_disabled``."""
+    if settings.admin_token is None:
+        return {}
+    admin: list[dict[str, list[str]]] = [{"adminToken": []}, {"adminCookie": []}]
+    return {
+        "/api/v1/admin/login": {
+            "post": {
+                "operationId": "adminLogin",
+                "summary": "Signs in to the admin page: sets the admin cookie.",
+                "description": (
+                    'Takes `{"token": PRESENCE_ADMIN_TOKEN}` and answers 204 with the '
+                    "`presence_admin` cookie (HttpOnly, SameSite=Strict, Secure over https), "
+                    "a signed credential for 12 hours. Five attempts an address, then one "
+                    "every 12 s (429 with Retry-After)."
+                ),
+                "security": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/AdminLogin"}}
+                    },
+                },
+                "responses": {
+                    "204": {"description": "Signed in: the cookie is set."},
+                    **_errors(400, 401, 403, 413, 415, 422, 429),
+                },
+            }
+        },
+        "/api/v1/admin/logout": {
+            "post": {
+                "operationId": "adminLogout",
+                "summary": "Signs out of the admin page: clears the admin cookie.",
+                "security": admin,
+                "responses": {
+                    "204": {"description": "The cookie is cleared."},
+                    **_errors(403),
+                },
+            }
+        },
+        "/api/v1/admin/ws": {
+            "get": {
+                "operationId": "openAdminSocket",
+                "summary": "Opens the admin socket: the admin page's live view.",
+                "description": (
+                    "A WebSocket handshake, refused (401) without the admin token as a "
+                    "bearer or the admin cookie, and (403) from an origin not allowed. "
+                    "Server to admin: `admin.snapshot`, `admin.status` (every 2 s), "
+                    "`admin.room`, `admin.event`, `admin.replayed`, `error`; admin to "
+                    "server: `admin.refresh`, `admin.replay` with an `id`."
+                ),
+                "security": admin,
+                "responses": {
+                    "101": {"description": "Switching protocols: the socket is open."},
+                    **_errors(401, 403),
+                },
+            }
+        },
+    }
+
+
+def _admin_security(settings: Settings) -> dict[str, Any]:
+    if settings.admin_token is None:
+        return {}
+    return {
+        "adminToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "PRESENCE_ADMIN_TOKEN itself, for scripts.",
+        },
+        "adminCookie": {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "presence_admin",
+            "description": "The admin credential a login sets (never a user's identity).",
+        },
     }
 
 

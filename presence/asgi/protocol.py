@@ -28,6 +28,13 @@ Client to server:
   server sends about an attached session carries its id as ``session`` too (a
   snapshot's session has its id).
 
+The admin socket (``/api/v1/admin/ws``, an admin's alone) speaks ``admin.*`` messages
+over the same framing (:func:`parse_admin`): server to client ``admin.snapshot``
+(rooms with members, recent events, status), ``admin.status`` (processes, store,
+webhooks, series), ``admin.room``, ``admin.event``, ``admin.replayed`` and ``error``;
+client to server ``admin.refresh`` and ``admin.replay`` (``id``). A user's socket that
+sends one is refused (``forbidden``).
+
 Liveness itself is not a message: it is WebSocket ping and pong frames, answered by the
 browser without any script.
 """
@@ -37,7 +44,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..exceptions import InvalidMessage, MalformedJSON, UnknownMessageType
+from ..exceptions import (
+    Forbidden,
+    InvalidMessage,
+    MalformedJSON,
+    PayloadTooLarge,
+    UnknownMessageType,
+)
 from ..limits import TokenBucket
 from ..models import JSON, Diff, RoomPage
 from ..sessions import Session, State
@@ -81,7 +94,25 @@ class RoomMessage:
     session: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class AdminMessage:
+    """A message on the admin socket: ``admin.refresh`` (a fresh snapshot) or
+    ``admin.replay`` of the dead letter ``id``."""
+
+    kind: str
+    id: str | None = None
+
+
 ClientMessage = Visibility | Activity | RoomMessage | SessionMessage
+
+#: The largest admin message taken: the admin sends ids, never data.
+ADMIN_MAX_MESSAGE_BYTES = 4096
+#: The longest dead letter id taken.
+ADMIN_MAX_ID = 200
+_ADMIN_MESSAGES = {
+    "admin.refresh": frozenset({"type"}),
+    "admin.replay": frozenset({"type", "id"}),
+}
 
 _VISIBILITY_STATES: dict[str, State] = {"visible": "active", "hidden": "away"}
 _ROOM_MESSAGES = {
@@ -111,12 +142,7 @@ def parse(text: str) -> ClientMessage:
         InvalidMessage: not an object, or a bad field.
         UnknownMessageType: a type the server does not know.
     """
-    try:
-        message = json.loads(text)
-    except (ValueError, RecursionError):  # Nesting too deep raises RecursionError.
-        raise MalformedJSON("message is not valid JSON") from None
-    if not isinstance(message, dict):
-        raise InvalidMessage("message must be a JSON object")
+    message = _load(text)
     kind = message.get("type")
     if kind == "visibility":
         raw = message.get("state")
@@ -146,7 +172,46 @@ def parse(text: str) -> ClientMessage:
         if kind == "presence.update" and "meta" not in message:
             raise InvalidMessage("presence.update needs a meta")
         return RoomMessage(str(kind), message["room"], message.get("meta"), _session(message))
+    if isinstance(kind, str) and kind.startswith("admin."):
+        raise Forbidden("admin messages go over the admin socket, with an admin credential")
     raise UnknownMessageType(f"unknown message type {kind!r}")
+
+
+def parse_admin(text: str) -> AdminMessage:
+    """Parses one message of the admin socket.
+
+    Raises:
+        PayloadTooLarge: over :data:`ADMIN_MAX_MESSAGE_BYTES`.
+        MalformedJSON: not JSON.
+        InvalidMessage: not an object, or a bad or unknown field.
+        UnknownMessageType: not an admin message.
+    """
+    if len(text) > ADMIN_MAX_MESSAGE_BYTES or len(text.encode()) > ADMIN_MAX_MESSAGE_BYTES:
+        raise PayloadTooLarge(f"admin messages are at most {ADMIN_MAX_MESSAGE_BYTES} bytes")
+    message = _load(text)
+    kind = message.get("type")
+    fields = _ADMIN_MESSAGES.get(kind) if isinstance(kind, str) else None
+    if fields is None:
+        raise UnknownMessageType(f"unknown admin message type {kind!r}")
+    unknown = sorted(message.keys() - fields)
+    if unknown:
+        raise InvalidMessage(f"unknown field {unknown[0]!r} in {kind}")
+    if kind == "admin.replay":
+        letter = message.get("id")
+        if not isinstance(letter, str) or not 0 < len(letter) <= ADMIN_MAX_ID:
+            raise InvalidMessage(f"admin.replay needs an id of 1-{ADMIN_MAX_ID} characters")
+        return AdminMessage(str(kind), letter)
+    return AdminMessage(str(kind))
+
+
+def _load(text: str) -> dict[str, JSON]:
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):  # Nesting too deep raises RecursionError.
+        raise MalformedJSON("message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise InvalidMessage("message must be a JSON object")
+    return message
 
 
 def snapshot(session: Session, heartbeat_interval: float | None = None) -> str:
@@ -215,6 +280,7 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 
 __all__ = [
     "Activity",
+    "AdminMessage",
     "ClientMessage",
     "RoomMessage",
     "SessionMessage",
@@ -223,6 +289,7 @@ __all__ = [
     "ended",
     "error",
     "parse",
+    "parse_admin",
     "presence_diff",
     "presence_sync",
     "snapshot",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import events, keys
+from ..admin import AdminGate, AdminService, MemoryBoard, RedisBoard, WebhookPanel
 from ..auth import Authenticator, OriginPolicy
 from ..bus import EventBus, MemoryBackend, RedisBackend
 from ..exceptions import ConfigError, StoreError, StoreUnavailable
@@ -50,6 +51,9 @@ class Services:
     registry: Registry = field(default_factory=Registry)
     new_session_id: Callable[[], str] = new_session_id
     refresher: Refresher | None = None
+    gate: AdminGate = field(init=False)
+    #: The admin page's service, while the app runs with PRESENCE_ADMIN_TOKEN set.
+    admin: AdminService | None = field(init=False, default=None)
     sessions: SessionService = field(init=False)
     bus: EventBus = field(init=False)
     presence: PresenceStore = field(init=False)
@@ -62,6 +66,7 @@ class Services:
         self.sessions = SessionService(
             self.settings, self.store, self.registry, lambda: self.new_session_id()
         )
+        self.gate = AdminGate(self.settings.admin_token)
 
     @classmethod
     def build(cls, settings: Settings, store: SessionStore | None = None) -> Services:
@@ -141,7 +146,25 @@ class Services:
                         # session's end elsewhere.
                         with contextlib.suppress(StoreUnavailable):
                             await self.bus.listen(keys.ended_channel(prefix), self._ended)
-                        yield
+                        if self.gate.enabled:
+                            self.admin = AdminService(
+                                settings,
+                                rooms=self.rooms,
+                                registry=self.registry,
+                                store=self.store,
+                                bus=self.bus,
+                                board=MemoryBoard() if redis is None else RedisBoard(redis),
+                                webhooks=None
+                                if self.webhooks is None
+                                else WebhookPanel(self.webhooks),
+                            )
+                            await self.admin.start()
+                        try:
+                            yield
+                        finally:
+                            if self.admin is not None:
+                                await self.admin.stop()
+                                self.admin = None
                 finally:
                     self.refresher = None
                     await self.rooms.stop()
