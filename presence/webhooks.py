@@ -80,7 +80,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
-from . import keys
+from . import keys, metrics
 from .exceptions import ConfigError
 from .stores import _webhook_scripts
 
@@ -252,6 +252,34 @@ class Health:
     lag: float = 0.0
     last_error: str | None = None
     last_success: float | None = None
+
+    # Each change to these counts goes through one of the methods below, which move the
+    # process's Prometheus families with it (presence.metrics).
+
+    def took(self, created_ms: Sequence[int], now: float) -> None:
+        """A batch of events with these creation times was delivered at ``now``."""
+        self.delivered += len(created_ms)
+        self.last_success = now
+        self.lag = max(0.0, now - min(created_ms) / 1000)
+        metrics.WEBHOOK_DELIVERIES.inc(len(created_ms))
+        for created in created_ms:
+            metrics.WEBHOOK_LAG.observe(max(0.0, now - created / 1000))
+
+    def failed(self, error: str) -> None:
+        """A POST failed."""
+        self.failures += 1
+        self.last_error = error
+        metrics.WEBHOOK_FAILURES.inc()
+
+    def retrying(self, events: int) -> None:
+        """A batch of ``events`` is to be POSTed again, after a backoff."""
+        self.retries += 1
+        metrics.WEBHOOK_RETRIES.inc(events)
+
+    def buried(self, events: int) -> None:
+        """``events`` went to the dead letters."""
+        self.dead += events
+        metrics.WEBHOOK_DEAD_LETTERS.inc(events)
 
 
 class _Outbox(Protocol):
@@ -550,20 +578,16 @@ class _Delivery:
                 error = await self._post(batch)
                 if error is None:
                     await self.outbox.ack(batch)
-                    health = self.health
-                    health.delivered += len(batch)
-                    health.last_success = time.time()
-                    oldest = min(int(e.event.get("created_at", 0)) for e in batch)
-                    health.lag = max(0.0, time.time() - oldest / 1000)
+                    created = [int(e.event.get("created_at", 0)) for e in batch]
+                    self.health.took(created, time.time())
                     return
-                self.health.failures += 1
-                self.health.last_error = error
+                self.health.failed(error)
                 self._log(f"failed ({error}); retrying")
                 cutoff = (time.time() - self.retry_for) * 1000
                 expired = [e for e in batch if int(e.event.get("created_at", 0)) < cutoff]
                 if expired:
                     await self.outbox.bury(expired, error, attempts)
-                    self.health.dead += len(expired)
+                    self.health.buried(len(expired))
                     logger.error(
                         "webhook %s: %d events were not taken within the retry hours; "
                         "moved to the dead letters",
@@ -572,7 +596,7 @@ class _Delivery:
                     )
                     batch[:] = [e for e in batch if e not in expired]
                 if batch:
-                    self.health.retries += 1
+                    self.health.retrying(len(batch))
                     await asyncio.sleep(backoff(attempts))
         finally:
             keeper.cancel()

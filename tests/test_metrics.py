@@ -442,3 +442,49 @@ def test_workers_get_a_metrics_folder_of_their_launch_when_none_is_given(monkeyp
         assert folder.is_dir()
     assert not folder.exists()
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+async def test_the_webhook_families_move_with_deliveries_failures_retries_and_dead_letters(
+    redis_url: str,
+):
+    """A receiver failing, then answering: failures and retries move, then deliveries and
+    the lag; a URL failing past the retry hours moves the dead letters."""
+    from .test_webhooks import _client, _settings, receiving
+
+    families = (
+        "presence_webhook_deliveries_total",
+        "presence_webhook_failures_total",
+        "presence_webhook_retries_total",
+        "presence_webhook_dead_letters_total",
+        "presence_webhook_lag_seconds_count",
+    )
+    async with receiving() as receiver:
+        receiver.status = 503
+        async with serve(_settings(receiver.url, redis_url, webhook_retry=600 * UNIT)) as server:
+            base = server.http
+            before = {name: value(await scrape(base), name) for name in families}
+            async with _client(server, "dora") as dora:
+                sid = (await dora.post("/sessions")).json()["id"]
+                await dora.delete(f"/sessions/{sid}")  # a session.ended event
+
+            async def moved(*names: str) -> bool:
+                now = await scrape(base)
+                return all(value(now, name) > before[name] for name in names)
+
+            await until(lambda: moved(families[1], families[2]))
+            receiver.status = 200
+            await until(lambda: moved(families[0], families[4]))
+            await receiver.wait_for(lambda: receiver.of_type("session.ended"), 100 * UNIT)
+            assert value(await scrape(base), families[3]) == before[families[3]]
+        receiver.status = 500
+        async with serve(_settings(receiver.url, redis_url, webhook_retry=UNIT)) as server:
+            base = server.http
+            dead = value(await scrape(base), families[3])
+            async with _client(server, "eve") as eve:
+                sid = (await eve.post("/sessions")).json()["id"]
+                await eve.delete(f"/sessions/{sid}")
+
+            async def buried() -> bool:
+                return value(await scrape(base), families[3]) > dead
+
+            await until(buried, 300 * UNIT)
