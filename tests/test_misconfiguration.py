@@ -54,7 +54,7 @@ NEEDED = [
         for command in (
             "ping evalsha script|load subscribe publish time get set del exists pexpire "
             "pttl zadd zrem zcard zscore zrange zrevrange zrangebyscore zremrangebyscore "
-            "hset hget hgetall hexists hlen hincrby hdel persist incr sadd sscan"
+            "hset hget hgetall hexists hlen hincrby hdel persist incr sadd sscan hmget hkeys"
         ).split()
     ),
 ]

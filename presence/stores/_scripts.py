@@ -513,6 +513,9 @@ local hash, set, counter = KEYS[4], KEYS[5], KEYS[6]
 try('HSET', 'HSET', hash, 'f', 'x')
 try('HGET', 'HGET', hash, 'f')
 try('HGETALL', 'HGETALL', hash)
+-- The admin board's (its processes' snapshots).
+try('HMGET', 'HMGET', hash, 'f')
+try('HKEYS', 'HKEYS', hash)
 try('HEXISTS', 'HEXISTS', hash, 'f')
 try('HLEN', 'HLEN', hash)
 try('HINCRBY', 'HINCRBY', hash, 'n', 1)
