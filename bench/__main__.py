@@ -10,6 +10,7 @@ the committed results are never replaced by figures too small to mean anything.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -42,6 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--report", action="store_true", help="only write the report from results.json"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one of the sizes of the benchmarks named (e.g. steps=1000,5000 "
+        "rounds=2 kinds=service,stock-floor); a list is comma-separated",
+    )
     args = parser.parse_args(argv)
     names = [] if args.report else (args.names or DEFAULT)
     unknown = [name for name in names if name not in BENCHMARKS]
@@ -56,9 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.setdefault("benchmarks", {})
     for name in names:
         run, full, quick = BENCHMARKS[name]
+        try:
+            sizes = with_changes(quick if args.quick else full, args.set)
+        except ValueError as exc:
+            parser.error(f"{name}: {exc}")
         started = time.monotonic()
-        h.log(f"{name}: starting")
-        result = run(quick if args.quick else full)
+        h.log(f"{name}: starting with {sizes}")
+        result = run(sizes)
         result["wall_seconds"] = time.monotonic() - started
         result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         result["quick"] = args.quick
@@ -76,6 +89,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.write(results, out)
     h.log(f"wrote {out / 'RESULTS.md'} and {out / 'results.png'}")
     return 0
+
+
+def with_changes(sizes: Any, changes: Sequence[str]) -> Any:
+    """``sizes`` (a frozen dataclass) with ``FIELD=VALUE`` changes, each value read as
+    its field's default is typed (a tuple from a comma-separated list)."""
+    values: dict[str, Any] = {}
+    fields = {f.name: getattr(sizes, f.name) for f in dataclasses.fields(sizes)}
+    for change in changes:
+        name, sep, raw = change.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"no size {name!r}; the sizes are {', '.join(fields)}")
+        current = fields[name]
+        if isinstance(current, tuple):
+            kind = type(current[0]) if current else str
+            values[name] = tuple(kind(item) for item in raw.split(",") if item)
+        elif isinstance(current, bool):
+            values[name] = raw.lower() in ("1", "true", "yes")
+        else:
+            values[name] = type(current)(raw)
+    return dataclasses.replace(sizes, **values)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import http.client
 import itertools
 import json
@@ -393,14 +394,36 @@ class ServerConfig:
         return env
 
 
+#: The servers a benchmark can run, by kind: whether it is the service (or the bare
+#: floor), and the WebSocket protocol it runs on (``PRESENCE_WS_PROTOCOL``): ours,
+#: ``presence.wsproto``, or uvicorn's stock ``websockets-sansio``.
+SERVER_KINDS: dict[str, tuple[bool, str]] = {
+    "service": (True, "presence"),
+    "stock": (True, "websockets-sansio"),
+    "floor": (False, "presence"),
+    "stock-floor": (False, "websockets-sansio"),
+}
+
+
+def is_service(kind: str) -> bool:
+    """True for a kind that runs Presence itself (with Redis), False for a floor."""
+    return SERVER_KINDS[kind][0]
+
+
 class Server:
     """``presence serve`` (kind ``service``) or the bare Starlette floor (kind ``floor``)
-    in a child process pinned to the server CPU, on a port of its own."""
+    in a child process pinned to the server CPU, on a port of its own; ``stock`` and
+    ``stock-floor`` are the same on uvicorn's stock WebSocket protocol."""
 
     def __init__(self, kind: str, config: ServerConfig, port: int | None = None) -> None:
-        if kind not in ("service", "floor"):
+        if kind not in SERVER_KINDS:
             raise ValueError(f"unknown server kind {kind!r}")
         self.kind = kind
+        protocol = SERVER_KINDS[kind][1]
+        if protocol != "presence":
+            config = dataclasses.replace(
+                config, extra_env={**config.extra_env, "PRESENCE_WS_PROTOCOL": protocol}
+            )
         self.config = config
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -414,7 +437,7 @@ class Server:
 
     def command(self) -> list[str]:
         # bench._serve is `presence serve` that also logs why the Redis breaker opened.
-        module = "bench._serve" if self.kind == "service" else "bench._floor"
+        module = "bench._serve" if is_service(self.kind) else "bench._floor"
         return [PYTHON, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
 
     def gc_pauses_ms(self) -> list[float]:

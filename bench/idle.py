@@ -35,6 +35,10 @@ class Sizes:
     # step reaches its N; the refusals are reported.
     retries: int = 3
     per_user: int = 5
+    # The servers measured, one after another in each round (see h.SERVER_KINDS): the
+    # service and its floor on our protocol, and both on uvicorn's stock one
+    # (PRESENCE_WS_PROTOCOL=websockets-sansio), so that the price of each is on record.
+    kinds: tuple[str, ...] = ("service", "stock", "floor", "stock-floor")
 
 
 FULL = Sizes()
@@ -46,7 +50,7 @@ QUICK = Sizes(
 def run(sizes: Sizes = FULL) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
     for number in range(sizes.rounds):
-        for kind in ("service", "floor"):
+        for kind in sizes.kinds:
             h.log(f"idle: round {number + 1}/{sizes.rounds}, {kind}")
             rounds.append({"round": number, "kind": kind, **_round(kind, sizes)})
     return {"sizes": asdict(sizes), "rounds": rounds, "summary": _summarize(rounds, sizes)}
@@ -57,12 +61,12 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
     warmup = 10
     with h.RedisServer("idle") as redis_server:
         config = h.ServerConfig(
-            redis_url=redis_server.url if kind == "service" else None,
+            redis_url=redis_server.url if h.is_service(kind) else None,
             ttl_seconds=3600.0,
             heartbeat_interval=sizes.ping_interval,
         )
         owners = h.users_for(top + warmup, sizes.per_user)
-        if kind == "service":
+        if h.is_service(kind):
             clients = h.create_sessions(redis_server.url, owners, ttl=config.ttl_seconds)
         else:
             # The floor checks nothing; the ids only have to look like the service's.
@@ -115,7 +119,7 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
                 cpu_rate = (server.cpu_seconds() - cpu_before) / (time.monotonic() - cpu_started)
                 previous_rate = cpu_rate
                 status = loader.request({"cmd": "status"})
-                sockets = server.get("/readyz")[1].get("sockets") if kind == "service" else None
+                sockets = server.get("/readyz")[1].get("sockets") if h.is_service(kind) else None
                 ticks = round_trips.get("evalsha REFRESH", 0)
                 # redis-py PINGs a connection idle for 30 s (its health check): that
                 # follows the clock, not the ticks, and is counted apart.
@@ -188,18 +192,31 @@ def _cpu_rate(server: h.Server, window: float) -> float:
 
 
 def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
+    kinds = [k for k in sizes.kinds if any(r["kind"] == k for r in rounds)]
+
     def of(kind: str, key: str) -> list[float]:
         return [r[key] for r in rounds if r["kind"] == kind]
 
     def plateau(kind: str, key: str, index: int = -1) -> list[Any]:
         return [r["plateaus"][index][key] for r in rounds if r["kind"] == kind]
 
-    pairs = list(
-        zip(of("service", "rss_kib_per_session"), of("floor", "rss_kib_per_session"), strict=True)
-    )
-    cpu_pairs = list(
-        zip(of("service", "cpu_us_per_session_s"), of("floor", "cpu_us_per_session_s"), strict=True)
-    )
+    def ratios(kind: str, floor: str, key: str) -> dict[str, float]:
+        # Within each round: the kind and its floor were measured back to back.
+        return h.summary(s / f for s, f in zip(of(kind, key), of(floor, key), strict=True))
+
+    # Every measured kind against each floor measured: its own (same protocol), and ours.
+    floors = [k for k in kinds if not h.is_service(k)]
+    ratio_table = {
+        kind: {
+            floor: {
+                "rss": ratios(kind, floor, "rss_kib_per_session"),
+                "cpu": ratios(kind, floor, "cpu_us_per_session_s"),
+            }
+            for floor in floors
+            if floor != kind
+        }
+        for kind in kinds
+    }
     per_tick = [
         p["round_trips_per_tick"]
         for r in rounds
@@ -207,33 +224,47 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
         for p in r["plateaus"]
         if p["round_trips_per_tick"] is not None
     ]
+    nan = h.summary([])
     result: dict[str, Any] = {
-        "rss_kib_per_session": {k: h.summary(of(k, "rss_kib_per_session")) for k in KINDS},
-        "rss_ratio": h.summary(s / f for s, f in pairs),
-        "cpu_us_per_session_s": {k: h.summary(of(k, "cpu_us_per_session_s")) for k in KINDS},
-        "cpu_ratio": h.summary(s / f for s, f in cpu_pairs),
+        "kinds": kinds,
+        "ratios": ratio_table,
+        "rss_kib_per_session": {k: h.summary(of(k, "rss_kib_per_session")) for k in kinds},
+        "rss_ratio": ratio_table.get("service", {}).get("floor", {}).get("rss", nan),
+        "cpu_us_per_session_s": {k: h.summary(of(k, "cpu_us_per_session_s")) for k in kinds},
+        "cpu_ratio": ratio_table.get("service", {}).get("floor", {}).get("cpu", nan),
         "cpu_us_per_session_s_at_top": {
-            k: h.summary(of(k, "cpu_us_per_session_s_at_top")) for k in KINDS
+            k: h.summary(of(k, "cpu_us_per_session_s_at_top")) for k in kinds
         },
-        "handshake_rate": {k: h.summary(plateau(k, "handshake_rate")) for k in KINDS},
+        "cpu_us_per_session_s_by_n": {
+            k: {
+                str(n): h.summary(
+                    r["plateaus"][i]["cpu_per_s"] * 1e6 / max(1, r["plateaus"][i]["open_clients"])
+                    for r in rounds
+                    if r["kind"] == k
+                )
+                for i, n in enumerate(sizes.steps)
+            }
+            for k in kinds
+        },
+        "handshake_rate": {k: h.summary(plateau(k, "handshake_rate")) for k in kinds},
         "handshake_p99_ms": {
-            k: h.summary(x["p99"] for x in plateau(k, "handshake_ms")) for k in KINDS
+            k: h.summary(x["p99"] for x in plateau(k, "handshake_ms")) for k in kinds
         },
         "handshake_cpu_ms": {
-            k: h.summary(x for x in plateau(k, "handshake_cpu_ms") if x is not None) for k in KINDS
+            k: h.summary(x for x in plateau(k, "handshake_cpu_ms") if x is not None) for k in kinds
         },
         "round_trips_per_tick": h.summary(per_tick),
         "loop_stall_max_ms": {
             k: h.summary(
                 r["plateaus"][-1]["loop_stall"]["max_ms"] for r in rounds if r["kind"] == k
             )
-            for k in KINDS
+            for k in kinds
         },
         "loop_stall_p99_ms": {
             k: h.summary(
                 r["plateaus"][-1]["loop_stall"]["p99_ms"] for r in rounds if r["kind"] == k
             )
-            for k in KINDS
+            for k in kinds
         },
         "round_trips_per_tick_max": max(per_tick, default=float("nan")),
         "redis_commands_per_tick_by_n": {
@@ -259,7 +290,7 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
                 if r["kind"] == k
                 for p in r["plateaus"]
             )
-            for k in KINDS
+            for k in kinds
         },
         "all_connected": all(
             p["open_clients"] == p["n"] and p["server_sockets"] in (None, p["n"])
@@ -268,6 +299,3 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
         ),
     }
     return result
-
-
-KINDS = ("service", "floor")

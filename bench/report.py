@@ -151,6 +151,20 @@ def _targets(b: dict[str, Any]) -> list[Row]:
                 cpu <= 1.20,
             )
         )
+        stock = idle.get("ratios", {}).get("service", {}).get("stock-floor")
+        if stock:
+            cpu, rss = stock["cpu"]["median"], stock["rss"]["median"]
+            us, kib = idle["cpu_us_per_session_s"], idle["rss_kib_per_session"]
+            rows.append(
+                (
+                    "Idle CPU per session-second ≤ 1.10 × the stock floor (bare Starlette on "
+                    "stock `websockets-sansio`), RSS ≤ 0.70 ×",
+                    f"CPU {_f(cpu, 2)} × ({_f(us['service']['median'], 2)} vs "
+                    f"{_f(us['stock-floor']['median'], 2)} µs), RSS {_f(rss, 2)} × "
+                    f"({_f(kib['service']['median'])} vs {_f(kib['stock-floor']['median'])} KiB)",
+                    cpu <= 1.10 and rss <= 0.70,
+                )
+            )
         worst = idle["round_trips_per_tick_max"]
         steps = b["idle"]["sizes"]["steps"]
         rows.append(
@@ -264,49 +278,115 @@ def _targets(b: dict[str, Any]) -> list[Row]:
 # --- sections -----------------------------------------------------------------------
 
 
+_KIND_NAMES = {
+    "service": "service",
+    "stock": "service, stock protocol",
+    "floor": "floor",
+    "stock-floor": "floor, stock protocol",
+}
+
+
 def _idle(result: dict[str, Any]) -> list[str]:
     s = result["summary"]
     sizes = result["sizes"]
+    kinds = s.get("kinds", ["service", "floor"])
+    services = [k for k in kinds if h.is_service(k)]
+    top = sizes["steps"][-1]
+
+    def row(label: str, cells: list[str]) -> str:
+        return f"| {label} | " + " | ".join(cells) + " |"
+
     lines = [
         "## 1. Idle sessions",
         "",
         f"Sockets opened in steps to N = {', '.join(f'{n:,}' for n in sizes['steps'])} on one "
         f"server process; ping interval {sizes['ping_interval']:g} s (the refresher ticks as "
         f"often); steady window {sizes['window']:g} s per step; {sizes['rounds']} rounds, "
-        f"service and floor alternating. Per-session figures are slopes of a least-squares "
-        f"fit across N. All requested sockets connected in every round: "
-        f"{'yes' if s['all_connected'] else '**no**'}.",
+        f"the kinds one after another in each ({', '.join(kinds)}). `stock` is the service "
+        "and `stock-floor` the floor on uvicorn's stock `websockets-sansio` protocol "
+        "(`PRESENCE_WS_PROTOCOL=websockets-sansio`), the others on `presence.wsproto`. "
+        "Per-session figures are slopes of a least-squares fit across N. All requested "
+        f"sockets connected in every round: {'yes' if s['all_connected'] else '**no**'}.",
         "",
-        "| | service | floor | ratio |",
-        "| --- | --- | --- | --- |",
-        f"| RSS per session (KiB) | {_s(s['rss_kib_per_session']['service'])} | "
-        f"{_s(s['rss_kib_per_session']['floor'])} | {_s(s['rss_ratio'], 2)} |",
-        f"| CPU per session-second (µs, slope) | "
-        f"{_s(s['cpu_us_per_session_s']['service'], 2)} | "
-        f"{_s(s['cpu_us_per_session_s']['floor'], 2)} | {_s(s['cpu_ratio'], 2)} |",
-        f"| CPU per session-second at N = {sizes['steps'][-1]:,} (µs, total / N) | "
-        f"{_s(s['cpu_us_per_session_s_at_top']['service'], 2)} | "
-        f"{_s(s['cpu_us_per_session_s_at_top']['floor'], 2)} | |",
-        f"| Handshakes/s, last step ({sizes['in_flight']} in flight) | "
-        f"{_s(s['handshake_rate']['service'], 0)} | {_s(s['handshake_rate']['floor'], 0)} | |",
-        f"| Handshake p99, last step (ms) | {_s(s['handshake_p99_ms']['service'])} | "
-        f"{_s(s['handshake_p99_ms']['floor'])} | |",
-        f"| Server CPU per handshake (ms) | {_s(s['handshake_cpu_ms']['service'], 2)} | "
-        f"{_s(s['handshake_cpu_ms']['floor'], 2)} | |",
-        f"| Event-loop stall at N = {sizes['steps'][-1]:,}: `/healthz` p99 / max (ms) | "
-        f"{_stall(s, 'service')} | {_stall(s, 'floor')} | |",
-        f"| Longest generation-2 GC pause, all rounds (ms) | {_gc(result, 'service')} | "
-        f"{_gc(result, 'floor')} | |",
-        f"| Redis breaker opened, all rounds (cause) | {_causes(result, 'service')} | – | |",
-        f"| Handshakes refused, all rounds (tried again a second later) | "
-        f"{_refusals(result, 'service')} | {_refusals(result, 'floor')} | |",
+        row("", [_KIND_NAMES.get(k, k) for k in kinds]),
+        row("---", ["---"] * len(kinds)),
+        row(
+            "RSS per session (KiB)",
+            [_s(s["rss_kib_per_session"][k]) for k in kinds],
+        ),
+        row(
+            "CPU per session-second (µs, slope)",
+            [_s(s["cpu_us_per_session_s"][k], 2) for k in kinds],
+        ),
+    ]
+    by_n = s.get("cpu_us_per_session_s_by_n") or {
+        k: {str(top): s["cpu_us_per_session_s_at_top"][k]} for k in kinds
+    }
+    for n in sizes["steps"]:
+        if all(str(n) in by_n[k] for k in kinds):
+            lines.append(
+                row(
+                    f"CPU per session-second at N = {n:,} (µs, total / N)",
+                    [_s(by_n[k][str(n)], 2) for k in kinds],
+                )
+            )
+    lines += [
+        row(
+            f"Handshakes/s, last step ({sizes['in_flight']} in flight)",
+            [_s(s["handshake_rate"][k], 0) for k in kinds],
+        ),
+        row("Handshake p99, last step (ms)", [_s(s["handshake_p99_ms"][k]) for k in kinds]),
+        row("Server CPU per handshake (ms)", [_s(s["handshake_cpu_ms"][k], 2) for k in kinds]),
+        row(
+            f"Event-loop stall at N = {top:,}: `/healthz` p99 / max (ms)",
+            [_stall(s, k) for k in kinds],
+        ),
+        row("Longest generation-2 GC pause, all rounds (ms)", [_gc(result, k) for k in kinds]),
+        row(
+            "Redis breaker opened, all rounds (cause)",
+            [_causes(result, k) if h.is_service(k) else "–" for k in kinds],
+        ),
+        row(
+            "Handshakes refused, all rounds (tried again a second later)",
+            [_refusals(result, k) for k in kinds],
+        ),
         "",
+    ]
+    # Results written before the stock kinds have the service/floor ratios alone.
+    ratios = s.get("ratios") or {
+        "service": {"floor": {"rss": s["rss_ratio"], "cpu": s["cpu_ratio"]}}
+    }
+    if ratios:
+        floors = [k for k in kinds if not h.is_service(k)]
+        lines += [
+            "Ratios, each taken within a round and the median over rounds (spread):",
+            "",
+            row("", [f"RSS / {f}" for f in floors] + [f"CPU / {f}" for f in floors]),
+            row("---", ["---"] * (2 * len(floors))),
+        ]
+        for kind in kinds:
+            if kind not in ratios or not ratios[kind]:
+                continue
+            cells = [
+                _s(ratios[kind][f]["rss"], 2) if f in ratios[kind] else "–" for f in floors
+            ] + [_s(ratios[kind][f]["cpu"], 2) if f in ratios[kind] else "–" for f in floors]
+            lines.append(row(_KIND_NAMES.get(kind, kind), cells))
+        lines.append("")
+    lines += [
         "Per step (median over rounds):",
         "",
-        "| N | RSS service (MiB) | RSS floor (MiB) | CPU service (ms/s) | CPU floor (ms/s) "
-        "| refresher round trips / tick | all round trips / tick (with health-check PINGs) "
-        "| Redis commands / tick | REFRESH time in Redis (ms) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        row(
+            "N",
+            [f"RSS {k} (MiB)" for k in kinds]
+            + [f"CPU {k} (ms/s)" for k in kinds]
+            + [
+                "refresher round trips / tick",
+                "all round trips / tick (with health-check PINGs)",
+                "Redis commands / tick",
+                "REFRESH time in Redis (ms)",
+            ],
+        ),
+        row("---", ["---"] * (2 * len(kinds) + 4)),
     ]
     for i, n in enumerate(sizes["steps"]):
 
@@ -319,22 +399,27 @@ def _idle(result: dict[str, Any]) -> list[str]:
             return h.summary(values)["median"]
 
         lines.append(
-            f"| {n:,} | {_f(med('service', 'rss_kib', 1 / 1024))} | "
-            f"{_f(med('floor', 'rss_kib', 1 / 1024))} | "
-            f"{_f(med('service', 'cpu_per_s', 1000))} | {_f(med('floor', 'cpu_per_s', 1000))} | "
-            f"{_f(med('service', 'round_trips_per_tick'), 2)} | "
-            f"{_f(med('service', 'round_trips_per_tick_with_pings'), 2)} | "
-            f"{_f(med('service', 'redis_commands_per_tick'), 0)} | "
-            f"{_f(s['refresh_redis_ms_by_n'][str(n)]['median'], 1)} |"
+            row(
+                f"{n:,}",
+                [_f(med(k, "rss_kib", 1 / 1024)) for k in kinds]
+                + [_f(med(k, "cpu_per_s", 1000)) for k in kinds]
+                + [
+                    _f(med("service", "round_trips_per_tick"), 2),
+                    _f(med("service", "round_trips_per_tick_with_pings"), 2),
+                    _f(med("service", "redis_commands_per_tick"), 0),
+                    _f(s["refresh_redis_ms_by_n"][str(n)]["median"], 1),
+                ],
+            )
         )
-    first = next(r for r in result["rounds"] if r["kind"] == "service")
-    lines += [
-        "",
-        "Round trips seen in one window (service, first round, last step): "
-        + ", ".join(f"`{k}` × {v}" for k, v in first["plateaus"][-1]["round_trips"].items())
-        + ".",
-        "",
-    ]
+    if "service" in services:
+        first = next(r for r in result["rounds"] if r["kind"] == "service")
+        lines += [
+            "",
+            "Round trips seen in one window (service, first round, last step): "
+            + ", ".join(f"`{k}` × {v}" for k, v in first["plateaus"][-1]["round_trips"].items())
+            + ".",
+        ]
+    lines.append("")
     return lines
 
 
@@ -604,7 +689,12 @@ def _chart(b: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"service": "#1f77b4", "floor": "#7f7f7f"}
+    colors = {
+        "service": "#1f77b4",
+        "floor": "#7f7f7f",
+        "stock": "#ff7f0e",
+        "stock-floor": "#bcbd22",
+    }
     fig, axes = plt.subplots(2, 4, figsize=(21, 9.5))
     fig.suptitle("Presence benchmarks: service (blue) against its floor (grey)", fontsize=14)
 
