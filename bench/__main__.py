@@ -58,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
     out: Path = args.out or (h.WORK / "quick" if args.quick else h.REPO / "bench")
     out.mkdir(parents=True, exist_ok=True)
+    if names:
+        h.SAMPLER = h.QuietSampler().start()
     results_path = out / "results.json"
     results: dict[str, Any] = {}
     if results_path.exists():
@@ -70,9 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(f"{name}: {exc}")
         started = time.monotonic()
-        h.log(f"{name}: starting with {sizes}")
+        code = h.service_code()
+        h.log(f"{name}: starting with {sizes} on {code}")
         result = run(sizes)
         result["wall_seconds"] = time.monotonic() - started
+        # The code measured: read before the run, and again after it, in case it changed.
+        result["service_code"] = code
+        if h.service_code() != code:
+            result["service_code_changed_to"] = h.service_code()
+        result["quiet"] = h.quiet_since(started)
         result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         result["quick"] = args.quick
         result["machine"] = h.machine()

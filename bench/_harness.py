@@ -163,6 +163,107 @@ def _nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+# --- was the machine quiet? ---------------------------------------------------------
+
+
+def _busy_jiffies() -> int:
+    """CPU time the whole machine spent busy (all CPUs), from ``/proc/stat``."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
+    # user nice system idle iowait irq softirq steal (guest time is within user).
+    values = [int(v) for v in fields[:8]]
+    return sum(values) - values[3] - values[4]
+
+
+def _own_jiffies() -> int:
+    """CPU time of this process and everything it started: its own and its reaped
+    children's (``/proc/self/stat``), and every live descendant's."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                raw = stat.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        pid, ppid = int(entry), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        times[pid] = int(fields[11]) + int(fields[12])
+        if pid == os.getpid():
+            times[pid] += int(fields[13]) + int(fields[14])  # reaped children
+    total, stack = times.get(os.getpid(), 0), list(children.get(os.getpid(), []))
+    while stack:
+        pid = stack.pop()
+        total += times.get(pid, 0)
+        stack += children.get(pid, [])
+    return total
+
+
+class QuietSampler:
+    """Samples, once a ``interval``, the 1-minute load average and the CPU that
+    processes other than this benchmark's used (the machine's busy time less this
+    process tree's), so that each figure can say whether the machine was quiet."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        #: (monotonic time, 1-minute load average, other processes' CPU in cores).
+        self.samples: list[tuple[float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="quiet")
+
+    def _run(self) -> None:
+        busy, own, at = _busy_jiffies(), _own_jiffies(), time.monotonic()
+        while not self._stop.wait(self.interval):
+            busy2, own2, at2 = _busy_jiffies(), _own_jiffies(), time.monotonic()
+            other = max(0, (busy2 - busy) - (own2 - own)) / _CLK_TCK / max(at2 - at, 1e-6)
+            with open("/proc/loadavg") as loadavg:
+                load = float(loadavg.read().split()[0])
+            self.samples.append((at2, load, other))
+            busy, own, at = busy2, own2, at2
+
+    def start(self) -> QuietSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, start: float, end: float | None = None) -> dict[str, Any]:
+        """The load average and other processes' CPU over a window (monotonic times)."""
+        end = time.monotonic() if end is None else end
+        window = [s for s in self.samples if start <= s[0] <= end]
+        return quiet_summary([s[1] for s in window], [s[2] for s in window])
+
+
+#: Other processes' CPU (cores, on average) under which a run counts as quiet.
+QUIET_CORES = 0.10
+
+
+def quiet_summary(loads: Sequence[float], others: Sequence[float]) -> dict[str, Any]:
+    if not others:
+        return {"samples": 0, "quiet": None}
+    return {
+        "samples": len(others),
+        "loadavg_1m": summary(loads),
+        "other_cpu_cores_mean": statistics.fmean(others),
+        "other_cpu_cores_max": max(others),
+        "quiet": statistics.fmean(others) < QUIET_CORES,
+    }
+
+
+#: The sampler of this run, started by ``python -m bench``; None when not running.
+SAMPLER: QuietSampler | None = None
+
+
+def quiet_since(start: float) -> dict[str, Any] | None:
+    """How quiet the machine was since ``start`` (monotonic), or None without a sampler."""
+    return None if SAMPLER is None else SAMPLER.between(start)
+
+
 # --- numbers ------------------------------------------------------------------------
 
 

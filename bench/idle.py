@@ -52,7 +52,11 @@ def run(sizes: Sizes = FULL) -> dict[str, Any]:
     for number in range(sizes.rounds):
         for kind in sizes.kinds:
             h.log(f"idle: round {number + 1}/{sizes.rounds}, {kind}")
-            rounds.append({"round": number, "kind": kind, **_round(kind, sizes)})
+            started = time.monotonic()
+            measured = _round(kind, sizes)
+            rounds.append(
+                {"round": number, "kind": kind, "quiet": h.quiet_since(started), **measured}
+            )
     return {"sizes": asdict(sizes), "rounds": rounds, "summary": _summarize(rounds, sizes)}
 
 

@@ -42,17 +42,7 @@ def write(results: dict[str, Any], out: Path) -> None:
     ]:
         if name in benchmarks:
             lines += section(benchmarks[name])
-            lines.append(
-                f"_{name}: {benchmarks[name]['wall_seconds']:.0f} s wall, finished "
-                f"{benchmarks[name]['finished']}"
-                f"{' (quick sizes)' if benchmarks[name].get('quick') else ''}"
-                + (
-                    f"; service code {benchmarks[name]['machine']['service_code']}"
-                    if benchmarks[name].get("machine", {}).get("service_code")
-                    else ""
-                )
-                + "._"
-            )
+            lines.append(_footer(name, benchmarks[name]))
             lines.append("")
     analysis = h.REPO / "bench" / "analysis.md"
     if analysis.exists() and not any(b.get("quick") for b in benchmarks.values()):
@@ -84,6 +74,38 @@ def _s(summary: dict[str, Any] | None, digits: int = 1, unit: str = "") -> str:
     return f"{median}{unit} ({_f(summary['min'], digits)}–{_f(summary['max'], digits)})"
 
 
+def _footer(name: str, result: dict[str, Any]) -> str:
+    """What a section measured: the code (commit), when, and how quiet the machine was."""
+    code = result.get("service_code") or result.get("machine", {}).get("service_code")
+    text = (
+        f"_{name}: {result['wall_seconds']:.0f} s wall, finished {result['finished']}"
+        f"{' (quick sizes)' if result.get('quick') else ''}"
+    )
+    if code:
+        text += f"; service code {code}"
+    if result.get("service_code_changed_to"):
+        text += f" (**changed during the run** to {result['service_code_changed_to']})"
+    quiet = result.get("quiet")
+    if quiet:
+        text += f"; {quiet_text(quiet)}"
+    elif result.get("machine", {}).get("loadavg_at_start"):
+        text += f"; load average at the end {result['machine']['loadavg_at_start']}"
+    return text + "._"
+
+
+def quiet_text(quiet: dict[str, Any]) -> str:
+    """ "quiet" or "not quiet", with the load average and other processes' CPU."""
+    if not quiet.get("samples"):
+        return "machine not sampled"
+    load = quiet["loadavg_1m"]
+    verdict = "quiet" if quiet["quiet"] else "**not quiet**"
+    return (
+        f"machine {verdict}: other processes used {quiet['other_cpu_cores_mean']:.2f} "
+        f"cores on average (at most {quiet['other_cpu_cores_max']:.2f}; quiet is under "
+        f"{h.QUIET_CORES:g}), 1-minute load average {load['min']:.2f}–{load['max']:.2f}"
+    )
+
+
 def _header(results: dict[str, Any]) -> list[str]:
     machine = results.get("machine", {})
     quick = any(b.get("quick") for b in results.get("benchmarks", {}).values())
@@ -111,7 +133,9 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"- Load average after the last benchmark run: {machine.get('loadavg_at_start', '?')}"
         " (other engineers' test suites may have been running on the same machine; the "
         "ratios to the floor, measured back to back in the same run, are the figures that "
-        "count)",
+        "count). Each section's footer says whether the machine was quiet while it ran: "
+        "the CPU that processes other than the benchmark's used, sampled every second "
+        "from `/proc/stat` less the benchmark's own process tree, and the load average",
     ]
     if machine.get("service_code"):
         lines.append(
@@ -411,6 +435,10 @@ def _idle(result: dict[str, Any]) -> list[str]:
                 ],
             )
         )
+    if any(r.get("quiet") for r in result["rounds"]):
+        lines += ["", "How quiet the machine was in each round:", ""]
+        for r in result["rounds"]:
+            lines.append(f"- round {r['round'] + 1}, {r['kind']}: {quiet_text(r['quiet'] or {})}")
     if "service" in services:
         first = next(r for r in result["rounds"] if r["kind"] == "service")
         lines += [
