@@ -152,6 +152,10 @@ def service_code() -> str:
 
     head = git("rev-parse", "--short=10", "HEAD") or "unknown"
     diff = git("diff", "HEAD", "--", "presence")
+    # New files count too: a module not yet committed is code measured.
+    for name in git("ls-files", "--others", "--exclude-standard", "--", "presence").split():
+        with contextlib.suppress(OSError):
+            diff += f"\n+++ {name}\n" + (REPO / name).read_text(errors="replace")
     if not diff:
         return head
     return f"{head} + uncommitted changes to presence/ (diff sha1 {hashlib.sha1(diff.encode()).hexdigest()[:10]})"  # noqa: S324, E501
@@ -445,12 +449,22 @@ def script_names() -> dict[str, str]:
     """The service's Lua scripts by SHA1, as EVALSHA names them."""
     import hashlib
 
-    from presence.stores import _scripts
+    from presence.stores import _presence_scripts, _scripts
 
-    return {
+    names = {
         hashlib.sha1(getattr(_scripts, name).encode()).hexdigest(): name  # noqa: S324
         for name in ("CREATE", "GET", "LIST", "TOUCH", "REFRESH", "DELETE", "RESTORE")
     }
+    for name in dir(_presence_scripts):
+        value = getattr(_presence_scripts, name)
+        if name.isupper() and isinstance(value, str):
+            names[hashlib.sha1(value.encode()).hexdigest()] = f"presence.{name}"  # noqa: S324
+    return names
+
+
+#: The presence store's node lease: renewed, and lapsed leases looked for, once a
+#: second whatever the sockets (see the README's "Crashed processes are reclaimed").
+LEASE_TRIPS = frozenset({"evalsha presence.RENEW", "evalsha presence.LAPSED"})
 
 
 def _text(value: Any) -> str:

@@ -128,6 +128,8 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
                 # redis-py PINGs a connection idle for 30 s (its health check): that
                 # follows the clock, not the ticks, and is counted apart.
                 health_checks = round_trips.get("ping", 0)
+                # The node lease's calls follow the clock too (once a second each).
+                lease = sum(round_trips.get(name, 0) for name in h.LEASE_TRIPS)
                 # In the steady state the refresher's REFRESH is the only script run.
                 evalsha = executed.get("evalsha", {"calls": 0, "usec": 0})
                 plateaus.append(
@@ -151,8 +153,11 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
                         "refresher_ticks": ticks,
                         "round_trips": round_trips,
                         "round_trips_per_tick": (
-                            (sum(round_trips.values()) - health_checks) / ticks if ticks else None
+                            (sum(round_trips.values()) - health_checks - lease) / ticks
+                            if ticks
+                            else None
                         ),
+                        "lease_round_trips_per_s": lease / sizes.trip_window,
                         "round_trips_per_tick_with_pings": (
                             sum(round_trips.values()) / ticks if ticks else None
                         ),
@@ -208,6 +213,11 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
         # Within each round: the kind and its floor were measured back to back.
         return h.summary(s / f for s, f in zip(of(kind, key), of(floor, key), strict=True))
 
+    def ratios_at(kind: str, floor: str, index: int) -> dict[str, float]:
+        # The whole CPU rate at one N (fixed costs included), within each round.
+        ours, theirs = plateau(kind, "cpu_per_s", index), plateau(floor, "cpu_per_s", index)
+        return h.summary(s / f for s, f in zip(ours, theirs, strict=True) if f)
+
     # Every measured kind against each floor measured: its own (same protocol), and ours.
     floors = [k for k in kinds if not h.is_service(k)]
     ratio_table = {
@@ -215,6 +225,7 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             floor: {
                 "rss": ratios(kind, floor, "rss_kib_per_session"),
                 "cpu": ratios(kind, floor, "cpu_us_per_session_s"),
+                "cpu_by_n": {str(n): ratios_at(kind, floor, i) for i, n in enumerate(sizes.steps)},
             }
             for floor in floors
             if floor != kind
