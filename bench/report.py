@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _harness as h
+from . import fanout
 
 Row = tuple[str, str, bool | None]
 
@@ -38,6 +39,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         ("rest", _rest),
         ("cleanup", _cleanup),
         ("redis_memory", _redis_memory),
+        ("fanout", fanout.section),
         ("profile", _profile),
     ]:
         if name in benchmarks:
@@ -300,6 +302,7 @@ def _targets(b: dict[str, Any]) -> list[Row]:
         )
     else:
         rows.append(("Redis ≤ 250 bytes per session", "–", None))
+    rows += fanout.targets(b.get("fanout"))
     return rows
 
 
@@ -845,11 +848,12 @@ def _chart(b: dict[str, Any], path: Path) -> None:
     ax = axes[1][3]
     ax.axis("off")
     ax.set_title("Targets")
-    for i, (target, _figure, met) in enumerate(_targets(b)):
+    rows = _targets(b)
+    for i, (target, _figure, met) in enumerate(rows):
         mark, color = {True: ("met", "green"), False: ("NOT MET", "red")}.get(
             met, ("not run", "grey")
         )
-        ax.text(0, 1 - i * 0.1, f"{mark}: {target}", color=color, fontsize=8.5,
+        ax.text(0, 1 - i / max(10, len(rows)), f"{mark}: {target}", color=color, fontsize=8.5,
                 transform=ax.transAxes, va="top", wrap=True)  # fmt: skip
 
     fig.tight_layout(rect=(0, 0, 1, 0.96))

@@ -35,6 +35,13 @@ class TokenBucket:
         self._tokens -= 1
         return True
 
+    def resize(self, rate: float, burst: int) -> None:
+        """A new rate and size; a bucket that grows gets the extra tokens at once (a
+        newcomer's own burst), one that shrinks keeps no more than it holds now."""
+        self._tokens = min(float(burst), self._tokens + max(0, burst - self.burst))
+        self.rate = rate
+        self.burst = burst
+
     def wait(self, now: float) -> float:
         """Seconds until a token is there (0 when one is)."""
         tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -247,6 +248,10 @@ class _LocalRoom:
 _RECENT = 32
 # Attempts at syncing a watcher before it is left for the next diff to catch up.
 _SYNC_ATTEMPTS = 3
+# Seconds before a watcher whose sync the store did not answer is synced again (even
+# in a quiet room, where no diff comes to prompt it), doubling up to the cap.
+_RESYNC_FIRST = 0.5
+_RESYNC_CAP = 8.0
 
 
 @dataclass(eq=False)
@@ -318,7 +323,10 @@ class RoomService:
         self._rooms: dict[str, _LocalRoom] = {}
         self._listeners: dict[str, Callable[[str], Awaitable[None]]] = {}
         self._flushing: set[str] = set()
+        # Each room's page being read for syncs, shared by the watchers syncing meanwhile.
+        self._pages: dict[str, asyncio.Future[tuple[RoomPage, str]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._resyncs: set[asyncio.TimerHandle] = set()
         self._lease: asyncio.Task[None] | None = None
         self._reaping: set[str] = set()
         self._switching = asyncio.Lock()
@@ -350,6 +358,11 @@ class RoomService:
         for tab in self._tabs.values():
             if tab.timer is not None:
                 tab.timer.cancel()
+        for shared in list(self._pages.values()):
+            shared.cancel()
+        for handle in self._resyncs:
+            handle.cancel()
+        self._resyncs.clear()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -678,16 +691,20 @@ class RoomService:
                 self._spawn(self._sync(watcher, room, local))
         metrics.fanned_out(sent)
 
-    async def _sync(self, watcher: Watcher, room: str, local: _LocalRoom) -> None:
+    async def _sync(
+        self, watcher: Watcher, room: str, local: _LocalRoom, retry: float | None = None
+    ) -> None:
+        seq = -1
         for _ in range(_SYNC_ATTEMPTS):
             watcher.watching[room] = None
             try:
-                page = await self.page(room)
+                page, sync = await self._sync_page(room)
             except StoreUnavailable:
-                return
+                self._resync_later(watcher, room, local, retry or _RESYNC_FIRST)
+                break
             if watcher not in local.watchers:
                 return
-            await watcher.send(self.encode_sync(page))
+            await watcher.send(sync)
             seq = page.seq
             behind = [(s, text) for s, text in local.recent if s > seq]
             if behind and behind[0][0] != seq + 1:
@@ -695,12 +712,55 @@ class RoomService:
             for s, text in behind:
                 await watcher.send(text)
                 seq = s
+            # The page may be ahead of the bus (read after a flush whose diff is still
+            # on its way here): `local.seq` stays what the bus delivered, or that diff
+            # would be taken for heard already and withheld from every other watcher.
             watcher.watching[room] = seq
-            if local.seq is None or local.seq < seq:
-                local.seq = seq
             return
+        # Not synced (the store did not answer in time, or what came since the page
+        # never lined up): left behind, so that the next diff heard here syncs it
+        # again. Left "on its way" (None), every diff would pass it over for good. (A
+        # sync of it that succeeded meanwhile has set its seq: that one stands.)
+        if watcher in local.watchers and room in watcher.watching:
+            if watcher.watching[room] is None:
+                watcher.watching[room] = seq
+
+    def _resync_later(self, watcher: Watcher, room: str, local: _LocalRoom, after: float) -> None:
+        def due() -> None:
+            self._resyncs.discard(handle)
+            # Still watching, and still behind: no sync of it has begun since.
+            if watcher in local.watchers and watcher.watching.get(room) == -1:
+                self._spawn(self._sync(watcher, room, local, min(after * 2, _RESYNC_CAP)))
+
+        handle = asyncio.get_running_loop().call_later(after, due)
+        self._resyncs.add(handle)
+
+    async def _sync_page(self, room: str) -> tuple[RoomPage, str]:
+        """The room's page and its sync's text. Watchers syncing at once share one read
+        and one encoding: in a crowd joining a room each join watches it, and a read
+        and an encoding of the whole room for each would make N joins cost N² members.
+        A page read before a watcher came is as good as one read after: what changed
+        since comes in the diffs after its seq."""
+        shared = self._pages.get(room)
+        if shared is None:
+            shared = self._pages[room] = asyncio.ensure_future(self._read_page(room))
+            shared.add_done_callback(functools.partial(self._page_read, room))
+        return await asyncio.shield(shared)
+
+    async def _read_page(self, room: str) -> tuple[RoomPage, str]:
+        page = await self.page(room)
+        return page, self.encode_sync(page)
+
+    def _page_read(self, room: str, shared: asyncio.Future[tuple[RoomPage, str]]) -> None:
+        if self._pages.get(room) is shared:
+            del self._pages[room]
+        if not shared.cancelled():
+            shared.exception()  # each watcher waiting had it; none left is no warning
 
     async def _resync_all(self) -> None:
+        # A read begun before (on the bus's old connection, or on the store presence
+        # just left) is not shared with these: each room is read afresh.
+        self._pages.clear()
         for room, local in list(self._rooms.items()):
             local.seq = None
             local.recent.clear()
@@ -761,7 +821,14 @@ class RoomService:
         (held again under the new name first, so the reaper passes it over)."""
         old, self.holder = self.holder, _holder_name()
         await self.primary.renew(self.holder, keys.LEASE_TTL)
+        renewed = time.monotonic()
         for tab in list(self._tabs.values()):
+            if time.monotonic() - renewed >= keys.LEASE_RENEW_INTERVAL:
+                # Thousands of tabs take longer to hold again than the lease lasts, and
+                # the lease loop waits for this: renewed meanwhile, or the new name
+                # lapses too and is reaped, and so on.
+                await self.primary.renew(self.holder, keys.LEASE_TTL)
+                renewed = time.monotonic()
             await self._hold_in_full(tab)
         changed, _ = await self.primary.reap(old)
         self._changed(changed)

@@ -124,3 +124,27 @@ def test_profiles_are_collected(tmp_path: Path) -> None:
     assert result["rest_service"]["own"]
     assert result["memory_service"]["by_line"]
     assert result["memory_floor"]["sockets"] > 0
+
+
+def test_fanout_delivers_every_join_to_every_watcher(tmp_path: Path) -> None:
+    """Every watcher of the room, on every process, gets every join, with the diffs
+    published and the Redis commands counted."""
+    result = _run("fanout", tmp_path)
+    sizes = result["sizes"]
+    assert result["summary"]["all_complete"] is True
+    for r in result["rounds"]:
+        assert r["watchers"] == sizes["watchers"]
+        assert r["joins"] == sizes["joiners"]
+        assert r["pairs_missing"] == 0
+        assert r["watchers_complete"] == sizes["watchers"]
+        assert r["pair_latency_s"]["n"] == sizes["watchers"] * sizes["joiners"]
+        assert _number(r["pair_latency_s"]["p99"])
+        assert _number(r["all_watchers_latency_s"]["p99"])
+        # Coalesced: fewer diffs than joins reach each watcher, and every join is in one.
+        assert 0 < r["diffs_published"] <= sizes["joiners"]
+        assert r["messages_per_watcher"]["p50"] > 0
+        assert r["naive"]["messages_per_watcher"] == sizes["joiners"]
+        assert r["bytes_per_watcher"]["p50"] > 0
+        assert r["redis"]["commands_per_join"] > 0
+        assert r["redis"]["publish"] == r["diffs_published"]
+        assert len(r["loop_stall_ms"]) == sizes["processes"]

@@ -316,6 +316,7 @@ async def _let_go(
             part.expiry.cancel()
         if socket.attached is not None:
             socket.attached.pop(part.session_id, None)
+        _budget(socket, services)
     last_here = services.registry.discard((socket.user, part.session_id), socket)
     if part.tab is not None:
         try:
@@ -463,6 +464,7 @@ async def _session_message(
                 session_id,
             )
         await _hold_part(socket, part, services)
+        _budget(socket, services)
     session = await services.sessions.get(socket.user, part.session_id)
     await socket.send(protocol.snapshot(session, services.settings.heartbeat_interval))
 
@@ -504,6 +506,16 @@ async def _room_message(
         await rooms.leave(socket.user, part.session_id, room, "left")
         if not any(room in _joined(other) for other in socket.parts()):
             await rooms.unwatch(socket, room)
+
+
+def _budget(socket: SessionSocket, services: Services) -> None:
+    """The socket's message rate is that of the sessions it carries (each tab of a
+    shared socket sends as one with its own socket would), but never more than the
+    user's sockets could send together (PRESENCE_MAX_SOCKETS_PER_USER of them)."""
+    settings = services.settings
+    carried = 1 + len(socket.attached or ())
+    share = min(carried, settings.max_sockets_per_user)
+    socket.bucket.resize(settings.ws_messages_per_second * share, settings.ws_message_burst * share)
 
 
 def _joined(part: SessionSocket | Attached) -> dict[str, JSON]:

@@ -10,7 +10,7 @@ export interface Session {
   transport: Transport;
   state: SessionState;
   data: unknown;
-  /** The server's HEARTBEAT_INTERVAL in seconds. */
+  /** The server's HEARTBEAT_INTERVAL in seconds; the REST rhythm is never slower. */
   heartbeat_interval?: number;
 }
 
@@ -71,18 +71,44 @@ export interface ChatSessionManagerOptions {
   sendBeacon?: (url: string, data: Blob) => boolean;
   /** Initial value of `heartbeatIntervalMs`. */
   heartbeatIntervalMs?: number;
-  /** One socket for all of the origin's tabs (Web Locks + BroadcastChannel). */
-  shareConnection?: boolean;
+  /**
+   * Share one WebSocket among this origin's tabs (a leader elected through Web
+   * Locks holds it, the others speak through a BroadcastChannel). Each tab keeps
+   * its own session. Ignored, one socket per tab, where either API is missing.
+   * An object names the share or injects the two APIs (tests).
+   */
+  shareConnection?: boolean | ShareConnectionOptions;
+  /**
+   * fetch's credentials mode for every request. Default 'same-origin';
+   * 'include' for an API on another origin that allows this one with
+   * credentials (PRESENCE_ALLOWED_ORIGINS), so its identity cookie is sent.
+   */
+  credentials?: RequestCredentials;
   /** The presence REST base; default the base URL with `/chat` replaced by `/presence`. */
   presenceUrl?: string;
+}
+
+export interface ShareConnectionOptions {
+  /** Tabs share with the tabs of the same name. Default 'presence'. */
+  name?: string;
+  /** Default navigator.locks. */
+  locks?: Pick<LockManager, 'request'>;
+  /** Default globalThis.BroadcastChannel. */
+  BroadcastChannel?: typeof BroadcastChannel;
+  /** How long a tab waits for the leader to carry its session before it falls back. Default 3000. */
+  openTimeoutMs?: number;
 }
 
 export interface ChatSessionManagerEventMap {
   statuschange: CustomEvent<{ status: SessionStatus; previous: SessionStatus }>;
   /** A new session snapshot (socket message or heartbeat reply). */
   sessionchange: CustomEvent<{ session: Session }>;
-  /** startSession(id) found `oldId` gone and created `newId`. */
-  'session-replaced': CustomEvent<{ oldId: string; newId: string }>;
+  /**
+   * The session `oldId` could not be had and `newId` was created: startSession(id)
+   * found it unknown ('not_found') or had no identity for it ('unauthorized'), or
+   * a heartbeat's 401 said the identity was gone ('unauthorized').
+   */
+  'session-replaced': CustomEvent<{ oldId: string; newId: string; reason: 'not_found' | 'unauthorized' }>;
   /** The server ended the session; the manager stopped. */
   ended: CustomEvent<{ reason: string; sessionId: string | null }>;
   error: CustomEvent<{ error: unknown; context: string }>;
@@ -121,6 +147,10 @@ export class ChatSessionManager extends EventTarget {
   readonly state: SessionState | null;
   readonly lastKeepalive: Date | null;
   readonly session: Session | null;
+  /** True when this manager's socket is the one its browser's tabs share. */
+  readonly sharesConnection: boolean;
+  /** The REST rhythm in use: min(heartbeatIntervalMs, the server's heartbeat_interval). */
+  readonly effectiveHeartbeatIntervalMs: number;
   readonly shareConnection: boolean;
   readonly presenceUrl: string;
 

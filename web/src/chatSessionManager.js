@@ -6,6 +6,10 @@
 // `POST .../heartbeat` every `heartbeatIntervalMs` and keeps retrying the
 // socket with capped exponential backoff and full jitter.
 //
+// With `shareConnection: true`, the tabs of one origin share one WebSocket
+// (see sharedSocket.js); a browser without Web Locks or BroadcastChannel gets
+// one socket per tab, as without the option.
+//
 // Plain ES module, no build step. Every failure becomes an `error` event and a
 // status; nothing here throws into the page.
 //
@@ -13,6 +17,8 @@
 // only carries its messages and tells it when the transport changes.
 
 import { PresenceRooms } from './presenceRoom.js';
+
+import { CLOSE_HANDOVER, sharedSocketFor, sharedSocketSupported } from './sharedSocket.js';
 
 export const DEFAULT_BASE_URL = '/api/v1/chat';
 export const DEFAULT_STORAGE_KEY = 'presence.sessionId';
@@ -25,6 +31,12 @@ const SOCKET_CONNECTING = 0;
 const SOCKET_OPEN = 1;
 // RFC 6455 close codes.
 const CLOSE_NORMAL = 1000;
+
+// Answers to GET /sessions/{id} that mean "no such session for you": create one.
+// 401: no identity yet (a first visit in development mode) or one the server no
+// longer knows; 404: unknown or expired; 400/422: not an id at all.
+const REPLACE_ON = new Set([400, 401, 404, 422]);
+const CREDENTIALS = new Set(['same-origin', 'include', 'omit']);
 
 const ACTIVE_STATUSES = new Set(['connecting', 'connected', 'polling', 'paused']);
 const CLEANUP_TYPES = new Set(['all', 'inactive', 'specific']);
@@ -117,6 +129,8 @@ export class ChatSessionManager extends EventTarget {
   #backoff;
   #tokenFn;
   #sendBeacon;
+  #credentials;
+  #share;
 
   #status = 'idle';
   #sessionId = null;
@@ -131,10 +145,16 @@ export class ChatSessionManager extends EventTarget {
   #socketOpenedAt = null;
   #attempt = 0;
   #heartbeatTimer = null;
+  #heartbeatTimerMs = null;
+  #awayPending = false;
   #reconnectTimer = null;
   #heartbeatInFlight = false;
   #pageListeners = [];
   #lastToken = null;
+  // The start whose request is in flight: { id, result, generation }.
+  #inflight = null;
+  // Set by a 401 on a heartbeat, cleared by the next keepalive that works.
+  #identityLost = false;
   #presence;
   #presenceUrl;
   #shareConnection;
@@ -156,6 +176,27 @@ export class ChatSessionManager extends EventTarget {
     this.#tokenFn = options.token ?? null;
     this.#sendBeacon = options.sendBeacon ?? null;
     if (options.heartbeatIntervalMs !== undefined) this.heartbeatIntervalMs = options.heartbeatIntervalMs;
+    // 'include' sends the cookies to an API on another origin (which must allow
+    // this origin with credentials, as PRESENCE_ALLOWED_ORIGINS does).
+    this.#credentials = CREDENTIALS.has(options.credentials) ? options.credentials : 'same-origin';
+    this.#share = null;
+    const share = options.shareConnection;
+    if (share) {
+      const shareOptions = typeof share === 'object' ? share : {};
+      const env = {
+        navigator: { locks: shareOptions.locks ?? globalThis.navigator?.locks },
+        BroadcastChannel: shareOptions.BroadcastChannel ?? globalThis.BroadcastChannel,
+      };
+      // Without either, each tab keeps its own socket: sharing is an optimisation.
+      if (sharedSocketSupported(env)) {
+        this.#share = {
+          name: shareOptions.name,
+          locks: env.navigator.locks,
+          BroadcastChannel: env.BroadcastChannel,
+          openTimeoutMs: shareOptions.openTimeoutMs,
+        };
+      }
+    }
     this.#shareConnection = Boolean(options.shareConnection);
     this.#presenceUrl = String(options.presenceUrl ?? presenceUrlFor(this.#baseUrl)).replace(/\/+$/, '');
     this.#presence = new PresenceRooms({
@@ -226,8 +267,12 @@ export class ChatSessionManager extends EventTarget {
   #presenceIntervalMs() {
     // The server's HEARTBEAT_INTERVAL, when its snapshot says it, bounds the
     // rhythm: a REST member is present only while it comes within twice that.
-    const server = Number(this.#session?.heartbeat_interval) * 1000;
-    return server > 0 ? Math.min(this.heartbeatIntervalMs, server) : this.heartbeatIntervalMs;
+    return this.effectiveHeartbeatIntervalMs;
+  }
+
+  /** True when this manager's socket is the one its browser's tabs share. */
+  get sharesConnection() {
+    return this.#share !== null;
   }
 
   /** The REST base URL, without a trailing slash. */
@@ -280,6 +325,11 @@ export class ChatSessionManager extends EventTarget {
    */
   async startSession(id) {
     if (id && id === this.#sessionId && this.isSessionActive) return this.#session;
+    const requested = id || null;
+    // A start for the same id still in flight, left by a stop (React
+    // StrictMode mounts, unmounts and mounts again at once): take its answer
+    // over rather than ask again, so no second session is made.
+    const inflight = this.#inflight?.id === requested ? this.#inflight : null;
     this.#teardown();
     const generation = this.#generation;
     this.#session = null;
@@ -288,34 +338,107 @@ export class ChatSessionManager extends EventTarget {
     this.#attempt = 0;
     this.#setStatus('connecting');
     this.#listenToPage();
+    const found = inflight ?? { id: requested, result: this.#find(requested) };
+    found.generation = generation;
+    this.#inflight = found;
     try {
-      let session = null;
-      if (id) {
-        const response = await this.#request('GET', `/sessions/${encodeURIComponent(id)}`);
-        if (generation !== this.#generation) return null;
-        if (response.ok) session = response.data;
-        else if (response.status !== 404) throw serverError(response.status, response.data, 'Could not load the session');
+      const { session, reason, created } = await found.result;
+      if (generation !== this.#generation) {
+        if (found.generation !== this.#generation) {
+          // Nobody took it over: a session made for a start that was stopped
+          // would stay on the server, alive for its TTL, for no tab.
+          if (this.#inflight === found) this.#inflight = null;
+          if (created) this.#discard(session.id);
+        }
+        return null;
       }
-      const replaced = Boolean(id) && session === null;
-      if (session === null) {
-        const response = await this.#request('POST', '/sessions', { body: {} });
-        if (generation !== this.#generation) return null;
-        if (!response.ok) throw serverError(response.status, response.data, 'Could not create a session');
-        session = response.data;
-      }
-      if (!session || typeof session.id !== 'string') throw new PresenceError('The server sent no session');
-      this.#sessionId = session.id;
-      this.#remember(session.id);
-      this.#adopt(session);
-      if (replaced) this.#emit('session-replaced', { oldId: id, newId: session.id });
-      // A listener may have stopped us in reaction to an event above.
-      if (generation !== this.#generation) return null;
-      this.#connect();
-      return session;
+      this.#inflight = null;
+      return this.#begin(session, requested && session.id !== requested ? { oldId: requested, reason } : null, generation);
     } catch (error) {
+      if (this.#inflight === found && found.generation === generation) this.#inflight = null;
       if (generation !== this.#generation) return null;
       this.#fail(error, 'startSession');
       return null;
+    }
+  }
+
+  // The session `id` names, or a new one when the server has none for us.
+  async #find(id) {
+    if (id) {
+      const response = await this.#request('GET', `/sessions/${encodeURIComponent(id)}`);
+      if (response.ok) {
+        if (!response.data || typeof response.data.id !== 'string') throw new PresenceError('The server sent no session');
+        return { session: response.data, reason: null, created: false };
+      }
+      if (!REPLACE_ON.has(response.status)) throw serverError(response.status, response.data, 'Could not load the session');
+      const reason = response.status === 401 ? 'unauthorized' : 'not_found';
+      return { session: await this.#create(), reason, created: true };
+    }
+    return { session: await this.#create(), reason: null, created: true };
+  }
+
+  async #create() {
+    // In development mode this POST is also what hands a first-time browser its
+    // identity cookie.
+    const response = await this.#request('POST', '/sessions', { body: {} });
+    if (!response.ok) throw serverError(response.status, response.data, 'Could not create a session');
+    const session = response.data;
+    if (!session || typeof session.id !== 'string') throw new PresenceError('The server sent no session');
+    return session;
+  }
+
+  #discard(id) {
+    this.#forget(id);
+    this.#request('DELETE', `/sessions/${encodeURIComponent(id)}`, { keepalive: true }).catch(() => {});
+  }
+
+  // Takes `session` as this tab's, says so if it replaced another, and connects.
+  #begin(session, replaced, generation) {
+    this.#sessionId = session.id;
+    this.#remember(session.id);
+    this.#adopt(session);
+    if (replaced) this.#emit('session-replaced', { oldId: replaced.oldId, newId: session.id, reason: replaced.reason });
+    // A listener may have stopped us in reaction to an event above.
+    if (generation !== this.#generation) return null;
+    this.#connect();
+    return session;
+  }
+
+  // The server no longer knows who we are (a 401 on a heartbeat: a development
+  // server restarted with a new key, a cookie cleared): the old session cannot
+  // be reached any more, so start a new one rather than poll in vain.
+  async #replaceIdentity() {
+    const oldId = this.#sessionId;
+    if (this.#identityLost) {
+      // A second 401 with nothing kept alive in between: the server never got
+      // an identity it could keep, and a new session would fare no better.
+      this.#fail(
+        new PresenceError(
+          "The server does not recognise this browser's identity; cookies may not be sent (use credentials: 'include' for an API on another origin)",
+          { status: 401, code: 'unauthorized' },
+        ),
+        'heartbeat',
+      );
+      return;
+    }
+    this.#identityLost = true;
+    this.#teardown();
+    const generation = this.#generation;
+    this.#forget(oldId);
+    this.#session = null;
+    this.#sessionId = null;
+    this.#attempt = 0;
+    this.#setStatus('connecting');
+    this.#listenToPage();
+    try {
+      const session = await this.#create();
+      if (generation !== this.#generation) {
+        this.#discard(session.id);
+        return;
+      }
+      this.#begin(session, { oldId, reason: 'unauthorized' }, generation);
+    } catch (error) {
+      if (generation === this.#generation) this.#fail(error, 'heartbeat');
     }
   }
 
@@ -405,7 +528,7 @@ export class ChatSessionManager extends EventTarget {
     try {
       const url = await this.#socketUrl();
       if (generation !== this.#generation) return;
-      socket = (this.#webSocketFactory ?? ((target) => new WebSocket(target)))(url);
+      socket = this.#openSocket(url);
     } catch (error) {
       if (generation !== this.#generation) return;
       this.#report(error, 'websocket');
@@ -423,8 +546,15 @@ export class ChatSessionManager extends EventTarget {
     };
     on('open', () => this.#onSocketOpen());
     on('message', (event) => this.#onSocketMessage(event));
-    on('close', () => this.#onSocketClose());
+    on('close', (event) => this.#onSocketClose(event));
     // 'error' carries no detail in browsers and is always followed by 'close'.
+  }
+
+  #openSocket(url) {
+    const factory = this.#webSocketFactory ?? ((target) => new WebSocket(target));
+    if (this.#share === null) return factory(url);
+    // The tab's one node: every manager of the tab speaks through it.
+    return sharedSocketFor({ ...this.#share, webSocketFactory: factory }).connect(url, this.#sessionId);
   }
 
   async #socketUrl() {
@@ -440,6 +570,7 @@ export class ChatSessionManager extends EventTarget {
   }
 
   #onSocketOpen() {
+    this.#identityLost = false;
     this.#socketOpenedAt = Date.now();
     this.#stopPolling();
     this.#lastKeepalive = new Date();
@@ -478,9 +609,16 @@ export class ChatSessionManager extends EventTarget {
     }
   }
 
-  #onSocketClose() {
+  #onSocketClose(event) {
     const openedAt = this.#socketOpenedAt;
     this.#dropSocket();
+    if (this.#share !== null && event?.code === CLOSE_HANDOVER && this.isSessionActive) {
+      // The tab that held the shared socket went away and another takes it
+      // over: reconnect through it at once; the server's grace covers the gap.
+      this.#setStatus('connecting');
+      this.#connect();
+      return;
+    }
     // A socket that stayed up a while means the server is healthy again; one
     // that drops right after opening must not reset the backoff, or a flapping
     // server would be hit at full rate.
@@ -495,6 +633,9 @@ export class ChatSessionManager extends EventTarget {
     const wasPolling = this.#status === 'polling' || this.#status === 'paused';
     if (isHidden()) {
       this.#setStatus('paused');
+      // One beat says the tab is away (and finds out whether the session is
+      // still there); then quiet until it is shown.
+      if (!wasPolling) this.#heartbeat('away');
       return;
     }
     this.#setStatus('polling');
@@ -551,31 +692,61 @@ export class ChatSessionManager extends EventTarget {
 
   // --- REST heartbeat --------------------------------------------------------
 
-  #startHeartbeatTimer() {
-    this.#clearHeartbeatTimer();
-    this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.heartbeatIntervalMs);
+  /**
+   * The REST rhythm in use: the shorter of `heartbeatIntervalMs` and the
+   * server's `heartbeat_interval` (from its last session snapshot), so that a
+   * server with a short TTL does not see the session expire between beats.
+   */
+  get effectiveHeartbeatIntervalMs() {
+    const server = Number(this.#session?.heartbeat_interval);
+    const own = this.heartbeatIntervalMs;
+    return Number.isFinite(server) && server > 0 ? Math.min(own, server * 1000) : own;
   }
 
-  async #heartbeat() {
-    if (this.#heartbeatInFlight || !this.#sessionId) return;
+  #startHeartbeatTimer() {
+    this.#clearHeartbeatTimer();
+    const interval = this.effectiveHeartbeatIntervalMs;
+    this.#heartbeatTimer = setInterval(() => this.#heartbeat(), interval);
+    this.#heartbeatTimerMs = interval;
+  }
+
+  async #heartbeat(state = 'active') {
+    if (!this.#sessionId) return;
+    if (this.#heartbeatInFlight) {
+      // The tab hid while a beat was on its way: say `away` right after it.
+      if (state === 'away') this.#awayPending = true;
+      return;
+    }
     const generation = this.#generation;
     this.#heartbeatInFlight = true;
     try {
-      const response = await this.#request('POST', `/sessions/${encodeURIComponent(this.#sessionId)}/heartbeat`);
+      const response = await this.#request('POST', `/sessions/${encodeURIComponent(this.#sessionId)}/heartbeat`, { body: { state } });
       if (generation !== this.#generation) return;
       if (response.status === 404) {
         this.#forget(this.#sessionId);
         this.#end('not_found');
+      } else if (response.status === 401) {
+        this.#heartbeatInFlight = false;
+        this.#replaceIdentity();
       } else if (!response.ok) {
         this.#report(serverError(response.status, response.data, 'Heartbeat failed'), 'heartbeat');
       } else {
         this.#lastKeepalive = new Date();
+        this.#identityLost = false;
         if (response.data) this.#adopt(response.data);
+        // The server's interval may have come with this reply: beat at it.
+        if (this.#heartbeatTimer !== null && this.#heartbeatTimerMs !== this.effectiveHeartbeatIntervalMs) this.#startHeartbeatTimer();
       }
     } catch (error) {
       if (generation === this.#generation) this.#report(error, 'heartbeat');
     } finally {
-      if (generation === this.#generation) this.#heartbeatInFlight = false;
+      if (generation === this.#generation) {
+        this.#heartbeatInFlight = false;
+        if (this.#awayPending) {
+          this.#awayPending = false;
+          if (this.#status === 'paused') this.#heartbeat('away');
+        }
+      }
     }
   }
 
@@ -620,6 +791,9 @@ export class ChatSessionManager extends EventTarget {
     } else if (hidden && this.#status === 'polling') {
       this.#stopPolling();
       this.#setStatus('paused');
+      // Tell the server once, as the socket does, that the tab is away; then
+      // stay quiet until it is shown again.
+      this.#heartbeat('away');
     } else if (!hidden && this.#status === 'paused') {
       this.#setStatus('polling');
       this.#heartbeat();
@@ -641,14 +815,14 @@ export class ChatSessionManager extends EventTarget {
           method: 'POST',
           body,
           keepalive: true,
-          credentials: 'same-origin',
+          credentials: this.#credentials,
           headers: this.#lastToken ? { Authorization: `Bearer ${this.#lastToken}` } : {},
         }).catch(() => {});
         return;
       }
       const beacon = this.#sendBeacon ?? globalThis.navigator?.sendBeacon?.bind(globalThis.navigator);
       if (beacon) beacon(url, body);
-      else this.#fetch(url, { method: 'POST', body, keepalive: true, credentials: 'same-origin' }).catch(() => {});
+      else this.#fetch(url, { method: 'POST', body, keepalive: true, credentials: this.#credentials }).catch(() => {});
     } catch (error) {
       this.#report(error, 'pagehide');
     }
@@ -681,6 +855,7 @@ export class ChatSessionManager extends EventTarget {
   #teardown() {
     this.#generation += 1;
     this.#heartbeatInFlight = false;
+    this.#awayPending = false;
     this.#stopPolling();
     this.#closeSocket();
     this.#unlistenToPage();
@@ -728,7 +903,7 @@ export class ChatSessionManager extends EventTarget {
 
   async #request(method, path, { body, keepalive = false, url = null } = {}) {
     const headers = { Accept: 'application/json' };
-    const init = { method, headers, credentials: 'same-origin' };
+    const init = { method, headers, credentials: this.#credentials };
     if (body !== undefined) {
       headers['Content-Type'] = 'application/json';
       init.body = JSON.stringify(body);

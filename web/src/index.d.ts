@@ -7,6 +7,7 @@ export {
   CleanupType,
   PresenceError,
   Session,
+  ShareConnectionOptions,
   SessionState,
   SessionStatus,
   StorageLike,
@@ -20,6 +21,7 @@ export {
   DEFAULT_STORAGE_KEY,
   default,
 } from './chatSessionManager.js';
+export { sharedSocketSupported } from './sharedSocket.js';
 export {
   PresenceMember,
   PresenceLeave,

@@ -15,4 +15,5 @@ export {
   DEFAULT_STORAGE_KEY,
   default,
 } from './chatSessionManager.js';
+export { sharedSocketSupported } from './sharedSocket.js';
 export { PresenceRoom, ROOM_PATTERN } from './presenceRoom.js';

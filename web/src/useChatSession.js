@@ -44,6 +44,10 @@ export function useChatSession(options = {}) {
     setSnapshot(read(manager));
     return () => {
       for (const type of EVENTS) manager.removeEventListener(type, update);
+      // StrictMode runs this and the effect again at once: the page's second
+      // startSession(id) then takes over the first one's request still in
+      // flight (ChatSessionManager keeps it), so the remount gets the same
+      // session; at a real unmount, a session that request made is deleted.
       manager.stopSession();
     };
   }, [manager]);

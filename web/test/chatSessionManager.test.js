@@ -106,7 +106,7 @@ describe('startSession', () => {
     storage.setItem(KEY, 'gone-gone-gone-gone-00');
     const session = await manager.startSession(getOrCreateSessionId(storage));
     expect(server.requests.map((r) => `${r.method} ${r.path}`)).toEqual(['GET /sessions/gone-gone-gone-gone-00', 'POST /sessions']);
-    expect(events.of('session-replaced').map((e) => e.detail)).toEqual([{ oldId: 'gone-gone-gone-gone-00', newId: session.id }]);
+    expect(events.of('session-replaced').map((e) => e.detail)).toEqual([{ oldId: 'gone-gone-gone-gone-00', newId: session.id, reason: 'not_found' }]);
     expect(manager.sessionId).toBe(session.id);
     expect(storage.getItem(KEY)).toBe(session.id);
     await flush();
@@ -308,33 +308,38 @@ describe('REST heartbeat when the socket cannot open', () => {
     manager.stopSession();
   });
 
-  it('sends none while hidden, one immediately on return, then every 30 s from then', async () => {
+  it('sends one away heartbeat on hiding and none after, one active at once on return, then every 30 s', async () => {
     const { manager, server, sockets } = setup({ sockets: 'refuse' });
     await manager.startSession(null);
     await flush();
     await vi.advanceTimersByTimeAsync(30 * SECOND);
     expect(server.heartbeats()).toHaveLength(2);
+    expect(server.heartbeats().map((r) => r.body.state)).toEqual(['active', 'active']);
 
     await vi.advanceTimersByTimeAsync(10 * SECOND);
     setVisibility('hidden');
     expect(manager.status).toBe('paused');
     expect(manager.transport).toBe('http');
+    await flush();
+    expect(server.heartbeats()).toHaveLength(3);
+    expect(server.heartbeats()[2].body).toEqual({ state: 'away' });
     const socketsWhenHidden = sockets.sockets.length;
     await vi.advanceTimersByTimeAsync(5 * 60 * SECOND);
-    expect(server.heartbeats()).toHaveLength(2);
+    expect(server.heartbeats()).toHaveLength(3);
     expect(sockets.sockets).toHaveLength(socketsWhenHidden); // no socket retries either
     expect(vi.getTimerCount()).toBe(0);
 
     setVisibility('visible');
     await flush();
     expect(manager.status).toBe('polling');
-    expect(server.heartbeats()).toHaveLength(3);
-    await vi.advanceTimersByTimeAsync(30 * SECOND - 1);
-    expect(server.heartbeats()).toHaveLength(3);
-    await vi.advanceTimersByTimeAsync(1);
     expect(server.heartbeats()).toHaveLength(4);
-    await vi.advanceTimersByTimeAsync(30 * SECOND);
+    expect(server.heartbeats()[3].body).toEqual({ state: 'active' });
+    await vi.advanceTimersByTimeAsync(30 * SECOND - 1);
+    expect(server.heartbeats()).toHaveLength(4);
+    await vi.advanceTimersByTimeAsync(1);
     expect(server.heartbeats()).toHaveLength(5);
+    await vi.advanceTimersByTimeAsync(30 * SECOND);
+    expect(server.heartbeats()).toHaveLength(6);
     manager.stopSession();
   });
 

@@ -1,0 +1,317 @@
+"""The room service's fan-out to this process's watchers, with the bus's deliveries
+held back so that their order against a sync can be chosen.
+
+The store is the memory presence store, whose flush hands each diff to a list here
+instead of a bus; each diff is then given to the room's listener when the test says,
+as the bus would give it, late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from presence import keys
+from presence.asgi import protocol
+from presence.auth import Identity
+from presence.bus import EventBus
+from presence.bus.memory import MemoryBackend
+from presence.rooms import RoomService
+from presence.stores.presence_memory import MemoryPresenceStore
+
+from .utils import make_settings
+
+ROOM = "lobby"
+
+
+class _Watcher:
+    """A socket that takes everything at once, and keeps what it was sent."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.session_id = f"{user}-s"
+        self.watching: dict[str, int | None] = {}
+        self.got: list[dict[str, Any]] = []
+
+    async def offer(self, text: str) -> bool:
+        self.got.append(json.loads(text))
+        return True
+
+    async def send(self, text: str) -> None:
+        self.got.append(json.loads(text))
+
+    def kinds(self) -> list[tuple[str, int]]:
+        return [(m["type"], m["seq"]) for m in self.got]
+
+
+async def _service() -> tuple[RoomService, MemoryPresenceStore, list[str]]:
+    published: list[str] = []
+    store = MemoryPresenceStore(lambda room, data: published.append(data))
+    await store.open()
+    service = RoomService(
+        # A window long enough that no flush runs by itself: the test flushes.
+        make_settings(diff_window=3600.0),
+        store,
+        EventBus(MemoryBackend()),
+        channel=lambda room: keys.room_channel("presence", room),
+        encode_sync=protocol.presence_sync,
+        encode_diff=protocol.presence_diff,
+    )
+    return service, store, published
+
+
+async def _settle() -> None:
+    """Lets the tasks the service spawned (a sync, its page's read) run to their end."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def _join(service: RoomService, user: str) -> None:
+    tab = await service.open_tab(user, f"{user}-tab")
+    await service.join(Identity(user, "bearer", None), tab, ROOM, {"name": user})
+
+
+async def test_a_sync_read_ahead_of_the_bus_keeps_the_diff_for_the_others():
+    """A watcher that comes (a member joining, say) reads the room after a flush whose
+    diff has not reached this process yet: the watchers already here still get that
+    diff when the bus brings it, as a diff, and no sync; the newcomer, whose page had
+    it, does not get it twice."""
+    service, store, published = await _service()
+    old = _Watcher("old")
+    await service.watch(old, ROOM)
+    await _join(service, "ann")
+    await store.flush(ROOM)  # diff 1, on its way
+    newcomer = _Watcher("new")
+    await service.watch(newcomer, ROOM)  # its page is at diff 1 already
+    heard = service._listeners[ROOM]
+    await heard(published[0])
+    await _join(service, "bob")
+    await store.flush(ROOM)
+    await heard(published[1])
+    await _settle()  # a sync the service spawned would have run by now
+    first = old.got[0]["seq"]
+    assert old.kinds() == [
+        ("presence.sync", first),
+        ("presence.diff", first + 1),
+        ("presence.diff", first + 2),
+    ]
+    assert newcomer.kinds() == [("presence.sync", first + 1), ("presence.diff", first + 2)]
+    assert [m["user"] for m in newcomer.got[0]["members"]] == ["ann"]
+    assert [m["user"] for m in old.got[1]["joins"]] == ["ann"]
+
+
+async def test_a_watcher_behind_the_bus_is_still_synced():
+    """The fix keeps the gap rule: a diff this process did not hear (the bus dropped
+    it) still sends every watcher here a fresh sync."""
+    service, store, published = await _service()
+    watcher = _Watcher("w")
+    await service.watch(watcher, ROOM)
+    for user in ("ann", "bob"):
+        await _join(service, user)
+        await store.flush(ROOM)
+    heard = service._listeners[ROOM]
+    await heard(published[0])
+    await _join(service, "cyd")
+    await store.flush(ROOM)
+    await heard(published[2])  # diff 2 never came
+    await _settle()
+    first = watcher.got[0]["seq"]
+    assert watcher.kinds() == [
+        ("presence.sync", first),
+        ("presence.diff", first + 1),
+        ("presence.sync", first + 3),
+    ]
+    assert watcher.got[-1]["count"] == 3
+
+
+async def test_watchers_syncing_at_once_share_one_read_of_the_room():
+    """A crowd watching a room at once (each member joining watches it) costs one read
+    and one encoding of the room, not one each; every watcher still gets the members,
+    and then every diff after the page's seq."""
+    service, store, published = await _service()
+    for user in ("ann", "bob"):
+        await _join(service, user)
+    await store.flush(ROOM)
+    reads = 0
+    room = store.room
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.01)  # a round trip, during which the others come
+        return await room(*args, **kwargs)
+
+    store.room = counted  # type: ignore[method-assign]
+    crowd = [_Watcher(f"w{i}") for i in range(20)]
+    await asyncio.gather(*(service.watch(w, ROOM) for w in crowd))
+    assert reads == 1
+    await _join(service, "cyd")
+    await store.flush(ROOM)
+    await service._listeners[ROOM](published[-1])
+    for watcher in crowd:
+        sync, diff = watcher.got
+        assert sync["type"] == "presence.sync"
+        assert sorted(m["user"] for m in sync["members"]) == ["ann", "bob"]
+        assert (diff["type"], diff["seq"]) == ("presence.diff", sync["seq"] + 1)
+        assert [m["user"] for m in diff["joins"]] == ["cyd"]
+    # Once the read is done, the next watcher reads the room afresh.
+    late = _Watcher("late")
+    await service.watch(late, ROOM)
+    assert reads == 2
+    assert late.got[0]["count"] == 3
+
+
+async def test_a_failed_shared_read_fails_every_sync_waiting_on_it_and_no_more():
+    """The store away during a shared read: each watcher waiting is left for the next
+    diff to sync (as one alone is), and the next watcher reads again."""
+    from presence.exceptions import StoreUnavailable
+
+    service, store, _ = await _service()
+    room = store.room
+    failing = True
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.01)
+        if failing:
+            raise StoreUnavailable("redis unavailable")
+        return await room(*args, **kwargs)
+
+    store.room = away  # type: ignore[method-assign]
+    crowd = [_Watcher(f"w{i}") for i in range(5)]
+    await asyncio.gather(*(service.watch(w, ROOM) for w in crowd))
+    # Each is left behind (below any seq), so that the room's next diff syncs it.
+    assert all(w.got == [] and w.watching[ROOM] == -1 for w in crowd)
+    failing = False
+    later = _Watcher("later")
+    await service.watch(later, ROOM)
+    assert later.kinds()[0][0] == "presence.sync"
+    assert not service._pages
+
+
+async def test_holding_every_tab_again_keeps_the_new_lease(monkeypatch: Any):
+    """A process taken for dead holds its tabs again under a new name; when that takes
+    longer than a lease lasts (thousands of tabs, a busy loop), the new name's lease is
+    renewed meanwhile rather than lapsing, which would have it reaped again."""
+    from presence.rooms import RoomService as Service
+
+    monkeypatch.setattr(keys, "LEASE_RENEW_INTERVAL", 0.02)
+    service, store, _ = await _service()
+    for i in range(10):
+        await service.open_tab(f"u{i}", f"u{i}-tab")
+    renewals: list[str] = []
+    renew = store.renew
+
+    async def counted(holder: str, ttl: float) -> bool:
+        renewals.append(holder)
+        return await renew(holder, ttl)
+
+    hold_in_full = Service._hold_in_full
+
+    async def slow(self: Service, tab: Any) -> None:
+        await asyncio.sleep(0.01)  # a round trip on a busy process
+        await hold_in_full(self, tab)
+
+    store.renew = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(Service, "_hold_in_full", slow)
+    old = service.holder
+    await service._hold_all_again()
+    assert service.holder != old
+    # Renewed at the start, then about every 20 ms of the 100 ms the holds took.
+    assert renewals.count(service.holder) >= 3
+    assert old not in renewals
+
+
+async def test_a_resync_does_not_share_a_read_begun_before_it():
+    """Presence moving to another store (Redis away, or back), or the bus reconnecting,
+    syncs every watcher again: those syncs read the room afresh rather than wait on a
+    read begun before, which may be of the store just left and fail."""
+    from presence.exceptions import StoreUnavailable
+
+    service, store, _ = await _service()
+    await _join(service, "ann")
+    await store.flush(ROOM)
+    room = store.room
+    gate = asyncio.Event()
+
+    async def doomed(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        raise StoreUnavailable("redis unavailable")
+
+    store.room = doomed  # type: ignore[method-assign]
+    watcher = _Watcher("w")
+    first = asyncio.ensure_future(service.watch(watcher, ROOM))
+    await _settle()
+    store.room = room  # type: ignore[method-assign]
+    await service._resync_all()
+    await _settle()
+    gate.set()
+    await first
+    await _settle()
+    assert watcher.kinds()[0][0] == "presence.sync"
+    assert watcher.watching[ROOM] == watcher.got[0]["seq"]
+
+
+async def test_a_sync_the_store_could_not_answer_is_made_at_the_next_diff():
+    """The store not answering a watcher's sync in time (a busy process's Redis call past
+    its bound) leaves the watcher behind, not waiting: the room's next diff syncs it,
+    and it is not passed over by every diff after."""
+    from presence.exceptions import StoreUnavailable
+
+    service, store, published = await _service()
+    room = store.room
+
+    async def late(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("redis unavailable")
+
+    store.room = late  # type: ignore[method-assign]
+    watcher = _Watcher("w")
+    await service.watch(watcher, ROOM)
+    assert watcher.got == []
+    assert watcher.watching[ROOM] is not None
+    store.room = room  # type: ignore[method-assign]
+    await _join(service, "ann")
+    await store.flush(ROOM)
+    await service._listeners[ROOM](published[-1])
+    await _settle()
+    assert [m["type"] for m in watcher.got] == ["presence.sync"]
+    assert [m["user"] for m in watcher.got[0]["members"]] == ["ann"]
+    await _join(service, "bob")
+    await store.flush(ROOM)
+    await service._listeners[ROOM](published[-1])
+    assert watcher.kinds()[-1] == ("presence.diff", watcher.got[0]["seq"] + 1)
+
+
+async def test_a_sync_the_store_could_not_answer_is_tried_again_in_a_quiet_room(
+    monkeypatch: Any,
+):
+    """No diff comes in a quiet room to prompt a sync the store did not answer: the
+    service tries it again by itself, later and later, until the store answers."""
+    import presence.rooms
+    from presence.exceptions import StoreUnavailable
+
+    monkeypatch.setattr(presence.rooms, "_RESYNC_FIRST", 0.01)
+    service, store, _ = await _service()
+    room = store.room
+    failures = 0
+
+    async def busy(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise StoreUnavailable("redis unavailable")
+        return await room(*args, **kwargs)
+
+    store.room = busy  # type: ignore[method-assign]
+    watcher = _Watcher("w")
+    await service.watch(watcher, ROOM)
+    assert watcher.got == []
+    for _ in range(100):  # 0.01 + 0.02 + 0.04 s of retries, then the sync
+        if watcher.got:
+            break
+        await asyncio.sleep(0.01)
+    assert failures == 3
+    assert watcher.kinds() == [("presence.sync", watcher.got[0]["seq"])]
+    assert watcher.watching[ROOM] == watcher.got[0]["seq"]
+    await service.stop()
+    assert not service._resyncs
