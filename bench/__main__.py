@@ -18,8 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import _harness as h
-from . import capacity, cleanup, fanout, idle, profile, redis_memory, report, rest, storm
+from . import _procs, capacity, cleanup, fanout, idle, profile, redis_memory, report, rest, storm
 
 BENCHMARKS: dict[str, tuple[Callable[[Any], dict[str, Any]], Any, Any]] = {
     "idle": (idle.run, idle.FULL, idle.QUICK),
@@ -57,10 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
-    out: Path = args.out or (h.WORK / "quick" if args.quick else h.REPO / "bench")
+    out: Path = args.out or (_procs.WORK / "quick" if args.quick else _procs.REPO / "bench")
     out.mkdir(parents=True, exist_ok=True)
     if names:
-        h.SAMPLER = h.QuietSampler().start()
+        _procs.SAMPLER = _procs.QuietSampler().start()
     results_path = out / "results.json"
     results: dict[str, Any] = {}
     if results_path.exists():
@@ -73,30 +72,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(f"{name}: {exc}")
         started = time.monotonic()
-        code = h.service_code()
-        h.log(f"{name}: starting with {sizes} on {code}")
+        code = _procs.service_code()
+        _procs.log(f"{name}: starting with {sizes} on {code}")
         result = run(sizes)
         result["wall_seconds"] = time.monotonic() - started
         # The code measured: read before the run, and again after it, in case it changed.
         result["service_code"] = code
-        if h.service_code() != code:
-            result["service_code_changed_to"] = h.service_code()
-        result["quiet"] = h.quiet_since(started)
+        if _procs.service_code() != code:
+            result["service_code_changed_to"] = _procs.service_code()
+        result["quiet"] = _procs.quiet_since(started)
         result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         result["quick"] = args.quick
-        result["machine"] = h.machine()
+        result["machine"] = _procs.machine()
         results["benchmarks"][name] = result
         # Written after each benchmark, so an interrupted run keeps what it measured.
         results_path.write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
-        h.log(f"{name}: done in {result['wall_seconds']:.0f} s")
+        _procs.log(f"{name}: done in {result['wall_seconds']:.0f} s")
     if names:
-        results["machine"] = h.machine()
+        results["machine"] = _procs.machine()
     if names or args.note:
         results["note"] = args.note
     results["generated"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results_path.write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
     report.write(results, out)
-    h.log(f"wrote {out / 'RESULTS.md'} and {out / 'results.png'}")
+    _procs.log(f"wrote {out / 'RESULTS.md'} and {out / 'results.png'}")
     return 0
 
 
