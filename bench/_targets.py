@@ -112,6 +112,16 @@ def _median(summary: dict[str, Any]) -> float:
     return float(summary["median"]) if summary.get("n") else float("nan")
 
 
+def _measured(*kinds: str) -> Callable[[Result], bool]:
+    """A target that needs these kinds of server in the idle run (``--set kinds=``)."""
+
+    def applies(result: Result) -> bool:
+        measured = _idle(result).get("kinds", ["service", "floor"])
+        return all(kind in measured for kind in kinds)
+
+    return applies
+
+
 def _stock(result: Result) -> dict[str, Any]:
     return _idle(result).get("ratios", {}).get("service", {}).get("stock-floor") or {}
 
@@ -284,6 +294,7 @@ TARGETS: tuple[Target, ...] = (
         "<=",
         1.10,
         "{:.2f}",
+        applies=_measured("service", "floor"),
     ),
     Target(
         "idle_rss_kib",
@@ -293,6 +304,7 @@ TARGETS: tuple[Target, ...] = (
         lambda r: f"{_f(_idle(r)['rss_kib_per_session']['service']['median'])} KiB",
         "<=",
         24,
+        applies=_measured("service"),
     ),
     Target(
         "idle_cpu_ratio",
@@ -303,6 +315,7 @@ TARGETS: tuple[Target, ...] = (
         "<=",
         1.20,
         "{:.2f}",
+        applies=_measured("service", "floor"),
     ),
     Target(
         "idle_cpu_stock_ratio",
@@ -346,6 +359,7 @@ TARGETS: tuple[Target, ...] = (
         _trips_figure,
         "==",
         1,
+        applies=_measured("service"),
     ),
     Target(
         "capacity_sessions",

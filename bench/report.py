@@ -594,18 +594,22 @@ def _chart(b: dict[str, Any], path: Path) -> None:
                 color=colors[r["kind"]], alpha=0.7, label=label,
             )  # fmt: skip
         s = idle["summary"]
-        ax.set_title(
-            f"1. Idle: server RSS vs sockets\n{s['rss_kib_per_session']['service']['median']:.1f} "
-            f"vs {s['rss_kib_per_session']['floor']['median']:.1f} KiB/socket "
-            f"(×{s['rss_ratio']['median']:.2f}; target "
-            f"≤ ×{_targets.threshold('idle_rss_ratio'):.2f}, "
-            f"≤ {_targets.threshold('idle_rss_kib'):g} KiB)"
-        )
-        ax2.set_title(
-            f"1. Idle: server CPU vs sockets (ping every {idle['sizes']['ping_interval']:g} s)\n"
-            f"×{s['cpu_ratio']['median']:.2f} the floor per socket "
-            f"(target ≤ ×{_targets.threshold('idle_cpu_ratio'):.2f})"
-        )
+        measured = s.get("kinds", ["service", "floor"])
+        if "service" in measured and "floor" in measured:
+            ax.set_title(
+                f"1. Idle: server RSS vs sockets\n"
+                f"{s['rss_kib_per_session']['service']['median']:.1f} "
+                f"vs {s['rss_kib_per_session']['floor']['median']:.1f} KiB/socket "
+                f"(×{s['rss_ratio']['median']:.2f}; target "
+                f"≤ ×{_targets.threshold('idle_rss_ratio'):.2f}, "
+                f"≤ {_targets.threshold('idle_rss_kib'):g} KiB)"
+            )
+            ax2.set_title(
+                "1. Idle: server CPU vs sockets "
+                f"(ping every {idle['sizes']['ping_interval']:g} s)\n"
+                f"×{s['cpu_ratio']['median']:.2f} the floor per socket "
+                f"(target ≤ ×{_targets.threshold('idle_cpu_ratio'):.2f})"
+            )
     _axes(ax, "open sockets", "RSS (MiB)")
     _axes(ax2, "open sockets", "CPU (ms per s)")
 
