@@ -10,6 +10,7 @@ the committed results are never replaced by figures too small to mean anything.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -17,8 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import _harness as h
-from . import capacity, cleanup, fanout, idle, profile, redis_memory, report, rest, storm
+from . import _procs, capacity, cleanup, fanout, idle, profile, redis_memory, report, rest, storm
 
 BENCHMARKS: dict[str, tuple[Callable[[Any], dict[str, Any]], Any, Any]] = {
     "idle": (idle.run, idle.FULL, idle.QUICK),
@@ -43,13 +43,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--report", action="store_true", help="only write the report from results.json"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one of the sizes of the benchmarks named (e.g. steps=1000,5000 "
+        "rounds=2 kinds=service,stock-floor); a list is comma-separated",
+    )
     args = parser.parse_args(argv)
     names = [] if args.report else (args.names or DEFAULT)
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
-    out: Path = args.out or (h.WORK / "quick" if args.quick else h.REPO / "bench")
+    out: Path = args.out or (_procs.WORK / "quick" if args.quick else _procs.REPO / "bench")
     out.mkdir(parents=True, exist_ok=True)
+    if names:
+        _procs.SAMPLER = _procs.QuietSampler().start()
     results_path = out / "results.json"
     results: dict[str, Any] = {}
     if results_path.exists():
@@ -57,26 +67,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.setdefault("benchmarks", {})
     for name in names:
         run, full, quick = BENCHMARKS[name]
+        try:
+            sizes = with_changes(quick if args.quick else full, args.set)
+        except ValueError as exc:
+            parser.error(f"{name}: {exc}")
         started = time.monotonic()
-        h.log(f"{name}: starting")
-        result = run(quick if args.quick else full)
+        code = _procs.service_code()
+        _procs.log(f"{name}: starting with {sizes} on {code}")
+        result = run(sizes)
         result["wall_seconds"] = time.monotonic() - started
+        # The code measured: read before the run, and again after it, in case it changed.
+        result["service_code"] = code
+        if _procs.service_code() != code:
+            result["service_code_changed_to"] = _procs.service_code()
+        result["quiet"] = _procs.quiet_since(started)
         result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         result["quick"] = args.quick
-        result["machine"] = h.machine()
+        result["machine"] = _procs.machine()
         results["benchmarks"][name] = result
         # Written after each benchmark, so an interrupted run keeps what it measured.
         results_path.write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
-        h.log(f"{name}: done in {result['wall_seconds']:.0f} s")
+        _procs.log(f"{name}: done in {result['wall_seconds']:.0f} s")
     if names:
-        results["machine"] = h.machine()
+        results["machine"] = _procs.machine()
     if names or args.note:
         results["note"] = args.note
     results["generated"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results_path.write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
     report.write(results, out)
-    h.log(f"wrote {out / 'RESULTS.md'} and {out / 'results.png'}")
+    _procs.log(f"wrote {out / 'RESULTS.md'} and {out / 'results.png'}")
     return 0
+
+
+def with_changes(sizes: Any, changes: Sequence[str]) -> Any:
+    """``sizes`` (a frozen dataclass) with ``FIELD=VALUE`` changes, each value read as
+    its field's default is typed (a tuple from a comma-separated list)."""
+    values: dict[str, Any] = {}
+    fields = {f.name: getattr(sizes, f.name) for f in dataclasses.fields(sizes)}
+    for change in changes:
+        name, sep, raw = change.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"no size {name!r}; the sizes are {', '.join(fields)}")
+        current = fields[name]
+        if isinstance(current, tuple):
+            kind = type(current[0]) if current else str
+            values[name] = tuple(kind(item) for item in raw.split(",") if item)
+        elif isinstance(current, bool):
+            values[name] = raw.lower() in ("1", "true", "yes")
+        else:
+            values[name] = type(current)(raw)
+    return dataclasses.replace(sizes, **values)
 
 
 if __name__ == "__main__":

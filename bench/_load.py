@@ -8,7 +8,7 @@ socket after ``backoffDelay(attempt)`` -- full jitter, ``random() * min(cap, bas
 2**attempt)`` -- with ``attempt`` back to 0 only after a socket that stayed up for
 ``stable`` seconds.
 
-Driven over stdin/stdout by :class:`bench._harness.Loader`, one JSON object a line:
+Driven over stdin/stdout by :class:`bench._clients.Loader`, one JSON object a line:
 ``open``, ``status``, ``open_map``, ``mark``, ``storm``, ``exit``.
 """
 

@@ -3,7 +3,7 @@ floor in this process under tracemalloc, with N sockets opened by a load process
 what they allocated: in all, by file and by line, per socket.
 
 Tracing starts after a few warm-up sockets, so imports and first-use caches are not
-counted. Run with the server's environment (see :class:`bench._harness.ServerConfig`).
+counted. Run with the server's environment (see :class:`bench._servers.ServerConfig`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import uvicorn
 from presence.cli import uvicorn_options
 from presence.settings import Settings
 
-from . import _harness as h
+from . import _clients, _procs
 
 
 async def trace(kind: str, port: int, sockets: int, top: int = 60) -> dict[str, Any]:
@@ -43,22 +43,22 @@ async def trace(kind: str, port: int, sockets: int, top: int = 60) -> dict[str, 
     while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
         await asyncio.sleep(0.05)
     warmup = 10
-    owners = h.users_for(sockets + warmup, 5, "t")
+    owners = _clients.users_for(sockets + warmup, 5, "t")
     if kind == "service":
         assert settings.redis_url is not None
-        clients = await h._create_sessions(settings.redis_url, owners, 3600.0, 64)
+        clients = await _clients._create_sessions(settings.redis_url, owners, 3600.0, 64)
     else:
-        clients = [h.Client(user, f"{i:022d}") for i, user in enumerate(owners)]
-    tokens = h.tokens_for(clients)
+        clients = [_clients.Client(user, f"{i:022d}") for i, user in enumerate(owners)]
+    tokens = _clients.tokens_for(clients)
     specs = [c.spec(port, tokens) for c in clients]
-    addresses = h.ADDRESSES.take(len(specs))
-    loader = h.Loader(f"trace-{kind}")
+    addresses = _clients.ADDRESSES.take(len(specs))
+    loader = _clients.Loader(f"trace-{kind}")
     try:
         first = {"cmd": "open", "clients": specs[:warmup], "addresses": addresses}
         await asyncio.to_thread(loader.request, first)
         await asyncio.sleep(1)
         gc.collect()
-        rss_before = h.rss_kib(os.getpid())
+        rss_before = _procs.rss_kib(os.getpid())
         tracemalloc.start(1)
         before = tracemalloc.take_snapshot()
         # Slowly, and trying refused sockets again: tracemalloc slows the server down.
@@ -73,7 +73,7 @@ async def trace(kind: str, port: int, sockets: int, top: int = 60) -> dict[str, 
         await asyncio.sleep(2)
         gc.collect()
         after = tracemalloc.take_snapshot()
-        rss_after = h.rss_kib(os.getpid())
+        rss_after = _procs.rss_kib(os.getpid())
         tracemalloc.stop()
     finally:
         await asyncio.to_thread(loader.close)
@@ -103,7 +103,7 @@ async def trace(kind: str, port: int, sockets: int, top: int = 60) -> dict[str, 
 
 
 def _where(filename: str) -> str:
-    for marker in ("site-packages/", "/lib/python3.11/", f"{h.REPO}/"):
+    for marker in ("site-packages/", "/lib/python3.11/", f"{_procs.REPO}/"):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return filename

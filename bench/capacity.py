@@ -21,7 +21,7 @@ from typing import Any
 
 from presence import keys
 
-from . import _harness as h
+from . import _clients, _procs, _redis, _servers
 from .idle import _cpu_rate
 
 
@@ -45,18 +45,18 @@ QUICK = Sizes(sessions=60, processes=2, loaders=2, ttl=3.0, hold=4.0, sample_eve
 
 
 def run(sizes: Sizes = FULL) -> dict[str, Any]:
-    with h.RedisServer("capacity") as redis_server:
-        config = h.ServerConfig(redis_url=redis_server.url, ttl_seconds=sizes.ttl)
+    with _redis.RedisServer("capacity") as redis_server:
+        config = _servers.ServerConfig(redis_url=redis_server.url, ttl_seconds=sizes.ttl)
         # uvicorn's default ping interval (30 s) would outlive a TTL this short; the
         # refresher ticks at TTL/3 whatever it is, and pings follow the service default
         # unless that is longer than the TTL allows.
         config.heartbeat_interval = min(30.0, sizes.ttl / 2)
         config.ping_timeout = min(20.0, sizes.ttl / 3)
-        servers = [h.Server("service", config) for _ in range(sizes.processes)]
+        servers = [_servers.Server("service", config) for _ in range(sizes.processes)]
         try:
             for server in servers:
                 server.start()
-            with h.loaders(sizes.loaders, "capacity") as loads:
+            with _clients.loaders(sizes.loaders, "capacity") as loads:
                 result = _hold(sizes, redis_server, servers, loads)
         finally:
             for server in servers:
@@ -65,21 +65,24 @@ def run(sizes: Sizes = FULL) -> dict[str, Any]:
 
 
 def _hold(
-    sizes: Sizes, redis_server: h.RedisServer, servers: list[h.Server], loads: list[h.Loader]
+    sizes: Sizes,
+    redis_server: _redis.RedisServer,
+    servers: list[_servers.Server],
+    loads: list[_clients.Loader],
 ) -> dict[str, Any]:
     client = redis_server.client()
-    owners = h.users_for(sizes.sessions, sizes.per_user, "c")
-    all_clients: list[h.Client] = []
+    owners = _clients.users_for(sizes.sessions, sizes.per_user, "c")
+    all_clients: list[_clients.Client] = []
     # Which clients each load process holds, in the order it opened them.
-    held: list[list[h.Client]] = [[] for _ in loads]
+    held: list[list[_clients.Client]] = [[] for _ in loads]
     ramp_started = time.monotonic()
     failures: dict[str, int] = {}
     for start in range(0, sizes.sessions, sizes.chunk):
-        chunk = h.create_sessions(
+        chunk = _clients.create_sessions(
             redis_server.url, owners[start : start + sizes.chunk], ttl=sizes.ttl
         )
         all_clients += chunk
-        tokens = h.tokens_for(chunk)
+        tokens = _clients.tokens_for(chunk)
         # Spread over servers and load processes round-robin.
         for index, load in enumerate(loads):
             mine = chunk[index :: len(loads)]
@@ -92,7 +95,7 @@ def _hold(
                 {
                     "cmd": "open",
                     "clients": specs,
-                    "addresses": h.ADDRESSES.take(len(specs)),
+                    "addresses": _clients.ADDRESSES.take(len(specs)),
                     "concurrency": max(1, sizes.in_flight // len(loads)),
                     "retries": sizes.retries,
                 }
@@ -101,7 +104,7 @@ def _hold(
             reply = load.receive()
             for kind, count in reply["failed"].items():
                 failures[kind] = failures.get(kind, 0) + count
-        h.log(f"capacity: {start + len(chunk)} sessions opened")
+        _procs.log(f"capacity: {start + len(chunk)} sessions opened")
     ramp_seconds = time.monotonic() - ramp_started
     expired_before = int(client.info("stats")["expired_keys"])
     samples = []
@@ -126,7 +129,7 @@ def _hold(
         time.sleep(max(0.0, min(sizes.sample_every, sizes.hold - elapsed)))
     last = samples[-1]
     # Every session whose socket is open must still have its key, each checked by name.
-    connected: list[h.Client] = []
+    connected: list[_clients.Client] = []
     for load, clients in zip(loads, held, strict=True):
         flags = load.request({"cmd": "open_map"})["map"]
         connected += [c for c, flag in zip(clients, flags, strict=True) if flag == "1"]
@@ -170,7 +173,7 @@ def _hold(
         "close_codes": {k: v for s in statuses for k, v in s["closes"].items()},
         "server_rss_mib": [r / 1024 for r in rss],
         "server_cpu_per_s": cpu,
-        "load_rss_mib": [h.rss_kib(load.pid) / 1024 for load in loads],
+        "load_rss_mib": [_procs.rss_kib(load.pid) / 1024 for load in loads],
         "redis_used_mib": int(memory["used_memory"]) / 1024 / 1024,
         "held_seconds": samples[-1]["t"],
     }

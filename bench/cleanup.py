@@ -21,7 +21,7 @@ from presence import keys
 from presence.sessions import new_session_id
 from presence.stores import RedisStore
 
-from . import _harness as h
+from . import _procs, _redis, _servers, _stats
 
 _HOUR_MS = 3_600_000
 _PREFIX = "presence"
@@ -41,7 +41,7 @@ QUICK = Sizes(stored=(200, 2_000), inactive=(50,), inactive_at_largest=(10,), ro
 
 
 def run(sizes: Sizes = FULL) -> dict[str, Any]:
-    with h.RedisServer("cleanup") as redis_server:
+    with _redis.RedisServer("cleanup") as redis_server:
         return asyncio.run(_run(sizes, redis_server))
 
 
@@ -52,7 +52,7 @@ def _cases(sizes: Sizes) -> list[tuple[int, int]]:
     return cases
 
 
-async def _run(sizes: Sizes, redis_server: h.RedisServer) -> dict[str, Any]:
+async def _run(sizes: Sizes, redis_server: _redis.RedisServer) -> dict[str, Any]:
     client = redis_server.client()
     now_ms = int(time.time() * 1000)
     cases = _cases(sizes)
@@ -66,11 +66,11 @@ async def _run(sizes: Sizes, redis_server: h.RedisServer) -> dict[str, Any]:
         started = time.monotonic()
         _populate(client, user, stored - main_k, now_ms)
         populated_s[str(stored)] = time.monotonic() - started
-        h.log(f"cleanup: stored {stored - main_k:,} active sessions for {user}")
+        _procs.log(f"cleanup: stored {stored - main_k:,} active sessions for {user}")
     store = RedisStore(
         redis_server.url,
         ttl=24 * 3600.0,
-        max_sessions_per_user=h.MAX_SESSIONS_PER_USER,
+        max_sessions_per_user=_servers.MAX_SESSIONS_PER_USER,
         prefix=_PREFIX,
         timeout=5.0,
     )
@@ -81,7 +81,7 @@ async def _run(sizes: Sizes, redis_server: h.RedisServer) -> dict[str, Any]:
             for stored, k in cases:
                 user = users[stored]
                 _populate(client, user, k, now_ms - 2 * _HOUR_MS)
-                commands = h.CommandStats(client)
+                commands = _redis.CommandStats(client)
                 commands.start()
                 started = time.perf_counter()
                 deleted = await store.delete_inactive(user, 3600.0, "cleanup")
@@ -109,8 +109,8 @@ async def _run(sizes: Sizes, redis_server: h.RedisServer) -> dict[str, Any]:
         summary[f"{stored}x{k}"] = {
             "stored": stored,
             "inactive": k,
-            "ms": h.summary(c["ms"] for c in mine),
-            "redis_ms": h.summary(c["redis_ms"] for c in mine),
+            "ms": _stats.summary(c["ms"] for c in mine),
+            "redis_ms": _stats.summary(c["redis_ms"] for c in mine),
             "all_deleted": all(c["deleted"] == k for c in mine),
             "rest_kept": all(c["remaining"] == c["expected_remaining"] for c in mine),
         }

@@ -45,7 +45,7 @@ from presence.asgi import protocol
 from presence.models import Diff
 from presence.settings import Settings
 
-from . import _harness as h
+from . import _clients, _procs, _redis, _servers, _stats
 
 
 @dataclass(frozen=True)
@@ -75,23 +75,19 @@ QUICK = Sizes(
 )
 
 ROOM = "fanout.bench"
-# The target of issue 13: every watcher has every join within 1 s at p99, and a watcher
-# gets at most 2 messages a diff window.
-TARGET_P99_S = 1.0
-TARGET_PER_WINDOW = 2.0
 
 
-class FanoutLoader(h.Loader):
+class FanoutLoader(_clients.Loader):
     """A :mod:`bench._fanout_load` process pinned to the load CPU."""
 
     def __init__(self, name: str) -> None:
-        log_path = h.WORK / "logs" / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
+        log_path = _procs.WORK / "logs" / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                h.pinned([h.PYTHON, "-m", "bench._fanout_load"], h.LOAD_CPU),
-                cwd=h.REPO,
+                _procs.pinned([_procs.PYTHON, "-m", "bench._fanout_load"], _procs.LOAD_CPU),
+                cwd=_procs.REPO,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -116,7 +112,7 @@ class Published:
     """Subscribes to the room's channel from a thread and times every diff published
     there (the moment Redis hands it to subscribers, as the servers hear it)."""
 
-    def __init__(self, redis_server: h.RedisServer, channel: str) -> None:
+    def __init__(self, redis_server: _redis.RedisServer, channel: str) -> None:
         self.pubsub = redis_server.client().pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(channel)
         self.diffs: list[tuple[float, Diff]] = []
@@ -141,11 +137,11 @@ class Published:
 
 def run(sizes: Sizes = FULL) -> dict[str, Any]:
     settings = Settings()
-    with h.RedisServer("fanout") as redis_server:
-        config = h.ServerConfig(
+    with _redis.RedisServer("fanout") as redis_server:
+        config = _servers.ServerConfig(
             redis_url=redis_server.url, extra_env={"PRESENCE_OPEN_ROOMS": "true"}
         )
-        servers = [h.Server("service", config) for _ in range(sizes.processes)]
+        servers = [_servers.Server("service", config) for _ in range(sizes.processes)]
         try:
             for server in servers:
                 server.start()
@@ -173,16 +169,18 @@ def run(sizes: Sizes = FULL) -> dict[str, Any]:
 
 def _rounds(
     sizes: Sizes,
-    redis_server: h.RedisServer,
-    servers: list[h.Server],
+    redis_server: _redis.RedisServer,
+    servers: list[_servers.Server],
     watch_loads: list[FanoutLoader],
     join_load: FanoutLoader,
 ) -> list[dict[str, Any]]:
-    watchers = h.create_sessions(
-        redis_server.url, h.users_for(sizes.watchers, sizes.per_user, "w"), ttl=3600
+    watchers = _clients.create_sessions(
+        redis_server.url, _clients.users_for(sizes.watchers, sizes.per_user, "w"), ttl=3600
     )
-    joiners = h.create_sessions(redis_server.url, [f"j{i}" for i in range(sizes.joiners)], ttl=3600)
-    tokens = h.tokens_for([*watchers, *joiners])
+    joiners = _clients.create_sessions(
+        redis_server.url, [f"j{i}" for i in range(sizes.joiners)], ttl=3600
+    )
+    tokens = _clients.tokens_for([*watchers, *joiners])
     ports = [server.port for server in servers]
     first_room = f"{ROOM}.0"
     started = time.monotonic()
@@ -196,7 +194,7 @@ def _rounds(
             {
                 "cmd": "open",
                 "clients": specs,
-                "addresses": h.ADDRESSES.take(len(specs)),
+                "addresses": _clients.ADDRESSES.take(len(specs)),
                 "concurrency": max(1, sizes.in_flight // len(watch_loads)),
                 "room": first_room,
                 "watch": True,
@@ -211,13 +209,13 @@ def _rounds(
         {
             "cmd": "open",
             "clients": join_specs,
-            "addresses": h.ADDRESSES.take(len(join_specs)),
+            "addresses": _clients.ADDRESSES.take(len(join_specs)),
             "concurrency": sizes.in_flight,
             "role": "joiner",
         }
     )
     watching = sum(r["opened"] for r in opened)
-    h.log(
+    _procs.log(
         f"fanout: {watching:,} watchers watching and {joined['opened']:,} joiners open "
         f"in {time.monotonic() - started:.0f} s"
     )
@@ -239,7 +237,7 @@ def _rounds(
         result = _burst(sizes, redis_server, servers, watch_loads, join_load, room, rate)
         result["round"] = number
         results.append(result)
-        h.log(
+        _procs.log(
             f"fanout round {number + 1}: pair p99 {result['pair_latency_s']['p99'] * 1000:.0f} ms,"
             f" all watchers p99 {result['all_watchers_latency_s']['p99'] * 1000:.0f} ms, "
             f"{result['messages_per_watcher']['p50']:.0f} messages a watcher "
@@ -249,11 +247,11 @@ def _rounds(
     return results
 
 
-def _background(redis_server: h.RedisServer, seconds: float) -> float:
+def _background(redis_server: _redis.RedisServer, seconds: float) -> float:
     """Commands a second that Redis runs with everyone idle: the refresher's ticks (one
     a heartbeat interval in each process), the leases, health checks. Read over a
     whole refresher interval, as a tick is thousands of commands at once."""
-    stats = h.CommandStats(redis_server.client())
+    stats = _redis.CommandStats(redis_server.client())
     stats.start()
     started = time.monotonic()
     time.sleep(seconds)
@@ -263,8 +261,8 @@ def _background(redis_server: h.RedisServer, seconds: float) -> float:
 
 def _burst(
     sizes: Sizes,
-    redis_server: h.RedisServer,
-    servers: list[h.Server],
+    redis_server: _redis.RedisServer,
+    servers: list[_servers.Server],
     watch_loads: list[FanoutLoader],
     join_load: FanoutLoader,
     room: str,
@@ -274,7 +272,7 @@ def _burst(
     window = Settings().diff_window
     for load in (*watch_loads, join_load):
         load.request({"cmd": "arm", "expected": sizes.joiners})
-    stats = h.CommandStats(client)
+    stats = _redis.CommandStats(client)
     pids = {
         "servers": [s.pid for s in servers],
         "loaders": [load.pid for load in (*watch_loads, join_load)],
@@ -282,7 +280,7 @@ def _burst(
     }
     gc_before = [len(s.gc_pauses_ms()) for s in servers]
     leases_before = sum(_lease_lost(s) for s in servers)
-    probes = [h.StallProbe(server) for server in servers]
+    probes = [_servers.StallProbe(server) for server in servers]
     with contextlib.ExitStack() as stack:
         published = stack.enter_context(
             Published(redis_server, keys.room_channel("presence", room))
@@ -291,7 +289,7 @@ def _burst(
             stack.enter_context(probe)
         time.sleep(0.2)  # subscribed before the first join
         stats.start()
-        cpu_before = {k: [h.cpu_seconds(p) for p in v] for k, v in pids.items()}
+        cpu_before = {k: [_procs.cpu_seconds(p) for p in v] for k, v in pids.items()}
         machine_before = _machine_busy()
         t0 = time.monotonic() + 0.3
         burst = join_load.request(
@@ -314,7 +312,7 @@ def _burst(
             time.sleep(0.1)
         ended = time.monotonic()
         join_errors = join_load.request({"cmd": "progress"})["other"]
-        cpu_after = {k: [h.cpu_seconds(p) for p in v] for k, v in pids.items()}
+        cpu_after = {k: [_procs.cpu_seconds(p) for p in v] for k, v in pids.items()}
         machine_after = _machine_busy()
         commands = stats.stop()
     reports = [
@@ -356,7 +354,7 @@ def _machine_busy() -> tuple[float, float, float]:
         fields = [int(x) for x in stat.readline().split()[1:]]
     # user nice system idle iowait irq softirq steal: all but idle and iowait.
     busy = sum(fields[:8]) - fields[3] - fields[4]
-    return busy / os.sysconf("SC_CLK_TCK"), h.cpu_seconds(os.getpid()), time.monotonic()
+    return busy / os.sysconf("SC_CLK_TCK"), _procs.cpu_seconds(os.getpid()), time.monotonic()
 
 
 def _loadavg() -> str:
@@ -364,7 +362,7 @@ def _loadavg() -> str:
         return " ".join(loadavg.read().split()[:3])
 
 
-def _lease_lost(server: h.Server) -> int:
+def _lease_lost(server: _servers.Server) -> int:
     """How often a process found its lease lapsed and itself reaped (from its log)."""
     if not server.log_path.exists():
         return 0
@@ -478,8 +476,8 @@ def _round(
 def _pcts(values: list[float]) -> dict[str, float]:
     data = sorted(values)
     return {
-        "p50": h.percentile(data, 50),
-        "p99": h.percentile(data, 99),
+        "p50": _stats.percentile(data, 50),
+        "p99": _stats.percentile(data, 99),
         "max": data[-1] if data else float("nan"),
         "n": len(data),
     }
@@ -518,7 +516,7 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             for key in path:
                 value = value[key]
             values.append(float(value))
-        return h.summary(values)
+        return _stats.summary(values)
 
     return {
         "pair_p50_s": over("pair_latency_s", "p50"),
@@ -555,50 +553,6 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 # --- the report's rows and section (bench/report.py calls these) ----------------------
 
 
-def targets(result: dict[str, Any] | None) -> list[tuple[str, str, bool | None]]:
-    """The target lines of issue 13's fan-out row: (target, figure, met)."""
-    title = "Fan-out: every join to all of 10,000 watchers within 1 s at p99"
-    messages = "Fan-out: messages a watcher receives ≤ 2 per diff window, not 1,000"
-    commands = "Fan-out: Redis commands per join reported"
-    if not result:
-        return [(title, "–", None), (messages, "–", None), (commands, "–", None)]
-    s = result["summary"]
-    sizes = result["sizes"]
-    full = sizes["watchers"] >= 10_000 and sizes["joiners"] >= 1_000 and sizes["processes"] >= 3
-    every = s["all_watchers_p99_s"]
-    pair = s["pair_p99_s"]
-    missing = int(s["pairs_missing"]["max"])
-    per_window = s["messages_per_window_max"]
-    in_one = s["max_messages_in_one_window_max"]
-    window = result["diff_window_ms"]
-    rows: list[tuple[str, str, bool | None]] = [
-        (
-            title,
-            f"{sizes['watchers']:,} watchers over {sizes['processes']} processes, "
-            f"{sizes['joiners']:,} joins sent over {sizes['spread']:g} s: until every watcher "
-            f"has a join p99 {_seconds(every)} s (per pair p99 {_seconds(pair)} s, p50 "
-            f"{_seconds(s['pair_p50_s'])} s); pairs never delivered: {missing:,}",
-            full and missing == 0 and every["max"] <= TARGET_P99_S,
-        ),
-        (
-            messages,
-            f"{_num(s['messages_per_watcher_p50'], 0)} messages a watcher (naive: "
-            f"{sizes['joiners']:,}) over {_num(s['diff_windows'], 0)} windows of {window:g} "
-            f"ms: {_num(per_window, 2)} a window on average, at most "
-            f"{_num(in_one['max'], 0)} in any one window (worst watcher)",
-            full and per_window["max"] <= TARGET_PER_WINDOW and in_one["max"] <= TARGET_PER_WINDOW,
-        ),
-        (
-            commands,
-            f"{_num(s['commands_per_join_net'])} commands a join, inside scripts included "
-            f"and Redis's background rate taken out ({_num(s['commands_per_join'])} with it); "
-            f"{_num(s['evalsha_per_join'], 2)} script calls a join",
-            full and math.isfinite(s["commands_per_join_net"]["median"]),
-        ),
-    ]
-    return rows
-
-
 def section(result: dict[str, Any]) -> list[str]:
     """The report's section on the fan-out benchmark."""
     s = result["summary"]
@@ -612,7 +566,7 @@ def section(result: dict[str, Any]) -> list[str]:
         "## 7. Presence fan-out",
         "",
         f"{sizes['watchers']:,} watchers of one room spread over {sizes['processes']} "
-        f"`presence serve` processes (all on CPU {h.SERVER_CPU}) on one redis-server; "
+        f"`presence serve` processes (all on CPU {_procs.SERVER_CPU}) on one redis-server; "
         f"{sizes['joiners']:,} more sockets, one user each, send `presence.join` evenly over "
         f"{sizes['spread']:g} s. Diff window {result['diff_window_ms']:g} ms. "
         f"{sizes['rounds']} rounds, each with a fresh room. A join's latency runs from the "

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import _harness as h
+from . import _clients, _procs, _redis, _servers, _stats
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,10 @@ class Sizes:
     # step reaches its N; the refusals are reported.
     retries: int = 3
     per_user: int = 5
+    # The servers measured, one after another in each round (see _servers.SERVER_KINDS): the
+    # service and its floor on our protocol, and both on uvicorn's stock one
+    # (PRESENCE_WS_PROTOCOL=websockets-sansio), so that the price of each is on record.
+    kinds: tuple[str, ...] = ("service", "stock", "floor", "stock-floor")
 
 
 FULL = Sizes()
@@ -46,31 +50,35 @@ QUICK = Sizes(
 def run(sizes: Sizes = FULL) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
     for number in range(sizes.rounds):
-        for kind in ("service", "floor"):
-            h.log(f"idle: round {number + 1}/{sizes.rounds}, {kind}")
-            rounds.append({"round": number, "kind": kind, **_round(kind, sizes)})
+        for kind in sizes.kinds:
+            _procs.log(f"idle: round {number + 1}/{sizes.rounds}, {kind}")
+            started = time.monotonic()
+            measured = _round(kind, sizes)
+            rounds.append(
+                {"round": number, "kind": kind, "quiet": _procs.quiet_since(started), **measured}
+            )
     return {"sizes": asdict(sizes), "rounds": rounds, "summary": _summarize(rounds, sizes)}
 
 
 def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
     top = max(sizes.steps)
     warmup = 10
-    with h.RedisServer("idle") as redis_server:
-        config = h.ServerConfig(
-            redis_url=redis_server.url if kind == "service" else None,
+    with _redis.RedisServer("idle") as redis_server:
+        config = _servers.ServerConfig(
+            redis_url=redis_server.url if _servers.is_service(kind) else None,
             ttl_seconds=3600.0,
             heartbeat_interval=sizes.ping_interval,
         )
-        owners = h.users_for(top + warmup, sizes.per_user)
-        if kind == "service":
-            clients = h.create_sessions(redis_server.url, owners, ttl=config.ttl_seconds)
+        owners = _clients.users_for(top + warmup, sizes.per_user)
+        if _servers.is_service(kind):
+            clients = _clients.create_sessions(redis_server.url, owners, ttl=config.ttl_seconds)
         else:
             # The floor checks nothing; the ids only have to look like the service's.
-            clients = [h.Client(user, f"{i:022d}") for i, user in enumerate(owners)]
-        with h.Server(kind, config) as server, h.Loader(f"idle-{kind}") as loader:
-            tokens = h.tokens_for(clients)
+            clients = [_clients.Client(user, f"{i:022d}") for i, user in enumerate(owners)]
+        with _servers.Server(kind, config) as server, _clients.Loader(f"idle-{kind}") as loader:
+            tokens = _clients.tokens_for(clients)
             specs = [client.spec(server.port, tokens) for client in clients]
-            addresses = h.ADDRESSES.take(top + warmup)
+            addresses = _clients.ADDRESSES.take(top + warmup)
             # A few sockets first, so that what is imported or cached on first use is
             # in the baseline and not in the slope.
             loader.request({"cmd": "open", "clients": specs[:warmup], "addresses": addresses})
@@ -102,11 +110,11 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
                 # Two windows: commandstats (work done, time inside Redis), then the
                 # slowlog (round trips), which slows the scripts it logs.
                 client = redis_server.client()
-                stats = h.CommandStats(client)
-                trips = h.RoundTrips(client)
+                stats = _redis.CommandStats(client)
+                trips = _redis.RoundTrips(client)
                 cpu_before, cpu_started = server.cpu_seconds(), time.monotonic()
                 stats.start()
-                with h.StallProbe(server) as probe:
+                with _servers.StallProbe(server) as probe:
                     time.sleep(sizes.window)
                 executed = stats.stop()
                 trips.start()
@@ -115,11 +123,15 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
                 cpu_rate = (server.cpu_seconds() - cpu_before) / (time.monotonic() - cpu_started)
                 previous_rate = cpu_rate
                 status = loader.request({"cmd": "status"})
-                sockets = server.get("/readyz")[1].get("sockets") if kind == "service" else None
+                sockets = (
+                    server.get("/readyz")[1].get("sockets") if _servers.is_service(kind) else None
+                )
                 ticks = round_trips.get("evalsha REFRESH", 0)
                 # redis-py PINGs a connection idle for 30 s (its health check): that
                 # follows the clock, not the ticks, and is counted apart.
                 health_checks = round_trips.get("ping", 0)
+                # The node lease's calls follow the clock too (once a second each).
+                lease = sum(round_trips.get(name, 0) for name in _redis.LEASE_TRIPS)
                 # In the steady state the refresher's REFRESH is the only script run.
                 evalsha = executed.get("evalsha", {"calls": 0, "usec": 0})
                 plateaus.append(
@@ -143,8 +155,11 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
                         "refresher_ticks": ticks,
                         "round_trips": round_trips,
                         "round_trips_per_tick": (
-                            (sum(round_trips.values()) - health_checks) / ticks if ticks else None
+                            (sum(round_trips.values()) - health_checks - lease) / ticks
+                            if ticks
+                            else None
                         ),
+                        "lease_round_trips_per_s": lease / sizes.trip_window,
                         "round_trips_per_tick_with_pings": (
                             sum(round_trips.values()) / ticks if ticks else None
                         ),
@@ -159,7 +174,7 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
                         "executed": executed,
                     }
                 )
-                h.log(
+                _procs.log(
                     f"idle {kind} n={step}: rss={rss_after_step} KiB "
                     f"cpu={cpu_rate * 1000:.1f} ms/s rate={ramp['rate']:.0f}/s "
                     f"open={status['open'] - warmup} failed={ramp['failed']}"
@@ -174,13 +189,13 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
             "baseline_rss_kib": baseline_rss,
             "baseline_cpu_per_s": baseline_cpu_rate,
             "plateaus": plateaus,
-            "rss_kib_per_session": h.slope(ns, [p["rss_kib"] for p in plateaus]),
-            "cpu_us_per_session_s": h.slope(ns, [p["cpu_per_s"] * 1e6 for p in plateaus]),
+            "rss_kib_per_session": _stats.slope(ns, [p["rss_kib"] for p in plateaus]),
+            "cpu_us_per_session_s": _stats.slope(ns, [p["cpu_per_s"] * 1e6 for p in plateaus]),
             "cpu_us_per_session_s_at_top": plateaus[-1]["cpu_per_s"] * 1e6 / max(1, ns[-1]),
         }
 
 
-def _cpu_rate(server: h.Server, window: float) -> float:
+def _cpu_rate(server: _servers.Server, window: float) -> float:
     before = server.cpu_seconds()
     started = time.monotonic()
     time.sleep(window)
@@ -188,18 +203,37 @@ def _cpu_rate(server: h.Server, window: float) -> float:
 
 
 def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
+    kinds = [k for k in sizes.kinds if any(r["kind"] == k for r in rounds)]
+
     def of(kind: str, key: str) -> list[float]:
         return [r[key] for r in rounds if r["kind"] == kind]
 
     def plateau(kind: str, key: str, index: int = -1) -> list[Any]:
         return [r["plateaus"][index][key] for r in rounds if r["kind"] == kind]
 
-    pairs = list(
-        zip(of("service", "rss_kib_per_session"), of("floor", "rss_kib_per_session"), strict=True)
-    )
-    cpu_pairs = list(
-        zip(of("service", "cpu_us_per_session_s"), of("floor", "cpu_us_per_session_s"), strict=True)
-    )
+    def ratios(kind: str, floor: str, key: str) -> dict[str, float]:
+        # Within each round: the kind and its floor were measured back to back.
+        return _stats.summary(s / f for s, f in zip(of(kind, key), of(floor, key), strict=True))
+
+    def ratios_at(kind: str, floor: str, index: int) -> dict[str, float]:
+        # The whole CPU rate at one N (fixed costs included), within each round.
+        ours, theirs = plateau(kind, "cpu_per_s", index), plateau(floor, "cpu_per_s", index)
+        return _stats.summary(s / f for s, f in zip(ours, theirs, strict=True) if f)
+
+    # Every measured kind against each floor measured: its own (same protocol), and ours.
+    floors = [k for k in kinds if not _servers.is_service(k)]
+    ratio_table = {
+        kind: {
+            floor: {
+                "rss": ratios(kind, floor, "rss_kib_per_session"),
+                "cpu": ratios(kind, floor, "cpu_us_per_session_s"),
+                "cpu_by_n": {str(n): ratios_at(kind, floor, i) for i, n in enumerate(sizes.steps)},
+            }
+            for floor in floors
+            if floor != kind
+        }
+        for kind in kinds
+    }
     per_tick = [
         p["round_trips_per_tick"]
         for r in rounds
@@ -207,37 +241,52 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
         for p in r["plateaus"]
         if p["round_trips_per_tick"] is not None
     ]
+    nan = _stats.summary([])
     result: dict[str, Any] = {
-        "rss_kib_per_session": {k: h.summary(of(k, "rss_kib_per_session")) for k in KINDS},
-        "rss_ratio": h.summary(s / f for s, f in pairs),
-        "cpu_us_per_session_s": {k: h.summary(of(k, "cpu_us_per_session_s")) for k in KINDS},
-        "cpu_ratio": h.summary(s / f for s, f in cpu_pairs),
+        "kinds": kinds,
+        "ratios": ratio_table,
+        "rss_kib_per_session": {k: _stats.summary(of(k, "rss_kib_per_session")) for k in kinds},
+        "rss_ratio": ratio_table.get("service", {}).get("floor", {}).get("rss", nan),
+        "cpu_us_per_session_s": {k: _stats.summary(of(k, "cpu_us_per_session_s")) for k in kinds},
+        "cpu_ratio": ratio_table.get("service", {}).get("floor", {}).get("cpu", nan),
         "cpu_us_per_session_s_at_top": {
-            k: h.summary(of(k, "cpu_us_per_session_s_at_top")) for k in KINDS
+            k: _stats.summary(of(k, "cpu_us_per_session_s_at_top")) for k in kinds
         },
-        "handshake_rate": {k: h.summary(plateau(k, "handshake_rate")) for k in KINDS},
+        "cpu_us_per_session_s_by_n": {
+            k: {
+                str(n): _stats.summary(
+                    r["plateaus"][i]["cpu_per_s"] * 1e6 / max(1, r["plateaus"][i]["open_clients"])
+                    for r in rounds
+                    if r["kind"] == k
+                )
+                for i, n in enumerate(sizes.steps)
+            }
+            for k in kinds
+        },
+        "handshake_rate": {k: _stats.summary(plateau(k, "handshake_rate")) for k in kinds},
         "handshake_p99_ms": {
-            k: h.summary(x["p99"] for x in plateau(k, "handshake_ms")) for k in KINDS
+            k: _stats.summary(x["p99"] for x in plateau(k, "handshake_ms")) for k in kinds
         },
         "handshake_cpu_ms": {
-            k: h.summary(x for x in plateau(k, "handshake_cpu_ms") if x is not None) for k in KINDS
+            k: _stats.summary(x for x in plateau(k, "handshake_cpu_ms") if x is not None)
+            for k in kinds
         },
-        "round_trips_per_tick": h.summary(per_tick),
+        "round_trips_per_tick": _stats.summary(per_tick),
         "loop_stall_max_ms": {
-            k: h.summary(
+            k: _stats.summary(
                 r["plateaus"][-1]["loop_stall"]["max_ms"] for r in rounds if r["kind"] == k
             )
-            for k in KINDS
+            for k in kinds
         },
         "loop_stall_p99_ms": {
-            k: h.summary(
+            k: _stats.summary(
                 r["plateaus"][-1]["loop_stall"]["p99_ms"] for r in rounds if r["kind"] == k
             )
-            for k in KINDS
+            for k in kinds
         },
         "round_trips_per_tick_max": max(per_tick, default=float("nan")),
         "redis_commands_per_tick_by_n": {
-            str(n): h.summary(
+            str(n): _stats.summary(
                 r["plateaus"][i]["redis_commands_per_tick"]
                 for r in rounds
                 if r["kind"] == "service" and r["plateaus"][i]["redis_commands_per_tick"]
@@ -245,7 +294,7 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             for i, n in enumerate(sizes.steps)
         },
         "refresh_redis_ms_by_n": {
-            str(n): h.summary(
+            str(n): _stats.summary(
                 r["plateaus"][i]["refresh_redis_us"] / 1000
                 for r in rounds
                 if r["kind"] == "service" and r["plateaus"][i]["refresh_redis_us"]
@@ -259,7 +308,7 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
                 if r["kind"] == k
                 for p in r["plateaus"]
             )
-            for k in KINDS
+            for k in kinds
         },
         "all_connected": all(
             p["open_clients"] == p["n"] and p["server_sockets"] in (None, p["n"])
@@ -268,6 +317,3 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
         ),
     }
     return result
-
-
-KINDS = ("service", "floor")

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _harness as h
+from . import _clients, _procs, _redis, _servers
 from .rest import _script, _wrk
 
 
@@ -52,25 +52,25 @@ QUICK = Sizes(
 def run(sizes: Sizes = FULL) -> dict[str, Any]:
     result: dict[str, Any] = {"sizes": asdict(sizes)}
     for kind in ("service", "floor"):
-        h.log(f"profile: idle {kind}")
+        _procs.log(f"profile: idle {kind}")
         result[f"idle_{kind}"] = _idle(kind, sizes)
-    h.log("profile: rest service")
+    _procs.log("profile: rest service")
     result["rest_service"] = _rest(sizes)
     for kind in ("service", "floor"):
-        h.log(f"profile: memory per socket, {kind}")
+        _procs.log(f"profile: memory per socket, {kind}")
         result[f"memory_{kind}"] = _memory(kind, sizes)
     return result
 
 
 def _py_spy() -> str:
-    path = shutil.which("py-spy") or str(Path(h.PYTHON).parent / "py-spy")
+    path = shutil.which("py-spy") or str(Path(_procs.PYTHON).parent / "py-spy")
     if not Path(path).exists():
         raise RuntimeError("py-spy is not installed (scripts/bench installs it)")
     return path
 
 
 def _record(pid: int, seconds: float, name: str, sizes: Sizes) -> dict[str, Any]:
-    out = h.WORK / sizes.folder / f"{name}.txt"
+    out = _procs.WORK / sizes.folder / f"{name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
@@ -101,7 +101,7 @@ def _aggregate(path: Path, top: int = 15) -> dict[str, Any]:
             inclusive[frame] += count
     return {
         "samples": total,
-        "raw": str(path.relative_to(h.REPO)),
+        "raw": str(path.relative_to(_procs.REPO)),
         "own": [(name, count / total) for name, count in own.most_common(top)] if total else [],
         "inclusive": (
             [(name, count / total) for name, count in inclusive.most_common(top * 2)]
@@ -125,23 +125,23 @@ def _short(frame: str) -> str:
 
 
 def _idle(kind: str, sizes: Sizes) -> dict[str, Any]:
-    with h.RedisServer("profile") as redis_server:
-        config = h.ServerConfig(
+    with _redis.RedisServer("profile") as redis_server:
+        config = _servers.ServerConfig(
             redis_url=redis_server.url if kind == "service" else None,
             heartbeat_interval=sizes.ping_interval,
         )
-        owners = h.users_for(sizes.sockets, 5, "p")
+        owners = _clients.users_for(sizes.sockets, 5, "p")
         if kind == "service":
-            clients = h.create_sessions(redis_server.url, owners, ttl=config.ttl_seconds)
+            clients = _clients.create_sessions(redis_server.url, owners, ttl=config.ttl_seconds)
         else:
-            clients = [h.Client(user, f"{i:022d}") for i, user in enumerate(owners)]
-        with h.Server(kind, config) as server, h.Loader(f"profile-{kind}") as loader:
-            tokens = h.tokens_for(clients)
+            clients = [_clients.Client(user, f"{i:022d}") for i, user in enumerate(owners)]
+        with _servers.Server(kind, config) as server, _clients.Loader(f"profile-{kind}") as loader:
+            tokens = _clients.tokens_for(clients)
             loader.request(
                 {
                     "cmd": "open",
                     "clients": [c.spec(server.port, tokens) for c in clients],
-                    "addresses": h.ADDRESSES.take(sizes.sockets),
+                    "addresses": _clients.ADDRESSES.take(sizes.sockets),
                     "concurrency": 64,
                 }
             )
@@ -158,11 +158,13 @@ def _rest(sizes: Sizes) -> dict[str, Any]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (scripts/bench installs it)")
-    with h.RedisServer("profile-rest") as redis_server:
-        config = h.ServerConfig(redis_url=redis_server.url)
-        clients = h.create_sessions(redis_server.url, h.users_for(200, 5, "q"), ttl=3600.0)
-        script = _script(clients, h.tokens_for(clients))
-        with h.Server("service", config) as server:
+    with _redis.RedisServer("profile-rest") as redis_server:
+        config = _servers.ServerConfig(redis_url=redis_server.url)
+        clients = _clients.create_sessions(
+            redis_server.url, _clients.users_for(200, 5, "q"), ttl=3600.0
+        )
+        script = _script(clients, _clients.tokens_for(clients))
+        with _servers.Server("service", config) as server:
             load = threading.Thread(
                 target=_wrk, args=(wrk, server.port, script, 64, sizes.rest_seconds + 2)
             )
@@ -176,23 +178,25 @@ def _rest(sizes: Sizes) -> dict[str, Any]:
 def _memory(kind: str, sizes: Sizes) -> dict[str, Any]:
     """Runs ``bench._trace`` (the server in-process under tracemalloc) pinned to the
     server CPU, and returns what it found."""
-    with h.RedisServer("trace") as redis_server:
-        out = h.WORK / sizes.folder / f"memory-{kind}.json"
+    with _redis.RedisServer("trace") as redis_server:
+        out = _procs.WORK / sizes.folder / f"memory-{kind}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         # Under tracemalloc every call is slower; a longer Redis timeout keeps the store
         # from falling back to memory (which would refuse the sessions it never saw).
-        config = h.ServerConfig(
+        config = _servers.ServerConfig(
             redis_url=redis_server.url if kind == "service" else None,
             extra_env={"PRESENCE_REDIS_TIMEOUT": "5"},
         )
-        port = h.free_port()
+        port = _procs.free_port()
         cmd = [
-            h.PYTHON, "-m", "bench._trace", kind,
+            _procs.PYTHON, "-m", "bench._trace", kind,
             "--port", str(port),
             "--sockets", str(sizes.traced_sockets),
             "--out", str(out),
         ]  # fmt: skip
-        subprocess.run(h.pinned(cmd, h.SERVER_CPU), env=config.env(port), cwd=h.REPO, check=True)
+        subprocess.run(
+            _procs.pinned(cmd, _procs.SERVER_CPU), env=config.env(port), cwd=_procs.REPO, check=True
+        )
         import json
 
         traced: dict[str, Any] = json.loads(out.read_text())

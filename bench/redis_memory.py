@@ -17,7 +17,7 @@ from typing import Any
 from presence import keys
 from presence.sessions import new_session_id
 
-from . import _harness as h
+from . import _clients, _procs, _redis, _stats
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ QUICK = Sizes(sessions=2_000, per_user=(1, 50), rounds=1)
 def run(sizes: Sizes = FULL) -> dict[str, Any]:
     variants = [f"service {n}/user" for n in sizes.per_user] + ["floor: key only"]
     measurements = []
-    with h.RedisServer("memory") as redis_server:
+    with _redis.RedisServer("memory") as redis_server:
         client = redis_server.client()
         for number in range(sizes.rounds):
             for variant in variants:
@@ -46,8 +46,8 @@ def run(sizes: Sizes = FULL) -> dict[str, Any]:
                     _keys_only(client, sizes.sessions)
                 else:
                     per_user = int(variant.split()[1].split("/")[0])
-                    owners = h.users_for(sizes.sessions, per_user, "m")
-                    h.create_sessions(redis_server.url, owners, ttl=24 * 3600.0)
+                    owners = _clients.users_for(sizes.sessions, per_user, "m")
+                    _clients.create_sessions(redis_server.url, owners, ttl=24 * 3600.0)
                 after = int(client.info("memory")["used_memory"])
                 count = client.dbsize()
                 per_session = (after - before) / sizes.sessions
@@ -59,9 +59,11 @@ def run(sizes: Sizes = FULL) -> dict[str, Any]:
                         "keys": count,
                     }
                 )
-                h.log(f"redis memory {variant}: {per_session:.0f} B/session ({count} keys)")
+                _procs.log(f"redis memory {variant}: {per_session:.0f} B/session ({count} keys)")
     summary = {
-        variant: h.summary(m["bytes_per_session"] for m in measurements if m["variant"] == variant)
+        variant: _stats.summary(
+            m["bytes_per_session"] for m in measurements if m["variant"] == variant
+        )
         for variant in variants
     }
     return {"sizes": asdict(sizes), "measurements": measurements, "summary": summary}

@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _harness as h
+from . import _clients, _procs, _redis, _servers, _stats
 from ._wrk import heartbeat_script
-from .idle import KINDS
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,9 @@ class Sizes:
     per_user: int = 5
 
 
+#: The servers measured, side by side.
+KINDS = ("service", "floor")
+
 FULL = Sizes()
 QUICK = Sizes(connections=4, duration=1.0, warmup=0.5, rounds=1, sessions=20)
 
@@ -43,14 +45,14 @@ def run(sizes: Sizes = FULL) -> dict[str, Any]:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (scripts/bench installs it)")
-    with h.RedisServer("rest") as redis_server:
-        config = h.ServerConfig(redis_url=redis_server.url, ttl_seconds=3600.0)
-        clients = h.create_sessions(
-            redis_server.url, h.users_for(sizes.sessions, sizes.per_user, "w"), ttl=3600.0
+    with _redis.RedisServer("rest") as redis_server:
+        config = _servers.ServerConfig(redis_url=redis_server.url, ttl_seconds=3600.0)
+        clients = _clients.create_sessions(
+            redis_server.url, _clients.users_for(sizes.sessions, sizes.per_user, "w"), ttl=3600.0
         )
-        tokens = h.tokens_for(clients)
+        tokens = _clients.tokens_for(clients)
         script = _script(clients, tokens)
-        servers = {kind: h.Server(kind, config) for kind in KINDS}
+        servers = {kind: _servers.Server(kind, config) for kind in KINDS}
         rounds = []
         try:
             for server in servers.values():
@@ -63,7 +65,7 @@ def run(sizes: Sizes = FULL) -> dict[str, Any]:
                     result = _wrk(wrk, server.port, script, sizes.connections, sizes.duration)
                     result["server_cpu_s"] = server.cpu_seconds() - cpu_before
                     rounds.append({"round": number, "kind": kind, **result})
-                    h.log(
+                    _procs.log(
                         f"rest {kind}: {result['requests_per_s']:.0f} req/s "
                         f"p99={result['p99_ms']:.1f} ms statuses={result['statuses']}"
                     )
@@ -73,17 +75,17 @@ def run(sizes: Sizes = FULL) -> dict[str, Any]:
     return {"sizes": asdict(sizes), "rounds": rounds, "summary": _summarize(rounds)}
 
 
-def _script(clients: list[h.Client], tokens: dict[str, str]) -> Path:
+def _script(clients: list[_clients.Client], tokens: dict[str, str]) -> Path:
     """The wrk script heartbeating each client's session round-robin."""
     return heartbeat_script(
-        h.WORK / "tmp" / "heartbeat.lua",
+        _procs.WORK / "tmp" / "heartbeat.lua",
         ((f"/api/v1/chat/sessions/{c.session_id}/heartbeat", tokens[c.user]) for c in clients),
         writer="bench/rest.py: one heartbeat per session, round-robin",
     )
 
 
 def _wrk(wrk: str, port: int, script: Path, connections: int, duration: float) -> dict[str, Any]:
-    cmd = h.pinned(
+    cmd = _procs.pinned(
         [
             wrk,
             "-t1",
@@ -96,7 +98,7 @@ def _wrk(wrk: str, port: int, script: Path, connections: int, duration: float) -
             str(script),
             f"http://127.0.0.1:{port}",
         ],
-        h.LOAD_CPU,
+        _procs.LOAD_CPU,
     )
     started = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -140,12 +142,14 @@ def _summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
     pairs = list(zip(of("service", "requests_per_s"), of("floor", "requests_per_s"), strict=True))
     return {
-        "requests_per_s": {k: h.summary(of(k, "requests_per_s")) for k in KINDS},
-        "throughput_ratio": h.summary(s / f for s, f in pairs),
-        "p99_ms": {k: h.summary(of(k, "p99_ms")) for k in KINDS},
-        "p50_ms": {k: h.summary(of(k, "p50_ms")) for k in KINDS},
+        "requests_per_s": {k: _stats.summary(of(k, "requests_per_s")) for k in KINDS},
+        "throughput_ratio": _stats.summary(s / f for s, f in pairs),
+        "p99_ms": {k: _stats.summary(of(k, "p99_ms")) for k in KINDS},
+        "p50_ms": {k: _stats.summary(of(k, "p50_ms")) for k in KINDS},
         "cpu_ms_per_request": {
-            k: h.summary(r["server_cpu_s"] * 1000 / r["requests"] for r in rounds if r["kind"] == k)
+            k: _stats.summary(
+                r["server_cpu_s"] * 1000 / r["requests"] for r in rounds if r["kind"] == k
+            )
             for k in KINDS
         },
         "non_2xx": {k: sum(of(k, "non_2xx")) for k in KINDS},

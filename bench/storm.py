@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import _harness as h
+from . import _clients, _procs, _redis, _servers, _stats
 
 # web/src/chatSessionManager.js: DEFAULT_BACKOFF and DEFAULT_HEARTBEAT_INTERVAL_MS.
 JS_BACKOFF = {"base": 0.5, "cap": 30.0, "stable": 10.0}
@@ -50,7 +50,7 @@ def run(sizes: Sizes = FULL) -> dict[str, Any]:
     rounds = []
     for number in range(sizes.rounds):
         for variant in sizes.variants:
-            h.log(f"storm: round {number + 1}/{sizes.rounds}, {variant}")
+            _procs.log(f"storm: round {number + 1}/{sizes.rounds}, {variant}")
             rounds.append({"round": number, "kind": variant, **_round(variant, sizes)})
     return {
         "sizes": asdict(sizes),
@@ -61,27 +61,27 @@ def run(sizes: Sizes = FULL) -> dict[str, Any]:
 
 def _round(variant: str, sizes: Sizes) -> dict[str, Any]:
     kind, env = VARIANTS[variant]
-    with h.RedisServer("storm") as redis_server:
-        config = h.ServerConfig(
+    with _redis.RedisServer("storm") as redis_server:
+        config = _servers.ServerConfig(
             redis_url=redis_server.url if kind == "service" else None,
             ttl_seconds=3600.0,
             extra_env=env,
         )
-        owners = h.users_for(sizes.clients, sizes.per_user, "r")
+        owners = _clients.users_for(sizes.clients, sizes.per_user, "r")
         if kind == "service":
-            clients = h.create_sessions(redis_server.url, owners, ttl=config.ttl_seconds)
+            clients = _clients.create_sessions(redis_server.url, owners, ttl=config.ttl_seconds)
         else:
-            clients = [h.Client(user, f"{i:022d}") for i, user in enumerate(owners)]
-        server = h.Server(kind, config)
+            clients = [_clients.Client(user, f"{i:022d}") for i, user in enumerate(owners)]
+        server = _servers.Server(kind, config)
         try:
             server.start()
-            with h.Loader(f"storm-{kind}") as loader:
-                tokens = h.tokens_for(clients)
+            with _clients.Loader(f"storm-{kind}") as loader:
+                tokens = _clients.tokens_for(clients)
                 opened = loader.request(
                     {
                         "cmd": "open",
                         "clients": [c.spec(server.port, tokens) for c in clients],
-                        "addresses": h.ADDRESSES.take(3 * sizes.clients),
+                        "addresses": _clients.ADDRESSES.take(3 * sizes.clients),
                         "concurrency": sizes.in_flight,
                         "mode": "browser",
                         "backoff": JS_BACKOFF,
@@ -92,8 +92,8 @@ def _round(variant: str, sizes: Sizes) -> dict[str, Any]:
                 time.sleep(sizes.up_before_restart)
                 before = loader.request({"cmd": "status"})
                 loader.request({"cmd": "mark"})
-                tcp_before = h.tcp_counters()
-                load_cpu_before = h.cpu_seconds(loader.pid)
+                tcp_before = _procs.tcp_counters()
+                load_cpu_before = _procs.cpu_seconds(loader.pid)
                 started = time.monotonic()
                 shutdown_seconds = server.stop()
                 server.start()
@@ -106,10 +106,10 @@ def _round(variant: str, sizes: Sizes) -> dict[str, Any]:
                 recovery_cpu = server.cpu_seconds() - cpu_at_start
                 # The load client shares one CPU: when it is busy all the time, the
                 # recovery is as fast as it can measure, not as fast as the server.
-                load_busy = (h.cpu_seconds(loader.pid) - load_cpu_before) / (
+                load_busy = (_procs.cpu_seconds(loader.pid) - load_cpu_before) / (
                     time.monotonic() - started
                 )
-                tcp = {k: v - tcp_before.get(k, 0) for k, v in h.tcp_counters().items()}
+                tcp = {k: v - tcp_before.get(k, 0) for k, v in _procs.tcp_counters().items()}
             breaker = server.breaker_causes()
         finally:
             server.kill()
@@ -118,7 +118,7 @@ def _round(variant: str, sizes: Sizes) -> dict[str, Any]:
         for failure, count in report["failures"].items()
         if failure.startswith(("http_5", "heartbeat_http_5"))
     )
-    h.log(
+    _procs.log(
         f"storm {variant}: all back={report['all_back']} in {report['back_s']['max']:.1f} s, "
         f"down {down_seconds:.1f} s, peak {max(report['connects_per_s'], default=0)}/s, "
         f"5xx={errors_5xx}, failures={report['failures']}, tcp={tcp}, breaker={breaker}"
@@ -157,16 +157,16 @@ def _summarize(rounds: list[dict[str, Any]], variants: tuple[str, ...]) -> dict[
 
     return {
         "all_back_s": {
-            k: h.summary(x if x is not None else float("inf") for x in of(k, "all_back_s"))
+            k: _stats.summary(x if x is not None else float("inf") for x in of(k, "all_back_s"))
             for k in kinds
         },
-        "back_p50_s": {k: h.summary(of(k, "back_p50_s")) for k in kinds},
-        "down_s": {k: h.summary(of(k, "down_seconds")) for k in kinds},
-        "peak_connects_per_s": {k: h.summary(of(k, "peak_connects_per_s")) for k in kinds},
+        "back_p50_s": {k: _stats.summary(of(k, "back_p50_s")) for k in kinds},
+        "down_s": {k: _stats.summary(of(k, "down_seconds")) for k in kinds},
+        "peak_connects_per_s": {k: _stats.summary(of(k, "peak_connects_per_s")) for k in kinds},
         "errors_5xx": {k: sum(of(k, "errors_5xx")) for k in kinds},
         "all_back_every_round": {k: all(of(k, "all_back")) for k in kinds},
         "recovery_cpu_ms_per_reconnect": {
-            k: h.summary(x for x in of(k, "recovery_cpu_ms_per_reconnect") if x is not None)
+            k: _stats.summary(x for x in of(k, "recovery_cpu_ms_per_reconnect") if x is not None)
             for k in kinds
         },
         "connected_before": {k: of(k, "connected_before") for k in kinds},
@@ -175,12 +175,12 @@ def _summarize(rounds: list[dict[str, Any]], variants: tuple[str, ...]) -> dict[
             for k in kinds
         },
         "listen_overflows": {
-            k: h.summary(r["tcp"].get("ListenOverflows", 0) for r in rounds if r["kind"] == k)
+            k: _stats.summary(r["tcp"].get("ListenOverflows", 0) for r in rounds if r["kind"] == k)
             for k in kinds
         },
         "breaker_trips": {k: sum(of(k, "breaker_trips")) for k in kinds},
         "load_cpu_busy": {
-            k: h.summary(
+            k: _stats.summary(
                 r["load_cpu_busy"] for r in rounds if r["kind"] == k and "load_cpu_busy" in r
             )
             for k in kinds

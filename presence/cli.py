@@ -91,6 +91,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     well as an import string, and a ``functools.partial`` of a module-level class and a
     frozen dataclass pickles, as uvicorn's Config must to reach ``--workers``.
 
+    With ``PRESENCE_WS_PROTOCOL=websockets-sansio`` it is uvicorn's stock protocol of that
+    name instead, without those limits (the README says which; start-up logs it).
+
     The listen backlog is 8192, not uvicorn's 2048: when 10,000 clients reconnect at
     once (a restart), 2048 overflowed and each dropped SYN cost its client a TCP
     retransmission of 1 s or more. The kernel caps it at ``net.core.somaxconn``.
@@ -107,9 +110,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
             max_header_bytes=settings.max_header_bytes,
             header_timeout=settings.header_timeout,
         ),
-        "ws": functools.partial(
-            PresenceWebSocketProtocol, limits=FrameLimits.from_settings(settings)
-        ),
+        "ws": _ws_protocol(settings),
         "ws_ping_interval": settings.heartbeat_interval,
         "ws_ping_timeout": settings.ping_timeout,
         "ws_per_message_deflate": False,
@@ -124,6 +125,12 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "server_header": False,
         "timeout_graceful_shutdown": 5,
     }
+
+
+def _ws_protocol(settings: Settings) -> Any:
+    if settings.ws_protocol == "websockets-sansio":
+        return "websockets-sansio"
+    return functools.partial(PresenceWebSocketProtocol, limits=FrameLimits.from_settings(settings))
 
 
 def logging_config(level: str, log_format: str = "plain") -> dict[str, Any]:

@@ -46,6 +46,7 @@ class Settings:
     ws_messages_per_second: float = 10.0
     ws_message_burst: int = 40
     ws_max_unsent_bytes: int = 1024 * 1024
+    ws_protocol: str = "presence"
     max_header_bytes: int = 16 * 1024
     header_timeout: float = 10.0
     fallback_max_sessions: int = 100_000
@@ -164,6 +165,8 @@ class Settings:
                 "PRESENCE_WS_MAX_UNSENT_BYTES",
                 f"must be at least the largest message ({self.ws_max_message_bytes} bytes)",
             )
+        if self.ws_protocol not in WS_PROTOCOLS:
+            raise ConfigError("PRESENCE_WS_PROTOCOL", f"must be one of {', '.join(WS_PROTOCOLS)}")
         if self.max_rooms_per_session < 1:
             raise ConfigError("PRESENCE_MAX_ROOMS_PER_SESSION", "must be at least 1")
         if self.room_list_limit < 1:
@@ -202,6 +205,12 @@ class Settings:
             raise ConfigError("PRESENCE_ADMIN_TOKEN", "must be at least 16 characters")
         if self.readyz_degraded_status not in (200, 503):
             raise ConfigError("PRESENCE_READYZ_DEGRADED_STATUS", "must be 200 or 503")
+
+
+#: The WebSocket protocols a server may run on (``PRESENCE_WS_PROTOCOL``):
+#: ``presence.wsproto``'s, or uvicorn's stock sans-I/O one, which lacks its limits on
+#: control and continuation frames and on unsent bytes (see the README).
+WS_PROTOCOLS = ("presence", "websockets-sansio")
 
 
 class _Env:
@@ -402,6 +411,12 @@ VARIABLES: tuple[Variable, ...] = (
         "ws_max_unsent_bytes",
         _whole,
         "bytes held unsent for one socket before it is dropped",
+    ),
+    Variable(
+        "PRESENCE_WS_PROTOCOL",
+        "ws_protocol",
+        _lower,
+        "presence, or websockets-sansio: uvicorn's stock protocol, without some limits",
     ),
     Variable(
         "PRESENCE_MAX_SOCKETS_PER_USER",

@@ -28,6 +28,12 @@ a socket, for the service and the bare-Starlette floor alike):
   shares its keys for (30), so each connection had a dict of its own, about 1.6 KB;
   here they are slots, 8 bytes each.
 
+Its keepalive runs on one schedule for the whole process (:mod:`presence._pings`), not on
+two timer handles a ping: a socket is filed under the tick (a tenth of a second, or
+finer for short intervals) of its next ping, then of its pong's deadline, and one loop
+timer a tick serves every socket due. The ping interval (less the last round trip, as
+uvicorn has it) and the timeout keep their meaning, each at most one tick late.
+
 It also bounds what a client can make a socket hold or cost, which uvicorn and websockets
 leave open (``tests/test_ws_frames.py`` mounts each attack against a server process):
 
@@ -104,6 +110,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import random
+import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -114,6 +122,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 
+from ._pings import resolution_for, schedule_for
 from .limits import TokenBucket
 from .settings import Settings
 
@@ -294,7 +303,7 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
     """
 
     # Every attribute uvicorn 0.54's __init__, handle_connect and send set on a connection,
-    # and this class's own three. Correctness does not depend on this list: a name missing
+    # and this class's own five. Correctness does not depend on this list: a name missing
     # from it is kept in an instance dict, as before. None of them may be a method or class
     # attribute of the base classes (tests/test_wsproto.py checks).
     __slots__ = (
@@ -317,6 +326,7 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         "handshake_complete",
         "handshake_initiated",
         "initial_response",
+        "keepalive_tick",
         "last_ping_rtt",
         "limits",
         "logger",
@@ -326,6 +336,7 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         "ping_sent_at",
         "ping_timeout",
         "ping_timer",
+        "pings",
         "pong_timer",
         "queue",
         "read_paused",
@@ -358,6 +369,57 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
         self.bucket = TokenBucket(limits.frames_per_second, limits.frame_burst, time.monotonic())
         # The abort timer of a transport that is not taking what it is given.
         self.deadline: asyncio.TimerHandle | None = None
+        # The keepalive: the process's schedule, and the tick this socket is filed under
+        # (None: not filed). uvicorn's ping_timer and pong_timer stay None.
+        self.pings = schedule_for(self.loop, resolution_for(self.ping_interval, self.ping_timeout))
+        self.keepalive_tick: int | None = None
+
+    # -- The keepalive, on the process's schedule (presence._pings) -------------------
+    # uvicorn's, line for line, but for its two TimerHandles a ping: the socket is filed
+    # under the tick of its next ping, then of its pong's deadline, and called back
+    # (keepalive_due) when that tick comes.
+
+    def schedule_ping(self) -> None:
+        assert self.ping_interval is not None
+        delay = max(0.0, self.ping_interval - self.last_ping_rtt)
+        self.pings.discard(self)
+        self.pings.add(self, self.loop.time() + delay)
+
+    def keepalive_due(self) -> None:
+        """The tick this socket was filed under has come: its pong's deadline if a ping
+        is unanswered (and there is a ping timeout), else its next ping."""
+        if self.pending_ping_payload is not None and self.ping_timeout is not None:
+            self.keepalive_timeout()
+        else:
+            self.send_keepalive_ping()
+
+    def send_keepalive_ping(self) -> None:
+        if self.close_sent or self.transport.is_closing():
+            return
+        # A random 4-byte payload identifies the ping; handle_pong ignores any other.
+        self.pending_ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.ping_sent_at = self.loop.time()
+        self.conn.send_ping(self.pending_ping_payload)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        if self.ping_timeout is not None:
+            self.pings.add(self, self.ping_sent_at + self.ping_timeout)
+        else:
+            self.schedule_ping()
+
+    def handle_pong(self, event: Frame) -> None:
+        # Unsolicited pongs, and stale ones whose payload is not the ping's in flight.
+        if self.pending_ping_payload is None or bytes(event.data) != self.pending_ping_payload:
+            return
+        self.last_ping_rtt = self.loop.time() - self.ping_sent_at
+        self.pending_ping_payload = None
+        # Answered in time: the deadline goes and the next ping is filed (without a
+        # ping timeout the next ping was filed with this one).
+        if self.ping_timeout is not None:
+            self.schedule_ping()
+
+    def stop_keepalive(self) -> None:
+        self.pings.discard(self)
+        super().stop_keepalive()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -201,7 +201,10 @@ async def test_pongs_keep_a_quiet_socket_open(server, alice):
         (protocol,) = _protocols(server)
         await asyncio.sleep(3 * (INTERVAL + PING_TIMEOUT))
         assert protocol.last_ping_rtt > 0
-        assert protocol.ping_timer is not None or protocol.pong_timer is not None
+        # Filed on the process's keepalive schedule (presence._pings), with no timer of
+        # its own: its next ping or its pong's deadline.
+        assert protocol.keepalive_tick is not None
+        assert protocol.ping_timer is None and protocol.pong_timer is None
         await websocket.send(json.dumps({"type": "visibility", "state": "hidden"}))
         assert (await _recv(websocket))["session"]["state"] == "away"
 

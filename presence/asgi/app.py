@@ -234,6 +234,13 @@ def _log_start(settings: Settings, store: SessionStore) -> None:
             "DEVELOPMENT MODE: PRESENCE_JWT_SECRET is not set, so every browser is given an "
             "anonymous identity cookie. Set PRESENCE_JWT_SECRET in production."
         )
+    if settings.ws_protocol == "websockets-sansio":
+        logger.warning(
+            "PRESENCE_WS_PROTOCOL=websockets-sansio: sockets run on uvicorn's stock protocol, "
+            "without presence.wsproto's limits: ping, pong and continuation frames are not "
+            "rate-limited, a message's fragments are not counted, a read is parsed whole, "
+            "and a client that does not read is not dropped for the bytes it leaves unsent"
+        )
     logger.info(
         "presence ready: store=%s ttl=%gs ping_interval=%gs",
         store.name,
