@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _harness as h
-from . import fanout
+from . import fanout, reclaim
 
 Row = tuple[str, str, bool | None]
 
@@ -40,6 +40,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         ("cleanup", _cleanup),
         ("redis_memory", _redis_memory),
         ("fanout", fanout.section),
+        ("reclaim", reclaim.section),
         ("profile", _profile),
     ]:
         if name in benchmarks:
@@ -261,6 +262,7 @@ def _targets(b: dict[str, Any]) -> list[Row]:
     else:
         rows.append(("Redis ≤ 250 bytes per session", "–", None))
     rows += fanout.targets(b.get("fanout"))
+    rows += reclaim.targets(b.get("reclaim"))
     return rows
 
 

@@ -148,3 +148,30 @@ def test_fanout_delivers_every_join_to_every_watcher(tmp_path: Path) -> None:
         assert r["redis"]["commands_per_join"] > 0
         assert r["redis"]["publish"] == r["diffs_published"]
         assert len(r["loop_stall_ms"]) == sizes["processes"]
+
+
+def test_reclaim_tells_every_watcher_every_node_down_leave(tmp_path: Path) -> None:
+    """Every watcher on the surviving processes is told each of the killed process's
+    members' leaves, with reason node_down, and Redis holds none of them afterwards."""
+    result = _run("reclaim", tmp_path)
+    sizes = result["sizes"]
+    assert result["summary"]["all_complete"] is True
+    assert result["summary"]["redis_clean"] is True
+    for r in result["rounds"]:
+        assert r["members"] == sizes["members"]
+        assert r["watchers_complete"] == sizes["watchers"]
+        assert r["leaves_missing"] == 0
+        assert r["watcher_leaves"] == [sizes["members"]] * sizes["watchers"]
+        assert set(r["leaves_by_reason"]) == {"node_down"}
+        assert _number(r["watcher_complete_s"]["max"])
+        assert r["redis"]["commands_per_member"] > 0
+        assert r["redis"]["commands"].get("evalsha", 0) > 0
+        assert r["redis_after"] == {
+            "room_rows": 0,
+            "room_users": 0,
+            "rooms_listed": 0,
+            "tab_fields": 0,
+            "leases_before": sizes["survivors"] + 1,
+            "leases_after": sizes["survivors"],
+        }
+        assert len(r["loop_stall_ms"]) == sizes["survivors"]
