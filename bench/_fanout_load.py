@@ -213,6 +213,8 @@ class Load:
         # the count each room's view is complete at.
         self.room_diffs: dict[tuple[str, int], tuple[dict[str, int], int]] = {}
         self.room_expected: dict[str, int] = {}
+        # The leaves role: user -> (when first told here, reason) of each leave told.
+        self.left: dict[str, tuple[float, str]] = {}
 
     # --- commands -------------------------------------------------------------------
 
@@ -355,7 +357,7 @@ class Load:
 
         async def one(sock: Sock) -> bool:
             async with gate:
-                for room in rooms:
+                for room in sock.spec.get("rooms", rooms):
                     if sock.ws is None:
                         return False
                     sock.synced.clear()
@@ -379,6 +381,7 @@ class Load:
         """From now on a watcher is complete when each room's view holds
         ``expected[room]`` members; leaves and syncs are counted from zero."""
         self.room_expected = command["expected"]
+        self.left.clear()
         for sock in self.socks:
             sock.leaves = Counter()
             sock.last_leave = sock.complete_at = None
@@ -404,6 +407,11 @@ class Load:
             ],
             "closed": self.closed,
             "other": dict(self.other),
+            **(
+                {"left": {u: [when - t0, why] for u, (when, why) in self.left.items()}}
+                if command.get("left")
+                else {}
+            ),
         }
 
     def arm(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -574,6 +582,8 @@ class Load:
                     reasons["(joins)"] += len(diff["joins"])
                 if diff.get("truncated"):
                     reasons["(truncated)"] += 1
+                for leave in diff["leaves"]:
+                    self.left.setdefault(leave["user"], (now, leave.get("reason", "?")))
                 known = self.room_diffs[(room, seq)] = (dict(reasons), diff["count"])
             view = sock.views.get(room)
             if view is None or seq <= view[0]:

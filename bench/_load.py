@@ -6,7 +6,8 @@ a client that loses its socket does what ``web/src/chatSessionManager.js`` does:
 REST heartbeat at once and then every ``heartbeat_interval`` while it polls, and a new
 socket after ``backoffDelay(attempt)`` -- full jitter, ``random() * min(cap, base *
 2**attempt)`` -- with ``attempt`` back to 0 only after a socket that stayed up for
-``stable`` seconds.
+``stable`` seconds. A tab whose spec names a ``room`` sends ``presence.join`` for it on
+each socket it opens, as the JS client joins its rooms again after a reconnect.
 
 Driven over stdin/stdout by :class:`bench._harness.Loader`, one JSON object a line:
 ``open``, ``status``, ``open_map``, ``mark``, ``storm``, ``exit``.
@@ -30,7 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 
 class Tab:
-    __slots__ = ("address", "attempt", "back_at", "lost", "polling", "spec", "ws")
+    __slots__ = ("address", "attempt", "back_at", "lost", "lost_at", "polling", "spec", "ws")
 
     def __init__(self, spec: dict[str, Any], address: str) -> None:
         self.spec = spec
@@ -39,6 +40,7 @@ class Tab:
         self.attempt = 0
         self.polling: asyncio.Task[None] | None = None
         self.lost = False
+        self.lost_at: float | None = None
         self.back_at: float | None = None
 
 
@@ -138,10 +140,10 @@ class Load:
         self.closes.clear()
         for tab in self.tabs:
             tab.lost = False
-            tab.back_at = None
+            tab.lost_at = tab.back_at = None
         return {"open": self.open_now}
 
-    def storm(self) -> dict[str, Any]:
+    def storm(self, detail: bool = False) -> dict[str, Any]:
         assert self.mark is not None
         lost = [tab for tab in self.tabs if tab.lost]
         back = sorted(tab.back_at for tab in lost if tab.back_at is not None)
@@ -162,6 +164,13 @@ class Load:
             "failures": dict(self.failures),
             "heartbeats": dict(self.heartbeats),
             "closes": dict(self.closes),
+            # With detail: each tab lost since the mark, its user, when its socket went
+            # and when it was back (seconds since the mark; None: not back).
+            **(
+                {"lost_tabs": [[tab.spec.get("user"), tab.lost_at, tab.back_at] for tab in lost]}
+                if detail
+                else {}
+            ),
         }
 
     # --- one tab ----------------------------------------------------------------
@@ -228,6 +237,11 @@ class Load:
         if kind != "snapshot":
             await ws.close()
             return None, self.fail(f"first_message_{kind}")
+        room = spec.get("room")
+        if room is not None:
+            message = {"type": "presence.join", "room": room, "meta": None}
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps(message))
         now = time.monotonic()
         tab.ws = ws
         self.open_now += 1
@@ -254,6 +268,7 @@ class Load:
         tab.ws = None
         if self.mark is not None:
             tab.lost = True
+            tab.lost_at = time.monotonic() - self.mark
             tab.back_at = None
 
     async def poll(self, tab: Tab) -> None:
@@ -329,7 +344,7 @@ async def main() -> None:
             elif name == "mark":
                 reply(load.set_mark())
             elif name == "storm":
-                reply(load.storm())
+                reply(load.storm(command.get("detail", False)))
             elif name == "exit":
                 break
             else:

@@ -59,10 +59,15 @@ class Sizes:
     give_up: float = 60.0
     # The survivors' background rate is read over this many seconds after the reap.
     background: float = 10.0
+    # Members joining: the rooms are taken as they are once they have not grown for
+    # this long (a join refused on a loaded machine is not tried again).
+    join_settle: float = 10.0
 
 
 FULL = Sizes()
-QUICK = Sizes(members=60, sessions_per_user=3, rooms=4, watchers=6, give_up=30, background=1)
+QUICK = Sizes(
+    members=60, sessions_per_user=3, rooms=4, watchers=6, give_up=30, background=1, join_settle=5
+)
 
 ROOM = "reclaim.bench"
 # The target of issue 13: every watcher elsewhere has every node_down leave within 10 s.
@@ -173,17 +178,21 @@ def _round(
                     f"{[r['failed'] for r in opened]}"
                 )
             room_rows = [keys.room_keys(PREFIX, room)[0] for room in rooms]
-
-            def joined() -> bool:
-                return all(
-                    client.hlen(k) == expected[r] for k, r in zip(room_rows, rooms, strict=True)
-                )
-
-            if not h.wait_until(joined, 120, 0.5):
-                raise RuntimeError(
-                    f"reclaim: rooms hold {[client.hlen(k) for k in room_rows]}, "
-                    f"not {[expected[r] for r in rooms]}; see {member_loads[0].log_path}"
-                )
+            # Until every member is in, or the rooms stop growing for a while: on a
+            # loaded machine a join's Redis call may time out (it is refused in-band),
+            # and the round goes on with the members the victim does hold.
+            last: list[int] = []
+            still = time.monotonic()
+            while time.monotonic() - still < sizes.join_settle:
+                counts = [client.hlen(k) for k in room_rows]
+                if counts == [expected[r] for r in rooms]:
+                    break
+                if counts != last:
+                    last, still = counts, time.monotonic()
+                time.sleep(0.5)
+            counts = [client.hlen(k) for k in room_rows]
+            refused = member_loads[0].request({"cmd": "progress"})["other"]
+            held_members = dict(zip(rooms, counts, strict=True))
             ports = [s.port for s in survivors]
             watch = watch_loads[0]
             specs = [c.spec(ports[i % len(ports)], tokens) for i, c in enumerate(watcher_clients)]
@@ -209,7 +218,9 @@ def _round(
             watch.request({"cmd": "arm_leaves", "expected": {room: 0 for room in rooms}})
             result = _kill_and_reap(sizes, redis_server, survivors, victim, watch, rooms)
             result["setup_s"] = setup_s
-            result["members"] = sum(expected.values())
+            result["members"] = sum(held_members.values())
+            result["members_meant"] = sum(expected.values())
+            result["member_refusals"] = refused
             result["users"] = len(by_user)
             result["redis_after"] = _left_in_redis(client, rooms, list(by_user), holders)
             return result
@@ -419,13 +430,17 @@ def targets(result: dict[str, Any] | None) -> list[tuple[str, str, bool | None]]
         return [(title, "–", None), (work, "–", None)]
     s = result["summary"]
     sizes = result["sizes"]
-    full = sizes["members"] >= 20_000 and sizes["survivors"] >= 2
+    # Held: a join refused on a loaded machine (its Redis call timed out) is not tried
+    # again, so the victim may hold a few fewer than meant; the figure says how many.
+    held = min(r["members"] / r["members_meant"] for r in result["rounds"])
+    full = sizes["members"] >= 20_000 and sizes["survivors"] >= 2 and held >= 0.99
     worst = s["complete_max_s"]["max"]
     missing = int(s["leaves_missing"]["max"])
     return [
         (
             title,
-            f"{sizes['members']:,} members in {sizes['rooms']} rooms, {sizes['watchers']} "
+            f"{min(r['members'] for r in result['rounds']):,} members held (of "
+            f"{sizes['members']:,}) in {sizes['rooms']} rooms, {sizes['watchers']} "
             f"watchers on {sizes['survivors']} processes: every watcher's view empty after "
             f"p50 {_num(s['complete_p50_s'], 2)} s, p99 {_num(s['complete_p99_s'], 2)} s, "
             f"max {_num(s['complete_max_s'], 2)} s (lease {result['lease_ttl_s']:g} s + grace "

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import _harness as h
 from . import fanout, reclaim
+from . import storm as storm_bench
 
 Row = tuple[str, str, bool | None]
 
@@ -261,6 +262,7 @@ def _targets(b: dict[str, Any]) -> list[Row]:
         )
     else:
         rows.append(("Redis ≤ 250 bytes per session", "–", None))
+    rows += storm_bench.targets(b.get("storm"))
     rows += fanout.targets(b.get("fanout"))
     rows += reclaim.targets(b.get("reclaim"))
     return rows
@@ -462,6 +464,7 @@ def _storm(result: dict[str, Any]) -> list[str]:
             + f"; heartbeats {r['heartbeats'] or 'none'}; close codes {r['close_codes']}"
         )
     lines.append("")
+    lines += storm_bench.section(result)
     return lines
 
 

@@ -78,13 +78,25 @@ def test_capacity_holds_every_session(tmp_path: Path) -> None:
 
 
 def test_storm_reconnects_after_a_restart(tmp_path: Path) -> None:
-    """The storm restarts the server under connected clients and counts who came back."""
+    """The storm restarts the server under connected clients and counts who came back;
+    with rooms, it checks the rooms' member lists and the leaves the watchers were told."""
     result = _run("storm", tmp_path)
     for r in result["rounds"]:
         assert r["connected_before"] == result["sizes"]["clients"]
         assert r["lost"] == result["sizes"]["clients"]
         assert r["back"] >= 0
         assert r["errors_5xx"] >= 0
+    # With rooms: every room's member list is right again, in Redis and in every
+    # watcher's view, and no watcher is told a leave for a client back within the grace.
+    (rooms,) = [r for r in result["rounds"] if r["kind"] == "presence"]
+    presence = rooms["presence"]
+    assert rooms["all_back"] is True
+    assert _number(presence["right_s"]) and presence["right_at_end"] is True
+    assert presence["watchers"] == result["sizes"]["watchers"]
+    assert presence["leaves_for_clients_back_within_grace"] == 0
+    assert presence["back_within_grace"] + presence["back_after_grace"] == rooms["lost"]
+    assert presence["users_told_a_leave"] <= presence["back_after_grace"]
+    assert set(presence["leaves_by_reason"]) <= {"closed", "timeout", "node_down"}
 
 
 def test_rest_heartbeats_are_answered(tmp_path: Path) -> None:
