@@ -258,9 +258,18 @@ def _kill_and_reap(
         deadline = killed + sizes.give_up
         room_rows = [keys.room_keys(PREFIX, room)[0] for room in rooms]
         redis_empty_at = None
+        # Room rows left in Redis over time: when the reap began and how fast it went.
+        timeline: list[tuple[float, int]] = []
+        pipe = client.pipeline(transaction=False)
         while time.monotonic() < deadline:
-            if redis_empty_at is None and not any(client.hlen(k) for k in room_rows):
-                redis_empty_at = time.monotonic()
+            for k in room_rows:
+                pipe.hlen(k)
+            left = sum(pipe.execute())
+            now = time.monotonic()
+            if not timeline or timeline[-1][1] != left:
+                timeline.append((now - killed, left))
+            if redis_empty_at is None and not left:
+                redis_empty_at = now
             progress = watch.request({"cmd": "progress"})
             if progress["complete"] >= sizes.watchers:
                 done_at = time.monotonic()
@@ -303,6 +312,9 @@ def _kill_and_reap(
         "watcher_complete_s": _pcts(complete),
         "last_leave_s": _pcts(last_leave),
         "redis_rows_gone_s": None if redis_empty_at is None else redis_empty_at - killed,
+        # The first change seen after the kill: the reap's first member gone.
+        "reap_began_s": timeline[1][0] if len(timeline) > 1 else None,
+        "rows_timeline": timeline,
         "done_s": None if done_at is None else done_at - killed,
         "leaves_by_reason": _merge(w["leaves"] for w in watchers),
         "watcher_leaves": sorted(w["leaves"].get("node_down", 0) for w in watchers),
@@ -404,6 +416,7 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "last_leave_p50_s": over("last_leave_s", "p50"),
         "last_leave_max_s": over("last_leave_s", "max"),
         "redis_rows_gone_s": over("redis_rows_gone_s"),
+        "reap_began_s": over("reap_began_s"),
         "leaves_missing": over("leaves_missing"),
         "commands_per_member": over("redis", "commands_per_member"),
         "commands_per_member_net": over("redis", "commands_per_member_net"),
@@ -486,6 +499,7 @@ def section(result: dict[str, Any]) -> list[str]:
         row("The same, last watcher (s)", "complete_max_s"),
         row("Until a watcher's last `node_down` leave, p50 (s)", "last_leave_p50_s"),
         row("Until the last watcher's last leave (s)", "last_leave_max_s"),
+        row("Until the reap's first member left Redis (s)", "reap_began_s"),
         row("Until Redis holds no room row of theirs (s)", "redis_rows_gone_s"),
         row("Leaves a watcher was not told, all watchers", "leaves_missing", 0),
         row("Redis commands a reaped member (background out)", "commands_per_member_net", 1),
