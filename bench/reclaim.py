@@ -405,8 +405,11 @@ def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         for r in rounds:
             value: Any = r
             for key in path:
+                if key not in value:  # a figure a round of older code did not record
+                    break
                 value = value[key]
-            values.append(float("inf") if value is None else float(value))
+            else:
+                values.append(float("inf") if value is None else float(value))
         return h.summary(values)
 
     return {
