@@ -52,6 +52,8 @@ class Load:
         self.opens = 0
         self.closes: Counter[str] = Counter()
         self.ended: Counter[str] = Counter()
+        # In-band errors the server sent (a join refused, say), by code.
+        self.errors: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self.heartbeats: Counter[str] = Counter()
         self.mark: float | None = None
@@ -138,6 +140,7 @@ class Load:
         self.failures.clear()
         self.heartbeats.clear()
         self.closes.clear()
+        self.errors.clear()
         for tab in self.tabs:
             tab.lost = False
             tab.lost_at = tab.back_at = None
@@ -164,6 +167,7 @@ class Load:
             "failures": dict(self.failures),
             "heartbeats": dict(self.heartbeats),
             "closes": dict(self.closes),
+            "errors": dict(self.errors),
             # With detail: each tab lost since the mark, its user, when its socket went
             # and when it was back (seconds since the mark; None: not back).
             **(
@@ -261,6 +265,8 @@ class Load:
                     parsed = json.loads(message)
                     if parsed.get("type") == "ended":
                         self.ended[str(parsed.get("reason"))] += 1
+                    elif parsed.get("type") == "error":
+                        self.errors[str(parsed.get("code"))] += 1
         except ConnectionClosed:
             pass
         self.open_now -= 1

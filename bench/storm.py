@@ -282,15 +282,20 @@ class Watched:
         self.load = FanoutLoader("storm-watch")
         self.joined_s: float | None = None
 
-    def redis_right(self) -> bool:
+    def redis_wrong(self) -> tuple[int, int]:
+        """Members missing from their rooms in Redis, and members there not expected."""
         pipe = self.client.pipeline(transaction=False)
         for room in self.rooms:
             pipe.hkeys(keys.room_keys(PREFIX, room)[0])
-        rows = pipe.execute()
-        return all(
-            {h._text(u) for u in users} == self.members[room]
-            for room, users in zip(self.rooms, rows, strict=True)
-        )
+        missing = extra = 0
+        for room, users in zip(self.rooms, pipe.execute(), strict=True):
+            held = {h._text(u) for u in users}
+            missing += len(self.members[room] - held)
+            extra += len(held - self.members[room])
+        return missing, extra
+
+    def redis_right(self) -> bool:
+        return self.redis_wrong() == (0, 0)
 
     def views_right(self) -> bool:
         report = self.load.request({"cmd": "leaves_report", "t0": 0.0})
@@ -347,7 +352,10 @@ class Watched:
             time.sleep(0.25)
         time.sleep(grace + 1.0)
         report = self.load.request({"cmd": "leaves_report", "t0": started, "left": True})
+        missing, extra = self.redis_wrong()
         return {
+            "redis_missing_at_end": missing,
+            "redis_extra_at_end": extra,
             "right_s": None if right_at is None else right_at - started,
             "right_at_end": self.redis_right() and self.views_right(),
             "joined_before_s": self.joined_s,
@@ -381,6 +389,9 @@ def _presence(presence: dict[str, Any], report: dict[str, Any], sizes: Sizes) ->
         "watchers": len(presence["watchers"]),
         "right_s": presence["right_s"],
         "right_at_end": presence["right_at_end"],
+        "redis_missing_at_end": presence["redis_missing_at_end"],
+        "redis_extra_at_end": presence["redis_extra_at_end"],
+        "client_errors": report.get("errors", {}),
         "joined_before_s": presence["joined_before_s"],
         "grace_s": grace,
         "back_within_grace": len(within),
