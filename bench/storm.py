@@ -460,7 +460,10 @@ def targets(result: dict[str, Any] | None) -> list[tuple[str, str, bool | None]]
             f"the grace (all rounds); median {_seconds(p['back_within_grace']['median'], 0)} "
             f"clients back within it, {_seconds(p['back_after_grace']['median'], 0)} after it "
             f"(their leaves: {_seconds(p['users_told_a_leave']['median'], 0)} users told)",
-            full and p["leaves_for_clients_back_within_grace"] == 0,
+            # Shown only when some client was back within the grace in every round.
+            full
+            and p["leaves_for_clients_back_within_grace"] == 0
+            and p["back_within_grace"]["min"] > 0,
         ),
     ]
 
