@@ -7,7 +7,8 @@ REST heartbeat at once and then every ``heartbeat_interval`` while it polls, and
 socket after ``backoffDelay(attempt)`` -- full jitter, ``random() * min(cap, base *
 2**attempt)`` -- with ``attempt`` back to 0 only after a socket that stayed up for
 ``stable`` seconds. A tab whose spec names a ``room`` sends ``presence.join`` for it on
-each socket it opens, as the JS client joins its rooms again after a reconnect.
+each socket it opens, as the JS client joins its rooms again after a reconnect, and
+again after a jittered delay when the join is refused for a passing reason.
 
 Driven over stdin/stdout by :class:`bench._harness.Loader`, one JSON object a line:
 ``open``, ``status``, ``open_map``, ``mark``, ``storm``, ``exit``.
@@ -259,16 +260,31 @@ class Load:
     async def hold(self, tab: Tab) -> None:
         ws = tab.ws
         assert ws is not None
+        # A join refused for a passing reason is sent again after a full-jitter delay
+        # from 1 s, doubling to 30 s, reset by the room's sync (presenceRoom.js).
+        attempt, retry = 0, None
         try:
             async for message in ws:
                 with contextlib.suppress(ValueError, AttributeError):
                     parsed = json.loads(message)
-                    if parsed.get("type") == "ended":
+                    kind = parsed.get("type")
+                    if kind == "ended":
                         self.ended[str(parsed.get("reason"))] += 1
-                    elif parsed.get("type") == "error":
-                        self.errors[str(parsed.get("code"))] += 1
+                    elif kind == "error":
+                        code = str(parsed.get("code"))
+                        self.errors[code] += 1
+                        room = tab.spec.get("room")
+                        if room and parsed.get("room") == room and code not in _FINAL:
+                            if retry is None or retry.done():
+                                delay = random.random() * min(30.0, 2.0**attempt)
+                                attempt += 1
+                                retry = asyncio.create_task(_join_later(ws, room, delay))
+                    elif kind == "presence.sync":
+                        attempt = 0
         except ConnectionClosed:
             pass
+        if retry is not None:
+            retry.cancel()
         self.open_now -= 1
         self.closes[str(ws.close_code)] += 1
         tab.ws = None
@@ -311,6 +327,19 @@ class Load:
     def fail(self, kind: str) -> str:
         self.failures[kind] += 1
         return kind
+
+
+# In-band refusals that asking again cannot change (presenceRoom.js REFUSALS).
+_FINAL = frozenset(
+    {"room_forbidden", "forbidden", "invalid_room", "too_many_rooms", "invalid_body",
+     "invalid_message", "not_in_room"}
+)  # fmt: skip
+
+
+async def _join_later(ws: ClientConnection, room: str, delay: float) -> None:
+    await asyncio.sleep(delay)
+    with contextlib.suppress(ConnectionClosed):
+        await ws.send(json.dumps({"type": "presence.join", "room": room, "meta": None}))
 
 
 def _pct(values: list[float], q: float) -> float:
