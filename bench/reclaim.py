@@ -370,6 +370,25 @@ def _left_in_redis(
     }
 
 
+def _named(command: str) -> str:
+    """A SLOWLOG command with an EVALSHA's script named (the service's scripts, by
+    SHA1), and its keys cut short."""
+    import hashlib
+
+    from presence.stores import _presence_scripts, _scripts
+
+    names = {}
+    for module in (_scripts, _presence_scripts):
+        for name in dir(module):
+            value = getattr(module, name)
+            if name.isupper() and isinstance(value, str) and "redis.call" in value:
+                names[hashlib.sha1(value.encode()).hexdigest()] = name  # noqa: S324
+    words = command.split()
+    if len(words) >= 3 and words[0].upper() == "EVALSHA":
+        return f"EVALSHA {names.get(words[1], words[1][:8])} ({words[2]} keys)"
+    return " ".join(words[:2])
+
+
 def _merge(counters: Any) -> dict[str, int]:
     merged: Counter[str] = Counter()
     for counter in counters:
@@ -522,7 +541,8 @@ def section(result: dict[str, Any]) -> list[str]:
     for r in result["rounds"]:
         after = r["redis_after"]
         stalls = ", ".join(_num(p["max_ms"], 0) for p in r["loop_stall_ms"])
-        slow = ", ".join(f"`{e['command']}` {e['us']:,}" for e in r["slowlog"][:3])
+        slowest = sorted(r["slowlog"], key=lambda e: -e["us"])[:3]
+        slow = ", ".join(f"`{_named(e['command'])}` {e['us']:,}" for e in slowest)
         lines.append(
             f"| {r['round'] + 1} | "
             + ", ".join(f"`{k}` × {v:,}" for k, v in sorted(r["leaves_by_reason"].items()))
