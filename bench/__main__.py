@@ -18,7 +18,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import _procs, capacity, cleanup, fanout, idle, profile, redis_memory, report, rest, storm
+from . import (
+    _procs,
+    capacity,
+    cleanup,
+    fanout,
+    idle,
+    profile,
+    reclaim,
+    redis_memory,
+    report,
+    rest,
+    storm,
+)
 
 BENCHMARKS: dict[str, tuple[Callable[[Any], dict[str, Any]], Any, Any]] = {
     "idle": (idle.run, idle.FULL, idle.QUICK),
@@ -28,6 +40,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Any], dict[str, Any]], Any, Any]] = {
     "cleanup": (cleanup.run, cleanup.FULL, cleanup.QUICK),
     "redis_memory": (redis_memory.run, redis_memory.FULL, redis_memory.QUICK),
     "fanout": (fanout.run, fanout.FULL, fanout.QUICK),
+    "reclaim": (reclaim.run, reclaim.FULL, reclaim.QUICK),
     "profile": (profile.run, profile.FULL, profile.QUICK),
 }
 # `profile` only explains figures; it runs when named.

@@ -20,8 +20,15 @@ A **joiner** is a socket that sends ``presence.join`` at a time it is given (one
 for every process: ``time.monotonic`` is the system's ``CLOCK_MONOTONIC``), and records
 when it sent it.
 
+For the crash-reclaim benchmark (:mod:`bench.reclaim`) two more roles: a **member** is
+a socket that attaches further sessions of its user (``session.attach``, each answered
+by its snapshot) and joins one room with each, as a tab carrying several sessions
+does; a **leaves** watcher watches several rooms and counts the leaves it is told,
+by reason, noting when its view of every room is down to the count expected.
+
 Driven over stdin/stdout by the fan-out benchmark, one JSON object a line: ``open``,
-``watch``, ``progress``, ``burst``, ``report``, ``exit``.
+``watch``, ``progress``, ``burst``, ``report``, ``exit``; and by the reclaim benchmark
+``open``, ``watch_rooms``, ``arm_leaves``, ``progress``, ``leaves_report``.
 """
 
 from __future__ import annotations
@@ -150,12 +157,15 @@ class Sock:
         "complete_at",
         "count",
         "gaps",
+        "last_leave",
+        "leaves",
         "messages",
         "receipts",
         "seq",
         "spec",
         "synced",
         "syncs",
+        "views",
         "ws",
     )
 
@@ -173,6 +183,10 @@ class Sock:
         self.seq = -1
         self.count = 0
         self.complete_at: float | None = None
+        # The leaves role: room -> [seq, count]; leaves counted by reason; the last's time.
+        self.views: dict[str, list[int]] = {}
+        self.leaves: Counter[str] = Counter()
+        self.last_leave: float | None = None
         # (when, key): key is a diff's seq (an int) or a sync's index in Load.syncs.
         self.receipts: list[tuple[float, int | str]] = []
 
@@ -193,6 +207,14 @@ class Load:
         self.closed = 0
         self.failures: Counter[str] = Counter()
         self.timeout = 60.0
+        # The member role: each session attached waits for its snapshot here.
+        self.snapshots: dict[str, asyncio.Future[None]] = {}
+        # The leaves role: each diff read once, (room, seq) -> (leaves by reason, count);
+        # the count each room's view is complete at.
+        self.room_diffs: dict[tuple[str, int], tuple[dict[str, int], int]] = {}
+        self.room_expected: dict[str, int] = {}
+        # The leaves role: user -> (when first told here, reason) of each leave told.
+        self.left: dict[str, tuple[float, str]] = {}
 
     # --- commands -------------------------------------------------------------------
 
@@ -259,6 +281,32 @@ class Load:
             client.closed.add_done_callback(lambda _: self._lost(sock))
             if watch and self.room is not None:
                 return await self._watch(sock, self.room)
+            if self.role == "member":
+                return await self._hold(sock)
+        return True
+
+    async def _hold(self, sock: Sock) -> bool:
+        """Attaches the member's further sessions, one at a time (each answered by its
+        snapshot), then joins each session to its room."""
+        assert sock.ws is not None
+        spec = sock.spec
+        loop = asyncio.get_running_loop()
+        for session in spec["attach"]:
+            waiter = self.snapshots[session] = loop.create_future()
+            sock.ws.send_text(json.dumps({"type": "session.attach", "session": session}))
+            try:
+                await asyncio.wait_for(waiter, self.timeout)
+            except TimeoutError:
+                self.failures["no_attach_snapshot"] += 1
+                return False
+            finally:
+                self.snapshots.pop(session, None)
+        for session, room in zip(spec["sessions"], spec["rooms"], strict=True):
+            sock.ws.send_text(
+                json.dumps(
+                    {"type": "presence.join", "room": room, "meta": None, "session": session}
+                )
+            )
         return True
 
     def _lost(self, sock: Sock) -> None:
@@ -299,6 +347,72 @@ class Load:
         started = time.monotonic()
         results = await asyncio.gather(*(one(sock) for sock in self.socks))
         return {"synced": sum(results), "elapsed": time.monotonic() - started}
+
+    async def watch_rooms(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Each watcher here watches every room of ``rooms``, one after another (each
+        answered by its sync)."""
+        self.role = "leaves"
+        rooms = command["rooms"]
+        gate = asyncio.Semaphore(command.get("concurrency", 16))
+
+        async def one(sock: Sock) -> bool:
+            async with gate:
+                for room in sock.spec.get("rooms", rooms):
+                    if sock.ws is None:
+                        return False
+                    sock.synced.clear()
+                    sock.ws.send_text(json.dumps({"type": "presence.watch", "room": room}))
+                    try:
+                        await asyncio.wait_for(sock.synced.wait(), self.timeout)
+                    except TimeoutError:
+                        self.failures["no_sync"] += 1
+                        return False
+                return True
+
+        started = time.monotonic()
+        results = await asyncio.gather(*(one(sock) for sock in self.socks))
+        return {
+            "synced": sum(results),
+            "counts": Counter(f"{r}={v[1]}" for s in self.socks for r, v in s.views.items()),
+            "elapsed": time.monotonic() - started,
+        }
+
+    def arm_leaves(self, command: dict[str, Any]) -> dict[str, Any]:
+        """From now on a watcher is complete when each room's view holds
+        ``expected[room]`` members; leaves and syncs are counted from zero."""
+        self.room_expected = command["expected"]
+        self.left.clear()
+        for sock in self.socks:
+            sock.leaves = Counter()
+            sock.last_leave = sock.complete_at = None
+            sock.syncs = sock.gaps = sock.messages = sock.bytes = 0
+        self.other.clear()
+        return {"armed": len(self.socks)}
+
+    def leaves_report(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Each watcher's leaves by reason, and its times since ``t0``."""
+        t0 = command["t0"]
+        return {
+            "watchers": [
+                {
+                    "leaves": dict(s.leaves),
+                    "last_leave_s": None if s.last_leave is None else s.last_leave - t0,
+                    "complete_s": None if s.complete_at is None else s.complete_at - t0,
+                    "counts": {room: view[1] for room, view in s.views.items()},
+                    "syncs": s.syncs,
+                    "gaps": s.gaps,
+                    "messages": s.messages,
+                }
+                for s in self.socks
+            ],
+            "closed": self.closed,
+            "other": dict(self.other),
+            **(
+                {"left": {u: [when - t0, why] for u, (when, why) in self.left.items()}}
+                if command.get("left")
+                else {}
+            ),
+        }
 
     def arm(self, command: dict[str, Any]) -> dict[str, Any]:
         """From now on the view of each watcher is complete at ``expected`` members;
@@ -398,6 +512,17 @@ class Load:
         now = time.monotonic()
         sock.messages += 1
         sock.bytes += wire
+        if self.role == "leaves":
+            self._heard_leaves(sock, text, now)
+            return
+        if self.role == "member":
+            if text.startswith(b'{"type": "snapshot"'):
+                waiter = self.snapshots.get(json.loads(text)["session"]["id"])
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            elif text.startswith((b'{"type": "error"', b'{"type":"error"')):
+                self.other[f"error {json.loads(text).get('code')}"] += 1
+            return
         if self.role == "joiner":
             # A joiner reads only the errors it is sent (a join refused, say); an
             # error is plain json.dumps, "type" first.
@@ -445,6 +570,52 @@ class Load:
         if sock.complete_at is None and self.expected >= 0 and sock.count >= self.expected:
             sock.complete_at = now
 
+    def _heard_leaves(self, sock: Sock, text: bytes, now: float) -> None:
+        head = text[:300]
+        if head.startswith(b'{"type":"presence.diff"'):
+            room, seq = _room(head), _seq(head)
+            known = self.room_diffs.get((room, seq))
+            if known is None:
+                diff = json.loads(text)
+                reasons: Counter[str] = Counter(x.get("reason", "?") for x in diff["leaves"])
+                if diff["joins"]:
+                    reasons["(joins)"] += len(diff["joins"])
+                if diff.get("truncated"):
+                    reasons["(truncated)"] += 1
+                for leave in diff["leaves"]:
+                    self.left.setdefault(leave["user"], (now, leave.get("reason", "?")))
+                known = self.room_diffs[(room, seq)] = (dict(reasons), diff["count"])
+            view = sock.views.get(room)
+            if view is None or seq <= view[0]:
+                return
+            if seq != view[0] + 1:
+                sock.gaps += 1  # the server syncs a watcher that fell behind
+                return
+            view[0], view[1] = seq, known[1]
+            if known[0]:
+                sock.leaves.update(known[0])
+                sock.last_leave = now
+        elif head.startswith(b'{"type":"presence.sync"'):
+            sync = json.loads(text)
+            sock.views[sync["room"]] = [sync["seq"], sync["count"]]
+            sock.syncs += 1
+            sock.synced.set()
+        else:
+            self.other[str(json.loads(text).get("type", "?"))] += 1
+            return
+        expected = self.room_expected
+        if (
+            sock.complete_at is None
+            and expected
+            and all(sock.views.get(r, (0, -1))[1] == n for r, n in expected.items())
+        ):
+            sock.complete_at = now
+
+
+def _room(head: bytes) -> str:
+    start = head.index(b'"room":"') + 8
+    return head[start : head.index(b'"', start)].decode()
+
 
 def _seq(head: bytes) -> int:
     start = head.index(b'"seq":') + 6
@@ -485,6 +656,12 @@ async def main() -> None:
                 gc.freeze()
             elif name == "watch":
                 reply(await load.watch(command))
+            elif name == "watch_rooms":
+                reply(await load.watch_rooms(command))
+            elif name == "arm_leaves":
+                reply(load.arm_leaves(command))
+            elif name == "leaves_report":
+                reply(load.leaves_report(command))
             elif name == "arm":
                 reply(load.arm(command))
             elif name == "progress":

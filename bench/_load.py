@@ -6,7 +6,9 @@ a client that loses its socket does what ``web/src/chatSessionManager.js`` does:
 REST heartbeat at once and then every ``heartbeat_interval`` while it polls, and a new
 socket after ``backoffDelay(attempt)`` -- full jitter, ``random() * min(cap, base *
 2**attempt)`` -- with ``attempt`` back to 0 only after a socket that stayed up for
-``stable`` seconds.
+``stable`` seconds. A tab whose spec names a ``room`` sends ``presence.join`` for it on
+each socket it opens, as the JS client joins its rooms again after a reconnect, and
+again after a jittered delay when the join is refused for a passing reason.
 
 Driven over stdin/stdout by :class:`bench._clients.Loader`, one JSON object a line:
 ``open``, ``status``, ``open_map``, ``mark``, ``storm``, ``exit``.
@@ -30,7 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 
 class Tab:
-    __slots__ = ("address", "attempt", "back_at", "lost", "polling", "spec", "ws")
+    __slots__ = ("address", "attempt", "back_at", "lost", "lost_at", "polling", "spec", "ws")
 
     def __init__(self, spec: dict[str, Any], address: str) -> None:
         self.spec = spec
@@ -39,6 +41,7 @@ class Tab:
         self.attempt = 0
         self.polling: asyncio.Task[None] | None = None
         self.lost = False
+        self.lost_at: float | None = None
         self.back_at: float | None = None
 
 
@@ -50,6 +53,8 @@ class Load:
         self.opens = 0
         self.closes: Counter[str] = Counter()
         self.ended: Counter[str] = Counter()
+        # In-band errors the server sent (a join refused, say), by code.
+        self.errors: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self.heartbeats: Counter[str] = Counter()
         self.mark: float | None = None
@@ -136,12 +141,13 @@ class Load:
         self.failures.clear()
         self.heartbeats.clear()
         self.closes.clear()
+        self.errors.clear()
         for tab in self.tabs:
             tab.lost = False
-            tab.back_at = None
+            tab.lost_at = tab.back_at = None
         return {"open": self.open_now}
 
-    def storm(self) -> dict[str, Any]:
+    def storm(self, detail: bool = False) -> dict[str, Any]:
         assert self.mark is not None
         lost = [tab for tab in self.tabs if tab.lost]
         back = sorted(tab.back_at for tab in lost if tab.back_at is not None)
@@ -162,6 +168,14 @@ class Load:
             "failures": dict(self.failures),
             "heartbeats": dict(self.heartbeats),
             "closes": dict(self.closes),
+            "errors": dict(self.errors),
+            # With detail: each tab lost since the mark, its user, when its socket went
+            # and when it was back (seconds since the mark; None: not back).
+            **(
+                {"lost_tabs": [[tab.spec.get("user"), tab.lost_at, tab.back_at] for tab in lost]}
+                if detail
+                else {}
+            ),
         }
 
     # --- one tab ----------------------------------------------------------------
@@ -228,6 +242,11 @@ class Load:
         if kind != "snapshot":
             await ws.close()
             return None, self.fail(f"first_message_{kind}")
+        room = spec.get("room")
+        if room is not None:
+            message = {"type": "presence.join", "room": room, "meta": None}
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps(message))
         now = time.monotonic()
         tab.ws = ws
         self.open_now += 1
@@ -241,19 +260,37 @@ class Load:
     async def hold(self, tab: Tab) -> None:
         ws = tab.ws
         assert ws is not None
+        # A join refused for a passing reason is sent again after a full-jitter delay
+        # from 1 s, doubling to 30 s, reset by the room's sync (presenceRoom.js).
+        attempt, retry = 0, None
         try:
             async for message in ws:
                 with contextlib.suppress(ValueError, AttributeError):
                     parsed = json.loads(message)
-                    if parsed.get("type") == "ended":
+                    kind = parsed.get("type")
+                    if kind == "ended":
                         self.ended[str(parsed.get("reason"))] += 1
+                    elif kind == "error":
+                        code = str(parsed.get("code"))
+                        self.errors[code] += 1
+                        room = tab.spec.get("room")
+                        if room and parsed.get("room") == room and code not in _FINAL:
+                            if retry is None or retry.done():
+                                delay = random.random() * min(30.0, 2.0**attempt)
+                                attempt += 1
+                                retry = asyncio.create_task(_join_later(ws, room, delay))
+                    elif kind == "presence.sync":
+                        attempt = 0
         except ConnectionClosed:
             pass
+        if retry is not None:
+            retry.cancel()
         self.open_now -= 1
         self.closes[str(ws.close_code)] += 1
         tab.ws = None
         if self.mark is not None:
             tab.lost = True
+            tab.lost_at = time.monotonic() - self.mark
             tab.back_at = None
 
     async def poll(self, tab: Tab) -> None:
@@ -290,6 +327,19 @@ class Load:
     def fail(self, kind: str) -> str:
         self.failures[kind] += 1
         return kind
+
+
+# In-band refusals that asking again cannot change (presenceRoom.js REFUSALS).
+_FINAL = frozenset(
+    {"room_forbidden", "forbidden", "invalid_room", "too_many_rooms", "invalid_body",
+     "invalid_message", "not_in_room"}
+)  # fmt: skip
+
+
+async def _join_later(ws: ClientConnection, room: str, delay: float) -> None:
+    await asyncio.sleep(delay)
+    with contextlib.suppress(ConnectionClosed):
+        await ws.send(json.dumps({"type": "presence.join", "room": room, "meta": None}))
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -329,7 +379,7 @@ async def main() -> None:
             elif name == "mark":
                 reply(load.set_mark())
             elif name == "storm":
-                reply(load.storm())
+                reply(load.storm(command.get("detail", False)))
             elif name == "exit":
                 break
             else:

@@ -18,7 +18,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import _procs, _servers, _stats, _targets, fanout
+from . import _procs, _servers, _stats, _targets, fanout, reclaim
+from . import storm as storm_bench
 
 
 def write(results: dict[str, Any], out: Path) -> None:
@@ -38,6 +39,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         ("cleanup", _cleanup),
         ("redis_memory", _redis_memory),
         ("fanout", fanout.section),
+        ("reclaim", reclaim.section),
         ("profile", _profile),
     ]:
         if name in benchmarks:
@@ -422,6 +424,7 @@ def _storm(result: dict[str, Any]) -> list[str]:
             + f"; heartbeats {r['heartbeats'] or 'none'}; close codes {r['close_codes']}"
         )
     lines.append("")
+    lines += storm_bench.section(result)
     return lines
 
 

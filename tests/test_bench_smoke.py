@@ -78,13 +78,26 @@ def test_capacity_holds_every_session(tmp_path: Path) -> None:
 
 
 def test_storm_reconnects_after_a_restart(tmp_path: Path) -> None:
-    """The storm restarts the server under connected clients and counts who came back."""
+    """The storm restarts the server under connected clients and counts who came back;
+    with rooms, it checks the rooms' member lists and the leaves the watchers were told."""
     result = _run("storm", tmp_path)
     for r in result["rounds"]:
         assert r["connected_before"] == result["sizes"]["clients"]
         assert r["lost"] == result["sizes"]["clients"]
         assert r["back"] >= 0
         assert r["errors_5xx"] >= 0
+    # With rooms: every room's member list is right again, in Redis and in every
+    # watcher's view, and no watcher is told a leave for a client back within the grace.
+    (rooms,) = [r for r in result["rounds"] if r["kind"] == "presence"]
+    presence = rooms["presence"]
+    assert rooms["all_back"] is True
+    assert _number(presence["right_s"]) and presence["right_at_end"] is True
+    assert presence["watchers"] == result["sizes"]["watchers"]
+    assert presence["leaves_for_clients_back_within_grace"] == 0
+    assert presence["back_within_grace"] + presence["back_after_grace"] == rooms["lost"]
+    assert presence["users_told_a_leave"] <= presence["back_after_grace"]
+    assert set(presence["leaves_by_reason"]) <= {"closed", "timeout", "node_down"}
+    assert presence["redis_missing_at_end"] == presence["redis_extra_at_end"] == 0
 
 
 def test_rest_heartbeats_are_answered(tmp_path: Path) -> None:
@@ -148,3 +161,30 @@ def test_fanout_delivers_every_join_to_every_watcher(tmp_path: Path) -> None:
         assert r["redis"]["commands_per_join"] > 0
         assert r["redis"]["publish"] == r["diffs_published"]
         assert len(r["loop_stall_ms"]) == sizes["processes"]
+
+
+def test_reclaim_tells_every_watcher_every_node_down_leave(tmp_path: Path) -> None:
+    """Every watcher on the surviving processes is told each of the killed process's
+    members' leaves, with reason node_down, and Redis holds none of them afterwards."""
+    result = _run("reclaim", tmp_path)
+    sizes = result["sizes"]
+    assert result["summary"]["all_complete"] is True
+    assert result["summary"]["redis_clean"] is True
+    for r in result["rounds"]:
+        assert r["members"] == sizes["members"]
+        assert r["watchers_complete"] == sizes["watchers"]
+        assert r["leaves_missing"] == 0
+        assert r["watcher_leaves"] == [sizes["members"]] * sizes["watchers"]
+        assert set(r["leaves_by_reason"]) == {"node_down"}
+        assert _number(r["watcher_complete_s"]["max"])
+        assert r["redis"]["commands_per_member"] > 0
+        assert r["redis"]["commands"].get("evalsha", 0) > 0
+        assert r["redis_after"] == {
+            "room_rows": 0,
+            "room_users": 0,
+            "rooms_listed": 0,
+            "tab_fields": 0,
+            "leases_before": sizes["survivors"] + 1,
+            "leases_after": sizes["survivors"],
+        }
+        assert len(r["loop_stall_ms"]) == sizes["survivors"]

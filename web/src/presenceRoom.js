@@ -25,6 +25,12 @@ const MAX_PAGES = 50;
 // (PRESENCE_WS_MESSAGES_PER_SECOND, 10 by default), which closes the socket.
 export const UPDATE_INTERVAL_MS = 250;
 // Server error codes after which a room is not asked for again on this transport.
+// A join or watch refused for a passing reason (the store busy, a rate limit) is asked
+// again after a full-jitter delay, doubling from this base up to the cap, reset once the
+// room's sync arrives.
+const RETRY_BASE_MS = 1000;
+const RETRY_CAP_MS = 30_000;
+
 const REFUSALS = new Set(['room_forbidden', 'forbidden', 'invalid_room', 'too_many_rooms', 'invalid_body', 'invalid_message']);
 
 function sameMember(a, b) {
@@ -372,6 +378,8 @@ export class PresenceRooms {
     if (!entry) return; // a room this tab has let go of; its unwatch is on the way
     const room = entry.room;
     if (message.type === 'presence.sync') {
+      const applied = this.#applied.get(room.name);
+      if (applied) applied.attempt = 0;
       this.#paging.delete(room.name);
       room._sync(message, 'live');
       if (message.next) this.#page(room, message.next);
@@ -485,7 +493,7 @@ export class PresenceRooms {
         if (!send({ type: 'presence.update', room: name, meta: entry.meta })) return;
         applied.updatedAt = Date.now();
       }
-      this.#applied.set(name, { joined: true, meta, watching: true, updatedAt: applied.updatedAt ?? 0 });
+      this.#applied.set(name, { joined: true, meta, watching: true, updatedAt: applied.updatedAt ?? 0, attempt: applied.attempt });
       return;
     }
     if (applied.joined) {
@@ -612,7 +620,21 @@ export class PresenceRooms {
     } else {
       // Anything else (the store busy, a rate limit): the socket stays; ask again.
       this.#port.report(error, 'presence');
+      if (applied && (applied.joined || applied.watching)) this.#askAgain(room.name, applied);
     }
+  }
+
+  #askAgain(name, applied) {
+    if (applied.retrying) return;
+    applied.retrying = true;
+    const attempt = applied.attempt ?? 0;
+    const delay = Math.random() * Math.min(RETRY_CAP_MS, RETRY_BASE_MS * 2 ** attempt);
+    setTimeout(() => {
+      // Only if nothing was told since: a new transport or a leave has its own state.
+      if (this.#applied.get(name) !== applied) return;
+      this.#applied.set(name, { joined: false, meta: null, watching: false, attempt: attempt + 1 });
+      this.#schedule();
+    }, delay);
   }
 
   // --- pages and polling ---------------------------------------------------------

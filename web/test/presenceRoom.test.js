@@ -203,6 +203,40 @@ describe('the room object', () => {
     manager.stopSession();
   });
 
+  it('a join refused for a passing reason (store_unavailable) is sent again after a jittered delay, once, and not after the sync', async () => {
+    const { manager, sockets, events } = await connected();
+    const room = manager.join('general', { name: 'Ada' });
+    await flush();
+    const join = { type: 'presence.join', room: 'general', meta: { name: 'Ada' } };
+    expect(presenceSent(sockets.last)).toEqual([join]);
+    sockets.last.receive({ type: 'error', code: 'store_unavailable', message: 'try later', room: 'general' });
+    sockets.last.receive({ type: 'error', code: 'store_unavailable', message: 'try later', room: 'general' });
+    expect(events.of('error').filter((e) => e.detail.context === 'presence')).toHaveLength(2);
+    await vi.advanceTimersByTimeAsync(1000); // attempt 0: within 1 s
+    expect(presenceSent(sockets.last)).toEqual([join, join]);
+    // Refused again: the next try is within 2 s, and only one is sent for it.
+    sockets.last.receive({ type: 'error', code: 'store_unavailable', message: 'try later', room: 'general' });
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(presenceSent(sockets.last)).toEqual([join, join, join]);
+    // Taken: the sync comes, and nothing more is sent.
+    sockets.last.receive(sync('general', 1, [memberOf('ada')]));
+    expect(room.status).toBe('live');
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(presenceSent(sockets.last)).toEqual([join, join, join]);
+    manager.stopSession();
+  });
+
+  it('a refusal that is final (room_forbidden) is not asked again', async () => {
+    const { manager, sockets } = await connected();
+    const room = manager.join('secret');
+    await flush();
+    sockets.last.receive({ type: 'error', code: 'room_forbidden', message: 'not yours', room: 'secret' });
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(presenceSent(sockets.last)).toHaveLength(1);
+    expect(room.status).toBe('error');
+    manager.stopSession();
+  });
+
   it('a presence message it cannot read is an error event, never a throw, and changes nothing', async () => {
     const { manager, sockets, events } = await connected();
     const room = manager.watch('general');
