@@ -23,8 +23,14 @@ What stays as it was:
   frames of its own queued in websockets and not yet written, or another server's
   protocol is sent the text as before (:func:`write` answers None).
 
-Measured with ``bench/fanout.py`` (see ``bench/analysis.md``, "fan-out"): the
-figures are there, with the change that gave each.
+Measured on this 2-core machine (uvicorn 0.54, websockets 17.4), one text of 7.8 KB sent
+to 1,000 open sockets of a real uvicorn with :mod:`presence.wsproto`, clients in another
+process reading: Starlette's ``send_text`` per socket took 16.0-20.6 us of the server's
+CPU a frame, the shared frame 12.7-14.6 us, of which about 9 us is the kernel's
+``send`` (``os.times``: the floor, one system call a socket). In ``bench/fanout.py`` at
+2,000 watchers and 300 joins, the servers' CPU per frame delivered (everything they
+did in the burst, over the frames) fell from 36 us to 24-25 us; ``bench/analysis.md``
+("fan-out") has the full-size figures.
 """
 
 from __future__ import annotations
