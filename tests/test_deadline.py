@@ -8,6 +8,7 @@ import asyncio
 import gc
 import socket
 import time
+import weakref
 
 import pytest
 
@@ -164,3 +165,19 @@ async def test_an_idle_loop_is_not_looked_at():
         getattr(getattr(h, "_callback", None), "__qualname__", "") == "_Lateness._tick"
         for h in pending
     )
+
+
+def test_what_it_keeps_of_a_loop_goes_with_the_loop():
+    """The lateness kept for each loop does not keep the loop alive once it is gone (a
+    test suite makes a loop per test)."""
+    loops = []
+
+    async def call() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        async with within(10):
+            await asyncio.sleep(0.01)
+
+    for _ in range(3):
+        asyncio.run(call())  # each closed with its look still scheduled
+    gc.collect()
+    assert all(loop() is None for loop in loops)

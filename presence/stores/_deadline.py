@@ -78,22 +78,26 @@ class _Lateness:
     (which :data:`pauses` counts): looked at every :data:`_TICK` seconds while a call
     under :class:`within` is in flight, and not at all while none is."""
 
-    __slots__ = ("_collected", "_due", "_handle", "_loop", "calls", "total")
+    # Neither the loop nor its timer handle (which holds the loop) is kept: a value of
+    # _lateness that held its key would keep every loop ever used alive. The loop is
+    # the running one in every method, and the tick stops itself.
+    __slots__ = ("_collected", "_due", "_ticking", "calls", "total")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self.total = 0.0
         self.calls = 0
         self._due = 0.0
         self._collected = 0.0
-        self._handle: asyncio.TimerHandle | None = None
+        self._ticking = False
 
     def enter(self) -> None:
         self.calls += 1
-        if self._handle is None:
+        if not self._ticking:
+            self._ticking = True
+            loop = asyncio.get_running_loop()
             self._collected = pauses.total
-            self._due = self._loop.time() + _TICK
-            self._handle = self._loop.call_at(self._due, self._tick)
+            self._due = loop.time() + _TICK
+            loop.call_at(self._due, self._tick)
 
     def exit(self) -> None:
         self.calls -= 1
@@ -101,8 +105,8 @@ class _Lateness:
     def now(self) -> float:
         """The total, with the lateness of the look due by now counted already (a
         deadline run late in the same pass as the look is owed it too)."""
-        if self._handle is not None:
-            now = self._loop.time()
+        if self._ticking:
+            now = asyncio.get_running_loop().time()
             if now > self._due:
                 collected = pauses.total
                 late = now - self._due - (collected - self._collected) - _SLACK
@@ -115,10 +119,11 @@ class _Lateness:
     def _tick(self) -> None:
         self.now()
         if self.calls <= 0:
-            self._handle = None
+            self._ticking = False
             return
-        self._due = self._loop.time() + _TICK
-        self._handle = self._loop.call_at(self._due, self._tick)
+        loop = asyncio.get_running_loop()
+        self._due = loop.time() + _TICK
+        loop.call_at(self._due, self._tick)
 
 
 _lateness: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lateness] = (
@@ -129,7 +134,7 @@ _lateness: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lateness] = (
 def _lateness_of(loop: asyncio.AbstractEventLoop) -> _Lateness:
     found = _lateness.get(loop)
     if found is None:
-        found = _lateness[loop] = _Lateness(loop)
+        found = _lateness[loop] = _Lateness()
     return found
 
 
