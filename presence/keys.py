@@ -200,6 +200,10 @@ REAPED_MEMORY_MS = 3_600_000
 #: Seconds between a process's renewals of its lease, and between its looks for
 #: lapsed ones.
 LEASE_RENEW_INTERVAL = 1.0
+#: Seconds a renewal may take before it counts as failed, longer than other calls'
+#: bound: one that reaches Redis within it keeps alive the lease renewed a tick before,
+#: so a process busy with a burst (its loop late, its pool taken) is not taken for dead.
+LEASE_RENEW_BOUND = LEASE_TTL - LEASE_RENEW_INTERVAL
 
 
 # -- the admin page ---------------------------------------------------------------------

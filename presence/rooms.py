@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import events, keys, metrics
+from . import _fanout, events, keys, metrics
 from .exceptions import (
     InvalidBody,
     InvalidRoom,
@@ -242,10 +242,15 @@ class _LocalRoom:
     seq: int | None = None
     #: The latest diffs' texts by seq, for a watcher whose sync was on its way.
     recent: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=_RECENT))
+    #: Done when the fan-out in progress here ends (None: none, or one too small to
+    #: yield to the loop).
+    fanning: asyncio.Future[None] | None = None
 
 
 # Diffs of a room kept for watchers whose sync was on its way when they came.
 _RECENT = 32
+# Watchers sent a diff between two yields to the event loop: ~3 ms of writes.
+_SLICE = 200
 # Attempts at syncing a watcher before it is left for the next diff to catch up.
 _SYNC_ATTEMPTS = 3
 # Seconds before a watcher whose sync the store did not answer is synced again (even
@@ -681,6 +686,15 @@ class RoomService:
         self._spawn(self._flush(room))
 
     async def _flush(self, room: str) -> None:
+        # No sooner than the room's fan-out in progress here has ended: while this
+        # process is still sending one diff, the changes since wait and go in the next
+        # together. A window is then as long as the fan-out takes (one to thousands of
+        # watchers), so a crowd joining costs each watcher's socket as many frames as
+        # the process can send, not one a window whatever the cost (bench/analysis.md).
+        local = self._rooms.get(room)
+        while local is not None and local.fanning is not None:
+            await asyncio.shield(local.fanning)
+            local = self._rooms.get(room)
         self._flushing.discard(room)
         try:
             diff = await self.store.flush(room)
@@ -719,7 +733,8 @@ class RoomService:
             return  # heard already (or older than what this process knows)
         gap = local.seq is not None and diff.seq != local.seq + 1
         local.seq = diff.seq
-        text = self.encode_diff(diff, self.settings.room_list_limit)
+        # One text (and one frame, presence._fanout) for every watcher here.
+        text = _fanout.Shared(self.encode_diff(diff, self.settings.room_list_limit))
         local.recent.append((diff.seq, text))
         if gap:
             # This process missed a diff (its pub/sub dropped one): every watcher here
@@ -727,18 +742,41 @@ class RoomService:
             for watcher in list(local.watchers):
                 self._spawn(self._sync(watcher, room, local))
             return
+        watchers = list(local.watchers)
+        if len(watchers) > _SLICE:
+            # A fan-out in slices: this room's flushes here wait for its end.
+            local.fanning = asyncio.get_running_loop().create_future()
+        try:
+            metrics.fanned_out(await self._fan_out(room, diff.seq, text, watchers, local))
+        finally:
+            if local.fanning is not None:
+                local.fanning.set_result(None)
+                local.fanning = None
+
+    async def _fan_out(
+        self, room: str, seq: int, text: str, watchers: list[Watcher], local: _LocalRoom
+    ) -> int:
+        """Sends the diff numbered ``seq`` to each watcher that has the one before it;
+        returns how many took it."""
         sent = 0
-        for watcher in list(local.watchers):
-            seq = watcher.watching.get(room)
-            if seq is None:
+        for index, watcher in enumerate(watchers):
+            if index and not index % _SLICE:
+                # Thousands of watchers take tens of milliseconds: joins, syncs and the
+                # lease renewal get the loop between slices. The bus hands this room's
+                # next diff over only once this one is out, so each watcher still gets
+                # them in order.
+                # (One that stopped watching meanwhile has no seq for the room.)
+                await asyncio.sleep(0)
+            had = watcher.watching.get(room)
+            if had is None:
                 continue  # its sync is on the way; it takes this one from `recent`
-            if seq == diff.seq - 1 and await watcher.offer(text):
-                watcher.watching[room] = diff.seq
+            if had == seq - 1 and await watcher.offer(text):
+                watcher.watching[room] = seq
                 sent += 1
-            elif seq < diff.seq:
+            elif had < seq:
                 # It fell behind (a diff it could not take): sync it again.
                 self._spawn(self._sync(watcher, room, local))
-        metrics.fanned_out(sent)
+        return sent
 
     async def _sync(
         self, watcher: Watcher, room: str, local: _LocalRoom, retry: float | None = None

@@ -135,8 +135,12 @@ if TYPE_CHECKING:
 #: The scope extension under which the socket's write gate is found (a :class:`Gate`:
 #: set while the transport takes writes at once).
 WRITABLE_EXTENSION = "presence.writable"
+#: The scope extension under which the socket's protocol is found, for a fan-out that
+#: writes one frame built once to many sockets (:mod:`presence._fanout`).
+FRAMES_EXTENSION = "presence.frames"
 
 __all__ = [
+    "FRAMES_EXTENSION",
     "MAX_FRAGMENTS",
     "WRITABLE_EXTENSION",
     "FrameLimits",
@@ -576,7 +580,9 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
             # The write gate, for an app that fans a message out to many sockets: a
             # socket whose gate is shut (its client reads nothing) is skipped rather
             # than waited on (see presence.asgi.sockets.SessionSocket.offer).
-            scope.setdefault("extensions", {})[WRITABLE_EXTENSION] = self.writable
+            extensions = scope.setdefault("extensions", {})
+            extensions[WRITABLE_EXTENSION] = self.writable
+            extensions[FRAMES_EXTENSION] = self
 
     async def send(self, message: ASGISendEvent) -> None:
         try:

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import socket
 import time
+import weakref
 
 import pytest
 
@@ -116,3 +117,67 @@ async def test_what_collections_may_add_is_capped():
     del heap
     # 0.01 s of bound, at most 0.02 s given back, plus the collection in progress.
     assert time.monotonic() - started < 5
+
+
+async def _late_loop_then_step(bound, stall: float) -> None:
+    """A call of two steps whose second comes after the event loop ran ``stall`` late
+    (another callback held it, as a fan-out to thousands of sockets or a CPU shared
+    with other processes does), with no collection involved."""
+    loop = asyncio.get_running_loop()
+    async with bound:
+        await asyncio.sleep(0)
+        loop.call_soon(time.sleep, stall)  # the loop is held, not this call
+        await asyncio.sleep(0.01)  # the second step, after the loop is back
+
+
+async def test_time_the_loop_ran_late_is_given_back():
+    """A call whose loop was held past its bound, by work that is not the call's nor
+    Redis's, still completes."""
+    await _late_loop_then_step(within(0.05), stall=0.3)
+
+
+async def test_asyncio_timeout_alone_counts_a_late_loop_against_the_call():
+    with pytest.raises(TimeoutError):
+        await _late_loop_then_step(asyncio.timeout(0.05), stall=0.3)
+
+
+async def test_what_a_late_loop_may_add_is_capped():
+    """A Redis that never answers still fails the call, however late the loop runs
+    meanwhile: at most ``max_extension`` bounds later."""
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async with within(0.02, max_extension=2):
+            while True:  # the loop held in every step, and no reply ever
+                loop.call_soon(time.sleep, 0.03)
+                await asyncio.sleep(0.001)
+    assert time.monotonic() - started < 5
+
+
+async def test_an_idle_loop_is_not_looked_at():
+    """Once no call is in flight, nothing is left ticking on the loop."""
+    loop = asyncio.get_running_loop()
+    async with within(10):
+        await asyncio.sleep(0.12)
+    await asyncio.sleep(0.12)
+    pending = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+    assert not any(
+        getattr(getattr(h, "_callback", None), "__qualname__", "") == "_Lateness._tick"
+        for h in pending
+    )
+
+
+def test_what_it_keeps_of_a_loop_goes_with_the_loop():
+    """The lateness kept for each loop does not keep the loop alive once it is gone (a
+    test suite makes a loop per test)."""
+    loops = []
+
+    async def call() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        async with within(10):
+            await asyncio.sleep(0.01)
+
+    for _ in range(3):
+        asyncio.run(call())  # each closed with its look still scheduled
+    gc.collect()
+    assert all(loop() is None for loop in loops)

@@ -17,7 +17,7 @@ from presence.asgi import protocol
 from presence.auth import Identity
 from presence.bus import EventBus
 from presence.bus.memory import MemoryBackend
-from presence.rooms import RoomService
+from presence.rooms import _SLICE, RoomService
 from presence.stores.presence_memory import MemoryPresenceStore
 
 from .utils import make_settings
@@ -315,3 +315,29 @@ async def test_a_sync_the_store_could_not_answer_is_tried_again_in_a_quiet_room(
     assert watcher.watching[ROOM] == watcher.got[0]["seq"]
     await service.stop()
     assert not service._resyncs
+
+
+async def test_a_fan_out_to_many_watchers_yields_and_the_rooms_flush_waits_for_it():
+    """A diff for more watchers than one slice is sent a slice at a time, the loop run
+    between slices; a flush of the room begun meanwhile publishes only once the fan-out
+    has ended; and every watcher gets the diff once, after its sync."""
+    service, store, published = await _service()
+    watchers = [_Watcher(f"w{i}") for i in range(2 * _SLICE + 1)]
+    for watcher in watchers:
+        await service.watch(watcher, ROOM)
+    await _join(service, "ann")
+    await store.flush(ROOM)
+    fan = asyncio.ensure_future(service._listeners[ROOM](published[0]))
+    await asyncio.sleep(0)  # the first slice is sent, then the fan-out yields
+    had = sum(1 for w in watchers if len(w.got) == 2)
+    assert 0 < had < len(watchers) and not fan.done()
+    await _join(service, "bob")
+    flush = asyncio.ensure_future(service._flush(ROOM))
+    await asyncio.sleep(0)
+    assert len(published) == 1 and not flush.done()  # waiting for the fan-out
+    await fan
+    await flush
+    assert len(published) == 2
+    first = watchers[0].got[0]["seq"]
+    for watcher in watchers:
+        assert watcher.kinds() == [("presence.sync", first), ("presence.diff", first + 1)]

@@ -20,7 +20,7 @@ from starlette import status
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .. import metrics
+from .. import _fanout, metrics
 from ..auth import Identity, cookie_token, first_headers, header, query_token
 from ..exceptions import (
     Forbidden,
@@ -37,7 +37,7 @@ from ..exceptions import (
 from ..models import JSON, Reason, TabState, is_room
 from ..rooms import LocalTab
 from ..sessions import is_session_id
-from ..wsproto import WRITABLE_EXTENSION
+from ..wsproto import FRAMES_EXTENSION, WRITABLE_EXTENSION
 from . import errors, protocol
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ class SessionSocket:
         "_ended",
         "_lock",
         "_on_part_ended",
+        "_protocol",
         "_writable",
         "attached",
         "bucket",
@@ -113,7 +114,10 @@ class SessionSocket:
         self._ended: str | None = None
         self._lock = asyncio.Lock()
         # The socket's write gate, from presence.wsproto (absent on another server).
-        self._writable = websocket.scope.get("extensions", {}).get(WRITABLE_EXTENSION)
+        extensions = websocket.scope.get("extensions", {})
+        self._writable = extensions.get(WRITABLE_EXTENSION)
+        # Its protocol, for a text shared by many sockets (absent on another server).
+        self._protocol = extensions.get(FRAMES_EXTENSION)
         self.close_code: int | None = None
         self.tab: LocalTab | None = None
         self.visible = True
@@ -152,6 +156,15 @@ class SessionSocket:
         not wait on one that does not read). False when it did not."""
         if self._lock.locked() or (self._writable is not None and not self._writable.is_set()):
             return False
+        if (
+            isinstance(text, _fanout.Shared)
+            and self._protocol is not None
+            and self.websocket.application_state is WebSocketState.CONNECTED
+        ):
+            # Its frame, built once for every socket (a room's diff), written as is.
+            written = _fanout.write(self._protocol, text.frame)
+            if written is not None:
+                return written
         try:
             await self.send(text)
         except (WebSocketDisconnect, RuntimeError, OSError):

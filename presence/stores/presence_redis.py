@@ -221,7 +221,14 @@ class RedisPresenceStore:
     # -- leases ---------------------------------------------------------------------------
 
     async def renew(self, holder: str, ttl: float) -> bool:
-        renewed = await self._run("RENEW", keys.lease_keys(self.prefix), [holder, _ms(ttl)])
+        # A bound of its own: a renewal that waited behind a burst (a pooled connection
+        # to free, a loop busy fanning out) still keeps the lease if it gets there.
+        renewed = await self.sessions.call(
+            self._scripts["RENEW"],
+            keys=keys.lease_keys(self.prefix),
+            args=[holder, _ms(ttl)],
+            bound=keys.LEASE_RENEW_BOUND,
+        )
         return bool(int(renewed))
 
     async def lapsed(self) -> list[tuple[str, float]]:

@@ -743,22 +743,35 @@ class RedisStore:
     async def _run(self, script: str, script_keys: list[str], args: list[Any]) -> Any:
         return await self._call(self._scripts[script], keys=script_keys, args=args)
 
-    async def call(self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
-        """Runs one Redis call under the store's bound, its failures mapped as the store's
-        own are (for the presence store, which shares this store's client).
+    async def call(
+        self,
+        fn: Callable[..., Awaitable[_T]],
+        *args: Any,
+        bound: float | None = None,
+        **kwargs: Any,
+    ) -> _T:
+        """Runs one Redis call under the store's bound (or ``bound`` seconds), its
+        failures mapped as the store's own are (for the presence store, which shares
+        this store's client).
 
         Raises:
             StoreUnavailable: no answer within the bound.
             StoreMisconfigured: Redis answered but refuses us.
         """
-        return await self._call(fn, *args, **kwargs)
+        return await self._call(fn, *args, _bound=bound, **kwargs)
 
-    async def _call(self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+    async def _call(
+        self,
+        fn: Callable[..., Awaitable[_T]],
+        *args: Any,
+        _bound: float | None = None,
+        **kwargs: Any,
+    ) -> _T:
         started = time.perf_counter()
         try:
             # A timer rather than wait_for: on 3.11 wait_for wraps every call in a
             # new Task, a cost paid on each request.
-            async with within(self.bound):
+            async with within(self.bound if _bound is None else _bound):
                 return await fn(*args, **kwargs)
         except UNAVAILABLE_ERRORS as exc:
             raise self._failure(exc) from exc
