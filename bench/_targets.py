@@ -31,6 +31,7 @@ _COMPARISONS: dict[str, tuple[str, Callable[[float, float], bool]]] = {
     "<=": ("≤", operator.le),
     ">=": ("≥", operator.ge),
     "==": ("=", operator.eq),
+    "<": ("<", operator.lt),
 }
 
 
@@ -192,7 +193,9 @@ def _capacity_also(cap: Result) -> bool:
         cap["connected"] >= cap["requested"]
         and cap["spurious_expiries"] == 0
         and cap["drops"] == 0
-        and cap["held_seconds"] >= 300
+        and cap["held_seconds"] >= 600
+        # The capacity benchmark holds sessions without rooms so far: not the target's load.
+        and bool(cap["sizes"].get("rooms"))
     )
 
 
@@ -308,6 +311,25 @@ TARGETS: tuple[Target, ...] = (
         applies=_measured("service"),
     ),
     Target(
+        "idle_stall_ms",
+        "idle",
+        "Longest event-loop stall of one process holding 15,000 idle sockets (a /healthz "
+        "probe every 100 ms; the idle window) {threshold} ms",
+        lambda r: float(_idle(r)["loop_stall_max_ms"]["service"]["max"]),
+        lambda r: (
+            f"{_f(_idle(r)['loop_stall_max_ms']['service']['max'], 0)} ms at N = "
+            f"{r['sizes']['steps'][-1]:,} (worst round; p99 "
+            f"{_f(_idle(r)['loop_stall_p99_ms']['service']['median'], 0)} ms); the bare floor "
+            f"{_f(_idle(r)['loop_stall_max_ms'].get('floor', {}).get('max'), 0)} ms. The "
+            "reconnect storm's stall is not probed yet"
+        ),
+        "<=",
+        50,
+        # Issue 13 asks for the storm probed too; this line judges the idle window alone.
+        also=lambda r: r["sizes"]["steps"][-1] >= 15_000,
+        applies=lambda r: "loop_stall_max_ms" in _idle(r),
+    ),
+    Target(
         "idle_cpu_ratio",
         "idle",
         "Idle CPU per session-second {threshold} × the floor",
@@ -365,11 +387,12 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "capacity_sessions",
         "capacity",
-        "Concurrent sessions held 5 minutes with zero spurious expiries and drops {threshold}",
+        "Sessions held 10 minutes with presence on (each in one of 1,000 rooms of 100), "
+        "zero spurious expiries and drops {threshold}",
         lambda r: float(r["connected"]),
         _capacity_figure,
         ">=",
-        40_000,
+        100_000,
         "{:,}",
         also=_capacity_also,
     ),
@@ -392,21 +415,24 @@ TARGETS: tuple[Target, ...] = (
         lambda r: _median(r["summary"]["throughput_ratio"]),
         _rest_figure,
         ">=",
-        0.60,
+        0.80,
         "{:.2f}",
     ),
     Target(
-        "rest_p99_ms",
+        "rest_p99_ratio",
         "rest",
-        "REST heartbeat p99 {threshold} ms (at 64 connections)",
-        lambda r: _median(r["summary"]["p99_ms"]["service"]),
+        "REST heartbeat p99 {threshold} × the floor's p99 at the same concurrency",
         lambda r: (
-            f"{_f(r['summary']['p99_ms']['service']['median'])} ms at "
-            f"{r['sizes']['connections']} connections (floor "
-            f"{_f(r['summary']['p99_ms']['floor']['median'])} ms)"
+            _median(r["summary"]["p99_ms"]["service"]) / _median(r["summary"]["p99_ms"]["floor"])
+        ),
+        lambda r: (
+            f"{_f(r['summary']['p99_ms']['service']['median'])} ms against the floor's "
+            f"{_f(r['summary']['p99_ms']['floor']['median'])} ms at "
+            f"{r['sizes']['connections']} connections"
         ),
         "<=",
-        10,
+        1.2,
+        "{:.1f}",
     ),
     Target(
         "cleanup_ms",
@@ -460,6 +486,17 @@ TARGETS: tuple[Target, ...] = (
         "<=",
         math.inf,
         also=_fanout_full,
+    ),
+    Target(
+        "peers_ratio",
+        "peers",
+        # No benchmark of the peers yet: the line says so (a dash, "not run").
+        "Idle socket beside python-socketio and Node.js Socket.IO 4: RSS and CPU per "
+        "connection {threshold} × the lighter peer's",
+        lambda r: float(r["summary"]["worst_ratio"]),
+        lambda r: str(r["summary"]["figure"]),
+        "<",
+        1.0,
     ),
     Target(
         "storm_rooms_right_s",

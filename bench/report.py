@@ -655,7 +655,7 @@ def _chart(b: dict[str, Any], path: Path) -> None:
             f"4. REST heartbeat, {rest['sizes']['connections']} connections\n"
             f"×{rest['summary']['throughput_ratio']['median']:.2f} the floor "
             f"(target ≥ ×{_targets.threshold('rest_throughput_ratio'):.2f}, "
-            f"p99 ≤ {_targets.threshold('rest_p99_ms'):g} ms)"
+            f"p99 ≤ ×{_targets.threshold('rest_p99_ratio'):.1f} the floor's)"
         )
     _axes(ax, "", "requests per second", legend=False)
 
