@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import json
 import os
-import sys
 import time
 from collections import Counter
 from typing import Any
+
+from bench._commands import frozen, serve
+from bench._stats import percentile
 
 
 class Client(asyncio.Protocol):
@@ -457,7 +458,11 @@ class Load:
 
         await asyncio.gather(*(one(i, sock) for i, sock in enumerate(self.socks)))
         late.sort()
-        return {"sent": sent, "late_ms_p99": _pct(late, 99) * 1000, "late_ms_max": late[-1] * 1000}
+        return {
+            "sent": sent,
+            "late_ms_p99": percentile(late, 99) * 1000,
+            "late_ms_max": late[-1] * 1000,
+        }
 
     def report(self, command: dict[str, Any]) -> dict[str, Any]:
         """What each watcher got since ``arm``, and when it first had each join: the
@@ -625,60 +630,25 @@ def _seq(head: bytes) -> int:
     return int(head[start:end])
 
 
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
-
-
 async def main() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 26)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     load = Load()
-    out = sys.stdout.buffer
+    await serve(
+        {
+            "open": lambda c: _opened(load, c),
+            "watch": load.watch,
+            "watch_rooms": load.watch_rooms,
+            "arm_leaves": load.arm_leaves,
+            "leaves_report": load.leaves_report,
+            "arm": load.arm,
+            "progress": lambda c: load.progress(),
+            "burst": load.burst,
+            "report": load.report,
+        }
+    )
 
-    def reply(value: dict[str, Any]) -> None:
-        out.write(json.dumps(value).encode() + b"\n")
-        out.flush()
 
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        command = json.loads(line)
-        name = command.get("cmd")
-        try:
-            if name == "open":
-                reply(await load.open(command))
-                # Long-lived objects need not be scanned by every collection.
-                gc.collect()
-                gc.freeze()
-            elif name == "watch":
-                reply(await load.watch(command))
-            elif name == "watch_rooms":
-                reply(await load.watch_rooms(command))
-            elif name == "arm_leaves":
-                reply(load.arm_leaves(command))
-            elif name == "leaves_report":
-                reply(load.leaves_report(command))
-            elif name == "arm":
-                reply(load.arm(command))
-            elif name == "progress":
-                reply(load.progress())
-            elif name == "burst":
-                reply(await load.burst(command))
-            elif name == "report":
-                reply(load.report(command))
-            elif name == "exit":
-                break
-            else:
-                reply({"error": f"unknown command {name!r}"})
-        except Exception as exc:
-            reply({"error": f"{type(exc).__name__}: {exc}"})
-    sys.stdout.flush()
-    # The kernel closes every socket at once; no closing handshakes one by one.
-    os._exit(0)
+async def _opened(load: Load, command: dict[str, Any]) -> Any:
+    return frozen(await load.open(command))
 
 
 if __name__ == "__main__":

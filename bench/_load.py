@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
-import os
 import random
-import sys
 import time
 from collections import Counter
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from bench._commands import frozen, serve
+from bench._stats import percentile
 
 
 class Tab:
@@ -115,9 +115,9 @@ class Load:
             "elapsed": elapsed,
             "rate": len(times) / elapsed if elapsed > 0 else 0.0,
             "handshake_ms": {
-                "p50": _pct(times, 50) * 1000,
-                "p90": _pct(times, 90) * 1000,
-                "p99": _pct(times, 99) * 1000,
+                "p50": percentile(times, 50) * 1000,
+                "p90": percentile(times, 90) * 1000,
+                "p99": percentile(times, 99) * 1000,
                 "max": (times[-1] if times else float("nan")) * 1000,
             },
             "open": self.open_now,
@@ -160,8 +160,8 @@ class Load:
             "back": len(back),
             "all_back": self.open_now == len(self.tabs) and len(back) == len(lost),
             "back_s": {
-                "p50": _pct(back, 50),
-                "p99": _pct(back, 99),
+                "p50": percentile(back, 50),
+                "p99": percentile(back, 99),
                 "max": back[-1] if back else float("nan"),
             },
             "connects_per_s": rate,
@@ -342,53 +342,24 @@ async def _join_later(ws: ClientConnection, room: str, delay: float) -> None:
         await ws.send(json.dumps({"type": "presence.join", "room": room, "meta": None}))
 
 
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
-
-
 async def main() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 26)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     load = Load()
-    out = sys.stdout.buffer
+    await serve(
+        {
+            "open": lambda c: _opened(load, c),
+            "status": lambda c: load.status(),
+            # One character per tab, in the order opened: 1 open, 0 not.
+            "open_map": lambda c: {
+                "map": "".join("1" if t.ws is not None else "0" for t in load.tabs)
+            },
+            "mark": lambda c: load.set_mark(),
+            "storm": lambda c: load.storm(c.get("detail", False)),
+        }
+    )
 
-    def reply(value: dict[str, Any]) -> None:
-        out.write(json.dumps(value).encode() + b"\n")
-        out.flush()
 
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        command = json.loads(line)
-        name = command.get("cmd")
-        try:
-            if name == "open":
-                reply(await load.open(command))
-                # Long-lived objects need not be scanned by every collection.
-                gc.collect()
-                gc.freeze()
-            elif name == "status":
-                reply(load.status())
-            elif name == "open_map":
-                # One character per tab, in the order opened: 1 open, 0 not.
-                reply({"map": "".join("1" if t.ws is not None else "0" for t in load.tabs)})
-            elif name == "mark":
-                reply(load.set_mark())
-            elif name == "storm":
-                reply(load.storm(command.get("detail", False)))
-            elif name == "exit":
-                break
-            else:
-                reply({"error": f"unknown command {name!r}"})
-        except Exception as exc:
-            reply({"error": f"{type(exc).__name__}: {exc}"})
-    sys.stdout.flush()
-    # The kernel closes every socket at once; no closing handshakes one by one.
-    os._exit(0)
+async def _opened(load: Load, command: dict[str, Any]) -> Any:
+    return frozen(await load.open(command))
 
 
 if __name__ == "__main__":
