@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from redis.exceptions import RedisError
 
 from . import events, keys
+from ._shutdown import stop
 from .auth import Identity
 from .exceptions import (
     AdminDisabled,
@@ -524,13 +525,12 @@ class AdminService:
         self._task = asyncio.create_task(self._loop(), name="presence-admin")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        # Within a bound, cancelled again if a cancellation is lost (presence._shutdown).
+        bound = 4 * self.settings.redis_timeout
+        await stop(self._task, bound)
+        self._task = None
         for task in list(self._tasks):
-            task.cancel()
+            await stop(task, bound)
         await self._unobserve_all()
 
     # -- admins -------------------------------------------------------------------------

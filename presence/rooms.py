@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _fanout, events, keys, metrics
+from ._shutdown import stop
 from .exceptions import (
     InvalidBody,
     InvalidRoom,
@@ -376,11 +377,11 @@ class RoomService:
         self._lease = asyncio.create_task(self._lease_loop(), name="presence-lease")
 
     async def stop(self) -> None:
-        if self._lease is not None:
-            self._lease.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lease
-            self._lease = None
+        # Each task within a bound, cancelled again if a cancellation is lost in redis-py
+        # (presence._shutdown): a shutdown that never ends is a defect.
+        bound = 4 * self.settings.redis_timeout
+        await stop(self._lease, bound)
+        self._lease = None
         for tab in self._tabs.values():
             if tab.timer is not None:
                 tab.timer.cancel()
@@ -392,8 +393,7 @@ class RoomService:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+            await stop(task, bound)
 
     def held_tabs(self) -> Iterable[LocalTab]:
         """The tabs this process holds (for the metrics' sampler; not to be changed)."""

@@ -81,6 +81,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from . import keys, metrics
+from ._shutdown import stop
 from .exceptions import ConfigError
 from .stores import _webhook_scripts
 
@@ -766,11 +767,12 @@ class Webhooks:
             self._tasks.append(asyncio.create_task(self._sweeper(), name="presence-webhook-sweep"))
 
     async def stop(self) -> None:
+        # Within a bound, cancelled again if a cancellation is lost (presence._shutdown).
+        bound = 4 * self.settings.redis_timeout
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+            await stop(task, bound)
         self._tasks.clear()
         if self._owns_http and self._http is not None:
             await self._http.aclose()

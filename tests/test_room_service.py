@@ -341,3 +341,29 @@ async def test_a_fan_out_to_many_watchers_yields_and_the_rooms_flush_waits_for_i
     first = watchers[0].got[0]["seq"]
     for watcher in watchers:
         assert watcher.kinds() == [("presence.sync", first), ("presence.diff", first + 1)]
+
+
+async def test_stop_returns_within_its_bound_though_a_task_loses_its_cancellations():
+    """A task that takes every cancellation for something else (as redis-py's wait_for
+    can on Python 3.11) cannot hold the shutdown: stop() cancels again and gives up
+    after its bound (4 x PRESENCE_REDIS_TIMEOUT), leaving the task to the loop."""
+    service, _, _ = await _service()
+    stubborn = asyncio.Event()
+
+    async def deaf() -> None:
+        while not stubborn.is_set():
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                continue  # lost, as a cancellation in redis-py's wait_for can be
+
+    service._spawn(deaf())
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(service.stop(), timeout=30)
+    assert loop.time() - started < 10 * service.settings.redis_timeout
+    (task,) = service._tasks  # left to the loop, still running
+    stubborn.set()
+    task.cancel()  # taken now: the loop sees the event set and ends
+    await asyncio.wait_for(task, timeout=5)
