@@ -552,15 +552,21 @@ async def test_browser_like_clients_are_never_closed_even_a_thousand_at_once(red
     with server_process(env) as server:
         users = [f"user-{uuid.uuid4().hex}" for _ in range(count)]
         limits = httpx.Limits(max_connections=50)
+        # At most 50 requests at once, so that each one's timeout counts its own request
+        # and not the wait for a pooled connection behind the others (a PoolTimeout on
+        # a loaded machine).
+        creating = asyncio.Semaphore(50)
+
+        async def create(api: httpx.AsyncClient, user: str) -> httpx.Response:
+            async with creating:
+                return await api.post(
+                    "/sessions", headers={"authorization": f"Bearer {token(user)}"}
+                )
+
         async with httpx.AsyncClient(
             base_url=server.http + BASE, limits=limits, timeout=300 * UNIT
         ) as api:
-            created = await asyncio.gather(
-                *(
-                    api.post("/sessions", headers={"authorization": f"Bearer {token(u)}"})
-                    for u in users
-                )
-            )
+            created = await asyncio.gather(*(create(api, u) for u in users))
         sids = [response.json()["id"] for response in created]
         closed: list[str] = []
         answers = [0] * count
