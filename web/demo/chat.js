@@ -161,7 +161,9 @@ function renderMembers(room) {
   $('members').dataset.status = room.status;
 }
 
-function logRoom(text, kind = 'info') {
+// One timed line at the top of a log list (the room's or the session's), the newest 30 kept.
+function logTo(listId, text, kind) {
+  const list = $(listId);
   const item = document.createElement('li');
   item.dataset.kind = kind;
   const time = document.createElement('time');
@@ -169,8 +171,12 @@ function logRoom(text, kind = 'info') {
   time.dateTime = now.toISOString();
   time.textContent = timeOf(now);
   item.append(time, ` ${text}`);
-  $('room-log').prepend(item);
-  while ($('room-log').children.length > 30) $('room-log').lastElementChild.remove();
+  list.prepend(item);
+  while (list.children.length > 30) list.lastElementChild.remove();
+}
+
+function logRoom(text, kind = 'info') {
+  logTo('room-log', text, kind);
 }
 
 $('room-name').textContent = roomName;
@@ -195,15 +201,7 @@ room.addEventListener('error', (event) => {
 if (requested && requested !== roomName) logActivity(`“${requested}” is not a room name; joined #${roomName}`, 'warn');
 
 function logActivity(text, kind = 'info') {
-  const item = document.createElement('li');
-  item.dataset.kind = kind;
-  const time = document.createElement('time');
-  const now = new Date();
-  time.dateTime = now.toISOString();
-  time.textContent = timeOf(now);
-  item.append(time, ` ${text}`);
-  $('activity').prepend(item);
-  while ($('activity').children.length > 30) $('activity').lastElementChild.remove();
+  logTo('activity', text, kind);
 }
 
 function showBanner(text) {
