@@ -130,6 +130,44 @@ async def test_sessions_expire_after_their_ttl(make_store):
     assert await store.list_sessions("alice") == []
 
 
+async def test_refreshes_keep_a_session_past_its_ttl_and_show_in_what_is_read(make_store):
+    """A refresh is a touch as every read sees it: last_seen moves, the TTL slides, and
+    the session outlives several TTLs (the memory store folds a refresh in lazily, when
+    the session is read, swept or replaced)."""
+    store = await make_store(ttl=TTL)
+    session = await _create(store)
+    other = await _create(store)
+    for _ in range(6):
+        await asyncio.sleep(TTL / 2)
+        assert await store.refresh([("alice", session.id)]) == []
+    read = await store.get("alice", session.id)
+    assert read is not None
+    assert read.last_seen > session.last_seen + 2 * TTL
+    assert read.expires_at == pytest.approx(read.last_seen + TTL, abs=0.05)
+    assert [s.id for s in await store.list_sessions("alice")] == [session.id]
+    assert await store.get("alice", other.id) is None
+    # A touch after refreshes starts from the refreshed session, not the created one.
+    touched = await store.touch("alice", session.id, state="away")
+    assert touched is not None and touched.last_seen >= read.last_seen
+    assert touched.created_at == session.created_at and touched.state == "away"
+
+
+async def test_refreshes_do_not_outlive_the_absolute_lifetime(make_store):
+    """However often it is refreshed, a session ends at created + max lifetime."""
+    store = await make_store(ttl=TTL, max_lifetime=2 * TTL)
+    session = await _create(store)
+    deadline = asyncio.get_running_loop().time() + 2 * TTL
+    while asyncio.get_running_loop().time() < deadline - TTL / 4:
+        await store.refresh([("alice", session.id)])
+        await asyncio.sleep(TTL / 4)
+    read = await store.get("alice", session.id)
+    assert read is not None
+    assert read.expires_at <= session.created_at + 2 * TTL + 0.05
+    await asyncio.sleep(TTL / 2 + 3 * UNIT)
+    assert await store.refresh([("alice", session.id)]) == [("alice", session.id)]
+    assert await store.get("alice", session.id) is None
+
+
 async def test_heartbeats_keep_a_session_past_its_ttl(make_store):
     """Touching within the TTL keeps the session alive across several TTLs."""
     store = await make_store(ttl=TTL)

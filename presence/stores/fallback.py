@@ -400,18 +400,19 @@ class FallbackStore:
             return []
         if not isinstance(missing, _Away):
             gone: set[SessionRef] = set(missing)
-            for ref in refs:
-                if ref in gone:
-                    self._forget(ref[0], [ref[1]])
-                elif await self.fallback.touch(*ref) is not None and ref in self._lru:
+            for ref in gone:
+                self._forget(ref[0], [ref[1]])
+            lru = self._lru
+            for ref, held in zip(refs, self.fallback.seen(refs), strict=True):
+                if held and ref in lru:
                     # Open sockets' sessions are the last the mirror lets go.
-                    self._lru.move_to_end(ref)
+                    lru.move_to_end(ref)
             return missing
         # During an outage a socket's session may be one the mirror lacks; nothing here
         # can tell whether it still exists, so no socket is closed for it: Redis decides
         # on the first tick after recovery.
-        for ref in refs:
-            if await self.fallback.touch(*ref) is not None:
+        for ref, held in zip(refs, self.fallback.seen(refs), strict=True):
+            if held:
                 self._journal_touch(ref)
         return []
 

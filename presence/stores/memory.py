@@ -21,6 +21,25 @@ class _Record:
     session: Session
     # The absolute end of life (created + max lifetime), or inf.
     deadline: float
+    # When a refresh last saw the session (``MemoryStore.seen``), folded into
+    # ``session`` only when the record is read: a refresher's tick over N open sockets
+    # is N float writes here, not N new Session objects.
+    seen: float = 0.0
+
+    def current(self, ttl: float) -> Session:
+        """The session with the last refresh folded in."""
+        session = self.session
+        if self.seen > session.last_seen:
+            session = self.session = replace(
+                session, last_seen=self.seen, expires_at=self.expires_at(ttl)
+            )
+        return session
+
+    def expires_at(self, ttl: float) -> float:
+        session = self.session
+        if self.seen > session.last_seen:
+            return max(session.expires_at, min(self.seen + ttl, self.deadline))
+        return session.expires_at
 
 
 class MemoryStore:
@@ -127,11 +146,12 @@ class MemoryStore:
         """
         need = len(sessions) - self.max_sessions_per_user + 1
         cutoff = now - self.held_open_window
-        by_age = sorted(sessions.items(), key=lambda item: item[1].session.last_seen)
+        current = {sid: record.current(self.ttl) for sid, record in sessions.items()}
+        by_age = sorted(current.items(), key=lambda item: item[1].last_seen)
         replaced = [
             sid
-            for sid, record in by_age
-            if record.session.transport != "websocket" or record.session.last_seen <= cutoff
+            for sid, session in by_age
+            if session.transport != "websocket" or session.last_seen <= cutoff
         ][:need]
         if len(replaced) < need:
             raise TooManySessions(
@@ -142,11 +162,12 @@ class MemoryStore:
 
     async def get(self, user: str, session_id: str) -> Session | None:
         record = self._record(user, session_id, self.clock())
-        return record.session if record else None
+        return record.current(self.ttl) if record else None
 
     async def list_sessions(self, user: str) -> list[Session]:
         records = self._live(user, self.clock()).values()
-        return sorted((r.session for r in records), key=lambda s: s.last_seen, reverse=True)
+        sessions = (r.current(self.ttl) for r in records)
+        return sorted(sessions, key=lambda s: s.last_seen, reverse=True)
 
     async def touch(
         self,
@@ -161,7 +182,7 @@ class MemoryStore:
         record = self._record(user, session_id, now)
         if record is None:
             return None
-        old = record.session
+        old = record.current(self.ttl)
         record.session = replace(
             old,
             last_seen=max(now, old.last_seen),
@@ -194,18 +215,27 @@ class MemoryStore:
 
     async def delete_seen_before(self, user: str, cutoff: float, reason: str) -> list[str]:
         sessions = self._live(user, self.clock())
-        deleted = [sid for sid, r in sessions.items() if r.session.last_seen < cutoff]
+        deleted = [sid for sid, r in sessions.items() if r.current(self.ttl).last_seen < cutoff]
         for sid in deleted:
             del sessions[sid]
         await self._ended(user, deleted, reason)
         return deleted
 
     async def refresh(self, refs: Sequence[SessionRef]) -> list[SessionRef]:
-        missing = []
+        return [ref for ref, held in zip(refs, self.seen(refs), strict=True) if not held]
+
+    def seen(self, refs: Sequence[SessionRef]) -> list[bool]:
+        """Marks sessions seen now, as a plain touch would (last_seen, and the sliding
+        TTL within the lifetime); for each, whether it is held. The refresher's path:
+        no Session is built until the record is read."""
+        now = self.clock()
+        held = []
         for user, sid in refs:
-            if await self.touch(user, sid) is None:
-                missing.append((user, sid))
-        return missing
+            record = self._record(user, sid, now)
+            if record is not None and now > record.seen:
+                record.seen = now
+            held.append(record is not None)
+        return held
 
     def put(self, session: Session) -> bool:
         """Holds a copy of a session as another store has it (the fallback's mirror).
@@ -262,7 +292,7 @@ class MemoryStore:
         record = sessions.get(session_id)
         if record is None:
             return None
-        if record.session.expires_at <= now:
+        if record.expires_at(self.ttl) <= now:
             del sessions[session_id]
             self._count -= 1
             return None
@@ -271,7 +301,7 @@ class MemoryStore:
     def _live(self, user: str, now: float) -> dict[str, _Record]:
         """The user's sessions with the expired ones dropped: a scan of that user."""
         sessions = self._sessions(user)
-        expired = [sid for sid, r in sessions.items() if r.session.expires_at <= now]
+        expired = [sid for sid, r in sessions.items() if r.expires_at(self.ttl) <= now]
         for sid in expired:
             del sessions[sid]
         self._count -= len(expired)
