@@ -24,12 +24,13 @@ import contextlib
 import functools
 import json
 import logging
+import random
 import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import _fanout, events, keys, metrics
 from ._shutdown import stop
@@ -39,6 +40,7 @@ from .exceptions import (
     NotFound,
     NotInRoom,
     RoomForbidden,
+    StoreError,
     StoreUnavailable,
     TooManyRooms,
 )
@@ -258,6 +260,14 @@ _SYNC_ATTEMPTS = 3
 # in a quiet room, where no diff comes to prompt it), doubling up to the cap.
 _RESYNC_FIRST = 0.5
 _RESYNC_CAP = 8.0
+# A hold or join that Redis did not answer within the call's bound, while Redis is not
+# known to be away (a burst: thousands of reconnects on a busy loop), is tried again
+# this many times at most, after a full-jitter delay from the first, doubling; and
+# never past a grace's half from the first attempt (see RoomService._patiently).
+_RETRIES = 3
+_RETRY_FIRST = 0.1
+
+_T = TypeVar("_T")
 
 
 @dataclass(eq=False)
@@ -275,6 +285,9 @@ class LocalTab:
             to be left in Redis too when it is back (where the tab is still in them).
         primary_gen: the generation of its hold in Redis, kept while it is held in
             this process's memory.
+        unheld: its latest hold was refused (the store did not answer): the store may
+            still have it held by another process, or by this one's former name, which
+            a reaper would end as ``node_down``; held again before it joins a room.
     """
 
     user: str
@@ -286,6 +299,7 @@ class LocalTab:
     timer: asyncio.TimerHandle | None = None
     left: set[str] = field(default_factory=set)
     primary_gen: int = 0
+    unheld: bool = False
 
 
 class RoomService:
@@ -451,7 +465,7 @@ class RoomService:
             tab.timer.cancel()
             tab.timer = None
         tab.state = state
-        await self._hold(tab)
+        await self._patiently(lambda: self._hold(tab))
         return tab
 
     async def set_state(self, tab: LocalTab, state: TabState) -> None:
@@ -486,16 +500,23 @@ class RoomService:
         """
         meta = self.check_meta(meta)
         limit = self.settings.max_rooms_per_session
-        result, changed = await self.store.join(
-            identity.user, tab.session_id, room, meta, max_rooms=max(0, limit - watched)
-        )
+
+        def joining() -> Awaitable[tuple[JoinResult, list[str]]]:
+            return self.store.join(
+                identity.user, tab.session_id, room, meta, max_rooms=max(0, limit - watched)
+            )
+
+        if tab.unheld:
+            # Its hold was refused: the store may still have the tab under another
+            # holder (this process's former name, reaped later as node_down), where a
+            # join would find it and leave it there. Held here first.
+            await self._patiently(lambda: self._hold(tab))
+        result, changed = await self._patiently(joining)
         if result == "no_tab":
             # Held here but not there (the store lost it, or it just came back): hold
             # it again, then join.
-            await self._hold(tab)
-            result, changed = await self.store.join(
-                identity.user, tab.session_id, room, meta, max_rooms=max(0, limit - watched)
-            )
+            await self._patiently(lambda: self._hold(tab))
+            result, changed = await self._patiently(joining)
         if result == "full":
             raise TooManyRooms(f"a session may be in at most {limit} rooms")
         if result == "no_tab":
@@ -630,10 +651,50 @@ class RoomService:
         return tab
 
     async def _hold(self, tab: LocalTab) -> None:
-        tab.gen, changed = await self.store.hold(
-            tab.user, tab.session_id, holder=self.holder, state=tab.state
-        )
+        try:
+            tab.gen, changed = await self.store.hold(
+                tab.user, tab.session_id, holder=self.holder, state=tab.state
+            )
+        except StoreError:
+            tab.unheld = True
+            raise
+        tab.unheld = False
         self._changed(changed)
+
+    async def _patiently(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Runs ``call``, a presence operation that can safely run twice (each is
+        idempotent: see :mod:`presence.stores.presence_redis`), and tries it again when
+        the store did not answer within the call's bound while Redis is not known to be
+        away: in a reconnect storm a refusal would send the client off for seconds, and
+        a tab left unheld is reaped as ``node_down`` though its socket is back.
+
+        Bounded: at most :data:`_RETRIES` more attempts, each after a full-jitter delay
+        (from :data:`_RETRY_FIRST` s, doubling), none begun later than half the offline
+        grace after the first; none once the session store's breaker is open (Redis
+        away: the caller's refusal, or the switch to this process's memory, is due).
+
+        Raises:
+            StoreUnavailable: the last attempt's failure.
+        """
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.settings.offline_grace / 2
+        ceiling = _RETRY_FIRST
+        for attempt in range(_RETRIES + 1):
+            try:
+                return await call()
+            except StoreUnavailable:
+                pause = random.uniform(0.0, ceiling)
+                if (
+                    attempt == _RETRIES
+                    or self._degraded
+                    or self.is_degraded()
+                    or loop.time() + pause > until
+                ):
+                    raise
+            metrics.PRESENCE_RETRIES.inc()
+            await asyncio.sleep(pause)
+            ceiling *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _release(self, tab: LocalTab, reason: Reason) -> None:
         if tab.timer is not None:
@@ -655,7 +716,7 @@ class RoomService:
         state: TabState = "online" if session.state == "active" else "away"
         known = self._tabs.get((session.user, session.id))
         tab = self._tab(session.user, session.id, state)
-        if known is None or tab.state != state:
+        if known is None or tab.state != state or tab.unheld:
             # Held (again) only when new here or its state changed: a heartbeat that
             # changes nothing costs nothing more than its timer.
             tab.state = state

@@ -313,6 +313,13 @@ elseif op == 'reap' then
   went_offline(last_reason)
   -- The sessions reaped, so that their records are marked disconnected.
   return finish('ok', table.concat(gone, ','), emit(touched, why, true))
+elseif op == 'resend' then
+  -- Every row sent again, to each room the user is in and each they were last sent
+  -- to: a call of theirs that outlived its bound may have run here, its rows recorded
+  -- as sent (e:<room>), without the APPLYs that take them to the rooms.
+  local touched = user_rooms()
+  for room, _ in pairs(emitted) do touched[room] = true end
+  return finish('ok', 0, emit(touched, nil, true))
 elseif op == 'user' then
   -- Returns {status, sessions, last seen ms ('' none), room, room, ...}.
   local count = 0

@@ -20,6 +20,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from .. import events, keys
+from ..exceptions import StoreError
 from ..models import JSON, Diff, Member, Reason, RoomPage, Status, TabState, UserPresence
 from . import _presence_scripts
 from .presence_base import JoinResult
@@ -31,6 +32,8 @@ _STATUSES: tuple[Status, ...] = ("online", "away", "offline")
 _REGISTERED_MAX = 100_000
 # Users of a reaped process handled at once.
 _REAP_BATCH = 100
+# Users remembered as unsure (a call of theirs failed part-way), at most.
+_UNSURE_MAX = 100_000
 
 
 class RedisPresenceStore:
@@ -54,6 +57,10 @@ class RedisPresenceStore:
         # costs one SADD again.
         self._registered: set[tuple[str, str]] = set()
         self._renewed: dict[str, float] = {}
+        # Users a change of whom failed (no answer within the bound): it may have run
+        # in their hash, its rows recorded as sent, without reaching the rooms. Their
+        # next change here sends every row again (the USER script's ``resend``).
+        self._unsure: dict[str, None] = {}
         #: The webhook streams the scripts add events to (see :mod:`presence.webhooks`).
         self.webhook_streams: list[str] = []
         #: On a cluster, the scripts add them to the user's or room's outbox instead (a
@@ -87,14 +94,16 @@ class RedisPresenceStore:
             if len(self._registered) >= _REGISTERED_MAX:
                 self._registered.clear()
             self._registered.add((holder, user))
-        reply = await self._user(user, "hold", session_id, holder, _STATE_LETTER[state], "0")
-        return int(reply[1]), await self._apply(user, reply)
+        reply, changed = await self._change(
+            user, "hold", session_id, holder, _STATE_LETTER[state], "0"
+        )
+        return int(reply[1]), changed
 
     async def set_state(
         self, user: str, session_id: str, state: TabState, *, holder: str
     ) -> list[str]:
-        reply = await self._user(user, "state", session_id, holder, _STATE_LETTER[state])
-        return await self._apply(user, reply)
+        _, changed = await self._change(user, "state", session_id, holder, _STATE_LETTER[state])
+        return changed
 
     async def release(
         self, user: str, session_id: str, reason: Reason, *, holder: str, gen: int
@@ -105,20 +114,23 @@ class RedisPresenceStore:
         return int(reply[1]) / 1000
 
     async def depart(self, user: str, session_id: str, *, since: float) -> list[str]:
-        return await self._apply(user, await self._user(user, "depart", session_id, _ms(since)))
+        _, changed = await self._change(user, "depart", session_id, _ms(since))
+        return changed
 
     async def join(
         self, user: str, session_id: str, room: str, meta: JSON, *, max_rooms: int
     ) -> tuple[JoinResult, list[str]]:
-        reply = await self._user(user, "join", session_id, room, _dump(meta), max_rooms)
+        reply, changed = await self._change(
+            user, "join", session_id, room, _dump(meta), max_rooms
+        )
         result: JoinResult = reply[0]
-        return result, await self._apply(user, reply)
+        return result, changed
 
     async def update(self, user: str, session_id: str, room: str, meta: JSON) -> list[str] | None:
-        reply = await self._user(user, "update", session_id, room, _dump(meta))
+        reply, changed = await self._change(user, "update", session_id, room, _dump(meta))
         if reply[0] != "ok":
             return None
-        return await self._apply(user, reply)
+        return changed
 
     async def leave(
         self, user: str, session_id: str, room: str, reason: Reason
@@ -258,6 +270,30 @@ class RedisPresenceStore:
         if op in ("hold", "depart", "reap"):  # the operations that tell
             self.webhook_outbox_added(outbox)
         return reply
+
+    async def _change(self, user: str, op: str, *args: Any) -> tuple[Any, list[str]]:
+        """A change to a user's tabs (``op`` of the USER script) and its rows applied
+        to their rooms: the script's reply and the rooms changed.
+
+        A change that fails (a call over its bound: it may have run in Redis, its
+        rows recorded as sent, without their APPLYs) leaves the user unsure; their next
+        change sends every one of their rows again, so that a retry, which finds its
+        rows already sent and sends none, still brings the rooms right.
+        """
+        try:
+            reply = await self._user(user, op, *args)
+            changed = await self._apply(user, reply)
+            if user in self._unsure:
+                again = await self._apply(user, await self._user(user, "resend", ""))
+                self._unsure.pop(user, None)
+                changed = sorted({*changed, *again})
+        except StoreError:
+            self._unsure.pop(user, None)
+            if len(self._unsure) >= _UNSURE_MAX:
+                del self._unsure[next(iter(self._unsure))]
+            self._unsure[user] = None
+            raise
+        return reply, changed
 
     async def _apply(self, user: str, reply: Sequence[Any]) -> list[str]:
         """Applies the rows a user script sent to their rooms, concurrently; returns
