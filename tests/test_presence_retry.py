@@ -160,3 +160,65 @@ async def test_no_retry_once_redis_is_known_to_be_away(own_redis):
             own_redis.resume()
         assert holds[0] == 1
         assert service._tabs[("ann", "ann-tab")].unheld
+
+
+# --- one pipeline a pass of the loop -----------------------------------------------------
+
+
+def _count_calls(store: RedisPresenceStore) -> list[int]:
+    """Counts the calls the presence store makes through the session store's bound."""
+    calls = [0]
+    original = store.sessions.call
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return await original(*args, **kwargs)
+
+    store.sessions.call = counted  # type: ignore[method-assign]
+    return calls
+
+
+async def test_the_holds_and_joins_of_one_pass_go_to_redis_together(own_redis):
+    """A crowd reconnecting at once (a restart): the scripts of one pass of the event
+    loop, holds and their joins and every APPLY, go in one pipeline each step, not one
+    call each; every member is in its room as if sent one by one."""
+    users = [f"u{i}" for i in range(50)]
+    async with _service(own_redis.url) as (service, store):
+        calls = _count_calls(store)
+
+        async def reconnect(user: str) -> None:
+            tab = await service.open_tab(user, f"{user}-tab")
+            await service.join(Identity(user, "bearer", None), tab, ROOM, {"u": user})
+
+        await asyncio.gather(*(reconnect(user) for user in users))
+        # Per step (SADD, hold, join, APPLY) one pipeline for all 50, not 50 calls.
+        assert calls[0] <= 8
+        assert sorted(await _members(store)) == sorted(users)
+
+
+async def test_a_script_that_fails_in_a_batch_fails_only_its_caller(own_redis):
+    """One script of a pipeline raises (a bad argument): its caller gets the error, the
+    others of the batch their replies."""
+    async with _service(own_redis.url) as (service, store):
+        tab = await service.open_tab("ann", "ann-tab")
+        good = service.join(Identity("ann", "bearer", None), tab, ROOM, None)
+        bad = store._run("USER", [keys.tabs_key("presence", "bob")], ["join", "x", "y"])
+        results = await asyncio.gather(good, bad, return_exceptions=True)
+        assert results[0] == "joined"
+        assert isinstance(results[1], Exception)
+        assert not isinstance(results[1], StoreUnavailable)
+        assert await _members(store) == ["ann"]
+
+
+async def test_scripts_lost_from_redis_are_loaded_again(own_redis):
+    """Redis lost its script cache (a restart, SCRIPT FLUSH): the scripts of the batch
+    that did not run are loaded and sent again."""
+    async with _service(own_redis.url) as (service, store):
+        tab = await service.open_tab("ann", "ann-tab")
+        client = aioredis.Redis.from_url(own_redis.url)
+        try:
+            await client.script_flush()
+        finally:
+            await client.aclose()
+        assert await service.join(Identity("ann", "bearer", None), tab, ROOM, None) == "joined"
+        assert await _members(store) == ["ann"]

@@ -18,11 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from .. import events, keys
+from .._shutdown import settle
 from ..exceptions import StoreError
 from ..models import JSON, Diff, Member, Reason, RoomPage, Status, TabState, UserPresence
 from . import _presence_scripts
+from ._batch import Coalescer
 from .presence_base import JoinResult
 from .redis import RedisStore
 
@@ -32,6 +35,10 @@ _STATUSES: tuple[Status, ...] = ("online", "away", "offline")
 _REGISTERED_MAX = 100_000
 # Users of a reaped process handled at once.
 _REAP_BATCH = 100
+# Scripts of one pass of the loop sent together in one pipeline, at most.
+_SCRIPT_BATCH = 128
+# In a batch, the one command that is not a script: a user added to a holder's users.
+_SADD = "SADD"
 # Users remembered as unsure (a call of theirs failed part-way), at most.
 _UNSURE_MAX = 100_000
 
@@ -61,6 +68,13 @@ class RedisPresenceStore:
         # in their hash, its rows recorded as sent, without reaching the rooms. Their
         # next change here sends every row again (the USER script's ``resend``).
         self._unsure: dict[str, None] = {}
+        # The scripts of one pass of the event loop (thousands of holds and joins in a
+        # reconnect storm, each with its APPLYs) go to Redis in one pipeline: one pooled
+        # connection and one call's overhead a batch, not one each. Not on a cluster,
+        # where each script is sent to its own slot's node.
+        self._batch: Coalescer[tuple[str, list[str], list[Any]], Any] | None = (
+            None if sessions.cluster else Coalescer(self._send, max_batch=_SCRIPT_BATCH)
+        )
         #: The webhook streams the scripts add events to (see :mod:`presence.webhooks`).
         self.webhook_streams: list[str] = []
         #: On a cluster, the scripts add them to the user's or room's outbox instead (a
@@ -80,7 +94,8 @@ class RedisPresenceStore:
             self._scripts[name] = client.register_script(getattr(_presence_scripts, name))
 
     async def close(self) -> None:
-        pass
+        if self._batch is not None:
+            await settle(self._batch.drain(), 2 * self.sessions.bound)
 
     # -- tabs -----------------------------------------------------------------------------
 
@@ -88,9 +103,11 @@ class RedisPresenceStore:
         self, user: str, session_id: str, *, holder: str, state: TabState
     ) -> tuple[int, list[str]]:
         if (holder, user) not in self._registered:
-            await self._call_raw(
-                self.sessions.client.sadd, keys.holder_users_key(self.prefix, holder), user
-            )
+            users_key = keys.holder_users_key(self.prefix, holder)
+            if self._batch is None:
+                await self._call_raw(self.sessions.client.sadd, users_key, user)
+            else:
+                await self._run(_SADD, [users_key], [user])
             if len(self._registered) >= _REGISTERED_MAX:
                 self._registered.clear()
             self._registered.add((holder, user))
@@ -120,9 +137,7 @@ class RedisPresenceStore:
     async def join(
         self, user: str, session_id: str, room: str, meta: JSON, *, max_rooms: int
     ) -> tuple[JoinResult, list[str]]:
-        reply, changed = await self._change(
-            user, "join", session_id, room, _dump(meta), max_rooms
-        )
+        reply, changed = await self._change(user, "join", session_id, room, _dump(meta), max_rooms)
         result: JoinResult = reply[0]
         return result, changed
 
@@ -315,10 +330,56 @@ class RedisPresenceStore:
         return [room for (room, _, _, _), changed in zip(rooms, results, strict=True) if changed]
 
     async def _run(self, script: str, script_keys: list[str], args: list[Any]) -> Any:
-        return await self.sessions.call(self._scripts[script], keys=script_keys, args=args)
+        if self._batch is None:
+            return await self.sessions.call(self._scripts[script], keys=script_keys, args=args)
+        reply = await self._batch.submit((script, script_keys, args))
+        if isinstance(reply, _Failed):
+            # Mapped as a call's own failure is (a refusal: StoreMisconfigured).
+            await self.sessions.call(_reraise, reply.error)
+        return reply
+
+    async def _send(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """The scripts of one pass in one pipeline, under one call's bound; a script
+        that failed on its own gives its caller the error (:class:`_Failed`)."""
+        return await self.sessions.call(self._pipeline, calls)
+
+    async def _pipeline(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        client = self.sessions.client
+        async with client.pipeline(transaction=False) as pipe:
+            for name, script_keys, args in calls:
+                if name == _SADD:
+                    pipe.sadd(script_keys[0], *args)
+                else:
+                    pipe.evalsha(self._scripts[name].sha, len(script_keys), *script_keys, *args)
+            replies = list(await pipe.execute(raise_on_error=False))
+            # Redis lost its script cache (restarted, or SCRIPT FLUSH): those scripts did
+            # not run; they are loaded and sent again.
+            lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if lost:
+                for name in sorted({calls[i][0] for i in lost}):
+                    await client.script_load(self._scripts[name].script)
+                for i in lost:
+                    name, script_keys, args = calls[i]
+                    pipe.evalsha(self._scripts[name].sha, len(script_keys), *script_keys, *args)
+                for i, reply in zip(lost, await pipe.execute(raise_on_error=False), strict=True):
+                    replies[i] = reply
+        return [_Failed(r) if isinstance(r, Exception) else r for r in replies]
 
     async def _call_raw(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.sessions.call(fn, *args, **kwargs)
+
+
+async def _reraise(error: Exception) -> None:
+    raise error
+
+
+class _Failed:
+    """A script of a pipeline that failed on its own (the others ran)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
 
 def _ms(seconds: float) -> int:
