@@ -266,6 +266,8 @@ _RESYNC_CAP = 8.0
 # never past a grace's half from the first attempt (see RoomService._patiently).
 _RETRIES = 3
 _RETRY_FIRST = 0.1
+# The retries' jitter (no secret: a spread of the retries over time).
+_jitter: Callable[[], float] = random.random
 
 _T = TypeVar("_T")
 
@@ -683,7 +685,7 @@ class RoomService:
             try:
                 return await call()
             except StoreUnavailable:
-                pause = random.uniform(0.0, ceiling)
+                pause = _jitter() * ceiling
                 if (
                     attempt == _RETRIES
                     or self._degraded

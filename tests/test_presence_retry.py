@@ -124,7 +124,7 @@ async def test_a_tab_whose_hold_was_refused_is_held_here_before_it_joins(own_red
         assert tab.unheld
         await service.join(Identity("ann", "bearer", None), tab, ROOM, None)
         assert not tab.unheld
-        changed, reaped = await store.reap("p-old")
+        _, reaped = await store.reap("p-old")
         assert reaped == []
         assert await _members(store) == ["ann"]
 
