@@ -160,6 +160,7 @@ class Sock:
         "gaps",
         "last_leave",
         "leaves",
+        "members",
         "messages",
         "receipts",
         "seq",
@@ -186,6 +187,9 @@ class Sock:
         self.complete_at: float | None = None
         # The leaves role: room -> [seq, count]; leaves counted by reason; the last's time.
         self.views: dict[str, list[int]] = {}
+        # room -> its members in this view (None: not known, after a truncated diff
+        # or a sync of part of the room, until the next sync).
+        self.members: dict[str, set[str] | None] = {}
         self.leaves: Counter[str] = Counter()
         self.last_leave: float | None = None
         # (when, key): key is a diff's seq (an int) or a sync's index in Load.syncs.
@@ -210,9 +214,10 @@ class Load:
         self.timeout = 60.0
         # The member role: each session attached waits for its snapshot here.
         self.snapshots: dict[str, asyncio.Future[None]] = {}
-        # The leaves role: each diff read once, (room, seq) -> (leaves by reason, count);
+        # The leaves role: each diff read once, (room, seq) -> (leaves by reason, count,
+        # (users left, users joined) or None when truncated);
         # the count each room's view is complete at.
-        self.room_diffs: dict[tuple[str, int], tuple[dict[str, int], int]] = {}
+        self.room_diffs: dict[tuple[str, int], tuple[dict[str, int], int, Any]] = {}
         self.room_expected: dict[str, int] = {}
         # The leaves role: user -> (when first told here, reason) of each leave told.
         self.left: dict[str, tuple[float, str]] = {}
@@ -389,6 +394,45 @@ class Load:
             sock.syncs = sock.gaps = sock.messages = sock.bytes = 0
         self.other.clear()
         return {"armed": len(self.socks)}
+
+    def views_wrong(self, command: dict[str, Any]) -> dict[str, Any]:
+        """How many watchers' views differ from ``members`` (room -> its users): a view
+        with another count, or another set of members where it knows them, or a room
+        of the watcher's with no view at all."""
+        members = {room: set(users) for room, users in command["members"].items()}
+        views = wrong = unknown = missing = 0
+        examples: list[Any] = []
+        for sock in self.socks:
+            for room in sock.spec.get("rooms", ()):
+                view = sock.views.get(room)
+                if view is None:
+                    missing += 1
+                    continue
+                views += 1
+                held = sock.members.get(room)
+                expected = members.get(room, set())
+                if held is None:
+                    unknown += 1
+                bad = view[1] != len(expected) or (held is not None and held != expected)
+                if bad:
+                    wrong += 1
+                    if len(examples) < 3:
+                        examples.append(
+                            [
+                                room,
+                                view[1],
+                                len(expected),
+                                sorted(expected - (held or set()))[:3],
+                                sorted((held or set()) - expected)[:3],
+                            ]
+                        )
+        return {
+            "views": views,
+            "wrong": wrong,
+            "unknown": unknown,
+            "missing": missing,
+            "examples": examples,
+        }
 
     def leaves_report(self, command: dict[str, Any]) -> dict[str, Any]:
         """Each watcher's leaves by reason, and its times since ``t0``."""
@@ -589,7 +633,16 @@ class Load:
                     reasons["(truncated)"] += 1
                 for leave in diff["leaves"]:
                     self.left.setdefault(leave["user"], (now, leave.get("reason", "?")))
-                known = self.room_diffs[(room, seq)] = (dict(reasons), diff["count"])
+                known = self.room_diffs[(room, seq)] = (
+                    dict(reasons),
+                    diff["count"],
+                    None
+                    if diff.get("truncated")
+                    else (
+                        tuple(x["user"] for x in diff["leaves"]),
+                        tuple(x["user"] for x in diff["joins"]),
+                    ),
+                )
             view = sock.views.get(room)
             if view is None or seq <= view[0]:
                 return
@@ -597,12 +650,21 @@ class Load:
                 sock.gaps += 1  # the server syncs a watcher that fell behind
                 return
             view[0], view[1] = seq, known[1]
+            members = sock.members.get(room)
+            if members is not None:
+                if known[2] is None:
+                    sock.members[room] = None
+                else:
+                    members.difference_update(known[2][0])
+                    members.update(known[2][1])
             if known[0]:
                 sock.leaves.update(known[0])
                 sock.last_leave = now
         elif head.startswith(b'{"type":"presence.sync"'):
             sync = json.loads(text)
             sock.views[sync["room"]] = [sync["seq"], sync["count"]]
+            users = {m["user"] for m in sync["members"]}
+            sock.members[sync["room"]] = users if len(users) == sync["count"] else None
             sock.syncs += 1
             sock.synced.set()
         else:
@@ -639,6 +701,7 @@ async def main() -> None:
             "watch_rooms": load.watch_rooms,
             "arm_leaves": load.arm_leaves,
             "leaves_report": load.leaves_report,
+            "views_wrong": load.views_wrong,
             "arm": load.arm,
             "progress": lambda c: load.progress(),
             "burst": load.burst,

@@ -98,6 +98,8 @@ def test_storm_reconnects_after_a_restart(tmp_path: Path) -> None:
     assert presence["users_told_a_leave"] <= presence["back_after_grace"]
     assert set(presence["leaves_by_reason"]) <= {"closed", "timeout", "node_down"}
     assert presence["redis_missing_at_end"] == presence["redis_extra_at_end"] == 0
+    views = presence["views_at_end"]
+    assert views["views"] > 0 and views["wrong"] == views["missing"] == 0
 
 
 def test_rest_heartbeats_are_answered(tmp_path: Path) -> None:
