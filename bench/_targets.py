@@ -407,6 +407,8 @@ TARGETS: tuple[Target, ...] = (
         also=lambda r: (
             r["sizes"]["clients"] >= 10_000 and r["summary"]["errors_5xx"]["service"] == 0
         ),
+        # A run of the presence variant alone (a dev run) has no service round.
+        applies=lambda r: "service" in r.get("summary", {}).get("all_back_s", {}),
     ),
     Target(
         "rest_throughput_ratio",
