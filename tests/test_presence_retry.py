@@ -7,6 +7,7 @@ made slow by a script that spins, or stopped (SIGSTOP)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,7 @@ from presence.bus import EventBus
 from presence.bus.memory import MemoryBackend
 from presence.exceptions import StoreUnavailable
 from presence.rooms import _RETRIES, RoomService
+from presence.sessions import Session
 from presence.stores import RedisStore
 from presence.stores.presence_redis import RedisPresenceStore
 
@@ -222,3 +224,25 @@ async def test_scripts_lost_from_redis_are_loaded_again(own_redis):
             await client.aclose()
         assert await service.join(Identity("ann", "bearer", None), tab, ROOM, None) == "joined"
         assert await _members(store) == ["ann"]
+
+
+async def test_a_rest_tab_whose_hold_was_refused_is_held_at_its_next_heartbeat(own_redis):
+    """A REST session's hold refused (Redis too slow): its next heartbeat holds it,
+    though nothing about it changed (a heartbeat that changes nothing holds nothing)."""
+    now = time.time()
+    session = Session("ann-rest", "ann", now, now, now + 60.0)
+    async with _service(own_redis.url) as (service, store):
+        holds = _counted(store, "hold")
+        await service.rest_join(Identity("ann", "bearer", None), session, ROOM, None)
+        await service.rest_heartbeat(session)
+        assert holds[0] == 1  # held once: the heartbeat changed nothing
+        tab = service._tabs[("ann", "ann-rest")]
+        spinning = asyncio.ensure_future(_spin(own_redis.url, 4 * BOUND))
+        await asyncio.sleep(0.15)
+        tab.state = "away"  # a heartbeat saying active again: held again, refused
+        with pytest.raises(StoreUnavailable):
+            await service.rest_heartbeat(session)
+        await spinning
+        assert tab.unheld
+        await service.rest_heartbeat(session)
+        assert not tab.unheld and holds[0] == 3
