@@ -986,7 +986,7 @@ class RoomService:
             loop = asyncio.get_running_loop()
             told: set[str] = set()
             waiting: set[str] = set()
-            last_told = loop.time()
+            last_told = -_REAP_FLUSH_EVERY  # the first batch's rooms are told at once
 
             def progress(rooms: list[str]) -> None:
                 # The batches' rooms are flushed while the reap goes on, so the leaves
