@@ -528,3 +528,39 @@ async def test_a_reap_cut_off_by_a_redis_outage_resumes_and_loses_no_member(redi
         assert user.status == "offline" and not user.rooms
     finally:
         await sessions.close()
+
+
+async def test_a_reap_whose_script_reply_was_lost_sends_the_same_rows_again(redis_url):
+    """A user's reap script ran but its reply never reached the reaper (a timeout, Redis
+    gone meanwhile): the reap tried again gets the same rows, with the same version, so
+    the member the first reply would have removed leaves, once, and a member who came
+    back elsewhere since is not undone by the old rows."""
+    with sync_redis.Redis.from_url(redis_url) as client:
+        client.flushall()
+    sessions = RedisStore(redis_url, ttl=60.0, timeout=5.0)
+    await sessions.open()
+    store = RedisPresenceStore(sessions, keep=60.0)
+    await store.open()
+    try:
+        await _hold_many(store, "p1", ["ann", "bob"])  # ann in lobby, bob in dev:1
+        # Both users' scripts run, their replies lost: nothing reached the rooms.
+        for user in ("ann", "bob"):
+            lost = await store._user(user, "reap", "p1", "0")
+            assert lost[0] == "ok"
+        assert [(await store.room(room)).count for room in ROOMS] == [1, 1]
+        # Bob comes back on another process meanwhile, in his room again.
+        assert await store.renew("p2", 60.0)
+        await store.hold("bob", "bob-1", holder="p2", state="online")
+        await store.join("bob", "bob-1", "dev:1", {"n": 2}, max_rooms=20)
+        changed, reaped = await store.reap("p1")
+        assert sorted(reaped) == [("ann", "ann-0"), ("bob", "bob-0")]
+        assert "lobby" in changed
+        lobby = await store.flush("lobby")
+        assert lobby is not None and [(x.user, x.reason) for x in lobby.leaves] == [
+            ("ann", "node_down")
+        ]
+        assert (await store.room("lobby")).count == 0
+        dev = await store.room("dev:1")
+        assert [(m.user, m.meta) for m in dev.members] == [("bob", {"n": 2})]
+    finally:
+        await sessions.close()
