@@ -10,6 +10,12 @@ socket after ``backoffDelay(attempt)`` -- full jitter, ``random() * min(cap, bas
 each socket it opens, as the JS client joins its rooms again after a reconnect, and
 again after a jittered delay when the join is refused for a passing reason.
 
+A tab whose spec says ``eio`` is a Socket.IO client instead (Engine.IO 4, websocket
+transport, for :mod:`bench.peers`): on the server's open packet ``0{...}`` it connects
+the default namespace (``40``), waits for ``40{"sid":...}`` and answers every ping
+``2`` with a pong ``3`` (in Engine.IO 4 the server pings). The connects completed and
+the pongs sent are counted (``status``).
+
 Driven over stdin/stdout by :class:`bench._clients.Loader`, one JSON object a line:
 ``open``, ``status``, ``open_map``, ``mark``, ``storm``, ``exit``.
 """
@@ -63,6 +69,9 @@ class Load:
         self.base, self.cap, self.stable = 0.5, 30.0, 10.0
         self.heartbeat_interval = 30.0
         self.timeout = 30.0
+        # Socket.IO tabs (spec "eio"): namespace connects completed, pongs sent.
+        self.sio_connects = 0
+        self.pongs = 0
 
     # --- commands ---------------------------------------------------------------
 
@@ -132,6 +141,8 @@ class Load:
             "ended": dict(self.ended),
             "failures": dict(self.failures),
             "heartbeats": dict(self.heartbeats),
+            "sio_connects": self.sio_connects,
+            "pongs": self.pongs,
         }
 
     def set_mark(self) -> dict[str, Any]:
@@ -205,7 +216,7 @@ class Load:
                     tab.polling.cancel()
                     tab.polling = None
                 opened_at = time.monotonic()
-                await self.hold(tab)
+                await (self.hold_eio(tab) if tab.spec.get("eio") else self.hold(tab))
                 # Only a socket that stayed up a while resets the backoff (as the JS does).
                 if time.monotonic() - opened_at >= self.stable:
                     tab.attempt = 0
@@ -233,6 +244,12 @@ class Load:
             return None, self.fail(f"http_{exc.response.status_code}")
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             return None, self.fail(type(exc).__name__)
+        if spec.get("eio"):
+            failure = await self.connect_eio(ws)
+            if failure is not None:
+                await ws.close()
+                return None, self.fail(failure)
+            return self.opened(tab, ws, started), None
         try:
             first = await asyncio.wait_for(ws.recv(), self.timeout)
             kind = json.loads(first).get("type")
@@ -247,6 +264,9 @@ class Load:
             message = {"type": "presence.join", "room": room, "meta": None}
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(json.dumps(message))
+        return self.opened(tab, ws, started), None
+
+    def opened(self, tab: Tab, ws: ClientConnection, started: float) -> float:
         now = time.monotonic()
         tab.ws = ws
         self.open_now += 1
@@ -255,7 +275,50 @@ class Load:
             self.marked_connects.append(now)
             if tab.lost and tab.back_at is None:
                 tab.back_at = now - self.mark
-        return now - started, None
+        return now - started
+
+    async def connect_eio(self, ws: ClientConnection) -> str | None:
+        """The Socket.IO connect of the default namespace; the failure's name, or None."""
+        try:
+            opening = await asyncio.wait_for(ws.recv(), self.timeout)
+            if not isinstance(opening, str) or not opening.startswith("0{"):
+                return "eio_open_unexpected"
+            json.loads(opening[1:])  # the handshake: sid, pingInterval, pingTimeout
+            await ws.send("40")
+            while True:
+                reply = await asyncio.wait_for(ws.recv(), self.timeout)
+                if reply == "2":  # a ping before the connect's answer: answer it too
+                    await ws.send("3")
+                    self.pongs += 1
+                    continue
+                break
+            if not isinstance(reply, str) or not reply.startswith("40"):
+                return "sio_connect_unexpected"
+            if "sid" not in json.loads(reply[2:] or "{}"):
+                return "sio_connect_no_sid"
+        except (ConnectionClosed, TimeoutError, ValueError) as exc:
+            return f"sio_connect_{type(exc).__name__}"
+        self.sio_connects += 1
+        return None
+
+    async def hold_eio(self, tab: Tab) -> None:
+        """A Socket.IO tab's socket: every Engine.IO ping answered, until it closes."""
+        ws = tab.ws
+        assert ws is not None
+        try:
+            async for message in ws:
+                if message == "2":
+                    await ws.send("3")
+                    self.pongs += 1
+        except ConnectionClosed:
+            pass
+        self.open_now -= 1
+        self.closes[str(ws.close_code)] += 1
+        tab.ws = None
+        if self.mark is not None:
+            tab.lost = True
+            tab.lost_at = time.monotonic() - self.mark
+            tab.back_at = None
 
     async def hold(self, tab: Tab) -> None:
         ws = tab.ws
