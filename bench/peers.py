@@ -26,6 +26,10 @@ at each N. The ratios service / python-socketio and service / node are taken wit
 round and the median over rounds reported, and against the lighter peer of each round.
 """
 
+# The report is typeset for people: the multiplication sign for ratios and the en dash
+# for ranges are meant.
+# ruff: noqa: RUF001, RUF002
+
 from __future__ import annotations
 
 import contextlib
@@ -286,9 +290,14 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
         )
 
     def lighter(key: str) -> dict[str, float]:
-        # Against the lighter peer of each round.
+        # Against the lighter peer of each round (no ratio to a slope of 0 or less, which
+        # only a run too small to measure gives).
+        def ratio(kinds_: dict[str, dict[str, Any]]) -> float:
+            least = min(kinds_[p][key] for p in peers)
+            return kinds_["service"][key] / least if least > 0 else float("nan")
+
         return _stats.summary(
-            kinds_["service"][key] / min(kinds_[p][key] for p in peers)
+            ratio(kinds_)
             for kinds_ in by_round.values()
             if "service" in kinds_ and all(p in kinds_ for p in peers)
         )
@@ -300,15 +309,16 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
                 "rss": within("service", peer, lambda r: r["rss_kib_per_connection"]),
                 "cpu": within("service", peer, lambda r: r["cpu_us_per_connection_s"]),
                 "cpu_by_n": {
-                    str(n): within("service", peer, lambda r, n=n: at_n(r, n))
-                    for n in sizes.steps
+                    str(n): within("service", peer, lambda r, n=n: at_n(r, n)) for n in sizes.steps
                 },
             }
     eio_plateaus = [p for r in rounds if r["kind"] in PEERS for p in r["plateaus"]]
     nan = _stats.summary([])
     return {
         "kinds": kinds,
-        "rss_kib_per_connection": {k: _stats.summary(of(k, "rss_kib_per_connection")) for k in kinds},
+        "rss_kib_per_connection": {
+            k: _stats.summary(of(k, "rss_kib_per_connection")) for k in kinds
+        },
         "cpu_us_per_connection_s": {
             k: _stats.summary(of(k, "cpu_us_per_connection_s")) for k in kinds
         },
@@ -358,8 +368,7 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             default=float("nan"),
         ),
         "pings_flowing": all(
-            p["pongs_ratio"] is not None and p["pongs_ratio"] >= PONGS_FLOWING
-            for p in eio_plateaus
+            p["pongs_ratio"] is not None and p["pongs_ratio"] >= PONGS_FLOWING for p in eio_plateaus
         ),
     }
 
@@ -415,6 +424,13 @@ def ratio_figure(result: dict[str, Any], key: str, unit: str, digits: int) -> st
     return text
 
 
+def _gc(result: dict[str, Any], kind: str) -> str:
+    if kind == "node":
+        return "–"
+    pauses = [p for r in result["rounds"] if r["kind"] == kind for p in r["gc_pauses_ms"]]
+    return f"{max(pauses):,.0f} ({len(pauses)} over 50 ms)" if pauses else "none over 50 ms"
+
+
 def section(result: dict[str, Any]) -> list[str]:
     s, sizes = result["summary"], result["sizes"]
     kinds = s["kinds"]
@@ -465,6 +481,10 @@ def section(result: dict[str, Any]) -> list[str]:
         row(
             f"`/healthz` max at N = {sizes['steps'][-1]:,} (ms)",
             [_s(s["loop_stall_max_ms"][k], 0) for k in kinds],
+        ),
+        row(
+            "Longest generation-2 GC pause over 50 ms, all rounds (ms; Python only)",
+            [_gc(result, k) for k in kinds],
         ),
         row("Handshakes refused, all rounds", [str(s["handshake_refusals"][k]) for k in kinds]),
         "",
