@@ -14,7 +14,9 @@ A tab whose spec says ``eio`` is a Socket.IO client instead (Engine.IO 4, websoc
 transport, for :mod:`bench.peers`): on the server's open packet ``0{...}`` it connects
 the default namespace (``40``), waits for ``40{"sid":...}`` and answers every ping
 ``2`` with a pong ``3`` (in Engine.IO 4 the server pings). The connects completed and
-the pongs sent are counted (``status``).
+the pongs sent are counted (``status``). A tab whose spec says ``count_pings`` keeps
+the ordinary protocol pings, which the ``websockets`` client answers by itself, and
+counts each ping frame it receives (so answers) among the pongs too.
 
 Driven over stdin/stdout by :class:`bench._clients.Loader`, one JSON object a line:
 ``open``, ``status``, ``open_map``, ``mark``, ``storm``, ``exit``.
@@ -32,9 +34,22 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import Frame, Opcode
 
 from bench._commands import frozen, serve
 from bench._stats import percentile
+
+
+class PingCounting(ClientConnection):
+    """A client connection that counts the protocol pings it receives (the sans-I/O
+    protocol answers each with a pong by itself)."""
+
+    pings = 0
+
+    def process_event(self, event: Any) -> None:
+        if isinstance(event, Frame) and event.opcode is Opcode.PING:
+            PingCounting.pings += 1
+        super().process_event(event)
 
 
 class Tab:
@@ -142,7 +157,7 @@ class Load:
             "failures": dict(self.failures),
             "heartbeats": dict(self.heartbeats),
             "sio_connects": self.sio_connects,
-            "pongs": self.pongs,
+            "pongs": self.pongs + PingCounting.pings,
         }
 
     def set_mark(self) -> dict[str, Any]:
@@ -239,6 +254,7 @@ class Load:
                 close_timeout=2,
                 max_size=64 * 1024,
                 local_addr=(tab.address, 0),
+                **({"create_connection": PingCounting} if spec.get("count_pings") else {}),
             )
         except InvalidStatus as exc:
             return None, self.fail(f"http_{exc.response.status_code}")

@@ -15,8 +15,9 @@ per-message compression:
 
 The Socket.IO clients speak Engine.IO 4 on the websocket transport: each connects the
 default namespace and answers every ping of the server. Each connect completed is
-counted, and so is every pong sent in each steady window, against the pings the window
-should hold (N × window / interval): a socket that is open but not pinged is a defect of
+counted, and so is every pong sent in each steady window (for Presence's sockets, every
+protocol ping the client received, which it answers by itself), against the pings the
+window should hold (N × window / interval): a socket that is open but not pinged is a defect of
 the benchmark, and the summary says whether any was seen.
 
 At each step of N: RSS (VmRSS) after the step, and server CPU (utime + stime, from
@@ -187,7 +188,8 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
             clients = _clients.create_sessions(redis_server.url, owners, ttl=config.ttl_seconds)
             server = stack.enter_context(_servers.Server("service", config))
             tokens = _clients.tokens_for(clients)
-            specs = [client.spec(server.port, tokens) for client in clients]
+            # Protocol pings, answered by the websockets client itself, and counted.
+            specs = [{**c.spec(server.port, tokens), "count_pings": True} for c in clients]
         loader = stack.enter_context(_clients.Loader(f"peers-{kind}"))
         addresses = _clients.ADDRESSES.take(top + warmup)
         # A few sockets first, so that what is imported or cached on first use is in the
@@ -229,9 +231,9 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
                     "open_clients": open_clients,
                     "open_before_window": before["open"] - warmup,
                     "sio_connects": after["sio_connects"] - warmup if eio else None,
-                    "pongs": pongs if eio else None,
-                    "pongs_expected": expected_pongs if eio else None,
-                    "pongs_ratio": pongs / expected_pongs if eio and expected_pongs else None,
+                    "pongs": pongs,
+                    "pongs_expected": expected_pongs,
+                    "pongs_ratio": pongs / expected_pongs if expected_pongs else None,
                     "failures": after["failures"],
                     "closes": after["closes"],
                     "rss_kib": rss_after_step,
@@ -244,7 +246,7 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
                     "loop_stall": probe.summary(),
                 }
             )
-            pinged = f" pongs={pongs}/{expected_pongs:.0f}" if eio else ""
+            pinged = f" pongs={pongs}/{expected_pongs:.0f}"
             log(
                 f"peers {kind} n={step}: rss={rss_after_step} KiB "
                 f"cpu={cpu_rate * 1000:.1f} ms/s rate={ramp['rate']:.0f}/s "
@@ -312,7 +314,7 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
                     str(n): within("service", peer, lambda r, n=n: at_n(r, n)) for n in sizes.steps
                 },
             }
-    eio_plateaus = [p for r in rounds if r["kind"] in PEERS for p in r["plateaus"]]
+    plateaus = [p for r in rounds for p in r["plateaus"]]
     nan = _stats.summary([])
     return {
         "kinds": kinds,
@@ -362,13 +364,14 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             for r in rounds
             for p in r["plateaus"]
         ),
-        # Socket.IO sockets: how much of the pings each window should hold were answered.
+        # How much of the pings each window should hold were answered: Presence's protocol
+        # pings (the websockets client answers them) and the peers' Engine.IO pings.
         "pongs_ratio_min": min(
-            (p["pongs_ratio"] for p in eio_plateaus if p["pongs_ratio"] is not None),
+            (p["pongs_ratio"] for p in plateaus if p["pongs_ratio"] is not None),
             default=float("nan"),
         ),
         "pings_flowing": all(
-            p["pongs_ratio"] is not None and p["pongs_ratio"] >= PONGS_FLOWING for p in eio_plateaus
+            p["pongs_ratio"] is not None and p["pongs_ratio"] >= PONGS_FLOWING for p in plateaus
         ),
     }
 
@@ -521,9 +524,9 @@ def section(result: dict[str, Any]) -> list[str]:
             "N",
             [f"RSS {k} (MiB)" for k in kinds]
             + [f"CPU {k} (ms/s)" for k in kinds]
-            + [f"pongs / expected {k}" for k in kinds if k in PEERS],
+            + [f"pongs / expected {k}" for k in kinds],
         ),
-        row("---", ["---"] * (2 * len(kinds) + len([k for k in kinds if k in PEERS]))),
+        row("---", ["---"] * (3 * len(kinds))),
     ]
     for i, n in enumerate(sizes["steps"]):
 
@@ -539,7 +542,7 @@ def section(result: dict[str, Any]) -> list[str]:
                 f"{n:,}",
                 [_f(med(k, "rss_kib", 1 / 1024)) for k in kinds]
                 + [_f(med(k, "cpu_per_s", 1000)) for k in kinds]
-                + [_f(med(k, "pongs_ratio"), 2) for k in kinds if k in PEERS],
+                + [_f(med(k, "pongs_ratio"), 2) for k in kinds],
             )
         )
     if any(r.get("quiet") for r in result["rounds"]):

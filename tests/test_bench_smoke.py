@@ -212,6 +212,7 @@ def test_peers_connects_and_pings_every_socket(tmp_path: Path) -> None:
                 assert step["sio_connects"] is None
             else:
                 assert step["sio_connects"] == step["n"]
-                assert step["pongs"] >= step["pongs_expected"] * 0.9
+            # Pings flowed through the window: protocol pings or Engine.IO ones answered.
+            assert step["pongs"] >= step["pongs_expected"] * 0.9
     for ratio in ("rss_ratio_lighter", "cpu_ratio_lighter"):
         assert summary[ratio]["n"] == 1
