@@ -44,16 +44,20 @@ class PingCounting(ClientConnection):
     """A client connection that counts the protocol pings it receives (the sans-I/O
     protocol answers each with a pong by itself)."""
 
-    pings = 0
+    pings = 0  # every connection's, in this process
+    seen = 0  # this connection's
 
     def process_event(self, event: Any) -> None:
         if isinstance(event, Frame) and event.opcode is Opcode.PING:
             PingCounting.pings += 1
+            self.seen += 1
         super().process_event(event)
 
 
 class Tab:
-    __slots__ = ("address", "attempt", "back_at", "lost", "lost_at", "polling", "spec", "ws")
+    __slots__ = (
+        "address", "attempt", "back_at", "lost", "lost_at", "polling", "pongs", "spec", "ws"
+    )  # fmt: skip
 
     def __init__(self, spec: dict[str, Any], address: str) -> None:
         self.spec = spec
@@ -64,6 +68,8 @@ class Tab:
         self.lost = False
         self.lost_at: float | None = None
         self.back_at: float | None = None
+        # Engine.IO pongs this tab sent (Socket.IO tabs).
+        self.pongs = 0
 
 
 class Load:
@@ -158,6 +164,30 @@ class Load:
             "heartbeats": dict(self.heartbeats),
             "sio_connects": self.sio_connects,
             "pongs": self.pongs + PingCounting.pings,
+        }
+
+    def answered(self, tab: Tab) -> int:
+        """Pings this tab's socket answered: its Engine.IO pongs, or the protocol pings
+        its connection received (``count_pings``)."""
+        if tab.spec.get("eio"):
+            return tab.pongs
+        return getattr(tab.ws, "seen", 0)
+
+    def ping_mark(self) -> dict[str, Any]:
+        """From now on, ``ping_check`` tells the open sockets that answered no ping."""
+        self.ping_marks = {id(tab): self.answered(tab) for tab in self.tabs if tab.ws}
+        return {"open": self.open_now}
+
+    def ping_check(self) -> dict[str, Any]:
+        """Open sockets that answered no ping since ``ping_mark`` (open at the mark too)."""
+        marks = getattr(self, "ping_marks", {})
+        open_tabs = [tab for tab in self.tabs if tab.ws is not None and id(tab) in marks]
+        answers = sorted(self.answered(tab) - marks[id(tab)] for tab in open_tabs)
+        return {
+            "checked": len(open_tabs),
+            "unpinged": sum(1 for a in answers if a <= 0),
+            "min": answers[0] if answers else None,
+            "max": answers[-1] if answers else None,
         }
 
     def set_mark(self) -> dict[str, Any]:
@@ -326,6 +356,7 @@ class Load:
                 if message == "2":
                     await ws.send("3")
                     self.pongs += 1
+                    tab.pongs += 1
         except ConnectionClosed:
             pass
         self.open_now -= 1
@@ -427,6 +458,8 @@ async def main() -> None:
         {
             "open": lambda c: _opened(load, c),
             "status": lambda c: load.status(),
+            "ping_mark": lambda c: load.ping_mark(),
+            "ping_check": lambda c: load.ping_check(),
             # One character per tab, in the order opened: 1 open, 0 not.
             "open_map": lambda c: {
                 "map": "".join("1" if t.ws is not None else "0" for t in load.tabs)

@@ -212,7 +212,10 @@ def test_peers_connects_and_pings_every_socket(tmp_path: Path) -> None:
                 assert step["sio_connects"] is None
             else:
                 assert step["sio_connects"] == step["n"]
-            # Pings flowed through the window: protocol pings or Engine.IO ones answered.
-            assert step["pongs"] >= step["pongs_expected"] * 0.9
+            # Pings flowed through the window to every socket: protocol pings or Engine.IO
+            # ones, answered.
+            assert step["sockets_unpinged"] == 0
+            assert step["sockets_checked"] == step["n"] + 10  # the warm-up's sockets too
+            assert step["pongs"] >= step["pongs_expected"] * 0.75
     for ratio in ("rss_ratio_lighter", "cpu_ratio_lighter"):
         assert summary[ratio]["n"] == 1
