@@ -19,7 +19,8 @@ the ordinary protocol pings, which the ``websockets`` client answers by itself, 
 counts each ping frame it receives (so answers) among the pongs too.
 
 Driven over stdin/stdout by :class:`bench._clients.Loader`, one JSON object a line:
-``open``, ``status``, ``open_map``, ``mark``, ``storm``, ``exit``.
+``open``, ``status``, ``open_map``, ``mark``, ``storm``, ``ping_mark``, ``ping_check``,
+``exit``.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class Load:
         # Socket.IO tabs (spec "eio"): namespace connects completed, pongs sent.
         self.sio_connects = 0
         self.pongs = 0
+        # Pings answered by each open tab at the last ping_mark, by the tab's id.
+        self.ping_marks: dict[int, int] = {}
 
     # --- commands ---------------------------------------------------------------
 
@@ -180,7 +183,7 @@ class Load:
 
     def ping_check(self) -> dict[str, Any]:
         """Open sockets that answered no ping since ``ping_mark`` (open at the mark too)."""
-        marks = getattr(self, "ping_marks", {})
+        marks = self.ping_marks
         open_tabs = [tab for tab in self.tabs if tab.ws is not None and id(tab) in marks]
         answers = sorted(self.answered(tab) - marks[id(tab)] for tab in open_tabs)
         return {

@@ -504,8 +504,8 @@ TARGETS: tuple[Target, ...] = (
         "peers_cpu_ratio",
         "peers",
         "Idle socket beside python-socketio and Node.js Socket.IO 4: CPU per "
-        "connection-second {threshold} × the lighter peer's (slope)",
-        lambda r: _median(r["summary"]["cpu_ratio_lighter"]),
+        "connection-second {threshold} × the lighter peer's, by slope and at each N",
+        peers.cpu_worst_ratio,
         lambda r: peers.ratio_figure(r, "cpu", "µs", 2),
         "<",
         1.0,

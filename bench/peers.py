@@ -305,12 +305,14 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             if ours in kinds_ and theirs in kinds_ and value(kinds_[theirs])
         )
 
-    def lighter(key: str) -> dict[str, float]:
+    def lighter(key: str, value: Any = None) -> dict[str, float]:
         # Against the lighter peer of each round (no ratio to a slope of 0 or less, which
         # only a run too small to measure gives).
+        read = value or (lambda r: r[key])
+
         def ratio(kinds_: dict[str, dict[str, Any]]) -> float:
-            least = min(kinds_[p][key] for p in peers)
-            return kinds_["service"][key] / least if least > 0 else float("nan")
+            least = min(read(kinds_[p]) for p in peers)
+            return read(kinds_["service"]) / least if least > 0 else float("nan")
 
         return _stats.summary(
             ratio(kinds_)
@@ -352,6 +354,12 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
         "cpu_ratio_lighter": lighter("cpu_us_per_connection_s")
         if "service" in kinds and peers
         else nan,
+        # The whole CPU over N at each N (fixed costs included), against the lighter peer
+        # at that N.
+        "cpu_ratio_lighter_by_n": {
+            str(n): lighter("", lambda r, n=n: at_n(r, n)) if "service" in kinds and peers else nan
+            for n in sizes.steps
+        },
         "handshake_rate": {
             k: _stats.summary(r["plateaus"][-1]["handshake_rate"] for r in rounds if r["kind"] == k)
             for k in kinds
@@ -395,6 +403,15 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             for p in plateaus
         ),
     }
+
+
+def cpu_worst_ratio(result: dict[str, Any]) -> float:
+    """The CPU target's figure: the worse of the slope's ratio to the lighter peer and the
+    whole CPU over N's at each N (medians over rounds; NaN when any is not measured)."""
+    s = result["summary"]
+    medians = [s["cpu_ratio_lighter"], *s.get("cpu_ratio_lighter_by_n", {}).values()]
+    values = [float(m["median"]) if m.get("n") else float("nan") for m in medians]
+    return float("nan") if any(v != v for v in values) else max(values)
 
 
 def full(result: dict[str, Any]) -> bool:
@@ -443,6 +460,11 @@ def ratio_figure(result: dict[str, Any], key: str, unit: str, digits: int) -> st
     )
     shown = "; ".join(f"{_NAMES[k]} {_f(values[k]['median'], digits)} {unit}" for k in s["kinds"])
     text = f"{_s(lighter, 2)} × the lighter ({each}); {shown}"
+    if key == "cpu":
+        by_n = s.get("cpu_ratio_lighter_by_n", {})
+        text += "; total / N against the lighter at each N: " + ", ".join(
+            f"{_s(r, 2)} × at {int(n):,}" for n, r in by_n.items()
+        )
     if not sound(result):
         text += " (**some sockets not connected or not pinged**)"
     return text
@@ -536,7 +558,7 @@ def section(result: dict[str, Any]) -> list[str]:
             row(
                 "Presence / the lighter peer",
                 [_s(s["rss_ratio_lighter"], 2), _s(s["cpu_ratio_lighter"], 2)]
-                + ["–"] * len(sizes["steps"]),
+                + [_s(s.get("cpu_ratio_lighter_by_n", {}).get(str(n)), 2) for n in sizes["steps"]],
             ),
             "",
         ]
