@@ -112,6 +112,7 @@ def _hold(
     ttl = Settings().session_ttl
     owners = _clients.users_for(sizes.sessions, sizes.per_user, "c")
     memory = {"before": _used(client)}
+    ramp_cpu = [server.cpu_seconds() for server in servers]
     ramp_started = time.monotonic()
 
     # 1. Every session.
@@ -125,6 +126,7 @@ def _hold(
     _procs.log(f"capacity: {len(all_clients)} sessions created in {created_s:.0f} s")
 
     # 2. Every socket, spread over servers and load processes round-robin.
+    rss_before = [server.rss_kib() for server in servers]
     held: list[list[_clients.Client]] = [[] for _ in loads]
     failures: Counter[str] = Counter()
     for start in range(0, len(all_clients), sizes.chunk):
@@ -183,6 +185,7 @@ def _hold(
     expired = _ExpiredKeys(redis_server)
     expired_before = int(client.info("stats")["expired_keys"])
     cpu_before = [server.cpu_seconds() for server in servers]
+    ramp_cpu = [after - before for after, before in zip(cpu_before, ramp_cpu, strict=True)]
     samples = []
     hold_started = time.monotonic()
     with expired:
@@ -250,6 +253,8 @@ def _hold(
         "members": members,
         "ramp_seconds": ramp_seconds,
         "ramp": {"create_s": created_s, "open_s": opened_s, "join_watch_s": joined_s},
+        # The servers' CPU time over the ramp (sockets opened, joined and watching).
+        "ramp_server_cpu_s": ramp_cpu,
         "ramp_failures": dict(failures),
         "joins_accepted": accepted["presence.join"],
         "watches_accepted": accepted["presence.watch"],
@@ -275,6 +280,8 @@ def _hold(
         "server_rss_mib": [r / 1024 for r in rss],
         "rss_kib_per_session": sum(rss) / max(1, held_min),
         "rss_kib_per_session_by_process": [r / max(1, held_min / len(servers)) for r in rss],
+        # What the sockets added: the servers' RSS less theirs before the first opened.
+        "rss_kib_added_per_session": (sum(rss) - sum(rss_before)) / max(1, held_min),
         "server_cpu_per_s": cpu,
         "cpu_us_per_session_s": sum(cpu) / max(1, held_min) * 1e6,
         "load_rss_mib": [_procs.rss_kib(load.pid) / 1024 for load in loads],

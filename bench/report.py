@@ -372,7 +372,8 @@ def _capacity(result: dict[str, Any]) -> list[str]:
         "| --- | --- |",
         f"| Sockets held (minimum over the hold) | {result['connected']:,} |",
         f"| Ramp | {result['ramp_seconds']:.0f} s: sessions created {ramp['create_s']:.0f} s, "
-        f"sockets opened {ramp['open_s']:.0f} s, joins and watches {ramp['join_watch_s']:.0f} s |",
+        f"sockets opened {ramp['open_s']:.0f} s, joins and watches {ramp['join_watch_s']:.0f} s; "
+        f"servers' CPU over it {_f(sum(result.get('ramp_server_cpu_s', [math.nan])))} s |",
         f"| Handshakes refused or failed | {counts(result['ramp_failures'])} |",
         f"| Joins / watches accepted (answered by a sync) | {result['joins_accepted']:,} / "
         f"{result['watches_accepted']:,}; not: {counts(result['join_failures'])} |",
@@ -395,7 +396,9 @@ def _capacity(result: dict[str, Any]) -> list[str]:
         "| Redis breaker opened (cause) | " + counts(result["breaker_causes"]) + " |",
         f"| Server RSS per session | {_f(result['rss_kib_per_session'])} KiB "
         f"(sum {_f(sum(servers) / 1024, 2)} GiB); per process "
-        f"{', '.join(_f(x) for x in result['rss_kib_per_session_by_process'])} KiB |",
+        f"{', '.join(_f(x) for x in result['rss_kib_per_session_by_process'])} KiB; added by "
+        f"the sockets (less the servers' RSS before them) "
+        f"{_f(result.get('rss_kib_added_per_session'))} KiB |",
         f"| Server RSS per process (MiB) | {', '.join(_f(x, 0) for x in servers)} |",
         f"| Server CPU per session-second during the hold | "
         f"{_f(result['cpu_us_per_session_s'], 2)} µs (per process, ms/s: "
