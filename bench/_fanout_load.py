@@ -167,6 +167,7 @@ class Sock:
         "complete_at",
         "count",
         "gaps",
+        "joined",
         "last_leave",
         "leaves",
         "messages",
@@ -182,6 +183,8 @@ class Sock:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.ws: Client | None = None
+        # The room role: its join and its watch were both accepted.
+        self.joined = False
         self.reset()
         self.synced: asyncio.Event = asyncio.Event()
 
@@ -421,9 +424,10 @@ class Load:
                 if sock.ws is None:
                     return False
                 room = sock.spec["room"]
-                return await step(sock, "presence.join", room) and await step(
+                sock.joined = await step(sock, "presence.join", room) and await step(
                     sock, "presence.watch", room
                 )
+                return sock.joined
 
         started = time.monotonic()
         results = await asyncio.gather(*(one(sock) for sock in self.socks))
@@ -456,8 +460,13 @@ class Load:
         }
 
     def open_map(self) -> dict[str, Any]:
-        """One character a socket, in the order opened: "1" open, "0" not."""
-        return {"map": "".join("1" if s.ws is not None else "0" for s in self.socks)}
+        """One character a socket, in the order opened: "2" open and (in the room role)
+        its join and watch accepted, "1" open, "0" not."""
+        return {
+            "map": "".join(
+                ("2" if s.joined else "1") if s.ws is not None else "0" for s in self.socks
+            )
+        }
 
     def left_users(self) -> dict[str, Any]:
         """Each user told a leave here since ``arm_leaves``, with its reason."""

@@ -430,7 +430,8 @@ TARGETS: tuple[Target, ...] = (
         lambda r: float(r["drops"]),
         lambda r: (
             f"{r['drops']} ({r['closed']} closed, {r['ended']} ended, "
-            f"{r['users_told_a_leave_while_open']} users told a leave while open)"
+            f"{r['users_told_a_leave_while_open'] + r['ramp_users_told_a_leave_while_open']} "
+            "users told a leave while open)"
         ),
         "==",
         0,

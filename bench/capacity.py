@@ -179,6 +179,12 @@ def _hold(
     members = len({c.user for c in all_clients})
     _procs.log(f"capacity: {accepted} in {joined_s:.0f} s; holding {sizes.hold:g} s")
 
+    # What the sockets were told during the ramp (a leave then is a drop too).
+    ramp_statuses = [load.request({"cmd": "room_status"}) for load in loads]
+    ramp_left: dict[str, str] = {}
+    for load in loads:
+        ramp_left.update(load.request({"cmd": "left"})["left"])
+
     # The hold: counts from zero, every key that expires named.
     for load in loads:
         load.request({"cmd": "arm_leaves", "expected": {}})
@@ -219,16 +225,25 @@ def _hold(
     statuses = [load.request({"cmd": "room_status"}) for load in loads]
 
     # Every open socket's session key and member, each checked by name.
+    # "2": open, its join and watch accepted; "1": open, its join refused.
     connected: list[_clients.Client] = []
+    joined: list[bool] = []
     for load, clients in zip(loads, held, strict=True):
         flags = load.request({"cmd": "open_map"})["map"]
-        connected += [c for c, flag in zip(clients, flags, strict=True) if flag == "1"]
-    missing_sessions, missing_members = _missing(client, connected, sizes)
+        for c, flag in zip(clients, flags, strict=True):
+            if flag != "0":
+                connected.append(c)
+                joined.append(flag == "2")
+    missing_sessions, missing_members, missing_refused = _missing(client, connected, joined, sizes)
     open_users = {c.user for c in connected}
     left: dict[str, str] = {}
     for load in loads:
         left.update(load.request({"cmd": "left"})["left"])
     left_while_open = sum(1 for user in left if user in open_users)
+    ramp_left_while_open = sum(1 for user in ramp_left if user in open_users)
+    ramp_leaves: Counter[str] = Counter()
+    for s in ramp_statuses:
+        ramp_leaves.update(s["leaves"])
     must_live = _must_live(connected, sizes)
     expired_names = expired.names
     expired_must_live = sum(1 for name in expired_names if name in must_live)
@@ -267,13 +282,20 @@ def _hold(
         "expired_keys_during_hold": samples[-1]["expired_keys"],
         "expired_during_hold_by_kind": dict(Counter(_kind(name) for name in expired_names)),
         "expired_must_live": expired_must_live,
+        # The names of the keys expired during the hold, but the rooms' versions (by
+        # design), at most 100: what expired that need not have.
+        "expired_names": [n for n in expired_names if not n.endswith(":v")][:100],
         "never_connected": never_connected,
         "closed": samples[-1]["closed"],
         "ended": ended,
         "leaves_by_reason": dict(leaves),
         "users_told_a_leave": len(left),
         "users_told_a_leave_while_open": left_while_open,
-        "drops": samples[-1]["closed"] + ended + left_while_open,
+        "ramp_leaves_by_reason": dict(ramp_leaves),
+        "ramp_users_told_a_leave_while_open": ramp_left_while_open,
+        "ramp_other_messages": dict(sum((Counter(s["other"]) for s in ramp_statuses), Counter())),
+        "members_missing_of_refused_joins": missing_refused,
+        "drops": samples[-1]["closed"] + ended + left_while_open + ramp_left_while_open,
         "gaps": sum(s["gaps"] for s in statuses),
         "other_messages": {k: n for k, n in other.items() if not k.startswith(("error", "ended"))},
         "breaker_causes": dict(breaker),
@@ -294,11 +316,14 @@ def _hold(
     }
 
 
-def _missing(client: Any, connected: list[_clients.Client], sizes: Sizes) -> tuple[int, int]:
+def _missing(
+    client: Any, connected: list[_clients.Client], joined: list[bool], sizes: Sizes
+) -> tuple[int, int, int]:
     """Open sockets' sessions whose key is gone, and their users missing from their
-    room's members. A user's first session lives in the user's lone slot (its value
-    starts with the session id), any other in a key of its own: see presence/keys.py."""
-    sessions = members = 0
+    room's members: of sockets whose join was accepted, and of those whose join was
+    refused. A user's first session lives in the user's lone slot (its value starts
+    with the session id), any other in a key of its own: see presence/keys.py."""
+    sessions = members = refused = 0
     for start in range(0, len(connected), 5_000):
         part = connected[start : start + 5_000]
         pipe = client.pipeline(transaction=False)
@@ -312,8 +337,11 @@ def _missing(client: Any, connected: list[_clients.Client], sizes: Sizes) -> tup
             if not own and not (lone or "").startswith(f"{c.session_id}|"):
                 sessions += 1
             if not member:
-                members += 1
-    return sessions, members
+                if joined[start + i]:
+                    members += 1
+                else:
+                    refused += 1
+    return sessions, members, refused
 
 
 def _must_live(connected: list[_clients.Client], sizes: Sizes) -> set[str]:

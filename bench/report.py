@@ -383,12 +383,24 @@ def _capacity(result: dict[str, Any]) -> list[str]:
         f"{samples[0]['redis_keys']:,} / {samples[-1]['redis_keys']:,} |",
         f"| Redis `expired_keys` during the hold (by kind) | "
         f"{result['expired_keys_during_hold']:,} ({counts(result['expired_during_hold_by_kind'])}"
-        f"); of keys that must live while their socket is open: {result['expired_must_live']} |",
+        f"); of keys that must live while their socket is open: {result['expired_must_live']}"
+        + (
+            f"; others than a room's versions: "
+            f"{', '.join(f'`{n}`' for n in result['expired_names'][:5])}"
+            if result.get("expired_names")
+            else ""
+        )
+        + " |",
         f"| Sessions / members of open sockets missing at the end (each checked by name) | "
-        f"{result['missing_at_end']} / {result['members_missing_at_end']} |",
+        f"{result['missing_at_end']} / {result['members_missing_at_end']} (and "
+        f"{result.get('members_missing_of_refused_joins', 0)} of sockets whose join was "
+        "refused) |",
         f"| Drops | {result['drops']}: {result['closed']} sockets closed, {result['ended']} "
-        f"`ended`, {result['users_told_a_leave_while_open']} users told a leave while their "
-        "socket is open |",
+        f"`ended`, users told a leave while their socket is open: "
+        f"{result['users_told_a_leave_while_open']} during the hold, "
+        f"{result.get('ramp_users_told_a_leave_while_open', 0)} during the ramp |",
+        f"| Leaves told during the ramp, by reason | "
+        f"{counts(result.get('ramp_leaves_by_reason', {}))} |",
         f"| Leaves told to watchers, by reason (a leave counts once per watcher) | "
         f"{counts(result['leaves_by_reason'])}; users told a leave: "
         f"{result['users_told_a_leave']} |",
