@@ -46,11 +46,13 @@ import asyncio
 import base64
 import json
 import os
+import random
 import time
 from collections import Counter
 from typing import Any
 
 from bench._commands import frozen, serve
+from bench._load import _FINAL  # refusals no retry changes, as web/src/presenceRoom.js
 from bench._stats import percentile
 
 
@@ -232,6 +234,7 @@ class Load:
         # code of the error a socket was sent while one was waiting (its step refused).
         self.accepted: Counter[str] = Counter()
         self.refused: dict[int, str] = {}
+        self.refusals: Counter[str] = Counter()
 
     # --- commands -------------------------------------------------------------------
 
@@ -400,24 +403,36 @@ class Load:
         counted, by kind)."""
         gate = asyncio.Semaphore(command.get("concurrency", 64))
 
+        retries = command.get("retries", 5)
+
         async def step(sock: Sock, kind: str, room: str) -> bool:
-            assert sock.ws is not None
-            sock.synced.clear()
             message: dict[str, Any] = {"type": kind, "room": room}
             if kind == "presence.join":
                 message["meta"] = None
-            sock.ws.send_text(json.dumps(message))
-            try:
-                await asyncio.wait_for(sock.synced.wait(), self.timeout)
-            except TimeoutError:
-                self.failures[f"no_sync_after_{kind}"] += 1
-                return False
-            code = self.refused.pop(id(sock), None)
-            if code is not None:
-                self.failures[f"{kind} refused: {code}"] += 1
-                return False
-            self.accepted[kind] += 1
-            return True
+            for attempt in range(retries + 1):
+                if sock.ws is None:
+                    self.failures[f"closed_before_{kind}"] += 1
+                    return False
+                sock.synced.clear()
+                sock.ws.send_text(json.dumps(message))
+                try:
+                    await asyncio.wait_for(sock.synced.wait(), self.timeout)
+                except TimeoutError:
+                    self.failures[f"no_sync_after_{kind}"] += 1
+                    return False
+                code = self.refused.pop(id(sock), None)
+                if code is None:
+                    self.accepted[kind] += 1
+                    return True
+                # Refused: sent again for a passing reason after a full-jitter delay
+                # from 1 s, doubling, as the JS client does (web/src/presenceRoom.js);
+                # the refusal is counted either way.
+                self.refusals[f"{kind} refused: {code}"] += 1
+                if code in _FINAL or attempt == retries:
+                    break
+                await asyncio.sleep(random.random() * min(30.0, 2.0**attempt))
+            self.failures[f"{kind} refused: {code}"] += 1
+            return False
 
         async def one(sock: Sock) -> bool:
             async with gate:
@@ -434,6 +449,8 @@ class Load:
         return {
             "done": sum(results),
             "accepted": dict(self.accepted),
+            # Every refusal, those tried again and accepted later included.
+            "refusals": dict(self.refusals),
             "failed": dict(self.failures),
             "other": dict(self.other),
             "elapsed": time.monotonic() - started,

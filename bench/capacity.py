@@ -13,7 +13,9 @@ It goes in three steps, with Redis's ``used_memory`` read before the first and a
 each, so that a session's bytes, a socket's (its tab) and a member's are each a
 difference: every session is created (through the service's own store), every socket
 opened, then every socket sends ``presence.join`` for its room and ``presence.watch``
-of the same room, each accepted when its sync comes. Session ``i`` belongs to user
+of the same room, each accepted when its sync comes (one refused for a passing reason,
+``store_unavailable`` say, is counted and sent again after a full-jitter delay, as the
+JS client does, up to ``join_retries`` times). Session ``i`` belongs to user
 ``i // per_user`` and the user to room ``user % rooms``: with one session a user, a
 room's members are its sockets.
 
@@ -57,6 +59,8 @@ class Sizes:
     chunk: int = 10_000
     in_flight: int = 64
     per_user: int = 1
+    # A join or watch refused for a passing reason is sent again, up to this many times.
+    join_retries: int = 5
     # The servers' CPUs (taskset -c); the load processes and redis-server are on the
     # load CPU. See bench/README.md for why the servers may use both.
     server_cpus: str = "0,1"
@@ -162,13 +166,21 @@ def _hold(
     # 3. Every socket joins its room and watches it.
     joins_started = time.monotonic()
     for load in loads:
-        load.send({"cmd": "join_watch", "concurrency": max(1, sizes.in_flight // len(loads))})
+        load.send(
+            {
+                "cmd": "join_watch",
+                "concurrency": max(1, sizes.in_flight // len(loads)),
+                "retries": sizes.join_retries,
+            }
+        )
     accepted: Counter[str] = Counter()
     join_other: Counter[str] = Counter()
     join_failures: Counter[str] = Counter()
+    refusals: Counter[str] = Counter()
     for load in loads:
         reply = load.receive(timeout=1800)
         accepted.update(reply["accepted"])
+        refusals.update(reply["refusals"])
         join_other.update(reply["other"])
         join_failures.update(reply["failed"])
     joined_s = time.monotonic() - joins_started
@@ -274,6 +286,9 @@ def _hold(
         "joins_accepted": accepted["presence.join"],
         "watches_accepted": accepted["presence.watch"],
         "join_failures": dict(join_failures),
+        # Every join or watch refused, those tried again (as the JS client does) and
+        # accepted later included.
+        "join_refusals": dict(refusals),
         "errors": errors,
         "samples": samples,
         "spurious_expiries": missing_sessions + missing_members + expired_must_live,

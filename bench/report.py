@@ -377,6 +377,8 @@ def _capacity(result: dict[str, Any]) -> list[str]:
         f"| Handshakes refused or failed | {counts(result['ramp_failures'])} |",
         f"| Joins / watches accepted (answered by a sync) | {result['joins_accepted']:,} / "
         f"{result['watches_accepted']:,}; not: {counts(result['join_failures'])} |",
+        f"| Refusals (each sent again after a full-jitter delay, as the JS client does) | "
+        f"{counts(result.get('join_refusals', {}))} |",
         f"| Errors sent to the sockets | {counts(result['errors'])} |",
         f"| Sessions whose socket never opened | {result['never_connected']:,} |",
         f"| Keys in Redis (first / last sample) | "
