@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import _procs, _servers, _stats, _targets, fanout, reclaim
+from . import _procs, _servers, _stats, _targets, fanout, peers, reclaim
 from . import storm as storm_bench
 
 
@@ -40,6 +40,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         ("redis_memory", _redis_memory),
         ("fanout", fanout.section),
         ("reclaim", reclaim.section),
+        ("peers", peers.section),
         ("profile", _profile),
     ]:
         if name in benchmarks:

@@ -252,6 +252,9 @@ class _LocalRoom:
 _RECENT = 32
 # Watchers sent a diff between two yields to the event loop: ~3 ms of writes.
 _SLICE = 200
+# While a dead process is reaped, its rooms' leaves are flushed at most this often
+# (seconds), in a few diffs each rather than one at the end (or one a batch).
+_REAP_FLUSH_EVERY = 0.2
 # Attempts at syncing a watcher before it is left for the next diff to catch up.
 _SYNC_ATTEMPTS = 3
 # Seconds before a watcher whose sync the store did not answer is synced again (even
@@ -335,6 +338,8 @@ class RoomService:
         self._rooms: dict[str, _LocalRoom] = {}
         self._listeners: dict[str, Callable[[str], Awaitable[None]]] = {}
         self._flushing: set[str] = set()
+        # Rooms being flushed now (how many flushes of each are running).
+        self._in_flush: dict[str, int] = {}
         # Each room's page being read for syncs, shared by the watchers syncing meanwhile.
         self._pages: dict[str, asyncio.Future[tuple[RoomPage, str]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -696,12 +701,18 @@ class RoomService:
             await asyncio.shield(local.fanning)
             local = self._rooms.get(room)
         self._flushing.discard(room)
+        self._in_flush[room] = self._in_flush.get(room, 0) + 1
         try:
             diff = await self.store.flush(room)
         except StoreUnavailable:
             logger.warning("could not flush a room's changes; trying again")
             self._changed([room])
             return
+        finally:
+            if self._in_flush[room] > 1:
+                self._in_flush[room] -= 1
+            else:
+                del self._in_flush[room]
         if diff is not None:
             metrics.diff_published(diff)
 
@@ -972,14 +983,49 @@ class RoomService:
             # The grace runs from the dead process's last renewal, as from a closed
             # socket: tabs held again elsewhere meanwhile are not reaped.
             await asyncio.sleep(max(0.0, renewed + self.settings.offline_grace - time.time()))
+            loop = asyncio.get_running_loop()
+            told: set[str] = set()
+            waiting: set[str] = set()
+            last_told = -_REAP_FLUSH_EVERY  # the first batch's rooms are told at once
+
+            def progress(rooms: list[str]) -> None:
+                # The batches' rooms are flushed while the reap goes on, so the leaves
+                # stream out and the last is not queued behind all of it; at most once
+                # a _REAP_FLUSH_EVERY, so that a room's thousand leaves go in a few
+                # diffs rather than one a batch.
+                nonlocal last_told
+                waiting.update(rooms)
+                if loop.time() - last_told >= _REAP_FLUSH_EVERY:
+                    last_told = loop.time()
+                    told.update(waiting)
+                    self._changed(sorted(waiting))
+                    waiting.clear()
+
             # Reaped only if still lapsed: one that renewed meanwhile was stalled or cut
             # off, not dead, and its members stay.
-            changed, reaped = await self.primary.reap(holder, if_lapsed=True)
-            self._changed(changed)
+            changed, reaped = await self.primary.reap(holder, if_lapsed=True, progress=progress)
+            # The rest (every room, from a store that reaps in one step).
+            self._changed([room for room in changed if room in waiting or room not in told])
             if self.on_reaped is not None and reaped:
+                # The sessions are marked disconnected once the rooms' diffs are out:
+                # thousands of them are large scripts that would otherwise sit in
+                # Redis in front of the flushes (bench/analysis.md, crash reclaim).
+                await self._flushed(changed)
                 await self.on_reaped(reaped)
         finally:
             self._reaping.discard(holder)
+
+    async def _flushed(self, rooms: list[str]) -> None:
+        """Waits until none of ``rooms`` has a flush due or running here, within a
+        bound (a flush that keeps failing retries on its own)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.diff_window + 4 * self.settings.redis_timeout
+        pending = set(rooms)
+        while loop.time() < deadline:
+            pending = {room for room in pending if room in self._flushing or room in self._in_flush}
+            if not pending:
+                return
+            await asyncio.sleep(max(0.005, self.settings.diff_window / 2))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coroutine)

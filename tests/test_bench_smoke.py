@@ -199,3 +199,34 @@ def test_reclaim_tells_every_watcher_every_node_down_leave(tmp_path: Path) -> No
             "leases_after": sizes["survivors"],
         }
         assert len(r["loop_stall_ms"]) == sizes["survivors"]
+
+
+def test_peers_connects_and_pings_every_socket(tmp_path: Path) -> None:
+    """Presence, python-socketio and Node.js Socket.IO 4 each hold every socket asked for:
+    the Socket.IO ones completed their namespace connect and answered the pings each
+    window should hold, so that no figure is read off half-open sockets."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed; the peers benchmark needs them")
+    result = _run("peers", tmp_path)
+    summary = result["summary"]
+    assert summary["kinds"] == ["service", "python-socketio", "node"]
+    assert summary["all_connected"] is True
+    assert summary["pings_flowing"] is True
+    assert result["versions"]["socket.io"].startswith("4.")
+    for r in result["rounds"]:
+        assert _number(r["rss_kib_per_connection"])
+        assert _number(r["cpu_us_per_connection_s"])
+        for step in r["plateaus"]:
+            assert step["open_clients"] == step["n"]
+            assert step["rss_kib"] > 0
+            if r["kind"] == "service":
+                assert step["sio_connects"] is None
+            else:
+                assert step["sio_connects"] == step["n"]
+            # Pings flowed through the window to every socket: protocol pings or Engine.IO
+            # ones, answered.
+            assert step["sockets_unpinged"] == 0
+            assert step["sockets_checked"] == step["n"] + 10  # the warm-up's sockets too
+            assert step["pongs"] >= step["pongs_expected"] * 0.75
+    for ratio in ("rss_ratio_lighter", "cpu_ratio_lighter"):
+        assert summary[ratio]["n"] == 1

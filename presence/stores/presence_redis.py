@@ -14,16 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
-from typing import Any
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 from redis.commands.core import AsyncScript
 
 from .. import events, keys
+from ..exceptions import StoreUnavailable
 from ..models import JSON, Diff, Member, Reason, RoomPage, Status, TabState, UserPresence
 from . import _presence_scripts
 from .presence_base import JoinResult
 from .redis import RedisStore
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _STATE_LETTER = {"online": "o", "away": "a"}
 _STATUSES: tuple[Status, ...] = ("online", "away", "offline")
@@ -129,7 +136,11 @@ class RedisPresenceStore:
         return int(reply[1]) / 1000, []
 
     async def reap(
-        self, holder: str, *, if_lapsed: bool = False
+        self,
+        holder: str,
+        *,
+        if_lapsed: bool = False,
+        progress: Callable[[list[str]], None] | None = None,
     ) -> tuple[list[str], list[tuple[str, str]]]:
         lease_keys = keys.lease_keys(self.prefix)
         if not int(await self._run("FENCE", lease_keys, [holder, "1" if if_lapsed else "0"])):
@@ -140,20 +151,55 @@ class RedisPresenceStore:
         renewed_ms = "" if renewed is None else str(_ms(renewed))
         changed: set[str] = set()
         reaped: list[tuple[str, str]] = []
+        # A Redis outage in the middle is waited out, step by step, for as long as the
+        # claim on the holder allows: what a step has in hand (a batch's rows) is not
+        # lost, and nothing is done twice (the rows are versioned).
+        patience = _Patience(keys.REAP_CLAIM / 2)
         cursor = 0
         while True:
-            cursor, batch = await self._call_raw(client.sscan, users_key, cursor, count=_REAP_BATCH)
-            replies = await asyncio.gather(
-                *(self._user(user, "reap", holder, renewed_ms or "0") for user in batch)
+            cursor, found = await patience.retry(
+                partial(self._call_raw, client.sscan, users_key, cursor, count=_REAP_BATCH)
             )
-            for user, reply in zip(batch, replies, strict=True):
-                changed.update(await self._apply(user, reply))
+            batch = list(dict.fromkeys(found))  # SSCAN may return a member twice
+            replies: dict[str, Any] = {}
+            while len(replies) < len(batch):
+                todo = [user for user in batch if user not in replies]
+                results = await asyncio.gather(
+                    *(self._user(user, "reap", holder, renewed_ms or "0") for user in todo),
+                    return_exceptions=True,
+                )
+                failed = None
+                for user, result in zip(todo, results, strict=True):
+                    if isinstance(result, StoreUnavailable):
+                        failed = result
+                    elif isinstance(result, BaseException):
+                        raise result
+                    else:
+                        replies[user] = result
+                if failed is not None:
+                    await patience.wait(failed)
+            # The batch's rows, room by room: one APPLY a room for all its users (rows
+            # are versioned per user, so one script applies them as several would).
+            rows: dict[str, list[Any]] = {}
+            for user in batch:
+                reply = replies[user]
+                version = reply[2]
+                for i in range(3, len(reply), 4):
+                    rows.setdefault(reply[i], []).extend(
+                        (user, version, reply[i + 1], reply[i + 2], reply[i + 3])
+                    )
                 if reply[0] == "ok" and reply[1]:
                     reaped += [(user, sid) for sid in str(reply[1]).split(",")]
+            batch_changed = await self._apply_patiently(rows, patience)
+            changed.update(batch_changed)
+            if progress is not None and batch_changed:
+                # The leaves stream out while the reap goes on: the rooms of each
+                # batch can be flushed now, not once at the end.
+                progress(batch_changed)
             if int(cursor) == 0:
                 break
-        await self._call_raw(client.delete, users_key)
-        await self._run("REAPED", lease_keys, [holder])
+        await patience.retry(lambda: self._call_raw(client.delete, users_key))
+        await patience.retry(lambda: self._run("REAPED", lease_keys, [holder]))
         return sorted(changed), reaped
 
     # -- rooms ----------------------------------------------------------------------------
@@ -263,26 +309,82 @@ class RedisPresenceStore:
         """Applies the rows a user script sent to their rooms, concurrently; returns
         the rooms changed."""
         version = reply[2]
-        rooms = [
-            (reply[i], reply[i + 1], reply[i + 2], reply[i + 3]) for i in range(3, len(reply), 4)
-        ]
-        if not rooms:
+        rows = {
+            reply[i]: [user, version, reply[i + 1], reply[i + 2], reply[i + 3]]
+            for i in range(3, len(reply), 4)
+        }
+        return await self._apply_rows(rows)
+
+    async def _apply_rows(self, rows: dict[str, list[Any]]) -> list[str]:
+        """Applies each room's rows (user, version, row, reason, seen, ...) in one
+        script a room, rooms concurrently; returns the rooms changed."""
+        if not rows:
             return []
+        rooms = list(rows)
         results = await asyncio.gather(
-            *(
-                self._run(
-                    "APPLY", keys.room_keys(self.prefix, room), [user, version, row, why, seen]
-                )
-                for room, row, why, seen in rooms
-            )
+            *(self._run("APPLY", keys.room_keys(self.prefix, room), rows[room]) for room in rooms)
         )
-        return [room for (room, _, _, _), changed in zip(rooms, results, strict=True) if changed]
+        return [room for room, changed in zip(rooms, results, strict=True) if changed]
+
+    async def _apply_patiently(self, rows: dict[str, list[Any]], patience: _Patience) -> list[str]:
+        """As :meth:`_apply_rows`, each room's script tried again while Redis is
+        unavailable. A room applied already is not asked again, and one whose script
+        failed is told as changed: a script that timed out may have run, and its retry
+        then says nothing changed (a flush with nothing to say costs one script)."""
+        changed: list[str] = []
+        failed_once: set[str] = set()
+        todo = list(rows)
+        while todo:
+            results = await asyncio.gather(
+                *(
+                    self._run("APPLY", keys.room_keys(self.prefix, room), rows[room])
+                    for room in todo
+                ),
+                return_exceptions=True,
+            )
+            failed, again = None, []
+            for room, result in zip(todo, results, strict=True):
+                if isinstance(result, StoreUnavailable):
+                    failed = result
+                    again.append(room)
+                    failed_once.add(room)
+                elif isinstance(result, BaseException):
+                    raise result
+                elif result or room in failed_once:
+                    changed.append(room)
+            if failed is not None:
+                await patience.wait(failed)
+            todo = again
+        return changed
 
     async def _run(self, script: str, script_keys: list[str], args: list[Any]) -> Any:
         return await self.sessions.call(self._scripts[script], keys=script_keys, args=args)
 
     async def _call_raw(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.sessions.call(fn, *args, **kwargs)
+
+
+class _Patience:
+    """Retries a step that found Redis unavailable, with a growing pause, until
+    ``seconds`` have passed since it was made; then the step's failure is raised."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.pause = 0.05
+
+    async def retry(self, step: Callable[[], Awaitable[_T]]) -> _T:
+        while True:
+            try:
+                return await step()
+            except StoreUnavailable as exc:
+                await self.wait(exc)
+
+    async def wait(self, failure: StoreUnavailable) -> None:
+        if time.monotonic() + self.pause > self.deadline:
+            raise failure
+        logger.warning("reap: Redis unavailable; resuming in %.2f s", self.pause)
+        await asyncio.sleep(self.pause)
+        self.pause = min(1.0, self.pause * 2)
 
 
 def _ms(seconds: float) -> int:
