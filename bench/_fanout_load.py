@@ -26,9 +26,18 @@ by its snapshot) and joins one room with each, as a tab carrying several session
 does; a **leaves** watcher watches several rooms and counts the leaves it is told,
 by reason, noting when its view of every room is down to the count expected.
 
+For the capacity benchmark (:mod:`bench.capacity`) a **room** socket: opened with
+role ``room``, it later sends ``presence.join`` for the room its spec names and then
+``presence.watch`` of the same room (``join_watch``), each accepted when its sync comes
+(joining implies watching, and watching again sends a fresh sync); from then on it
+reads as a leaves watcher does, counting the leaves of its room by reason, and the
+``ended`` and ``error`` messages it is sent (``room_status``, ``open_map``).
+
 Driven over stdin/stdout by the fan-out benchmark, one JSON object a line: ``open``,
-``watch``, ``progress``, ``burst``, ``report``, ``exit``; and by the reclaim benchmark
-``open``, ``watch_rooms``, ``arm_leaves``, ``progress``, ``leaves_report``.
+``watch``, ``progress``, ``burst``, ``report``, ``exit``; by the reclaim benchmark
+``open``, ``watch_rooms``, ``arm_leaves``, ``progress``, ``leaves_report``; and by the
+capacity benchmark ``open``, ``join_watch``, ``arm_leaves``, ``room_status``,
+``open_map``, ``left``.
 """
 
 from __future__ import annotations
@@ -37,11 +46,13 @@ import asyncio
 import base64
 import json
 import os
+import random
 import time
 from collections import Counter
 from typing import Any
 
 from bench._commands import frozen, serve
+from bench._load import _FINAL  # refusals no retry changes, as web/src/presenceRoom.js
 from bench._stats import percentile
 
 
@@ -158,6 +169,7 @@ class Sock:
         "complete_at",
         "count",
         "gaps",
+        "joined",
         "last_leave",
         "leaves",
         "members",
@@ -174,6 +186,8 @@ class Sock:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.ws: Client | None = None
+        # The room role: its join and its watch were both accepted.
+        self.joined = False
         self.reset()
         self.synced: asyncio.Event = asyncio.Event()
 
@@ -221,6 +235,11 @@ class Load:
         self.room_expected: dict[str, int] = {}
         # The leaves role: user -> (when first told here, reason) of each leave told.
         self.left: dict[str, tuple[float, str]] = {}
+        # The room role: joins and watches accepted (answered by their sync), and the
+        # code of the error a socket was sent while one was waiting (its step refused).
+        self.accepted: Counter[str] = Counter()
+        self.refused: dict[int, str] = {}
+        self.refusals: Counter[str] = Counter()
 
     # --- commands -------------------------------------------------------------------
 
@@ -382,6 +401,98 @@ class Load:
             "counts": Counter(f"{r}={v[1]}" for s in self.socks for r, v in s.views.items()),
             "elapsed": time.monotonic() - started,
         }
+
+    async def join_watch(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Each open socket here joins the room its spec names, then watches it; each
+        step is accepted when its sync comes (an error or no sync within the timeout is
+        counted, by kind)."""
+        gate = asyncio.Semaphore(command.get("concurrency", 64))
+
+        retries = command.get("retries", 5)
+
+        async def step(sock: Sock, kind: str, room: str) -> bool:
+            message: dict[str, Any] = {"type": kind, "room": room}
+            if kind == "presence.join":
+                message["meta"] = None
+            for attempt in range(retries + 1):
+                if sock.ws is None:
+                    self.failures[f"closed_before_{kind}"] += 1
+                    return False
+                sock.synced.clear()
+                sock.ws.send_text(json.dumps(message))
+                try:
+                    await asyncio.wait_for(sock.synced.wait(), self.timeout)
+                except TimeoutError:
+                    self.failures[f"no_sync_after_{kind}"] += 1
+                    return False
+                code = self.refused.pop(id(sock), None)
+                if code is None:
+                    self.accepted[kind] += 1
+                    return True
+                # Refused: sent again for a passing reason after a full-jitter delay
+                # from 1 s, doubling, as the JS client does (web/src/presenceRoom.js);
+                # the refusal is counted either way.
+                self.refusals[f"{kind} refused: {code}"] += 1
+                if code in _FINAL or attempt == retries:
+                    break
+                await asyncio.sleep(random.random() * min(30.0, 2.0**attempt))
+            self.failures[f"{kind} refused: {code}"] += 1
+            return False
+
+        async def one(sock: Sock) -> bool:
+            async with gate:
+                if sock.ws is None:
+                    return False
+                room = sock.spec["room"]
+                sock.joined = await step(sock, "presence.join", room) and await step(
+                    sock, "presence.watch", room
+                )
+                return sock.joined
+
+        started = time.monotonic()
+        results = await asyncio.gather(*(one(sock) for sock in self.socks))
+        return {
+            "done": sum(results),
+            "accepted": dict(self.accepted),
+            # Every refusal, those tried again and accepted later included.
+            "refusals": dict(self.refusals),
+            "failed": dict(self.failures),
+            "other": dict(self.other),
+            "elapsed": time.monotonic() - started,
+        }
+
+    def room_status(self) -> dict[str, Any]:
+        """The room role's counts: sockets open and closed, leaves told by reason
+        (summed over watchers: a leave a room's 100 watchers see counts 100 times), the
+        users told a leave, gaps, syncs, and every other message by kind."""
+        leaves: Counter[str] = Counter()
+        for sock in self.socks:
+            leaves.update(sock.leaves)
+        leaves.pop("(joins)", None)
+        return {
+            "socks": len(self.socks),
+            "open": sum(1 for s in self.socks if s.ws is not None),
+            "closed": self.closed,
+            "leaves": dict(leaves),
+            "users_left": len(self.left),
+            "gaps": sum(s.gaps for s in self.socks),
+            "syncs": sum(s.syncs for s in self.socks),
+            "other": dict(self.other),
+            "failed": dict(self.failures),
+        }
+
+    def open_map(self) -> dict[str, Any]:
+        """One character a socket, in the order opened: "2" open and (in the room role)
+        its join and watch accepted, "1" open, "0" not."""
+        return {
+            "map": "".join(
+                ("2" if s.joined else "1") if s.ws is not None else "0" for s in self.socks
+            )
+        }
+
+    def left_users(self) -> dict[str, Any]:
+        """Each user told a leave here since ``arm_leaves``, with its reason."""
+        return {"left": {user: why for user, (_when, why) in self.left.items()}}
 
     def arm_leaves(self, command: dict[str, Any]) -> dict[str, Any]:
         """From now on a watcher is complete when each room's view holds
@@ -561,7 +672,7 @@ class Load:
         now = time.monotonic()
         sock.messages += 1
         sock.bytes += wire
-        if self.role == "leaves":
+        if self.role in ("leaves", "room"):
             self._heard_leaves(sock, text, now)
             return
         if self.role == "member":
@@ -668,7 +779,16 @@ class Load:
             sock.syncs += 1
             sock.synced.set()
         else:
-            self.other[str(json.loads(text).get("type", "?"))] += 1
+            other = json.loads(text)
+            kind = str(other.get("type", "?"))
+            if kind == "error":
+                kind = f"error {other.get('code')}"
+                if self.role == "room" and not sock.synced.is_set():
+                    self.refused[id(sock)] = str(other.get("code"))
+                    sock.synced.set()
+            elif kind == "ended":
+                kind = f"ended {other.get('reason')}"
+            self.other[kind] += 1
             return
         expected = self.room_expected
         if (
@@ -706,6 +826,10 @@ async def main() -> None:
             "progress": lambda c: load.progress(),
             "burst": load.burst,
             "report": load.report,
+            "join_watch": load.join_watch,
+            "room_status": lambda c: load.room_status(),
+            "open_map": lambda c: load.open_map(),
+            "left": lambda c: load.left_users(),
         }
     )
 

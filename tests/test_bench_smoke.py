@@ -68,13 +68,24 @@ def test_idle_connects_every_requested_socket(tmp_path: Path) -> None:
 
 
 def test_capacity_holds_every_session(tmp_path: Path) -> None:
-    """The capacity run connects all its sessions over several processes and samples them."""
+    """The capacity run connects all its sessions over several processes, joins each to
+    its room and watches it, samples them, and reads Redis's memory at each step."""
     result = _run("capacity", tmp_path)
-    assert result["connected"] == result["requested"]
-    assert len(result["server_rss_mib"]) == result["sizes"]["processes"]
+    sizes = result["sizes"]
+    assert result["connected"] == result["requested"] == sizes["sessions"]
+    assert result["joins_accepted"] == result["watches_accepted"] == result["requested"]
+    assert result["join_failures"] == {}
+    assert all(n > 0 for n in result["errors"].values())
+    assert result["never_connected"] == 0
+    assert len(result["server_rss_mib"]) == sizes["processes"]
     assert result["samples"]
-    assert result["missing_at_end"] >= 0
+    assert result["missing_at_end"] >= 0 and result["members_missing_at_end"] >= 0
     assert result["samples"][-1]["redis_keys"] > 0
+    assert result["members"] == sizes["sessions"] // sizes["per_user"]
+    assert set(result["redis_memory"]) == {"before", "sessions", "sockets", "joined"}
+    for key in ("rss_kib_per_session", "cpu_us_per_session_s", "redis_bytes_per_member"):
+        assert _number(result[key])
+    assert result["drops"] >= 0 and result["spurious_expiries"] >= 0
 
 
 def test_storm_reconnects_after_a_restart(tmp_path: Path) -> None:
