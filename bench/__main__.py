@@ -24,6 +24,7 @@ from . import (
     cleanup,
     fanout,
     idle,
+    peers,
     profile,
     reclaim,
     redis_memory,
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Any], dict[str, Any]], Any, Any]] = {
     "redis_memory": (redis_memory.run, redis_memory.FULL, redis_memory.QUICK),
     "fanout": (fanout.run, fanout.FULL, fanout.QUICK),
     "reclaim": (reclaim.run, reclaim.FULL, reclaim.QUICK),
+    "peers": (peers.run, peers.FULL, peers.QUICK),
     "profile": (profile.run, profile.FULL, profile.QUICK),
 }
 # `profile` only explains figures; it runs when named.

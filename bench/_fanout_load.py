@@ -26,9 +26,18 @@ by its snapshot) and joins one room with each, as a tab carrying several session
 does; a **leaves** watcher watches several rooms and counts the leaves it is told,
 by reason, noting when its view of every room is down to the count expected.
 
+For the capacity benchmark (:mod:`bench.capacity`) a **room** socket: opened with
+role ``room``, it later sends ``presence.join`` for the room its spec names and then
+``presence.watch`` of the same room (``join_watch``), each accepted when its sync comes
+(joining implies watching, and watching again sends a fresh sync); from then on it
+reads as a leaves watcher does, counting the leaves of its room by reason, and the
+``ended`` and ``error`` messages it is sent (``room_status``, ``open_map``).
+
 Driven over stdin/stdout by the fan-out benchmark, one JSON object a line: ``open``,
-``watch``, ``progress``, ``burst``, ``report``, ``exit``; and by the reclaim benchmark
-``open``, ``watch_rooms``, ``arm_leaves``, ``progress``, ``leaves_report``.
+``watch``, ``progress``, ``burst``, ``report``, ``exit``; by the reclaim benchmark
+``open``, ``watch_rooms``, ``arm_leaves``, ``progress``, ``leaves_report``; and by the
+capacity benchmark ``open``, ``join_watch``, ``arm_leaves``, ``room_status``,
+``open_map``, ``left``.
 """
 
 from __future__ import annotations
@@ -37,11 +46,13 @@ import asyncio
 import base64
 import json
 import os
+import random
 import time
 from collections import Counter
 from typing import Any
 
 from bench._commands import frozen, serve
+from bench._load import _FINAL  # refusals no retry changes, as web/src/presenceRoom.js
 from bench._stats import percentile
 
 
@@ -158,8 +169,10 @@ class Sock:
         "complete_at",
         "count",
         "gaps",
+        "joined",
         "last_leave",
         "leaves",
+        "members",
         "messages",
         "receipts",
         "seq",
@@ -173,6 +186,8 @@ class Sock:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.ws: Client | None = None
+        # The room role: its join and its watch were both accepted.
+        self.joined = False
         self.reset()
         self.synced: asyncio.Event = asyncio.Event()
 
@@ -186,6 +201,9 @@ class Sock:
         self.complete_at: float | None = None
         # The leaves role: room -> [seq, count]; leaves counted by reason; the last's time.
         self.views: dict[str, list[int]] = {}
+        # room -> its members in this view (None: not known, after a truncated diff
+        # or a sync of part of the room, until the next sync).
+        self.members: dict[str, set[str] | None] = {}
         self.leaves: Counter[str] = Counter()
         self.last_leave: float | None = None
         # (when, key): key is a diff's seq (an int) or a sync's index in Load.syncs.
@@ -210,12 +228,18 @@ class Load:
         self.timeout = 60.0
         # The member role: each session attached waits for its snapshot here.
         self.snapshots: dict[str, asyncio.Future[None]] = {}
-        # The leaves role: each diff read once, (room, seq) -> (leaves by reason, count);
+        # The leaves role: each diff read once, (room, seq) -> (leaves by reason, count,
+        # (users left, users joined) or None when truncated);
         # the count each room's view is complete at.
-        self.room_diffs: dict[tuple[str, int], tuple[dict[str, int], int]] = {}
+        self.room_diffs: dict[tuple[str, int], tuple[dict[str, int], int, Any]] = {}
         self.room_expected: dict[str, int] = {}
         # The leaves role: user -> (when first told here, reason) of each leave told.
         self.left: dict[str, tuple[float, str]] = {}
+        # The room role: joins and watches accepted (answered by their sync), and the
+        # code of the error a socket was sent while one was waiting (its step refused).
+        self.accepted: Counter[str] = Counter()
+        self.refused: dict[int, str] = {}
+        self.refusals: Counter[str] = Counter()
 
     # --- commands -------------------------------------------------------------------
 
@@ -378,6 +402,98 @@ class Load:
             "elapsed": time.monotonic() - started,
         }
 
+    async def join_watch(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Each open socket here joins the room its spec names, then watches it; each
+        step is accepted when its sync comes (an error or no sync within the timeout is
+        counted, by kind)."""
+        gate = asyncio.Semaphore(command.get("concurrency", 64))
+
+        retries = command.get("retries", 5)
+
+        async def step(sock: Sock, kind: str, room: str) -> bool:
+            message: dict[str, Any] = {"type": kind, "room": room}
+            if kind == "presence.join":
+                message["meta"] = None
+            for attempt in range(retries + 1):
+                if sock.ws is None:
+                    self.failures[f"closed_before_{kind}"] += 1
+                    return False
+                sock.synced.clear()
+                sock.ws.send_text(json.dumps(message))
+                try:
+                    await asyncio.wait_for(sock.synced.wait(), self.timeout)
+                except TimeoutError:
+                    self.failures[f"no_sync_after_{kind}"] += 1
+                    return False
+                code = self.refused.pop(id(sock), None)
+                if code is None:
+                    self.accepted[kind] += 1
+                    return True
+                # Refused: sent again for a passing reason after a full-jitter delay
+                # from 1 s, doubling, as the JS client does (web/src/presenceRoom.js);
+                # the refusal is counted either way.
+                self.refusals[f"{kind} refused: {code}"] += 1
+                if code in _FINAL or attempt == retries:
+                    break
+                await asyncio.sleep(random.random() * min(30.0, 2.0**attempt))
+            self.failures[f"{kind} refused: {code}"] += 1
+            return False
+
+        async def one(sock: Sock) -> bool:
+            async with gate:
+                if sock.ws is None:
+                    return False
+                room = sock.spec["room"]
+                sock.joined = await step(sock, "presence.join", room) and await step(
+                    sock, "presence.watch", room
+                )
+                return sock.joined
+
+        started = time.monotonic()
+        results = await asyncio.gather(*(one(sock) for sock in self.socks))
+        return {
+            "done": sum(results),
+            "accepted": dict(self.accepted),
+            # Every refusal, those tried again and accepted later included.
+            "refusals": dict(self.refusals),
+            "failed": dict(self.failures),
+            "other": dict(self.other),
+            "elapsed": time.monotonic() - started,
+        }
+
+    def room_status(self) -> dict[str, Any]:
+        """The room role's counts: sockets open and closed, leaves told by reason
+        (summed over watchers: a leave a room's 100 watchers see counts 100 times), the
+        users told a leave, gaps, syncs, and every other message by kind."""
+        leaves: Counter[str] = Counter()
+        for sock in self.socks:
+            leaves.update(sock.leaves)
+        leaves.pop("(joins)", None)
+        return {
+            "socks": len(self.socks),
+            "open": sum(1 for s in self.socks if s.ws is not None),
+            "closed": self.closed,
+            "leaves": dict(leaves),
+            "users_left": len(self.left),
+            "gaps": sum(s.gaps for s in self.socks),
+            "syncs": sum(s.syncs for s in self.socks),
+            "other": dict(self.other),
+            "failed": dict(self.failures),
+        }
+
+    def open_map(self) -> dict[str, Any]:
+        """One character a socket, in the order opened: "2" open and (in the room role)
+        its join and watch accepted, "1" open, "0" not."""
+        return {
+            "map": "".join(
+                ("2" if s.joined else "1") if s.ws is not None else "0" for s in self.socks
+            )
+        }
+
+    def left_users(self) -> dict[str, Any]:
+        """Each user told a leave here since ``arm_leaves``, with its reason."""
+        return {"left": {user: why for user, (_when, why) in self.left.items()}}
+
     def arm_leaves(self, command: dict[str, Any]) -> dict[str, Any]:
         """From now on a watcher is complete when each room's view holds
         ``expected[room]`` members; leaves and syncs are counted from zero."""
@@ -389,6 +505,45 @@ class Load:
             sock.syncs = sock.gaps = sock.messages = sock.bytes = 0
         self.other.clear()
         return {"armed": len(self.socks)}
+
+    def views_wrong(self, command: dict[str, Any]) -> dict[str, Any]:
+        """How many watchers' views differ from ``members`` (room -> its users): a view
+        with another count, or another set of members where it knows them, or a room
+        of the watcher's with no view at all."""
+        members = {room: set(users) for room, users in command["members"].items()}
+        views = wrong = unknown = missing = 0
+        examples: list[Any] = []
+        for sock in self.socks:
+            for room in sock.spec.get("rooms", ()):
+                view = sock.views.get(room)
+                if view is None:
+                    missing += 1
+                    continue
+                views += 1
+                held = sock.members.get(room)
+                expected = members.get(room, set())
+                if held is None:
+                    unknown += 1
+                bad = view[1] != len(expected) or (held is not None and held != expected)
+                if bad:
+                    wrong += 1
+                    if len(examples) < 3:
+                        examples.append(
+                            [
+                                room,
+                                view[1],
+                                len(expected),
+                                sorted(expected - (held or set()))[:3],
+                                sorted((held or set()) - expected)[:3],
+                            ]
+                        )
+        return {
+            "views": views,
+            "wrong": wrong,
+            "unknown": unknown,
+            "missing": missing,
+            "examples": examples,
+        }
 
     def leaves_report(self, command: dict[str, Any]) -> dict[str, Any]:
         """Each watcher's leaves by reason, and its times since ``t0``."""
@@ -517,7 +672,7 @@ class Load:
         now = time.monotonic()
         sock.messages += 1
         sock.bytes += wire
-        if self.role == "leaves":
+        if self.role in ("leaves", "room"):
             self._heard_leaves(sock, text, now)
             return
         if self.role == "member":
@@ -589,7 +744,16 @@ class Load:
                     reasons["(truncated)"] += 1
                 for leave in diff["leaves"]:
                     self.left.setdefault(leave["user"], (now, leave.get("reason", "?")))
-                known = self.room_diffs[(room, seq)] = (dict(reasons), diff["count"])
+                known = self.room_diffs[(room, seq)] = (
+                    dict(reasons),
+                    diff["count"],
+                    None
+                    if diff.get("truncated")
+                    else (
+                        tuple(x["user"] for x in diff["leaves"]),
+                        tuple(x["user"] for x in diff["joins"]),
+                    ),
+                )
             view = sock.views.get(room)
             if view is None or seq <= view[0]:
                 return
@@ -597,16 +761,34 @@ class Load:
                 sock.gaps += 1  # the server syncs a watcher that fell behind
                 return
             view[0], view[1] = seq, known[1]
+            members = sock.members.get(room)
+            if members is not None:
+                if known[2] is None:
+                    sock.members[room] = None
+                else:
+                    members.difference_update(known[2][0])
+                    members.update(known[2][1])
             if known[0]:
                 sock.leaves.update(known[0])
                 sock.last_leave = now
         elif head.startswith(b'{"type":"presence.sync"'):
             sync = json.loads(text)
             sock.views[sync["room"]] = [sync["seq"], sync["count"]]
+            users = {m["user"] for m in sync["members"]}
+            sock.members[sync["room"]] = users if len(users) == sync["count"] else None
             sock.syncs += 1
             sock.synced.set()
         else:
-            self.other[str(json.loads(text).get("type", "?"))] += 1
+            other = json.loads(text)
+            kind = str(other.get("type", "?"))
+            if kind == "error":
+                kind = f"error {other.get('code')}"
+                if self.role == "room" and not sock.synced.is_set():
+                    self.refused[id(sock)] = str(other.get("code"))
+                    sock.synced.set()
+            elif kind == "ended":
+                kind = f"ended {other.get('reason')}"
+            self.other[kind] += 1
             return
         expected = self.room_expected
         if (
@@ -639,10 +821,15 @@ async def main() -> None:
             "watch_rooms": load.watch_rooms,
             "arm_leaves": load.arm_leaves,
             "leaves_report": load.leaves_report,
+            "views_wrong": load.views_wrong,
             "arm": load.arm,
             "progress": lambda c: load.progress(),
             "burst": load.burst,
             "report": load.report,
+            "join_watch": load.join_watch,
+            "room_status": lambda c: load.room_status(),
+            "open_map": lambda c: load.open_map(),
+            "left": lambda c: load.left_users(),
         }
     )
 

@@ -10,8 +10,17 @@ socket after ``backoffDelay(attempt)`` -- full jitter, ``random() * min(cap, bas
 each socket it opens, as the JS client joins its rooms again after a reconnect, and
 again after a jittered delay when the join is refused for a passing reason.
 
+A tab whose spec says ``eio`` is a Socket.IO client instead (Engine.IO 4, websocket
+transport, for :mod:`bench.peers`): on the server's open packet ``0{...}`` it connects
+the default namespace (``40``), waits for ``40{"sid":...}`` and answers every ping
+``2`` with a pong ``3`` (in Engine.IO 4 the server pings). The connects completed and
+the pongs sent are counted (``status``). A tab whose spec says ``count_pings`` keeps
+the ordinary protocol pings, which the ``websockets`` client answers by itself, and
+counts each ping frame it receives (so answers) among the pongs too.
+
 Driven over stdin/stdout by :class:`bench._clients.Loader`, one JSON object a line:
-``open``, ``status``, ``open_map``, ``mark``, ``storm``, ``exit``.
+``open``, ``status``, ``open_map``, ``mark``, ``storm``, ``ping_mark``, ``ping_check``,
+``exit``.
 """
 
 from __future__ import annotations
@@ -26,13 +35,30 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import Frame, Opcode
 
 from bench._commands import frozen, serve
 from bench._stats import percentile
 
 
+class PingCounting(ClientConnection):
+    """A client connection that counts the protocol pings it receives (the sans-I/O
+    protocol answers each with a pong by itself)."""
+
+    pings = 0  # every connection's, in this process
+    seen = 0  # this connection's
+
+    def process_event(self, event: Any) -> None:
+        if isinstance(event, Frame) and event.opcode is Opcode.PING:
+            PingCounting.pings += 1
+            self.seen += 1
+        super().process_event(event)
+
+
 class Tab:
-    __slots__ = ("address", "attempt", "back_at", "lost", "lost_at", "polling", "spec", "ws")
+    __slots__ = (
+        "address", "attempt", "back_at", "lost", "lost_at", "polling", "pongs", "spec", "ws"
+    )  # fmt: skip
 
     def __init__(self, spec: dict[str, Any], address: str) -> None:
         self.spec = spec
@@ -43,6 +69,8 @@ class Tab:
         self.lost = False
         self.lost_at: float | None = None
         self.back_at: float | None = None
+        # Engine.IO pongs this tab sent (Socket.IO tabs).
+        self.pongs = 0
 
 
 class Load:
@@ -63,6 +91,11 @@ class Load:
         self.base, self.cap, self.stable = 0.5, 30.0, 10.0
         self.heartbeat_interval = 30.0
         self.timeout = 30.0
+        # Socket.IO tabs (spec "eio"): namespace connects completed, pongs sent.
+        self.sio_connects = 0
+        self.pongs = 0
+        # Pings answered by each open tab at the last ping_mark, by the tab's id.
+        self.ping_marks: dict[int, int] = {}
 
     # --- commands ---------------------------------------------------------------
 
@@ -132,6 +165,32 @@ class Load:
             "ended": dict(self.ended),
             "failures": dict(self.failures),
             "heartbeats": dict(self.heartbeats),
+            "sio_connects": self.sio_connects,
+            "pongs": self.pongs + PingCounting.pings,
+        }
+
+    def answered(self, tab: Tab) -> int:
+        """Pings this tab's socket answered: its Engine.IO pongs, or the protocol pings
+        its connection received (``count_pings``)."""
+        if tab.spec.get("eio"):
+            return tab.pongs
+        return getattr(tab.ws, "seen", 0)
+
+    def ping_mark(self) -> dict[str, Any]:
+        """From now on, ``ping_check`` tells the open sockets that answered no ping."""
+        self.ping_marks = {id(tab): self.answered(tab) for tab in self.tabs if tab.ws}
+        return {"open": self.open_now}
+
+    def ping_check(self) -> dict[str, Any]:
+        """Open sockets that answered no ping since ``ping_mark`` (open at the mark too)."""
+        marks = self.ping_marks
+        open_tabs = [tab for tab in self.tabs if tab.ws is not None and id(tab) in marks]
+        answers = sorted(self.answered(tab) - marks[id(tab)] for tab in open_tabs)
+        return {
+            "checked": len(open_tabs),
+            "unpinged": sum(1 for a in answers if a <= 0),
+            "min": answers[0] if answers else None,
+            "max": answers[-1] if answers else None,
         }
 
     def set_mark(self) -> dict[str, Any]:
@@ -205,7 +264,7 @@ class Load:
                     tab.polling.cancel()
                     tab.polling = None
                 opened_at = time.monotonic()
-                await self.hold(tab)
+                await (self.hold_eio(tab) if tab.spec.get("eio") else self.hold(tab))
                 # Only a socket that stayed up a while resets the backoff (as the JS does).
                 if time.monotonic() - opened_at >= self.stable:
                     tab.attempt = 0
@@ -228,11 +287,18 @@ class Load:
                 close_timeout=2,
                 max_size=64 * 1024,
                 local_addr=(tab.address, 0),
+                **({"create_connection": PingCounting} if spec.get("count_pings") else {}),
             )
         except InvalidStatus as exc:
             return None, self.fail(f"http_{exc.response.status_code}")
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             return None, self.fail(type(exc).__name__)
+        if spec.get("eio"):
+            failure = await self.connect_eio(ws)
+            if failure is not None:
+                await ws.close()
+                return None, self.fail(failure)
+            return self.opened(tab, ws, started), None
         try:
             first = await asyncio.wait_for(ws.recv(), self.timeout)
             kind = json.loads(first).get("type")
@@ -247,6 +313,9 @@ class Load:
             message = {"type": "presence.join", "room": room, "meta": None}
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(json.dumps(message))
+        return self.opened(tab, ws, started), None
+
+    def opened(self, tab: Tab, ws: ClientConnection, started: float) -> float:
         now = time.monotonic()
         tab.ws = ws
         self.open_now += 1
@@ -255,7 +324,51 @@ class Load:
             self.marked_connects.append(now)
             if tab.lost and tab.back_at is None:
                 tab.back_at = now - self.mark
-        return now - started, None
+        return now - started
+
+    async def connect_eio(self, ws: ClientConnection) -> str | None:
+        """The Socket.IO connect of the default namespace; the failure's name, or None."""
+        try:
+            opening = await asyncio.wait_for(ws.recv(), self.timeout)
+            if not isinstance(opening, str) or not opening.startswith("0{"):
+                return "eio_open_unexpected"
+            json.loads(opening[1:])  # the handshake: sid, pingInterval, pingTimeout
+            await ws.send("40")
+            while True:
+                reply = await asyncio.wait_for(ws.recv(), self.timeout)
+                if reply == "2":  # a ping before the connect's answer: answer it too
+                    await ws.send("3")
+                    self.pongs += 1
+                    continue
+                break
+            if not isinstance(reply, str) or not reply.startswith("40"):
+                return "sio_connect_unexpected"
+            if "sid" not in json.loads(reply[2:] or "{}"):
+                return "sio_connect_no_sid"
+        except (ConnectionClosed, TimeoutError, ValueError) as exc:
+            return f"sio_connect_{type(exc).__name__}"
+        self.sio_connects += 1
+        return None
+
+    async def hold_eio(self, tab: Tab) -> None:
+        """A Socket.IO tab's socket: every Engine.IO ping answered, until it closes."""
+        ws = tab.ws
+        assert ws is not None
+        try:
+            async for message in ws:
+                if message == "2":
+                    await ws.send("3")
+                    self.pongs += 1
+                    tab.pongs += 1
+        except ConnectionClosed:
+            pass
+        self.open_now -= 1
+        self.closes[str(ws.close_code)] += 1
+        tab.ws = None
+        if self.mark is not None:
+            tab.lost = True
+            tab.lost_at = time.monotonic() - self.mark
+            tab.back_at = None
 
     async def hold(self, tab: Tab) -> None:
         ws = tab.ws
@@ -348,6 +461,8 @@ async def main() -> None:
         {
             "open": lambda c: _opened(load, c),
             "status": lambda c: load.status(),
+            "ping_mark": lambda c: load.ping_mark(),
+            "ping_check": lambda c: load.ping_check(),
             # One character per tab, in the order opened: 1 open, 0 not.
             "open_map": lambda c: {
                 "map": "".join("1" if t.ws is not None else "0" for t in load.tabs)

@@ -34,6 +34,9 @@ class ServerConfig:
     heartbeat_interval: float = 30.0
     ping_timeout: float = 20.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: When true, the session TTL, heartbeat (ping) interval and ping timeout are left
+    #: to the service's own defaults (the three fields above are not passed).
+    service_defaults: bool = False
 
     def env(self, port: int) -> dict[str, str]:
         env = {
@@ -41,13 +44,18 @@ class ServerConfig:
             for key, value in os.environ.items()
             if not key.startswith(("PRESENCE_", "REDIS_", "SESSION_", "HEARTBEAT_"))
         }
+        if not self.service_defaults:
+            env.update(
+                {
+                    "SESSION_TTL_HOURS": repr(self.ttl_seconds / 3600),
+                    "HEARTBEAT_INTERVAL": repr(self.heartbeat_interval),
+                    "PRESENCE_PING_TIMEOUT": repr(self.ping_timeout),
+                }
+            )
         env.update(
             {
                 "PORT": str(port),
                 "HOST": "127.0.0.1",
-                "SESSION_TTL_HOURS": repr(self.ttl_seconds / 3600),
-                "HEARTBEAT_INTERVAL": repr(self.heartbeat_interval),
-                "PRESENCE_PING_TIMEOUT": repr(self.ping_timeout),
                 "PRESENCE_JWT_SECRET": JWT_SECRET,
                 "PRESENCE_MAX_SESSIONS_PER_USER": str(MAX_SESSIONS_PER_USER),
                 "LOG_LEVEL": "warning",
@@ -81,7 +89,9 @@ class Server:
     in a child process pinned to the server CPU, on a port of its own; ``stock`` and
     ``stock-floor`` are the same on uvicorn's stock WebSocket protocol."""
 
-    def __init__(self, kind: str, config: ServerConfig, port: int | None = None) -> None:
+    def __init__(
+        self, kind: str, config: ServerConfig, port: int | None = None, cpu: str = SERVER_CPU
+    ) -> None:
         if kind not in SERVER_KINDS:
             raise ValueError(f"unknown server kind {kind!r}")
         self.kind = kind
@@ -92,6 +102,8 @@ class Server:
             )
         self.config = config
         self.port = port or free_port()
+        #: The CPUs it runs on (``taskset -c``): the server CPU unless told otherwise.
+        self.cpu = cpu
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = WORK / "logs" / f"{kind}-{self.port}.log"
 
@@ -131,7 +143,7 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # the child keeps its own copy of the descriptor
         self.process = subprocess.Popen(
-            pinned(self.command(), SERVER_CPU),
+            pinned(self.command(), self.cpu),
             env=self.config.env(self.port),
             cwd=REPO,
             stdout=log,

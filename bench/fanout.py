@@ -80,13 +80,13 @@ ROOM = "fanout.bench"
 class FanoutLoader(_clients.Loader):
     """A :mod:`bench._fanout_load` process pinned to the load CPU."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, cpu: str = _procs.LOAD_CPU) -> None:
         log_path = _procs.WORK / "logs" / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                _procs.pinned([_procs.PYTHON, "-m", "bench._fanout_load"], _procs.LOAD_CPU),
+                _procs.pinned([_procs.PYTHON, "-m", "bench._fanout_load"], cpu),
                 cwd=_procs.REPO,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,

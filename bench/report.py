@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import _procs, _servers, _stats, _targets, fanout, reclaim
+from . import _procs, _servers, _stats, _targets, fanout, peers, reclaim
 from . import storm as storm_bench
 
 
@@ -40,6 +40,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         ("redis_memory", _redis_memory),
         ("fanout", fanout.section),
         ("reclaim", reclaim.section),
+        ("peers", peers.section),
         ("profile", _profile),
     ]:
         if name in benchmarks:
@@ -340,40 +341,91 @@ def _refusals(result: dict[str, Any], kind: str) -> str:
 def _capacity(result: dict[str, Any]) -> list[str]:
     sizes = result["sizes"]
     samples = result["samples"]
+    if not sizes.get("rooms"):
+        return [
+            "## 2. Capacity",
+            "",
+            f"Measured before presence was on (plain sessions, TTL {sizes['ttl']:g} s): "
+            f"{result['connected']:,} of {result['requested']:,} held "
+            f"{result['held_seconds']:.0f} s. Run `scripts/bench capacity` again for the "
+            "target's load.",
+            "",
+        ]
+    memory = result["redis_memory"]
+    ramp = result["ramp"]
+
+    def counts(values: dict[str, int]) -> str:
+        return ", ".join(f"{n:,} × `{k}`" for k, n in sorted(values.items())) or "none"
+
+    servers = result["server_rss_mib"]
     return [
         "## 2. Capacity",
         "",
-        f"{result['requested']:,} sessions over {sizes['processes']} `presence serve` processes "
-        f"(all on CPU {_procs.SERVER_CPU}) and {sizes['loaders']} load processes, TTL "
-        f"{sizes['ttl']:g} s (refresher tick {sizes['ttl'] / 3:g} s), held "
-        f"{result['held_seconds']:.0f} s and sampled every {sizes['sample_every']:g} s.",
+        f"{result['requested']:,} sessions ({sizes['per_user']} a user: {result['members']:,} "
+        f"members) in {sizes['rooms']:,} rooms, every socket joined to its room and "
+        f"watching it; {sizes['processes']} `presence serve` processes on CPUs "
+        f"{sizes['server_cpus']}, {sizes['loaders']} load processes (`bench/_fanout_load.py`) "
+        f"and redis-server on CPU {_procs.LOAD_CPU}. The service's defaults: 30 s pings, "
+        "24 h TTL, the refresher every 30 s. Held "
+        f"{result['held_seconds']:.0f} s, sampled every {sizes['sample_every']:g} s.",
         "",
         "| | |",
         "| --- | --- |",
-        f"| Connected (minimum over the hold) | {result['connected']:,} |",
-        f"| Ramp (create + connect all) | {result['ramp_seconds']:.0f} s; refused handshakes "
-        f"(each tried again a second later, up to {sizes.get('retries', 0)} times): "
-        f"{result['ramp_failures'] or 'none'} |",
-        "| Redis breaker opened (cause) | "
+        f"| Sockets held (minimum over the hold) | {result['connected']:,} |",
+        f"| Ramp | {result['ramp_seconds']:.0f} s: sessions created {ramp['create_s']:.0f} s, "
+        f"sockets opened {ramp['open_s']:.0f} s, joins and watches {ramp['join_watch_s']:.0f} s; "
+        f"servers' CPU over it {_f(sum(result.get('ramp_server_cpu_s', [math.nan])))} s |",
+        f"| Handshakes refused or failed | {counts(result['ramp_failures'])} |",
+        f"| Joins / watches accepted (answered by a sync) | {result['joins_accepted']:,} / "
+        f"{result['watches_accepted']:,}; not: {counts(result['join_failures'])} |",
+        f"| Refusals (each sent again after a full-jitter delay, as the JS client does) | "
+        f"{counts(result.get('join_refusals', {}))} |",
+        f"| Errors sent to the sockets | {counts(result['errors'])} |",
+        f"| Sessions whose socket never opened | {result['never_connected']:,} |",
+        f"| Keys in Redis (first / last sample) | "
+        f"{samples[0]['redis_keys']:,} / {samples[-1]['redis_keys']:,} |",
+        f"| Redis `expired_keys` during the hold (by kind) | "
+        f"{result['expired_keys_during_hold']:,} ({counts(result['expired_during_hold_by_kind'])}"
+        f"); of keys that must live while their socket is open: {result['expired_must_live']}"
         + (
-            "; ".join(f"{n} × `{c}`" for c, n in result.get("breaker_causes", {}).items())
-            or "never"
+            f"; others than a room's versions: "
+            f"{', '.join(f'`{n}`' for n in result['expired_names'][:5])}"
+            if result.get("expired_names")
+            else ""
         )
         + " |",
-        f"| Sessions whose socket never opened | {result.get('never_connected', '–')} |",
-        f"| Keys in Redis (first / last sample; expected {result['expected_keys']:,}) | "
-        f"{samples[0]['redis_keys']:,} / {samples[-1]['redis_keys']:,} |",
-        f"| Redis `expired_keys` during the hold | {samples[-1]['expired_keys']} |",
-        f"| Keys of open sockets' sessions missing at the end (each checked by name) | "
-        f"{result['missing_at_end']} |",
-        f"| Drops (closed sockets + `ended` messages) | {result['drops']} |",
-        f"| Server RSS per process (MiB) | "
-        f"{', '.join(_f(x, 0) for x in result['server_rss_mib'])} |",
-        f"| Server CPU per process at the end (ms/s) | "
-        f"{', '.join(_f(x * 1000) for x in result['server_cpu_per_s'])} |",
+        f"| Sessions / members of open sockets missing at the end (each checked by name) | "
+        f"{result['missing_at_end']} / {result['members_missing_at_end']} (and "
+        f"{result.get('members_missing_of_refused_joins', 0)} of sockets whose join was "
+        "refused) |",
+        f"| Drops | {result['drops']}: {result['closed']} sockets closed, {result['ended']} "
+        f"`ended`, users told a leave while their socket is open: "
+        f"{result['users_told_a_leave_while_open']} during the hold, "
+        f"{result.get('ramp_users_told_a_leave_while_open', 0)} during the ramp |",
+        f"| Leaves told during the ramp, by reason | "
+        f"{counts(result.get('ramp_leaves_by_reason', {}))} |",
+        f"| Leaves told to watchers, by reason (a leave counts once per watcher) | "
+        f"{counts(result['leaves_by_reason'])}; users told a leave: "
+        f"{result['users_told_a_leave']} |",
+        f"| Watchers' gaps in seq | {result['gaps']} |",
+        "| Redis breaker opened (cause) | " + counts(result["breaker_causes"]) + " |",
+        f"| Server RSS per session | {_f(result['rss_kib_per_session'])} KiB "
+        f"(sum {_f(sum(servers) / 1024, 2)} GiB); per process "
+        f"{', '.join(_f(x) for x in result['rss_kib_per_session_by_process'])} KiB; added by "
+        f"the sockets (less the servers' RSS before them) "
+        f"{_f(result.get('rss_kib_added_per_session'))} KiB |",
+        f"| Server RSS per process (MiB) | {', '.join(_f(x, 0) for x in servers)} |",
+        f"| Server CPU per session-second during the hold | "
+        f"{_f(result['cpu_us_per_session_s'], 2)} µs (per process, ms/s: "
+        f"{', '.join(_f(x * 1000) for x in result['server_cpu_per_s'])}) |",
         f"| Load-client RSS per process (MiB) | "
         f"{', '.join(_f(x, 0) for x in result['load_rss_mib'])} |",
-        f"| Redis used memory (MiB) | {_f(result['redis_used_mib'])} |",
+        f"| Redis `used_memory` per session / per socket (tab) / per member | "
+        f"{_f(result['redis_bytes_per_session'], 0)} / {_f(result['redis_bytes_per_socket'], 0)}"
+        f" / {_f(result['redis_bytes_per_member'], 0)} B (before "
+        f"{_f(memory['before'] / 2**20)} MiB, after sessions {_f(memory['sessions'] / 2**20)}, "
+        f"after sockets {_f(memory['sockets'] / 2**20)}, after joins "
+        f"{_f(memory['joined'] / 2**20)}; at the end {_f(result['redis_used_mib'])}) |",
         "",
     ]
 
@@ -697,10 +749,14 @@ def _chart(b: dict[str, Any], path: Path) -> None:
         ax.plot(t, [x["server_sockets"] for x in cap["samples"]], "x--", label="sockets (servers)")
         ax.plot(t, [x["redis_keys"] for x in cap["samples"]], ".-", label="keys in Redis")
         ax.set_ylim(bottom=0)
+        where = (
+            f"{cap['sizes']['rooms']:,} rooms"
+            if cap["sizes"].get("rooms")
+            else f"TTL {cap['sizes']['ttl']:g} s"
+        )
         ax.set_title(
             f"2. Capacity: {cap['requested']:,} over {cap['sizes']['processes']} processes, "
-            f"TTL {cap['sizes']['ttl']:g} s\n{cap['spurious_expiries']} spurious expiries, "
-            f"{cap['drops']} drops"
+            f"{where}\n{cap['spurious_expiries']} spurious expiries, {cap['drops']} drops"
         )
     _axes(ax, "seconds into the hold", "count")
 

@@ -298,14 +298,16 @@ class Watched:
     def redis_right(self) -> bool:
         return self.redis_wrong() == (0, 0)
 
+    def views_wrong(self) -> dict[str, Any]:
+        """Every watcher's view of each of its rooms against the room's clients: its
+        count, and its members (a sync's, then each diff's joins and leaves applied)."""
+        return self.load.request(
+            {"cmd": "views_wrong", "members": {r: sorted(u) for r, u in self.members.items()}}
+        )
+
     def views_right(self) -> bool:
-        report = self.load.request({"cmd": "leaves_report", "t0": 0.0})
-        expected = {room: len(users) for room, users in self.members.items()}
-        return all(
-            w["counts"].get(room) == expected[room]
-            for w in report["watchers"]
-            for room in w["counts"]
-        ) and all(len(w["counts"]) for w in report["watchers"])
+        wrong = self.views_wrong()
+        return bool(wrong["views"]) and wrong["wrong"] == 0 and wrong["missing"] == 0
 
     def start(self) -> None:
         """Once every client is a member of its room (in Redis), the watchers watch."""
@@ -364,7 +366,9 @@ class Watched:
         time.sleep(grace + 1.0)
         report = self.load.request({"cmd": "leaves_report", "t0": started, "left": True})
         missing, extra = self.redis_wrong()
+        views = self.views_wrong()
         return {
+            "views_at_end": views,
             "redis_missing_at_end": missing,
             "redis_extra_at_end": extra,
             "right_s": None if right_at is None else right_at - started,
@@ -403,6 +407,7 @@ def _presence(presence: dict[str, Any], report: dict[str, Any], sizes: Sizes) ->
         "right_at_end": presence["right_at_end"],
         "redis_missing_at_end": presence["redis_missing_at_end"],
         "redis_extra_at_end": presence["redis_extra_at_end"],
+        "views_at_end": presence.get("views_at_end"),
         "client_errors": report.get("errors", {}),
         "joined_before_s": presence["joined_before_s"],
         "redis_missing_before": presence.get("redis_missing_before", 0),

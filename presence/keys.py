@@ -187,6 +187,9 @@ def lease_keys(prefix: str) -> list[str]:
 #: Seconds a reaper's claim on a lapsed process lasts: long enough to wait out the
 #: grace and reap, short enough that another takes over if the reaper dies too.
 REAP_CLAIM = 30.0
+#: How long (ms) a user's reaped rows are kept for a retry of the reap whose script's
+#: reply was lost (a timeout): two claims, the longest a reap of it can go on.
+REAP_REPLAY_MS = int(2 * REAP_CLAIM * 1000)
 
 #: Seconds a process's lease lasts unrenewed: a process that has not renewed it for
 #: this long is taken for dead and reaped (its members leave with ``node_down``, once

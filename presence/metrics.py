@@ -161,6 +161,11 @@ REDIS_CALLS = Histogram(
     "Redis calls (a script, a command, a batch) and how long each took, failures included.",
     buckets=_FAST,
 )
+PRESENCE_RETRIES = Counter(
+    "presence_store_retries",
+    "Holds and joins tried again after Redis did not answer within the call's bound "
+    "(Redis not known to be away: a burst).",
+)
 REDIS_BREAKER_TRIPS = Counter(
     "presence_redis_breaker_trips", "Times the circuit breaker opened (Redis went away)."
 )

@@ -24,12 +24,13 @@ import contextlib
 import functools
 import json
 import logging
+import random
 import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import _fanout, events, keys, metrics
 from ._shutdown import stop
@@ -39,6 +40,7 @@ from .exceptions import (
     NotFound,
     NotInRoom,
     RoomForbidden,
+    StoreError,
     StoreUnavailable,
     TooManyRooms,
 )
@@ -252,12 +254,25 @@ class _LocalRoom:
 _RECENT = 32
 # Watchers sent a diff between two yields to the event loop: ~3 ms of writes.
 _SLICE = 200
+# While a dead process is reaped, its rooms' leaves are flushed at most this often
+# (seconds), in a few diffs each rather than one at the end (or one a batch).
+_REAP_FLUSH_EVERY = 0.2
 # Attempts at syncing a watcher before it is left for the next diff to catch up.
 _SYNC_ATTEMPTS = 3
 # Seconds before a watcher whose sync the store did not answer is synced again (even
 # in a quiet room, where no diff comes to prompt it), doubling up to the cap.
 _RESYNC_FIRST = 0.5
 _RESYNC_CAP = 8.0
+# A hold or join that Redis did not answer within the call's bound, while Redis is not
+# known to be away (a burst: thousands of reconnects on a busy loop), is tried again
+# this many times at most, after a full-jitter delay from the first, doubling; and
+# never past a grace's half from the first attempt (see RoomService._patiently).
+_RETRIES = 3
+_RETRY_FIRST = 0.1
+# The retries' jitter (no secret: a spread of the retries over time).
+_jitter: Callable[[], float] = random.random
+
+_T = TypeVar("_T")
 
 
 @dataclass(eq=False)
@@ -275,6 +290,9 @@ class LocalTab:
             to be left in Redis too when it is back (where the tab is still in them).
         primary_gen: the generation of its hold in Redis, kept while it is held in
             this process's memory.
+        unheld: its latest hold was refused (the store did not answer): the store may
+            still have it held by another process, or by this one's former name, which
+            a reaper would end as ``node_down``; held again before it joins a room.
     """
 
     user: str
@@ -286,6 +304,7 @@ class LocalTab:
     timer: asyncio.TimerHandle | None = None
     left: set[str] = field(default_factory=set)
     primary_gen: int = 0
+    unheld: bool = False
 
 
 class RoomService:
@@ -335,6 +354,8 @@ class RoomService:
         self._rooms: dict[str, _LocalRoom] = {}
         self._listeners: dict[str, Callable[[str], Awaitable[None]]] = {}
         self._flushing: set[str] = set()
+        # Rooms being flushed now (how many flushes of each are running).
+        self._in_flush: dict[str, int] = {}
         # Each room's page being read for syncs, shared by the watchers syncing meanwhile.
         self._pages: dict[str, asyncio.Future[tuple[RoomPage, str]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -451,7 +472,7 @@ class RoomService:
             tab.timer.cancel()
             tab.timer = None
         tab.state = state
-        await self._hold(tab)
+        await self._patiently(lambda: self._hold(tab))
         return tab
 
     async def set_state(self, tab: LocalTab, state: TabState) -> None:
@@ -486,16 +507,23 @@ class RoomService:
         """
         meta = self.check_meta(meta)
         limit = self.settings.max_rooms_per_session
-        result, changed = await self.store.join(
-            identity.user, tab.session_id, room, meta, max_rooms=max(0, limit - watched)
-        )
+
+        def joining() -> Awaitable[tuple[JoinResult, list[str]]]:
+            return self.store.join(
+                identity.user, tab.session_id, room, meta, max_rooms=max(0, limit - watched)
+            )
+
+        if tab.unheld:
+            # Its hold was refused: the store may still have the tab under another
+            # holder (this process's former name, reaped later as node_down), where a
+            # join would find it and leave it there. Held here first.
+            await self._patiently(lambda: self._hold(tab))
+        result, changed = await self._patiently(joining)
         if result == "no_tab":
             # Held here but not there (the store lost it, or it just came back): hold
             # it again, then join.
-            await self._hold(tab)
-            result, changed = await self.store.join(
-                identity.user, tab.session_id, room, meta, max_rooms=max(0, limit - watched)
-            )
+            await self._patiently(lambda: self._hold(tab))
+            result, changed = await self._patiently(joining)
         if result == "full":
             raise TooManyRooms(f"a session may be in at most {limit} rooms")
         if result == "no_tab":
@@ -630,10 +658,50 @@ class RoomService:
         return tab
 
     async def _hold(self, tab: LocalTab) -> None:
-        tab.gen, changed = await self.store.hold(
-            tab.user, tab.session_id, holder=self.holder, state=tab.state
-        )
+        try:
+            tab.gen, changed = await self.store.hold(
+                tab.user, tab.session_id, holder=self.holder, state=tab.state
+            )
+        except StoreError:
+            tab.unheld = True
+            raise
+        tab.unheld = False
         self._changed(changed)
+
+    async def _patiently(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Runs ``call``, a presence operation that can safely run twice (each is
+        idempotent: see :mod:`presence.stores.presence_redis`), and tries it again when
+        the store did not answer within the call's bound while Redis is not known to be
+        away: in a reconnect storm a refusal would send the client off for seconds, and
+        a tab left unheld is reaped as ``node_down`` though its socket is back.
+
+        Bounded: at most :data:`_RETRIES` more attempts, each after a full-jitter delay
+        (from :data:`_RETRY_FIRST` s, doubling), none begun later than half the offline
+        grace after the first; none once the session store's breaker is open (Redis
+        away: the caller's refusal, or the switch to this process's memory, is due).
+
+        Raises:
+            StoreUnavailable: the last attempt's failure.
+        """
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.settings.offline_grace / 2
+        ceiling = _RETRY_FIRST
+        for attempt in range(_RETRIES + 1):
+            try:
+                return await call()
+            except StoreUnavailable:
+                pause = _jitter() * ceiling
+                if (
+                    attempt == _RETRIES
+                    or self._degraded
+                    or self.is_degraded()
+                    or loop.time() + pause > until
+                ):
+                    raise
+            metrics.PRESENCE_RETRIES.inc()
+            await asyncio.sleep(pause)
+            ceiling *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _release(self, tab: LocalTab, reason: Reason) -> None:
         if tab.timer is not None:
@@ -655,7 +723,7 @@ class RoomService:
         state: TabState = "online" if session.state == "active" else "away"
         known = self._tabs.get((session.user, session.id))
         tab = self._tab(session.user, session.id, state)
-        if known is None or tab.state != state:
+        if known is None or tab.state != state or tab.unheld:
             # Held (again) only when new here or its state changed: a heartbeat that
             # changes nothing costs nothing more than its timer.
             tab.state = state
@@ -696,12 +764,18 @@ class RoomService:
             await asyncio.shield(local.fanning)
             local = self._rooms.get(room)
         self._flushing.discard(room)
+        self._in_flush[room] = self._in_flush.get(room, 0) + 1
         try:
             diff = await self.store.flush(room)
         except StoreUnavailable:
             logger.warning("could not flush a room's changes; trying again")
             self._changed([room])
             return
+        finally:
+            if self._in_flush[room] > 1:
+                self._in_flush[room] -= 1
+            else:
+                del self._in_flush[room]
         if diff is not None:
             metrics.diff_published(diff)
 
@@ -972,14 +1046,49 @@ class RoomService:
             # The grace runs from the dead process's last renewal, as from a closed
             # socket: tabs held again elsewhere meanwhile are not reaped.
             await asyncio.sleep(max(0.0, renewed + self.settings.offline_grace - time.time()))
+            loop = asyncio.get_running_loop()
+            told: set[str] = set()
+            waiting: set[str] = set()
+            last_told = -_REAP_FLUSH_EVERY  # the first batch's rooms are told at once
+
+            def progress(rooms: list[str]) -> None:
+                # The batches' rooms are flushed while the reap goes on, so the leaves
+                # stream out and the last is not queued behind all of it; at most once
+                # a _REAP_FLUSH_EVERY, so that a room's thousand leaves go in a few
+                # diffs rather than one a batch.
+                nonlocal last_told
+                waiting.update(rooms)
+                if loop.time() - last_told >= _REAP_FLUSH_EVERY:
+                    last_told = loop.time()
+                    told.update(waiting)
+                    self._changed(sorted(waiting))
+                    waiting.clear()
+
             # Reaped only if still lapsed: one that renewed meanwhile was stalled or cut
             # off, not dead, and its members stay.
-            changed, reaped = await self.primary.reap(holder, if_lapsed=True)
-            self._changed(changed)
+            changed, reaped = await self.primary.reap(holder, if_lapsed=True, progress=progress)
+            # The rest (every room, from a store that reaps in one step).
+            self._changed([room for room in changed if room in waiting or room not in told])
             if self.on_reaped is not None and reaped:
+                # The sessions are marked disconnected once the rooms' diffs are out:
+                # thousands of them are large scripts that would otherwise sit in
+                # Redis in front of the flushes (bench/analysis.md, crash reclaim).
+                await self._flushed(changed)
                 await self.on_reaped(reaped)
         finally:
             self._reaping.discard(holder)
+
+    async def _flushed(self, rooms: list[str]) -> None:
+        """Waits until none of ``rooms`` has a flush due or running here, within a
+        bound (a flush that keeps failing retries on its own)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.diff_window + 4 * self.settings.redis_timeout
+        pending = set(rooms)
+        while loop.time() < deadline:
+            pending = {room for room in pending if room in self._flushing or room in self._in_flush}
+            if not pending:
+                return
+            await asyncio.sleep(max(0.005, self.settings.diff_window / 2))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coroutine)

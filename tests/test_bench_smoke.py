@@ -68,13 +68,24 @@ def test_idle_connects_every_requested_socket(tmp_path: Path) -> None:
 
 
 def test_capacity_holds_every_session(tmp_path: Path) -> None:
-    """The capacity run connects all its sessions over several processes and samples them."""
+    """The capacity run connects all its sessions over several processes, joins each to
+    its room and watches it, samples them, and reads Redis's memory at each step."""
     result = _run("capacity", tmp_path)
-    assert result["connected"] == result["requested"]
-    assert len(result["server_rss_mib"]) == result["sizes"]["processes"]
+    sizes = result["sizes"]
+    assert result["connected"] == result["requested"] == sizes["sessions"]
+    assert result["joins_accepted"] == result["watches_accepted"] == result["requested"]
+    assert result["join_failures"] == {}
+    assert all(n > 0 for n in result["errors"].values())
+    assert result["never_connected"] == 0
+    assert len(result["server_rss_mib"]) == sizes["processes"]
     assert result["samples"]
-    assert result["missing_at_end"] >= 0
+    assert result["missing_at_end"] >= 0 and result["members_missing_at_end"] >= 0
     assert result["samples"][-1]["redis_keys"] > 0
+    assert result["members"] == sizes["sessions"] // sizes["per_user"]
+    assert set(result["redis_memory"]) == {"before", "sessions", "sockets", "joined"}
+    for key in ("rss_kib_per_session", "cpu_us_per_session_s", "redis_bytes_per_member"):
+        assert _number(result[key])
+    assert result["drops"] >= 0 and result["spurious_expiries"] >= 0
 
 
 def test_storm_reconnects_after_a_restart(tmp_path: Path) -> None:
@@ -98,6 +109,8 @@ def test_storm_reconnects_after_a_restart(tmp_path: Path) -> None:
     assert presence["users_told_a_leave"] <= presence["back_after_grace"]
     assert set(presence["leaves_by_reason"]) <= {"closed", "timeout", "node_down"}
     assert presence["redis_missing_at_end"] == presence["redis_extra_at_end"] == 0
+    views = presence["views_at_end"]
+    assert views["views"] > 0 and views["wrong"] == views["missing"] == 0
 
 
 def test_rest_heartbeats_are_answered(tmp_path: Path) -> None:
@@ -188,3 +201,34 @@ def test_reclaim_tells_every_watcher_every_node_down_leave(tmp_path: Path) -> No
             "leases_after": sizes["survivors"],
         }
         assert len(r["loop_stall_ms"]) == sizes["survivors"]
+
+
+def test_peers_connects_and_pings_every_socket(tmp_path: Path) -> None:
+    """Presence, python-socketio and Node.js Socket.IO 4 each hold every socket asked for:
+    the Socket.IO ones completed their namespace connect and answered the pings each
+    window should hold, so that no figure is read off half-open sockets."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed; the peers benchmark needs them")
+    result = _run("peers", tmp_path)
+    summary = result["summary"]
+    assert summary["kinds"] == ["service", "python-socketio", "node"]
+    assert summary["all_connected"] is True
+    assert summary["pings_flowing"] is True
+    assert result["versions"]["socket.io"].startswith("4.")
+    for r in result["rounds"]:
+        assert _number(r["rss_kib_per_connection"])
+        assert _number(r["cpu_us_per_connection_s"])
+        for step in r["plateaus"]:
+            assert step["open_clients"] == step["n"]
+            assert step["rss_kib"] > 0
+            if r["kind"] == "service":
+                assert step["sio_connects"] is None
+            else:
+                assert step["sio_connects"] == step["n"]
+            # Pings flowed through the window to every socket: protocol pings or Engine.IO
+            # ones, answered.
+            assert step["sockets_unpinged"] == 0
+            assert step["sockets_checked"] == step["n"] + 10  # the warm-up's sockets too
+            assert step["pongs"] >= step["pongs_expected"] * 0.75
+    for ratio in ("rss_ratio_lighter", "cpu_ratio_lighter"):
+        assert summary[ratio]["n"] == 1

@@ -36,6 +36,7 @@ FAMILIES = {
     "presence_diffs": "counter",
     "presence_diff_messages": "counter",
     "presence_member_leaves": "counter",
+    "presence_store_retries": "counter",
     "presence_http_request_duration_seconds": "histogram",
     "presence_websocket_closes": "counter",
     "presence_redis_call_duration_seconds": "histogram",

@@ -443,3 +443,124 @@ def test_a_holder_that_renewed_since_it_lapsed_is_not_reaped(stores):
         if sessions is not None:
             loop.run_until_complete(sessions.close())
         loop.close()
+
+
+async def _hold_many(store: RedisPresenceStore, holder: str, users: list[str]) -> None:
+    assert await store.renew(holder, 60.0)
+    for n, user in enumerate(users):
+        await store.hold(user, f"{user}-0", holder=holder, state="online")
+        await store.join(user, f"{user}-0", ROOMS[n % 2], {"n": 1}, max_rooms=20)
+    for room in ROOMS:
+        await store.flush(room)
+
+
+async def _leaves(store: RedisPresenceStore) -> list[str]:
+    """Flushes the rooms; the users whose leave their diffs tell (all ``node_down``)."""
+    left = []
+    for room in ROOMS:
+        diff = await store.flush(room)
+        if diff is not None:
+            assert {x.reason for x in diff.leaves} == {"node_down"}
+            left += [x.user for x in diff.leaves]
+    return left
+
+
+async def test_a_large_reap_tells_its_rooms_batch_by_batch_and_loses_no_member(redis_url):
+    """A holder of more users than one batch of the reap: the rooms changed are told
+    while the reap goes on (more than once), so that their leaves can be flushed in
+    several diffs before it ends; every member leaves, once, with ``node_down``."""
+    with sync_redis.Redis.from_url(redis_url) as client:
+        client.flushall()
+    sessions = RedisStore(redis_url, ttl=60.0, timeout=5.0)
+    await sessions.open()
+    store = RedisPresenceStore(sessions, keep=60.0)
+    await store.open()
+    users = [f"u{n:03}" for n in range(350)]
+    try:
+        await _hold_many(store, "p1", users)
+        told: list[list[str]] = []
+        left: list[str] = []
+        flushes: list[asyncio.Task[list[str]]] = []
+
+        def progress(rooms: list[str]) -> None:
+            told.append(rooms)
+            flushes.append(asyncio.ensure_future(_leaves(store)))
+
+        changed, reaped = await store.reap("p1", progress=progress)
+        for flush in flushes:
+            left += await flush
+        left += await _leaves(store)
+        assert len(told) > 1
+        assert sorted({room for rooms in told for room in rooms}) == changed == sorted(ROOMS)
+        assert sorted(reaped) == [(user, f"{user}-0") for user in users]
+        assert sorted(left) == users  # each once
+        assert [(await store.room(room)).count for room in ROOMS] == [0, 0]
+    finally:
+        await sessions.close()
+
+
+async def test_a_reap_cut_off_by_a_redis_outage_resumes_and_loses_no_member(redis_proxy, caplog):
+    """Redis goes away between two batches of a reap (every connection reset, new ones
+    too) and comes back half a second later: the reap waits it out and goes on where
+    it was; every member of the dead holder leaves, none is left behind in a room."""
+    sessions = RedisStore(redis_proxy.url, ttl=60.0, timeout=1.0)
+    await sessions.open()
+    store = RedisPresenceStore(sessions, keep=60.0)
+    await store.open()
+    users = [f"u{n:03}" for n in range(350)]
+    try:
+        await _hold_many(store, "p1", users)
+        cut: list[bool] = []
+
+        def progress(rooms: list[str]) -> None:
+            if not cut:  # after the first batch: nothing of the reap's is in flight
+                cut.append(True)
+                redis_proxy.reset()
+                asyncio.get_running_loop().call_later(0.5, redis_proxy.heal)
+
+        changed, reaped = await store.reap("p1", progress=progress)
+        assert cut and "reap: Redis unavailable" in caplog.text  # it was cut off
+        assert changed == sorted(ROOMS)
+        assert sorted(reaped) == [(user, f"{user}-0") for user in users]
+        assert sorted(await _leaves(store)) == users
+        assert [(await store.room(room)).count for room in ROOMS] == [0, 0]
+        user = await store.user(users[-1])
+        assert user.status == "offline" and not user.rooms
+    finally:
+        await sessions.close()
+
+
+async def test_a_reap_whose_script_reply_was_lost_sends_the_same_rows_again(redis_url):
+    """A user's reap script ran but its reply never reached the reaper (a timeout, Redis
+    gone meanwhile): the reap tried again gets the same rows, with the same version, so
+    the member the first reply would have removed leaves, once, and a member who came
+    back elsewhere since is not undone by the old rows."""
+    with sync_redis.Redis.from_url(redis_url) as client:
+        client.flushall()
+    sessions = RedisStore(redis_url, ttl=60.0, timeout=5.0)
+    await sessions.open()
+    store = RedisPresenceStore(sessions, keep=60.0)
+    await store.open()
+    try:
+        await _hold_many(store, "p1", ["ann", "bob"])  # ann in lobby, bob in dev:1
+        # Both users' scripts run, their replies lost: nothing reached the rooms.
+        for user in ("ann", "bob"):
+            lost = await store._user(user, "reap", "p1", "0")
+            assert lost[0] == "ok"
+        assert [(await store.room(room)).count for room in ROOMS] == [1, 1]
+        # Bob comes back on another process meanwhile, in his room again.
+        assert await store.renew("p2", 60.0)
+        await store.hold("bob", "bob-1", holder="p2", state="online")
+        await store.join("bob", "bob-1", "dev:1", {"n": 2}, max_rooms=20)
+        changed, reaped = await store.reap("p1")
+        assert sorted(reaped) == [("ann", "ann-0"), ("bob", "bob-0")]
+        assert "lobby" in changed
+        lobby = await store.flush("lobby")
+        assert lobby is not None and [(x.user, x.reason) for x in lobby.leaves] == [
+            ("ann", "node_down")
+        ]
+        assert (await store.room("lobby")).count == 0
+        dev = await store.room("dev:1")
+        assert [(m.user, m.meta) for m in dev.members] == [("bob", {"n": 2})]
+    finally:
+        await sessions.close()

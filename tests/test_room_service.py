@@ -367,3 +367,48 @@ async def test_stop_returns_within_its_bound_though_a_task_loses_its_cancellatio
     stubborn.set()
     task.cancel()  # taken now: the loop sees the event set and ends
     await asyncio.wait_for(task, timeout=5)
+
+
+async def test_a_long_reap_flushes_its_rooms_as_it_goes_and_marks_the_sessions_after():
+    """A reap in several steps: the rooms of its first step are flushed while it goes
+    on (it waits here for that flush, so this fails if the leaves went only at its
+    end); the rest once it ends; the reaped sessions are marked disconnected only after
+    every room's flush, not ahead of them."""
+    events: list[str] = []
+    first_flushed = asyncio.Event()
+
+    class SteppedReap(MemoryPresenceStore):
+        async def reap(self, holder, *, if_lapsed=False, progress=None):
+            events.append("reaped lobby")
+            assert progress is not None
+            progress(["lobby"])
+            await asyncio.wait_for(first_flushed.wait(), 30)
+            events.append("reaped dev")
+            progress(["dev"])
+            return ["dev", "lobby"], [("ann", "ann-s"), ("bob", "bob-s")]
+
+        async def flush(self, room):
+            events.append(f"flush {room}")
+            if room == "lobby":
+                first_flushed.set()
+            return None
+
+    store = SteppedReap()
+    await store.open()
+    service = RoomService(
+        make_settings(diff_window=0.01),
+        store,
+        EventBus(MemoryBackend()),
+        channel=lambda room: keys.room_channel("presence", room),
+        encode_sync=protocol.presence_sync,
+        encode_diff=protocol.presence_diff,
+    )
+
+    async def reaped(tabs: list[tuple[str, str]]) -> None:
+        events.append(f"marked {len(tabs)}")
+
+    service.on_reaped = reaped
+    service._reaping.add("p-dead")
+    await service._reap("p-dead", renewed=0.0)  # long lapsed: no grace left to wait
+    assert events == ["reaped lobby", "flush lobby", "reaped dev", "flush dev", "marked 2"]
+    assert "p-dead" not in service._reaping

@@ -41,7 +41,7 @@ def _with_keys(script: str) -> str:
 # are added. Every operation returns
 # {result, extra, version, room, row, reason, seen, room, row, reason, seen, ...}: the
 # rooms whose row changed ('' row: the user is no longer a member), to be APPLYed.
-USER = (
+USER = _with_keys(
     """
 local key = KEYS[1]
 local op = ARGV[1]
@@ -64,7 +64,7 @@ local function user_event(kind, fields)
     ',"user":' .. cjson.encode(user) .. fields))
 end
 
-local tabs, rooms, since, emitted = {}, {}, {}, {}
+local tabs, rooms, since, emitted, replay = {}, {}, {}, {}, {}
 local flat = redis.call('HGETALL', key)
 for i = 1, #flat, 2 do
   local f, v = flat[i], flat[i + 1]
@@ -81,6 +81,14 @@ for i = 1, #flat, 2 do
     since[string.sub(f, 3)] = v
   elseif kind == 'e:' then
     emitted[string.sub(f, 3)] = v
+  elseif kind == 'x:' then
+    -- A reap's rows kept for its retry, forgotten once no retry can come.
+    local at = tonumber(string.match(v, '^(%d+)|'))
+    if now - at > @REAP_REPLAY_MS@ then
+      redis.call('HDEL', key, f)
+    else
+      replay[string.sub(f, 3)] = v
+    end
   end
 end
 
@@ -309,10 +317,26 @@ elseif op == 'reap' then
       remove_tab(s)
     end
   end
-  if #gone == 0 then return finish('none', 0, {}) end
+  if #gone == 0 then
+    -- Reaped already, by a script whose reply may never have reached the reaper (a
+    -- timeout, Redis gone meanwhile): the same reply again, its version unchanged,
+    -- so that rows already applied change nothing and a newer row is not undone.
+    local kept = replay[holder]
+    if kept then return cjson.decode(string.match(kept, '^%d+|(.*)$')) end
+    return finish('none', 0, {})
+  end
   went_offline(last_reason)
   -- The sessions reaped, so that their records are marked disconnected.
-  return finish('ok', table.concat(gone, ','), emit(touched, why, true))
+  local reply = finish('ok', table.concat(gone, ','), emit(touched, why, true))
+  redis.call('HSET', key, 'x:' .. holder, now .. '|' .. cjson.encode(reply))
+  return reply
+elseif op == 'resend' then
+  -- Every row sent again, to each room the user is in and each they were last sent
+  -- to: a call of theirs that outlived its bound may have run here, its rows recorded
+  -- as sent (e:<room>), without the APPLYs that take them to the rooms.
+  local touched = user_rooms()
+  for room, _ in pairs(emitted) do touched[room] = true end
+  return finish('ok', 0, emit(touched, nil, true))
 elseif op == 'user' then
   -- Returns {status, sessions, last seen ms ('' none), room, room, ...}.
   local count = 0

@@ -16,6 +16,7 @@ diffs of a room are published in ``seq`` order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, Protocol, runtime_checkable
 
 from ..models import JSON, Diff, Reason, RoomPage, TabState, UserPresence
@@ -89,7 +90,11 @@ class PresenceStore(Protocol):
         :meth:`depart` once the grace is over. None when it was not in the room."""
 
     async def reap(
-        self, holder: str, *, if_lapsed: bool = False
+        self,
+        holder: str,
+        *,
+        if_lapsed: bool = False,
+        progress: Callable[[list[str]], None] | None = None,
     ) -> tuple[list[str], list[tuple[str, str]]]:
         """Every tab that ``holder`` held (its process died) is removed at once, with
         reason ``node_down`` and its last renewal as last seen; its lease is forgotten.
@@ -100,6 +105,11 @@ class PresenceStore(Protocol):
         :meth:`renew` says it was reaped. With ``if_lapsed`` (another process reaping
         it), a holder whose lease is not lapsed any more (it renewed since it was found
         lapsed: it was stalled or cut off, not dead) is left alone and nothing changes.
+
+        ``progress``, if given, is called with the rooms changed by each step of a reap
+        that takes several (a store that reaps in batches), as they change, so that
+        their diffs can go out while the reap goes on; the rooms returned are all of
+        them, told or not.
         """
 
     async def flush(self, room: str) -> Diff | None:

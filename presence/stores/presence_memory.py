@@ -212,7 +212,11 @@ class MemoryPresenceStore:
         return now, []
 
     async def reap(
-        self, holder: str, *, if_lapsed: bool = False
+        self,
+        holder: str,
+        *,
+        if_lapsed: bool = False,
+        progress: Callable[[list[str]], None] | None = None,
     ) -> tuple[list[str], list[tuple[str, str]]]:
         lease = self._leases.get(holder)
         if if_lapsed and holder not in self._reaped and lease and lease[0] > self.clock():
@@ -249,6 +253,8 @@ class MemoryPresenceStore:
         self._reaped[holder] = None
         while len(self._reaped) > _REAPED_MAX:
             self._reaped.popitem(last=False)
+        if progress is not None and changed:
+            progress(sorted(changed))  # one step here: told once
         return sorted(changed), reaped
 
     # -- rooms ----------------------------------------------------------------------------
