@@ -434,6 +434,19 @@ class PresenceWebSocketProtocol(WebSocketsSansIOProtocol):
             self.deadline.cancel()
             self.deadline = None
         super().connection_lost(exc)
+        # The two reference cycles a connection makes are broken here, so that its
+        # objects (a hundred or so: protocol, parser, transport, queues, buffers) go
+        # when their last reference does, not at the next full collection: the
+        # protocol and its outbox point at each other, and the scope's extensions
+        # point back at the protocol. The app may still hold the protocol (the fan-out
+        # checks ``disconnected`` first) and the outbox (its writes are then no-ops).
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            extensions = scope.get("extensions")
+            if extensions is not None:
+                extensions.pop(FRAMES_EXTENSION, None)
+        if isinstance(self.transport, _Outbox):
+            self.transport.release()
 
     def keepalive_timeout(self) -> None:
         closing = self.close_sent or self.transport.is_closing()
@@ -615,20 +628,29 @@ class _Outbox:
 
     def __init__(self, transport: asyncio.Transport, protocol: PresenceWebSocketProtocol):
         self._transport = transport
-        self._protocol = protocol
+        self._protocol: PresenceWebSocketProtocol | None = protocol
+
+    def release(self) -> None:
+        """Lets go of the protocol once the connection is lost (see
+        ``PresenceWebSocketProtocol.connection_lost``): a lost transport takes no more
+        writes, so there is nothing left to bound."""
+        self._protocol = None
 
     def write(self, data: bytes) -> None:
         transport = self._transport
         transport.write(data)
-        unsent = transport.get_write_buffer_size()
-        if unsent > self._protocol.limits.max_unsent_bytes:
-            self._protocol.abort(f"{unsent} bytes unsent")
+        protocol = self._protocol
+        if protocol is not None:
+            unsent = transport.get_write_buffer_size()
+            if unsent > protocol.limits.max_unsent_bytes:
+                protocol.abort(f"{unsent} bytes unsent")
 
     def close(self) -> None:
         transport = self._transport
         transport.close()
-        if transport.get_write_buffer_size():
-            self._protocol.abort_unless_drained()
+        protocol = self._protocol
+        if protocol is not None and transport.get_write_buffer_size():
+            protocol.abort_unless_drained()
 
     def abort(self) -> None:
         self._transport.abort()
