@@ -157,6 +157,7 @@ class PeerServer(_servers.Server):
         self.kind = kind
         self.config = config
         self.port = free_port()
+        self.cpu = _procs.SERVER_CPU
         self.process = None
         self.log_path = WORK / "logs" / f"{kind}-{self.port}.log"
 
