@@ -33,6 +33,7 @@ leaving its room.
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from collections import Counter
@@ -68,6 +69,21 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(sessions=60, rooms=3, processes=2, loaders=2, hold=4.0, sample_every=1.0, chunk=30)
+
+
+def _readyz(servers: list[_servers.Server]) -> tuple[list[int | None], list[float]]:
+    """Each server's open sockets by its /readyz (None if it did not answer within the
+    client's timeout), and how long each took to answer."""
+    sockets: list[int | None] = []
+    waits: list[float] = []
+    for server in servers:
+        started = time.monotonic()
+        try:
+            sockets.append(server.get("/readyz")[1]["sockets"])
+        except (OSError, http.client.HTTPException):
+            sockets.append(None)
+        waits.append(time.monotonic() - started)
+    return sockets, waits
 
 
 def run(sizes: Sizes = FULL) -> dict[str, Any]:
@@ -210,12 +226,16 @@ def _hold(
         while True:
             elapsed = time.monotonic() - hold_started
             statuses = [load.request({"cmd": "room_status"}) for load in loads]
-            sockets = [server.get("/readyz")[1]["sockets"] for server in servers]
+            sockets, waits = _readyz(servers)
             samples.append(
                 {
                     "t": elapsed,
                     "client_open": sum(s["open"] for s in statuses),
-                    "server_sockets": sum(sockets),
+                    # None when a server did not answer /readyz within its timeout (a
+                    # process stopped that long: a full collection, say).
+                    "server_sockets": None if None in sockets else sum(filter(None, sockets)),
+                    "readyz_unanswered": sum(n is None for n in sockets),
+                    "readyz_longest_s": max(waits),
                     "redis_keys": _keys(client),
                     "expired_keys": int(client.info("stats")["expired_keys"]) - expired_before,
                     "closed": sum(s["closed"] for s in statuses),

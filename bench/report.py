@@ -408,6 +408,9 @@ def _capacity(result: dict[str, Any]) -> list[str]:
         f"{counts(result['leaves_by_reason'])}; users told a leave: "
         f"{result['users_told_a_leave']} |",
         f"| Watchers' gaps in seq | {result['gaps']} |",
+        "| Samples a server did not answer `/readyz` within 10 s; longest answer (s) | "
+        f"{sum(x.get('readyz_unanswered', 0) for x in samples)}; "
+        f"{_f(max((x.get('readyz_longest_s', 0.0) for x in samples), default=0.0), 1)} |",
         "| Redis breaker opened (cause) | " + counts(result["breaker_causes"]) + " |",
         f"| Server RSS per session | {_f(result['rss_kib_per_session'])} KiB "
         f"(sum {_f(sum(servers) / 1024, 2)} GiB); per process "
@@ -746,7 +749,15 @@ def _chart(b: dict[str, Any], path: Path) -> None:
     if cap:
         t = [x["t"] for x in cap["samples"]]
         ax.plot(t, [x["client_open"] for x in cap["samples"]], "o-", label="sockets open (clients)")
-        ax.plot(t, [x["server_sockets"] for x in cap["samples"]], "x--", label="sockets (servers)")
+        ax.plot(
+            t,
+            [
+                x["server_sockets"] if x["server_sockets"] is not None else float("nan")
+                for x in cap["samples"]
+            ],
+            "x--",
+            label="sockets (servers)",
+        )
         ax.plot(t, [x["redis_keys"] for x in cap["samples"]], ".-", label="keys in Redis")
         ax.set_ylim(bottom=0)
         where = (
