@@ -209,7 +209,7 @@ class HttpProtocol(NoDelayHttpToolsProtocol):
                 # The head ended within the cap. After an upgrade uvicorn drops the rest
                 # of the chunk, as here; otherwise it is the head's body or the next
                 # request, whose head is counted afresh.
-                if not self.parser.should_upgrade():
+                if self.parser is not None and not self.parser.should_upgrade():
                     self.data_received(data[room:])
                 return
         self._refuse(
@@ -247,6 +247,11 @@ class HttpProtocol(NoDelayHttpToolsProtocol):
                 self._refuse(431, "headers_too_large", f"{_WEBSOCKET_LIMITS}: {refused}.")
             elif refused is not None:
                 self._refuse(400, "invalid_handshake", f"Not a WebSocket handshake: {refused}.")
+        # The transport is the WebSocket protocol's now, and this object no longer read
+        # from: dropping the parser (which holds this object's callbacks) breaks their
+        # cycle, so this object goes with its last reference, not at a collection that
+        # could come after a freeze (presence._gc).
+        self.parser = None  # type: ignore[assignment]
 
     def timeout_keep_alive_handler(self) -> None:
         self.timeout_keep_alive_task = None

@@ -211,7 +211,8 @@ def test_start_up_freezes_its_objects_and_sets_the_collectors_thresholds():
     the thresholds are the service's own, in a process of its own (as uvicorn runs it)."""
     script = (
         "import asyncio, gc, json\n"
-        "from presence.asgi.app import GC_THRESHOLDS, create_app\n"
+        "from presence._gc import THRESHOLDS as GC_THRESHOLDS\n"
+        "from presence.asgi.app import create_app\n"
         "from presence.settings import Settings\n"
         "async def main():\n"
         "    app = create_app(Settings())\n"

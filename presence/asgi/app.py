@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import gc
 import logging
 import re
 import time
@@ -24,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 
-from .. import _http, metrics
+from .. import _gc, _http, metrics
 from ..auth import cookie_token, first_headers, header
 from ..exceptions import PresenceError, Unauthorized
 from ..models import JSON
@@ -75,8 +74,8 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
             async with metrics.Sampler(services, settings.metrics_dir).running() as sampler:
                 app.state.sampler = sampler
                 _log_start(settings, services.store)
-                _freeze_startup_objects()
-                yield
+                async with _gc.running():
+                    yield
 
     middleware = [Middleware(AccessLog)]
     if settings.allowed_origins:
@@ -351,46 +350,6 @@ _CREDENTIAL_HEADERS = frozenset(
 )
 # The segment after /sessions/ is a session id, unless it is the cleanup endpoint.
 _SESSION_SEGMENT = re.compile(r"(?<=/sessions/)(?!cleanup(?:/|$))[^/?#]+")
-
-
-_frozen = False
-
-
-def _freeze_startup_objects() -> None:
-    """Moves every object alive once the app has started (modules, classes, functions,
-    settings, the store's clients: nearly all of them live as long as the process) out
-    of the garbage collector's generations, so no full collection walks them again.
-
-    Once per process, right after start-up, and never again later (as in the refresher,
-    which was considered): a frozen object is still freed when its last reference goes,
-    but a reference cycle of frozen objects is never collected. The objects of sockets
-    open at that later moment, which would be frozen with the rest, hold such cycles
-    (tasks and their futures, protocols and transports, exceptions and their frames),
-    so each socket closed after a freeze would leak what it held.
-    """
-    global _frozen
-    if _frozen:
-        return
-    _frozen = True
-    gc.collect()  # Start-up's own garbage goes first, rather than stay frozen for good.
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
-#: The collector's thresholds once started, in place of CPython's (700, 10, 10).
-#:
-#: A full collection walks every object of every open socket (some hundreds each) and
-#: stops the process meanwhile: 0.5-1 s at 10,000 sockets. CPython considers one after
-#: every ten collections of the middle generation, and runs it once a quarter more
-#: objects than the last one kept have reached the oldest generation. A process that
-#: fills with sockets, as after a restart under 10,000 clients, grows by a quarter again
-#: and again: some thirty full collections in the reconnect storm benchmark, stopping
-#: the process for more than ten seconds in all. Ten times as many allocations between
-#: two collections of the youngest generation make each generation's turn come ten times
-#: less often (a full collection at most every 700,000 objects allocated and kept), for
-#: the cost of a youngest generation ten times larger (~1 ms to walk). Cyclic garbage
-#: (a closed socket's protocol, transport and task) waits as much longer to be freed.
-GC_THRESHOLDS = (7_000, 10, 10)
 
 
 def _redact_path(path: str) -> str:
