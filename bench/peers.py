@@ -361,31 +361,15 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             str(n): lighter("", lambda r, n=n: at_n(r, n)) if "service" in kinds and peers else nan
             for n in sizes.steps
         },
-        "handshake_rate": {
-            k: _stats.summary(r["plateaus"][-1]["handshake_rate"] for r in rounds if r["kind"] == k)
-            for k in kinds
-        },
-        "loop_stall_max_ms": {
-            k: _stats.summary(
-                r["plateaus"][-1]["loop_stall"]["max_ms"] for r in rounds if r["kind"] == k
-            )
-            for k in kinds
-        },
-        "handshake_refusals": {
-            k: sum(
-                sum(p["handshake_failed"].values())
-                for r in rounds
-                if r["kind"] == k
-                for p in r["plateaus"]
-            )
-            for k in kinds
-        },
-        "all_connected": all(
-            p["open_clients"] == p["n"]
-            and p["open_before_window"] == p["n"]
-            and p["sio_connects"] in (None, p["n"])
-            for r in rounds
-            for p in r["plateaus"]
+        # "all_connected": the Socket.IO connect completed too, where there is one.
+        **_stats.plateaus_summary(
+            rounds,
+            kinds,
+            lambda p: (
+                p["open_clients"] == p["n"]
+                and p["open_before_window"] == p["n"]
+                and p["sio_connects"] in (None, p["n"])
+            ),
         ),
         # How much of the pings each window should hold were answered: Presence's protocol
         # pings (the websockets client answers them) and the peers' Engine.IO pings.
