@@ -362,13 +362,7 @@ class Load:
                     tab.pongs += 1
         except ConnectionClosed:
             pass
-        self.open_now -= 1
-        self.closes[str(ws.close_code)] += 1
-        tab.ws = None
-        if self.mark is not None:
-            tab.lost = True
-            tab.lost_at = time.monotonic() - self.mark
-            tab.back_at = None
+        self._lost(tab, ws)
 
     async def hold(self, tab: Tab) -> None:
         ws = tab.ws
@@ -398,6 +392,11 @@ class Load:
             pass
         if retry is not None:
             retry.cancel()
+        self._lost(tab, ws)
+
+    def _lost(self, tab: Tab, ws: ClientConnection) -> None:
+        """A tab's socket closed: counted by its close code, and the tab marked lost when
+        a mark is set (its loss timed from the mark)."""
         self.open_now -= 1
         self.closes[str(ws.close_code)] += 1
         tab.ws = None

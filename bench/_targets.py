@@ -298,6 +298,25 @@ def _fanout_commands_figure(result: Result) -> str:
     )
 
 
+def _peers_target(
+    key: str, name: str, value: Callable[[Result], float], unit: str, digits: int
+) -> Target:
+    """A peers target: Presence's ``key`` ("rss" or "cpu") under the lighter peer's, met
+    only at full size with every socket connected and pinged."""
+    return Target(
+        f"peers_{key}_ratio",
+        "peers",
+        name,
+        value,
+        lambda r: peers.ratio_figure(r, key, unit, digits),
+        "<",
+        1.0,
+        "{:g}",
+        also=lambda r: peers.full(r) and peers.sound(r),
+        applies=lambda r: f"{key}_ratio_lighter" in r.get("summary", {}),
+    )
+
+
 TARGETS: tuple[Target, ...] = (
     Target(
         "idle_rss_ratio",
@@ -530,31 +549,21 @@ TARGETS: tuple[Target, ...] = (
         math.inf,
         also=_fanout_full,
     ),
-    Target(
-        "peers_rss_ratio",
-        "peers",
+    _peers_target(
+        "rss",
         "Idle socket beside python-socketio and Node.js Socket.IO 4 (5 s pings, no "
         "compression, N to 10,000): RSS per connection {threshold} × the lighter peer's",
         lambda r: _median(r["summary"]["rss_ratio_lighter"]),
-        lambda r: peers.ratio_figure(r, "rss", "KiB", 1),
-        "<",
-        1.0,
-        "{:g}",
-        also=lambda r: peers.full(r) and peers.sound(r),
-        applies=lambda r: "rss_ratio_lighter" in r.get("summary", {}),
+        "KiB",
+        1,
     ),
-    Target(
-        "peers_cpu_ratio",
-        "peers",
+    _peers_target(
+        "cpu",
         "Idle socket beside python-socketio and Node.js Socket.IO 4: CPU per "
         "connection-second {threshold} × the lighter peer's, by slope and at each N",
         peers.cpu_worst_ratio,
-        lambda r: peers.ratio_figure(r, "cpu", "µs", 2),
-        "<",
-        1.0,
-        "{:g}",
-        also=lambda r: peers.full(r) and peers.sound(r),
-        applies=lambda r: "cpu_ratio_lighter" in r.get("summary", {}),
+        "µs",
+        2,
     ),
     Target(
         "storm_rooms_right_s",

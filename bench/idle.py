@@ -265,7 +265,6 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             }
             for k in kinds
         },
-        "handshake_rate": {k: _stats.summary(plateau(k, "handshake_rate")) for k in kinds},
         "handshake_p99_ms": {
             k: _stats.summary(x["p99"] for x in plateau(k, "handshake_ms")) for k in kinds
         },
@@ -274,12 +273,6 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             for k in kinds
         },
         "round_trips_per_tick": _stats.summary(per_tick),
-        "loop_stall_max_ms": {
-            k: _stats.summary(
-                r["plateaus"][-1]["loop_stall"]["max_ms"] for r in rounds if r["kind"] == k
-            )
-            for k in kinds
-        },
         "loop_stall_p99_ms": {
             k: _stats.summary(
                 r["plateaus"][-1]["loop_stall"]["p99_ms"] for r in rounds if r["kind"] == k
@@ -303,19 +296,11 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             )
             for i, n in enumerate(sizes.steps)
         },
-        "handshake_refusals": {
-            k: sum(
-                sum(p["handshake_failed"].values())
-                for r in rounds
-                if r["kind"] == k
-                for p in r["plateaus"]
-            )
-            for k in kinds
-        },
-        "all_connected": all(
-            p["open_clients"] == p["n"] and p["server_sockets"] in (None, p["n"])
-            for r in rounds
-            for p in r["plateaus"]
+        # Also "handshake_rate" and "loop_stall_max_ms" (the last step's).
+        **_stats.plateaus_summary(
+            rounds,
+            kinds,
+            lambda p: p["open_clients"] == p["n"] and p["server_sockets"] in (None, p["n"]),
         ),
     }
     return result

@@ -361,31 +361,15 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             str(n): lighter("", lambda r, n=n: at_n(r, n)) if "service" in kinds and peers else nan
             for n in sizes.steps
         },
-        "handshake_rate": {
-            k: _stats.summary(r["plateaus"][-1]["handshake_rate"] for r in rounds if r["kind"] == k)
-            for k in kinds
-        },
-        "loop_stall_max_ms": {
-            k: _stats.summary(
-                r["plateaus"][-1]["loop_stall"]["max_ms"] for r in rounds if r["kind"] == k
-            )
-            for k in kinds
-        },
-        "handshake_refusals": {
-            k: sum(
-                sum(p["handshake_failed"].values())
-                for r in rounds
-                if r["kind"] == k
-                for p in r["plateaus"]
-            )
-            for k in kinds
-        },
-        "all_connected": all(
-            p["open_clients"] == p["n"]
-            and p["open_before_window"] == p["n"]
-            and p["sio_connects"] in (None, p["n"])
-            for r in rounds
-            for p in r["plateaus"]
+        # "all_connected": the Socket.IO connect completed too, where there is one.
+        **_stats.plateaus_summary(
+            rounds,
+            kinds,
+            lambda p: (
+                p["open_clients"] == p["n"]
+                and p["open_before_window"] == p["n"]
+                and p["sio_connects"] in (None, p["n"])
+            ),
         ),
         # How much of the pings each window should hold were answered: Presence's protocol
         # pings (the websockets client answers them) and the peers' Engine.IO pings.
@@ -442,17 +426,10 @@ def _f(value: Any, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _s(summary: dict[str, Any] | None, digits: int = 1) -> str:
-    if not summary or not summary.get("n"):
-        return "–"
-    median = _f(summary["median"], digits)
-    if summary["n"] == 1 or summary["min"] == summary["max"]:
-        return median
-    return f"{median} ({_f(summary['min'], digits)}–{_f(summary['max'], digits)})"
-
-
 def ratio_figure(result: dict[str, Any], key: str, unit: str, digits: int) -> str:
     """The target's figure: the ratio to the lighter peer and to each, and the values."""
+    from .report import _s  # report imports this module
+
     s = result["summary"]
     values = s["rss_kib_per_connection" if key == "rss" else "cpu_us_per_connection_s"]
     lighter = s[f"{key}_ratio_lighter"]
@@ -479,12 +456,10 @@ def _gc(result: dict[str, Any], kind: str) -> str:
 
 
 def section(result: dict[str, Any]) -> list[str]:
+    from .report import _s, quiet_text, row, summary_row, table_head  # it imports this module
+
     s, sizes = result["summary"], result["sizes"]
     kinds = s["kinds"]
-
-    def row(label: str, cells: list[str]) -> str:
-        return f"| {label} | " + " | ".join(cells) + " |"
-
     versions_text = ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items())
     lines = [
         "## Peers: an idle socket beside python-socketio and Node.js Socket.IO 4",
@@ -504,15 +479,10 @@ def section(result: dict[str, Any]) -> list[str]:
         f"at least {_f(100 * s['pongs_ratio_min'], 0)} % answered "
         f"({'pings flowing' if s['pings_flowing'] else '**pings missing**'}).",
         "",
-        row("", [_NAMES.get(k, k) for k in kinds]),
-        row("---", ["---"] * len(kinds)),
-        row(
-            "RSS per connection (KiB, slope)",
-            [_s(s["rss_kib_per_connection"][k]) for k in kinds],
-        ),
-        row(
-            "CPU per connection-second (µs, slope)",
-            [_s(s["cpu_us_per_connection_s"][k], 2) for k in kinds],
+        *table_head([_NAMES.get(k, k) for k in kinds]),
+        summary_row("RSS per connection (KiB, slope)", s["rss_kib_per_connection"], kinds),
+        summary_row(
+            "CPU per connection-second (µs, slope)", s["cpu_us_per_connection_s"], kinds, 2
         ),
     ]
     for n in sizes["steps"]:
@@ -523,13 +493,14 @@ def section(result: dict[str, Any]) -> list[str]:
             )
         )
     lines += [
-        row(
+        summary_row(
             f"Handshakes/s, last step ({sizes['in_flight']} in flight)",
-            [_s(s["handshake_rate"][k], 0) for k in kinds],
+            s["handshake_rate"],
+            kinds,
+            0,
         ),
-        row(
-            f"`/healthz` max at N = {sizes['steps'][-1]:,} (ms)",
-            [_s(s["loop_stall_max_ms"][k], 0) for k in kinds],
+        summary_row(
+            f"`/healthz` max at N = {sizes['steps'][-1]:,} (ms)", s["loop_stall_max_ms"], kinds, 0
         ),
         row(
             "Longest generation-2 GC pause over 50 ms, all rounds (ms; Python only)",
@@ -592,8 +563,6 @@ def section(result: dict[str, Any]) -> list[str]:
             )
         )
     if any(r.get("quiet") for r in result["rounds"]):
-        from .report import quiet_text
-
         lines += ["", "How quiet the machine was in each round:", ""]
         for r in result["rounds"]:
             lines.append(f"- round {r['round'] + 1}, {r['kind']}: {quiet_text(r['quiet'] or {})}")

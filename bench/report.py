@@ -77,6 +77,21 @@ def _s(summary: dict[str, Any] | None, digits: int = 1, unit: str = "") -> str:
     return f"{median}{unit} ({_f(summary['min'], digits)}–{_f(summary['max'], digits)})"
 
 
+def row(label: str, cells: list[str]) -> str:
+    """A table row: the label, then the cells."""
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def table_head(names: list[str]) -> list[str]:
+    """A table's header: an empty label's column, then a column a name."""
+    return [row("", names), row("---", ["---"] * len(names))]
+
+
+def summary_row(label: str, by_kind: dict[str, Any], kinds: list[str], digits: int = 1) -> str:
+    """A row of each kind's ``median (min–max)`` from ``by_kind``."""
+    return row(label, [_s(by_kind[k], digits) for k in kinds])
+
+
 def _footer(name: str, result: dict[str, Any]) -> str:
     """What a section measured: the code (commit), when, and how quiet the machine was."""
     code = result.get("service_code") or result.get("machine", {}).get("service_code")
@@ -171,10 +186,6 @@ def _idle(result: dict[str, Any]) -> list[str]:
     kinds = s.get("kinds", ["service", "floor"])
     services = [k for k in kinds if _servers.is_service(k)]
     top = sizes["steps"][-1]
-
-    def row(label: str, cells: list[str]) -> str:
-        return f"| {label} | " + " | ".join(cells) + " |"
-
     lines = [
         "## 1. Idle sessions",
         "",
@@ -187,16 +198,9 @@ def _idle(result: dict[str, Any]) -> list[str]:
         "Per-session figures are slopes of a least-squares fit across N. All requested "
         f"sockets connected in every round: {'yes' if s['all_connected'] else '**no**'}.",
         "",
-        row("", [_KIND_NAMES.get(k, k) for k in kinds]),
-        row("---", ["---"] * len(kinds)),
-        row(
-            "RSS per session (KiB)",
-            [_s(s["rss_kib_per_session"][k]) for k in kinds],
-        ),
-        row(
-            "CPU per session-second (µs, slope)",
-            [_s(s["cpu_us_per_session_s"][k], 2) for k in kinds],
-        ),
+        *table_head([_KIND_NAMES.get(k, k) for k in kinds]),
+        summary_row("RSS per session (KiB)", s["rss_kib_per_session"], kinds),
+        summary_row("CPU per session-second (µs, slope)", s["cpu_us_per_session_s"], kinds, 2),
     ]
     by_n = s.get("cpu_us_per_session_s_by_n") or {
         k: {str(top): s["cpu_us_per_session_s_at_top"][k]} for k in kinds
@@ -210,12 +214,14 @@ def _idle(result: dict[str, Any]) -> list[str]:
                 )
             )
     lines += [
-        row(
+        summary_row(
             f"Handshakes/s, last step ({sizes['in_flight']} in flight)",
-            [_s(s["handshake_rate"][k], 0) for k in kinds],
+            s["handshake_rate"],
+            kinds,
+            0,
         ),
-        row("Handshake p99, last step (ms)", [_s(s["handshake_p99_ms"][k]) for k in kinds]),
-        row("Server CPU per handshake (ms)", [_s(s["handshake_cpu_ms"][k], 2) for k in kinds]),
+        summary_row("Handshake p99, last step (ms)", s["handshake_p99_ms"], kinds),
+        summary_row("Server CPU per handshake (ms)", s["handshake_cpu_ms"], kinds, 2),
         row(
             f"Event-loop stall at N = {top:,}: `/healthz` p99 / max (ms)",
             [_stall(s, k) for k in kinds],

@@ -30,7 +30,7 @@ from presence.sessions import Session, new_session_id
 from presence.stores import FallbackStore, MemoryStore, RedisStore
 
 from .proxy import Proxy
-from .utils import UNIT, RedisServer, free_port, make_settings, serve, token
+from .utils import UNIT, RedisServer, free_port, hold_redis, make_settings, serve, token
 
 pytestmark = pytest.mark.redis
 
@@ -344,21 +344,6 @@ async def test_a_reply_that_arrived_during_a_stall_is_not_a_timeout(own_redis):
             assert not store.degraded and store.busy_failures == 0
 
 
-async def _hold_redis(url: str, seconds: float) -> None:
-    """Keeps Redis busy for ``seconds`` with a script that spins (as a slow command or a
-    huge cleanup would): it answers nothing else meanwhile, then everything."""
-    client = aioredis.Redis.from_url(url)
-    try:
-        await client.eval(
-            "local t = redis.call('TIME') local s = t[1] * 1e6 + t[2] "
-            "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > tonumber(ARGV[1])",
-            0,
-            round(seconds * 1e6),
-        )
-    finally:
-        await client.aclose()
-
-
 async def test_a_slow_redis_is_not_taken_for_an_outage(own_redis):
     """A call that outlives its bound because Redis was slow to answer it, while Redis
     answers a probe soon after, opens no breaker: a call that may run twice is tried
@@ -367,13 +352,13 @@ async def test_a_slow_redis_is_not_taken_for_an_outage(own_redis):
     async with _fallback_store(own_redis.url) as store:
         session = await store.create("alice", new_session_id())
         hold = 1.2 * store.primary.bound  # past the call's bound, within the probe's after
-        holding = asyncio.ensure_future(_hold_redis(own_redis.url, hold))
+        holding = asyncio.ensure_future(hold_redis(own_redis.url, hold))
         await asyncio.sleep(UNIT / 2)
         found = await store.get("alice", session.id)
         assert found is not None and found.id == session.id
         assert not store.degraded and store.busy_failures == 1
         await holding
-        holding = asyncio.ensure_future(_hold_redis(own_redis.url, hold))
+        holding = asyncio.ensure_future(hold_redis(own_redis.url, hold))
         await asyncio.sleep(UNIT / 2)
         with pytest.raises(StoreBusy):
             await store.create("alice", new_session_id())

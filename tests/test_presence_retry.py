@@ -26,25 +26,10 @@ from presence.sessions import Session
 from presence.stores import RedisStore
 from presence.stores.presence_redis import RedisPresenceStore
 
-from .utils import make_settings
+from .utils import hold_redis, make_settings
 
 ROOM = "lobby"
 BOUND = 0.25  # the store's call bound (REDIS_TIMEOUT's default)
-
-
-async def _spin(url: str, seconds: float) -> None:
-    """Keeps Redis busy for ``seconds`` (a slow script): it answers nothing else
-    meanwhile, then everything."""
-    client = aioredis.Redis.from_url(url)
-    try:
-        await client.eval(
-            "local t = redis.call('TIME') local s = t[1] * 1e6 + t[2] "
-            "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > tonumber(ARGV[1])",
-            0,
-            round(seconds * 1e6),
-        )
-    finally:
-        await client.aclose()
 
 
 @asynccontextmanager
@@ -99,7 +84,7 @@ async def test_a_join_redis_was_too_slow_for_is_tried_again_not_refused(own_redi
         tab = await service.open_tab("ann", "ann-tab")
         joins = _counted(store, "join")
         before = _retries()
-        spinning = asyncio.ensure_future(_spin(own_redis.url, 2.5 * BOUND))
+        spinning = asyncio.ensure_future(hold_redis(own_redis.url, 2.5 * BOUND))
         await asyncio.sleep(0.1)
         result = await service.join(Identity("ann", "bearer", None), tab, ROOM, {"n": 1})
         await spinning
@@ -117,7 +102,7 @@ async def test_a_tab_whose_hold_was_refused_is_held_here_before_it_joins(own_red
         await store.hold("ann", "ann-tab", holder="p-old", state="online")
         await store.join("ann", "ann-tab", ROOM, None, max_rooms=20)
         assert await _members(store) == ["ann"]
-        spinning = asyncio.ensure_future(_spin(own_redis.url, 4 * BOUND))
+        spinning = asyncio.ensure_future(hold_redis(own_redis.url, 4 * BOUND))
         await asyncio.sleep(0.15)
         with pytest.raises(StoreUnavailable):
             await service.open_tab("ann", "ann-tab")  # the socket lives on, unheld
@@ -237,7 +222,7 @@ async def test_a_rest_tab_whose_hold_was_refused_is_held_at_its_next_heartbeat(o
         await service.rest_heartbeat(session)
         assert holds[0] == 1  # held once: the heartbeat changed nothing
         tab = service._tabs[("ann", "ann-rest")]
-        spinning = asyncio.ensure_future(_spin(own_redis.url, 4 * BOUND))
+        spinning = asyncio.ensure_future(hold_redis(own_redis.url, 4 * BOUND))
         await asyncio.sleep(0.15)
         tab.state = "away"  # a heartbeat saying active again: held again, refused
         with pytest.raises(StoreUnavailable):

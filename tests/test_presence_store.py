@@ -13,6 +13,8 @@ and that nobody is left behind once everyone has gone.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -445,6 +447,25 @@ def test_a_holder_that_renewed_since_it_lapsed_is_not_reaped(stores):
         loop.close()
 
 
+@asynccontextmanager
+async def _redis_presence(
+    url: str, bound: float = 5.0, flush: bool = True
+) -> AsyncIterator[RedisPresenceStore]:
+    """A Redis presence store on ``url`` (Redis emptied first, unless not ``flush``),
+    over a session store whose calls are bound by ``bound`` s; closed after."""
+    if flush:
+        with sync_redis.Redis.from_url(url) as client:
+            client.flushall()
+    sessions = RedisStore(url, ttl=60.0, timeout=bound)
+    await sessions.open()
+    store = RedisPresenceStore(sessions, keep=60.0)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await sessions.close()
+
+
 async def _hold_many(store: RedisPresenceStore, holder: str, users: list[str]) -> None:
     assert await store.renew(holder, 60.0)
     for n, user in enumerate(users):
@@ -469,14 +490,8 @@ async def test_a_large_reap_tells_its_rooms_batch_by_batch_and_loses_no_member(r
     """A holder of more users than one batch of the reap: the rooms changed are told
     while the reap goes on (more than once), so that their leaves can be flushed in
     several diffs before it ends; every member leaves, once, with ``node_down``."""
-    with sync_redis.Redis.from_url(redis_url) as client:
-        client.flushall()
-    sessions = RedisStore(redis_url, ttl=60.0, timeout=5.0)
-    await sessions.open()
-    store = RedisPresenceStore(sessions, keep=60.0)
-    await store.open()
     users = [f"u{n:03}" for n in range(350)]
-    try:
+    async with _redis_presence(redis_url) as store:
         await _hold_many(store, "p1", users)
         told: list[list[str]] = []
         left: list[str] = []
@@ -495,20 +510,14 @@ async def test_a_large_reap_tells_its_rooms_batch_by_batch_and_loses_no_member(r
         assert sorted(reaped) == [(user, f"{user}-0") for user in users]
         assert sorted(left) == users  # each once
         assert [(await store.room(room)).count for room in ROOMS] == [0, 0]
-    finally:
-        await sessions.close()
 
 
 async def test_a_reap_cut_off_by_a_redis_outage_resumes_and_loses_no_member(redis_proxy, caplog):
     """Redis goes away between two batches of a reap (every connection reset, new ones
     too) and comes back half a second later: the reap waits it out and goes on where
     it was; every member of the dead holder leaves, none is left behind in a room."""
-    sessions = RedisStore(redis_proxy.url, ttl=60.0, timeout=1.0)
-    await sessions.open()
-    store = RedisPresenceStore(sessions, keep=60.0)
-    await store.open()
     users = [f"u{n:03}" for n in range(350)]
-    try:
+    async with _redis_presence(redis_proxy.url, bound=1.0, flush=False) as store:
         await _hold_many(store, "p1", users)
         cut: list[bool] = []
 
@@ -526,8 +535,6 @@ async def test_a_reap_cut_off_by_a_redis_outage_resumes_and_loses_no_member(redi
         assert [(await store.room(room)).count for room in ROOMS] == [0, 0]
         user = await store.user(users[-1])
         assert user.status == "offline" and not user.rooms
-    finally:
-        await sessions.close()
 
 
 async def test_a_reap_whose_script_reply_was_lost_sends_the_same_rows_again(redis_url):
@@ -535,13 +542,7 @@ async def test_a_reap_whose_script_reply_was_lost_sends_the_same_rows_again(redi
     gone meanwhile): the reap tried again gets the same rows, with the same version, so
     the member the first reply would have removed leaves, once, and a member who came
     back elsewhere since is not undone by the old rows."""
-    with sync_redis.Redis.from_url(redis_url) as client:
-        client.flushall()
-    sessions = RedisStore(redis_url, ttl=60.0, timeout=5.0)
-    await sessions.open()
-    store = RedisPresenceStore(sessions, keep=60.0)
-    await store.open()
-    try:
+    async with _redis_presence(redis_url) as store:
         await _hold_many(store, "p1", ["ann", "bob"])  # ann in lobby, bob in dev:1
         # Both users' scripts run, their replies lost: nothing reached the rooms.
         for user in ("ann", "bob"):
@@ -562,5 +563,3 @@ async def test_a_reap_whose_script_reply_was_lost_sends_the_same_rows_again(redi
         assert (await store.room("lobby")).count == 0
         dev = await store.room("dev:1")
         assert [(m.user, m.meta) for m in dev.members] == [("bob", {"n": 2})]
-    finally:
-        await sessions.close()

@@ -45,19 +45,24 @@ class _Watcher:
         return [(m["type"], m["seq"]) for m in self.got]
 
 
-async def _service() -> tuple[RoomService, MemoryPresenceStore, list[str]]:
-    published: list[str] = []
-    store = MemoryPresenceStore(lambda room, data: published.append(data))
-    await store.open()
-    service = RoomService(
-        # A window long enough that no flush runs by itself: the test flushes.
-        make_settings(diff_window=3600.0),
+def _room_service(store: MemoryPresenceStore, diff_window: float) -> RoomService:
+    """The room service over ``store``, on a memory bus, with this diff window."""
+    return RoomService(
+        make_settings(diff_window=diff_window),
         store,
         EventBus(MemoryBackend()),
         channel=lambda room: keys.room_channel("presence", room),
         encode_sync=protocol.presence_sync,
         encode_diff=protocol.presence_diff,
     )
+
+
+async def _service() -> tuple[RoomService, MemoryPresenceStore, list[str]]:
+    published: list[str] = []
+    store = MemoryPresenceStore(lambda room, data: published.append(data))
+    await store.open()
+    # A window long enough that no flush runs by itself: the test flushes.
+    service = _room_service(store, diff_window=3600.0)
     return service, store, published
 
 
@@ -395,14 +400,7 @@ async def test_a_long_reap_flushes_its_rooms_as_it_goes_and_marks_the_sessions_a
 
     store = SteppedReap()
     await store.open()
-    service = RoomService(
-        make_settings(diff_window=0.01),
-        store,
-        EventBus(MemoryBackend()),
-        channel=lambda room: keys.room_channel("presence", room),
-        encode_sync=protocol.presence_sync,
-        encode_diff=protocol.presence_diff,
-    )
+    service = _room_service(store, diff_window=0.01)
 
     async def reaped(tabs: list[tuple[str, str]]) -> None:
         events.append(f"marked {len(tabs)}")

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import jwt
+import redis.asyncio as aioredis
 import uvicorn
 
 from presence.asgi.app import create_app
@@ -126,6 +127,21 @@ class RedisServer:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def hold_redis(url: str, seconds: float) -> None:
+    """Keeps Redis busy for ``seconds`` with a script that spins (as a slow command or a
+    huge cleanup would): it answers nothing else meanwhile, then everything."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.eval(
+            "local t = redis.call('TIME') local s = t[1] * 1e6 + t[2] "
+            "repeat t = redis.call('TIME') until t[1] * 1e6 + t[2] - s > tonumber(ARGV[1])",
+            0,
+            round(seconds * 1e6),
+        )
+    finally:
+        await client.aclose()
 
 
 def make_settings(**changes: object) -> Settings:
