@@ -380,6 +380,10 @@ class RoomService:
         self.on_held_again: Callable[[list[tuple[str, str, TabState]]], Awaitable[None]] | None = (
             None
         )
+        #: Called with (user, session id) when a REST tab's heartbeats have lapsed: true
+        #: while the session has a socket open (on any process), which keeps it present
+        #: as that socket's pings keep the session alive.
+        self.socket_open: Callable[[str, str], Awaitable[bool]] | None = None
 
     @property
     def store(self) -> PresenceStore:
@@ -738,7 +742,33 @@ class RoomService:
     def _rest_lapsed(self, tab: LocalTab) -> None:
         tab.timer = None
         if not tab.sockets:
-            self._spawn(self._release(tab, "timeout"))
+            self._spawn(self._lapse(tab))
+
+    async def _lapse(self, tab: LocalTab) -> None:
+        # A session that joined over REST here but keeps a socket open elsewhere (as a
+        # page whose socket is on another process behind the balancer) sends no REST
+        # heartbeats: its socket's pings keep it alive, and so they keep it present.
+        # Asked again at each lapse, so it leaves (timeout) within twice the interval of
+        # the socket's close or its process's reap. A store that cannot say keeps it,
+        # for one more interval, rather than announce a wrong leave.
+        check = self.socket_open
+        if check is not None:
+            try:
+                open_elsewhere = await check(tab.user, tab.session_id)
+            except StoreError:
+                open_elsewhere = True
+            if open_elsewhere:
+                if (
+                    tab.timer is None
+                    and not tab.sockets
+                    and self._tabs.get((tab.user, tab.session_id)) is tab
+                ):
+                    tab.timer = asyncio.get_running_loop().call_later(
+                        2 * self.settings.heartbeat_interval, self._rest_lapsed, tab
+                    )
+                return
+        if tab.timer is None and not tab.sockets:  # no heartbeat nor socket came meanwhile
+            await self._release(tab, "timeout")
 
     # -- internals: diffs -----------------------------------------------------------------
 

@@ -277,6 +277,12 @@ class SessionService:
         round trip a batch)."""
         await asyncio.gather(*(self.detach(user, sid) for user, sid in tabs))
 
+    async def socket_open(self, user: str, session_id: str) -> bool:
+        """Whether the session has a socket open on some process (its record says
+        ``websocket``; a socket's close or its process's reap says otherwise)."""
+        session = await self.store.get(user, session_id)
+        return session is not None and session.transport == "websocket"
+
     async def held_again(self, tabs: Sequence[tuple[str, str, TabState]]) -> None:
         """This process was taken for dead (and these sessions marked disconnected by
         its reaper), but their sockets are open here: they are ``websocket`` again,

@@ -749,6 +749,33 @@ async def test_a_rest_session_is_present_while_its_heartbeats_come(processes):
         await seen(watcher, room, ann.name, told, within=2 * interval + DEPARTED)
 
 
+async def test_a_rest_member_whose_socket_is_elsewhere_stays_without_heartbeats(processes):
+    """A session with its socket open on one process joins over REST through the
+    other and sends no REST heartbeats: its socket's pings keep it present past twice
+    HEARTBEAT_INTERVAL (it used to leave with timeout); once the socket closes, the
+    REST hold lapses and it leaves (timeout)."""
+    a, b = processes
+    room = name("elsewhere")
+    ann = User()
+    interval = 20 * UNIT  # the processes' HEARTBEAT_INTERVAL
+    async with tabs() as opened:
+        watcher = await User().tab(b)
+        opened.append(watcher)
+        await watcher.watch(room)
+        socket_tab = await ann.tab(a)
+        opened.append(socket_tab)
+        sid = socket_tab.session_id
+        path = f"{CHAT}/sessions/{sid}/rooms/{room}"
+        assert (await ann.call(b, "POST", path)).status_code == 200
+        told = [("join", ("online", 1, None))]
+        await seen(watcher, room, ann.name, told)
+        await asyncio.sleep(3 * interval)  # past two lapses of the REST hold
+        await seen(watcher, room, ann.name, told)  # no leave
+        await socket_tab.close()
+        told.append(("leave", "timeout"))
+        await seen(watcher, room, ann.name, told, within=4 * interval + DEPARTED)
+
+
 async def test_a_room_is_paged_over_rest_and_a_sync_carries_the_first_page(processes, small):
     """Above PRESENCE_ROOM_LIST_LIMIT (2 on that process) a sync carries the count and
     the first members with ``next``; GET pages the rest with ``?cursor=``."""

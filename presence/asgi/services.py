@@ -134,6 +134,7 @@ class Services:
                 )
                 self.rooms.on_reaped = self.sessions.reaped
                 self.rooms.on_held_again = self.sessions.held_again
+                self.rooms.socket_open = self.sessions.socket_open
                 await self.rooms.start()
                 try:
                     async with Refresher(
