@@ -156,6 +156,25 @@ class Load:
             "open": self.open_now,
         }
 
+    async def reconnect(self, command: dict[str, Any]) -> dict[str, Any]:
+        """A reconnect storm: ``count`` open sockets lose their connection at once (each
+        aborted, as a network blip or a balancer's restart drops them) and their tabs
+        open new ones straight away, ``concurrency`` handshakes in flight; returns what
+        ``open`` does for those."""
+        dropped = [tab for tab in self.tabs if tab.ws is not None][: command["count"]]
+        for tab in dropped:
+            assert tab.ws is not None
+            tab.ws.transport.abort()
+        for _ in range(600):  # every hold has seen its socket go (at most 60 s)
+            if all(tab.ws is None for tab in dropped):
+                break
+            await asyncio.sleep(0.1)
+        gone = {id(tab) for tab in dropped}
+        self.tabs = [tab for tab in self.tabs if id(tab) not in gone]
+        return await self.open(
+            {**command, "clients": [tab.spec for tab in dropped], "mode": self.mode}
+        )
+
     def status(self) -> dict[str, Any]:
         return {
             "tabs": len(self.tabs),
@@ -459,6 +478,7 @@ async def main() -> None:
     await serve(
         {
             "open": lambda c: _opened(load, c),
+            "reconnect": lambda c: _reconnected(load, c),
             "status": lambda c: load.status(),
             "ping_mark": lambda c: load.ping_mark(),
             "ping_check": lambda c: load.ping_check(),
@@ -474,6 +494,10 @@ async def main() -> None:
 
 async def _opened(load: Load, command: dict[str, Any]) -> Any:
     return frozen(await load.open(command))
+
+
+async def _reconnected(load: Load, command: dict[str, Any]) -> Any:
+    return frozen(await load.reconnect(command))
 
 
 if __name__ == "__main__":

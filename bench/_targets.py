@@ -343,19 +343,26 @@ TARGETS: tuple[Target, ...] = (
         "idle_stall_ms",
         "idle",
         "Longest event-loop stall of one process holding 15,000 idle sockets (a /healthz "
-        "probe every 100 ms; the idle window) {threshold} ms",
-        lambda r: float(_idle(r)["loop_stall_max_ms"]["service"]["max"]),
+        "probe every 100 ms; the idle window and a reconnect storm of 10,000) {threshold} ms",
+        lambda r: max(
+            float(_idle(r)["loop_stall_max_ms"]["service"]["max"]),
+            float(_idle(r).get("storm_stall_max_ms", {}).get("service", {}).get("max", "nan")),
+        ),
         lambda r: (
-            f"{_f(_idle(r)['loop_stall_max_ms']['service']['max'], 0)} ms at N = "
+            f"{_f(_idle(r)['loop_stall_max_ms']['service']['max'], 0)} ms idle at N = "
             f"{r['sizes']['steps'][-1]:,} (worst round; p99 "
-            f"{_f(_idle(r)['loop_stall_p99_ms']['service']['median'], 0)} ms); the bare floor "
-            f"{_f(_idle(r)['loop_stall_max_ms'].get('floor', {}).get('max'), 0)} ms. The "
-            "reconnect storm's stall is not probed yet"
+            f"{_f(_idle(r)['loop_stall_p99_ms']['service']['median'], 0)} ms), "
+            f"{_f(_idle(r).get('storm_stall_max_ms', {}).get('service', {}).get('max'), 0)} ms "
+            f"in the storm of {r['sizes'].get('storm', 0):,} (p99 "
+            f"{_f(_idle(r).get('storm_stall_p99_ms', {}).get('service', {}).get('median'), 0)}"
+            f" ms; all back: {_idle(r).get('storm_all_back')}); the bare floor "
+            f"{_f(_idle(r)['loop_stall_max_ms'].get('floor', {}).get('max'), 0)} ms idle, "
+            f"{_f(_idle(r).get('storm_stall_max_ms', {}).get('floor', {}).get('max'), 0)} ms "
+            "in the storm"
         ),
         "<=",
         50,
-        # Issue 13 asks for the storm probed too; this line judges the idle window alone.
-        also=lambda r: r["sizes"]["steps"][-1] >= 15_000,
+        also=lambda r: r["sizes"]["steps"][-1] >= 15_000 and "storm_stall_max_ms" in _idle(r),
         applies=lambda r: "loop_stall_max_ms" in _idle(r),
     ),
     Target(

@@ -41,11 +41,21 @@ class Sizes:
     # service and its floor on our protocol, and both on uvicorn's stock one
     # (PRESENCE_WS_PROTOCOL=websockets-sansio), so that the price of each is on record.
     kinds: tuple[str, ...] = ("service", "stock", "floor", "stock-floor")
+    # Then, at the top N, this many sockets are dropped at once and reconnect straight
+    # away (``in_flight`` handshakes at a time) while the stall probe runs: issue 13
+    # bounds the stall during such a storm too.
+    storm: int = 10_000
 
 
 FULL = Sizes()
 QUICK = Sizes(
-    steps=(10, 20, 40), rounds=1, ping_interval=0.5, window=1.2, trip_window=1.2, settle=0.3
+    steps=(10, 20, 40),
+    rounds=1,
+    ping_interval=0.5,
+    window=1.2,
+    trip_window=1.2,
+    settle=0.3,
+    storm=20,
 )
 
 
@@ -181,6 +191,32 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
                     f"cpu={cpu_rate * 1000:.1f} ms/s rate={ramp['rate']:.0f}/s "
                     f"open={status['open'] - warmup} failed={ramp['failed']}"
                 )
+            # The reconnect storm at the top N.
+            with _servers.StallProbe(server) as probe:
+                stormed = loader.request(
+                    {
+                        "cmd": "reconnect",
+                        "count": min(sizes.storm, top),
+                        "addresses": addresses,
+                        "concurrency": sizes.in_flight,
+                        "retries": sizes.retries,
+                    }
+                )
+                time.sleep(sizes.settle)
+            status = loader.request({"cmd": "status"})
+            storm = {
+                "count": min(sizes.storm, top),
+                "reopened": stormed["opened"],
+                "failed": stormed["failed"],
+                "elapsed_s": stormed["elapsed"],
+                "rate": stormed["rate"],
+                "open_after": status["open"] - warmup,
+                "loop_stall": probe.summary(),
+            }
+            _procs.log(
+                f"idle {kind} storm of {storm['count']}: back {stormed['opened']} in "
+                f"{stormed['elapsed']:.1f} s, stall max {storm['loop_stall']['max_ms']:.0f} ms"
+            )
             breaker = server.breaker_causes()
             gc_pauses = server.gc_pauses_ms()
         # The fit is over the sockets actually open, should some have been refused.
@@ -188,6 +224,7 @@ def _round(kind: str, sizes: Sizes) -> dict[str, Any]:
         return {
             "breaker_causes": breaker,
             "gc_pauses_ms": gc_pauses,
+            "storm": storm,
             "baseline_rss_kib": baseline_rss,
             "baseline_cpu_per_s": baseline_cpu_rate,
             "plateaus": plateaus,
@@ -279,6 +316,25 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             )
             for k in kinds
         },
+        "storm_stall_max_ms": {
+            k: _stats.summary(
+                r["storm"]["loop_stall"]["max_ms"]
+                for r in rounds
+                if r["kind"] == k and "storm" in r
+            )
+            for k in kinds
+        },
+        "storm_stall_p99_ms": {
+            k: _stats.summary(
+                r["storm"]["loop_stall"]["p99_ms"]
+                for r in rounds
+                if r["kind"] == k and "storm" in r
+            )
+            for k in kinds
+        },
+        "storm_all_back": all(
+            r["storm"]["open_after"] == r["plateaus"][-1]["n"] for r in rounds if "storm" in r
+        ),
         "round_trips_per_tick_max": max(per_tick, default=float("nan")),
         "redis_commands_per_tick_by_n": {
             str(n): _stats.summary(

@@ -65,6 +65,12 @@ def test_idle_connects_every_requested_socket(tmp_path: Path) -> None:
                 assert step["server_sockets"] == step["n"]
                 assert step["refresher_ticks"] >= 1
                 assert _number(step["round_trips_per_tick"])
+        # The reconnect storm at the top N: every dropped socket back, the stall probed.
+        storm = r["storm"]
+        assert storm["reopened"] == storm["count"] == 20
+        assert storm["open_after"] == r["plateaus"][-1]["n"]
+        assert storm["loop_stall"]["samples"] > 0
+    assert result["summary"]["storm_all_back"] is True
 
 
 def test_capacity_holds_every_session(tmp_path: Path) -> None:
