@@ -713,8 +713,14 @@ class RoomService:
             tab.timer = None
         if self._tabs.get((tab.user, tab.session_id)) is tab:
             del self._tabs[(tab.user, tab.session_id)]
-        since = await self.store.release(
-            tab.user, tab.session_id, reason, holder=self.holder, gen=tab.gen
+        # Tried again as a hold is: a release lost to a slow Redis (thousands of sockets
+        # closing at once) leaves the tab held under this live process's name for good,
+        # a member that never leaves. (A release that ran but whose reply was lost runs
+        # again harmlessly: it is of this generation of the tab only.)
+        since = await self._patiently(
+            lambda: self.store.release(
+                tab.user, tab.session_id, reason, holder=self.holder, gen=tab.gen
+            )
         )
         if since is not None:
             self._depart_later(tab.user, tab.session_id, since)

@@ -116,6 +116,28 @@ async def test_a_tab_whose_hold_was_refused_is_held_here_before_it_joins(own_red
         assert await _members(store) == ["ann"]
 
 
+async def test_a_release_redis_was_too_slow_for_is_tried_again(own_redis):
+    """A socket closes while Redis is busy for longer than a call's bound (as when
+    thousands close at once): its release is made once Redis answers, rather than lost,
+    which left the tab held by this live process for good, a member never leaving."""
+    async with _service(own_redis.url, offline_grace=1.5) as (service, store):
+        tab = await service.open_tab("ann", "ann-tab")
+        await service.join(Identity("ann", "bearer", None), tab, ROOM, None)
+        assert await _members(store) == ["ann"]
+        releases = _counted(store, "release")
+        before = _retries()
+        spinning = asyncio.ensure_future(hold_redis(own_redis.url, 2.5 * BOUND))
+        await asyncio.sleep(0.1)
+        await service.close_tab(tab, "closed")
+        await spinning
+        assert releases[0] >= 2 and _retries() > before
+        for _ in range(100):  # the member leaves after the grace
+            if not await _members(store):
+                break
+            await asyncio.sleep(0.05)
+        assert await _members(store) == []
+
+
 async def test_a_join_against_a_stopped_redis_is_tried_a_bounded_number_of_times(own_redis):
     """Redis stopped (SIGSTOP: connections open, nothing answers) and the breaker not
     open (no session call has failed yet): the join is tried at most 1 + _RETRIES times,
