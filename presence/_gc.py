@@ -38,11 +38,12 @@ none of them a socket's (redis-py's connection set-up errors, the same at any si
 
 **A guard for what is left** (:class:`Policy.guard`): a cycle the code makes elsewhere
 (an exception kept with its traceback, uvicorn's stock protocol) would leak for good. So
-when the process's RSS has grown by ``growth`` times since the last look, one full
-collection of everything runs (unfreeze, collect; the callback freezes again): the
-pause that the freeze avoids, but at most once each doubling of the process's memory
-(each quadrupling, then eightfold, once a pass found nothing to free), so memory that
-only leaks is bounded and memory that is only used is not walked again and again.
+when the process's RSS has grown by ``growth`` times since the last pass (or start),
+one full collection of everything runs (unfreeze, collect; the callback freezes
+again): the pause that the freeze avoids (about 1 s at 8,000 sockets with presence),
+so at most once an hour, and once a pass found little to free only at each quadrupling,
+then eightfold growth: memory that only leaks is bounded, memory that is only used is
+not walked again and again.
 """
 
 from __future__ import annotations
@@ -64,18 +65,26 @@ logger = logging.getLogger("presence")
 #: With what each full collection keeps frozen, a full collection walks only what the
 #: younger generations passed on since the last one, so the shorter the time between
 #: two, the shorter each: the oldest generation is considered at every second
-#: collection of the middle one (``1``), which comes every 10 collections of the
-#: youngest (3,000 allocations net each), so a full collection walks some 60,000
-#: objects at most (CPython still waits for a quarter as many as the last one kept).
-#: Measured on a heap growing by 15,000 "sockets" of 90 tracked objects each, quiet
-#: machine: on (7000, 10, 10), the thresholds chosen before the freeze (when every full
-#: collection walked every socket, they made them rare), two full collections, the
-#: second 115 ms; on (3000, 10, 1), 19, each 5-7 ms but the first (28-32 ms, what
-#: start-up left), and the whole run no slower (0.50-0.53 s against 0.55 s).
-THRESHOLDS = (3_000, 10, 1)
+#: collection of the middle one (``1``), which comes every 5 collections of the
+#: youngest (1,000 allocations net each). The collector's whole work hardly changes:
+#: a long-lived object is walked once in each generation and then never again.
+#:
+#: Measured in a service process filling with 8,000 sockets (5 s pings, Redis; the
+#: guard off), its full collections: (3000, 10, 1): 18, median 55 ms, max 113 ms;
+#: (1000, 10, 1): 54, median 17 ms, max 66 ms; (1000, 5, 1): 92, median 9 ms, p90 29 ms,
+#: max 65 ms. On (7000, 10, 10), the thresholds chosen before the freeze (when every
+#: full collection walked every socket, they made them rare), the same ramp had a few,
+#: each walking up to ~700,000 objects: 456-523 ms in the idle benchmark at 15,000.
+#: The longest that remain come while the refresher's tick (its 40,000 arguments at
+#: 15,000 sockets) is in flight.
+THRESHOLDS = (1_000, 5, 1)
 
 #: Seconds between two looks at the process's RSS.
 GUARD_INTERVAL = 30.0
+#: Seconds at least between two guard passes (and from start to the first): each is
+#: the full pause the freeze avoids (about 1 s at 8,000 sockets with presence), and a
+#: process filling with sockets doubles its RSS in minutes without leaking anything.
+GUARD_MIN_INTERVAL = 3600.0
 #: The RSS growth (a multiple of the RSS after the last guard pass) that calls for one.
 GUARD_GROWTH = 2.0
 #: The growth is doubled, up to this, after a pass that found less than 5 % to free.
@@ -132,12 +141,15 @@ class Policy:
         growth: float = GUARD_GROWTH,
         max_growth: float = GUARD_MAX_GROWTH,
         min_bytes: int = GUARD_MIN_BYTES,
+        min_interval: float = GUARD_MIN_INTERVAL,
     ) -> None:
         self.interval = interval
         self.growth = growth
         self._base_growth = growth
         self.max_growth = max_growth
         self.min_bytes = min_bytes
+        self.min_interval = min_interval
+        self._last = time.monotonic()
         #: The RSS after the last guard pass (or at start).
         self.baseline = rss()
         #: Guard passes run, and what the last one freed.
@@ -162,6 +174,8 @@ class Policy:
             gc.freeze()
 
     def due(self) -> bool:
+        if time.monotonic() - self._last < self.min_interval:
+            return False
         now = rss()
         if now is None or self.baseline is None:
             return False
@@ -177,6 +191,7 @@ class Policy:
         self.passes += 1
         self.freed = freed
         self.baseline = rss()
+        self._last = time.monotonic()
         if freed < 0.05 * frozen:
             self.growth = min(self.growth * 2, self.max_growth)
         else:
