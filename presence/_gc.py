@@ -75,8 +75,6 @@ logger = logging.getLogger("presence")
 #: max 65 ms. On (7000, 10, 10), the thresholds chosen before the freeze (when every
 #: full collection walked every socket, they made them rare), the same ramp had a few,
 #: each walking up to ~700,000 objects: 456-523 ms in the idle benchmark at 15,000.
-#: The longest that remain come while the refresher's tick (its 40,000 arguments at
-#: 15,000 sockets) is in flight.
 THRESHOLDS = (1_000, 5, 1)
 
 #: Seconds between two looks at the process's RSS.
@@ -230,8 +228,8 @@ def start_up() -> None:
 
 @contextlib.asynccontextmanager
 async def running(policy: Policy | None = None) -> AsyncIterator[Policy]:
-    """The policy in force while the app runs (its lifespan); none of it once it ends,
-    except what start-up froze."""
+    """The policy in force while the app runs (its lifespan); none of it once it ends:
+    nothing stays frozen, only the thresholds and the transports' patch remain."""
     start_up()
     policy = policy or Policy()
     policy.install()
@@ -240,6 +238,10 @@ async def running(policy: Policy | None = None) -> AsyncIterator[Policy]:
         yield policy
     finally:
         policy.uninstall()
+        # What was frozen goes back to the collector: the app's own objects (routes,
+        # services, sockets) are cycles that die with it, and a process that starts an
+        # app again (the tests do, hundreds of times) would keep every one for good.
+        gc.unfreeze()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -125,7 +125,7 @@ async def test_the_watch_runs_the_guard_when_due():
             await asyncio.sleep(UNIT / 10)
     assert policy.passes >= 1
     assert policy._after_collection not in gc.callbacks  # gone with the app
-    gc.unfreeze()
+    assert gc.get_freeze_count() == 0  # and nothing stays frozen
 
 
 # -- Connections against a real server ------------------------------------------------
