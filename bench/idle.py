@@ -250,6 +250,15 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
     def plateau(kind: str, key: str, index: int = -1) -> list[Any]:
         return [r["plateaus"][index][key] for r in rounds if r["kind"] == kind]
 
+    def storm_stall(key: str) -> dict[str, dict[str, float]]:
+        # The reconnect storm's /healthz waits, by kind, over the rounds that ran one.
+        return {
+            k: _stats.summary(
+                r["storm"]["loop_stall"][key] for r in rounds if r["kind"] == k and "storm" in r
+            )
+            for k in kinds
+        }
+
     def ratios(kind: str, floor: str, key: str) -> dict[str, float]:
         # Within each round: the kind and its floor were measured back to back.
         return _stats.summary(s / f for s, f in zip(of(kind, key), of(floor, key), strict=True))
@@ -316,22 +325,8 @@ def _summarize(rounds: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
             )
             for k in kinds
         },
-        "storm_stall_max_ms": {
-            k: _stats.summary(
-                r["storm"]["loop_stall"]["max_ms"]
-                for r in rounds
-                if r["kind"] == k and "storm" in r
-            )
-            for k in kinds
-        },
-        "storm_stall_p99_ms": {
-            k: _stats.summary(
-                r["storm"]["loop_stall"]["p99_ms"]
-                for r in rounds
-                if r["kind"] == k and "storm" in r
-            )
-            for k in kinds
-        },
+        "storm_stall_max_ms": storm_stall("max_ms"),
+        "storm_stall_p99_ms": storm_stall("p99_ms"),
         "storm_all_back": all(
             r["storm"]["open_after"] == r["plateaus"][-1]["n"] for r in rounds if "storm" in r
         ),
