@@ -740,10 +740,14 @@ class RoomService:
             await self._hold(tab)
         if tab.timer is not None:
             tab.timer.cancel()
+        self._arm_lapse(tab)
+        return tab
+
+    def _arm_lapse(self, tab: LocalTab) -> None:
+        """A REST tab lapses unless a heartbeat comes within twice the interval."""
         tab.timer = asyncio.get_running_loop().call_later(
             2 * self.settings.heartbeat_interval, self._rest_lapsed, tab
         )
-        return tab
 
     def _rest_lapsed(self, tab: LocalTab) -> None:
         tab.timer = None
@@ -769,9 +773,7 @@ class RoomService:
                     and not tab.sockets
                     and self._tabs.get((tab.user, tab.session_id)) is tab
                 ):
-                    tab.timer = asyncio.get_running_loop().call_later(
-                        2 * self.settings.heartbeat_interval, self._rest_lapsed, tab
-                    )
+                    self._arm_lapse(tab)
                 return
         if tab.timer is None and not tab.sockets:  # no heartbeat nor socket came meanwhile
             await self._release(tab, "timeout")
