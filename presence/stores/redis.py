@@ -34,6 +34,7 @@ from ..sessions import JSON, Session, State, Transport
 from . import _scripts
 from ._batch import Coalescer
 from ._deadline import within
+from ._packing import packing_with_hiredis
 from ._refusal import answered, diagnose, refusal, where
 from .base import UNSET, SessionRef
 
@@ -212,7 +213,7 @@ class RedisStore:
                     health_check_interval=30,
                     **DRIVER,
                 )
-                self._client = aioredis.Redis.from_pool(pool)
+                self._client = aioredis.Redis.from_pool(packing_with_hiredis(pool))
                 self._probe_client = aioredis.Redis.from_url(
                     self.url,
                     decode_responses=True,
