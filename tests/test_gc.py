@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import json
 import sys
 import weakref
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from presence import _gc
@@ -128,6 +128,44 @@ async def test_the_watch_runs_the_guard_when_due():
     assert gc.get_freeze_count() == 0  # and nothing stays frozen
 
 
+async def test_the_pace_collects_the_young_generations_whatever_the_counts_say():
+    """Objects that replace others one for one leave the allocation count where it was,
+    so no collection would come; the pace collects them anyway, the oldest generation
+    every second time, and what a full collection kept is frozen."""
+    policy = _gc.Policy()
+    seen: list[int] = []
+
+    def log(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            seen.append(info["generation"])
+
+    gc.callbacks.append(log)
+    gc.disable()  # only the pace collects here
+    try:
+        policy.install()
+        pace = asyncio.create_task(policy.pace(interval=UNIT / 20, full_every=2))
+        kept = [[i] for i in range(1_000)]
+        frozen = gc.get_freeze_count()
+        for _ in range(200):
+            if seen.count(2) >= 2:
+                break
+            kept = [[i] for i in range(1_000)]  # a thousand in, a thousand out
+            await asyncio.sleep(UNIT / 20)
+        pace.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pace
+        kept_frozen = gc.get_freeze_count()
+    finally:
+        gc.enable()
+        policy.uninstall()
+        gc.callbacks.remove(log)
+        gc.unfreeze()
+    assert seen.count(1) >= 2 and seen.count(2) >= 2, seen
+    assert set(seen) == {1, 2}
+    assert seen[:4] in ([1, 2, 1, 2], [2, 1, 2, 1])
+    assert kept_frozen >= frozen + len(kept)  # the last thousand lists among them
+
+
 # -- Connections against a real server ------------------------------------------------
 
 
@@ -164,7 +202,8 @@ async def _wait_closed(server: RunningServer) -> None:
 
 #: The clients, in a process of their own so that their objects (websockets' client
 #: connections sit in cycles of their own) are not counted with the server's. Given the
-#: server's port and the sessions on stdin; says "ready" once every socket is open,
+#: server's port and 20 users on stdin; makes 10 sessions for each over REST, says
+#: "ready" once every session's socket is open,
 #: joined and watching, and goes on at "go": closes half the sockets, ends the other
 #: half's sessions over REST (one connection each, a refused request on it too), sends
 #: junk instead of HTTP and handshakes without credentials, then waits for the server to
@@ -182,8 +221,16 @@ async def drain(ws):
         pass
 
 async def main():
-    port, sessions = json.loads(sys.stdin.readline())
+    port, users = json.loads(sys.stdin.readline())
     base = f"127.0.0.1:{port}/api/v1/chat/sessions"
+    sessions = []
+    for user, token in users:
+        auth = {"authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(headers=auth) as client:
+            for _ in range(10):
+                response = await client.post(f"http://{base}")
+                assert response.status_code == 201, response.text
+                sessions.append((user, response.json()["id"], token))
     sockets = []
     for i, (user, sid, token) in enumerate(sessions):
         ws = await connect(f"ws://{base}/{sid}/ws?token={token}", ping_interval=None)
@@ -228,15 +275,9 @@ async def test_closed_connections_leave_no_cycles_frozen_or_not():
     transport patch: five objects a connection)."""
     settings = make_settings(session_ttl=300 * UNIT)
     async with serve(settings) as server:
-        sessions: list[tuple[str, str, str]] = []
-        for user in [f"gc-{i}" for i in range(20)]:
-            async with httpx.AsyncClient(
-                base_url=server.http + BASE, headers={"authorization": f"Bearer {token(user)}"}
-            ) as client:
-                for _ in range(10):
-                    response = await client.post("/sessions")
-                    assert response.status_code == 201
-                    sessions.append((user, response.json()["id"], token(user)))
+        # Sessions are made by the client process too: an HTTP client's connection here
+        # would be frozen with the server's, and counted with them if it died in a cycle.
+        users = [(user, token(user)) for user in [f"gc-{i}" for i in range(20)]]
         clients = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
@@ -246,7 +287,7 @@ async def test_closed_connections_leave_no_cycles_frozen_or_not():
         )
         assert clients.stdin is not None and clients.stdout is not None
         try:
-            clients.stdin.write(json.dumps([server.port, sessions]).encode() + b"\n")
+            clients.stdin.write(json.dumps([server.port, users]).encode() + b"\n")
             ready = await asyncio.wait_for(clients.stdout.readline(), 300 * UNIT)
             assert ready == b"ready\n"
             connections = server.server.server_state.connections
