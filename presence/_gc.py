@@ -19,9 +19,9 @@ before; so each full collection walks only the objects kept since the last one, 
 their last reference goes.
 
 **Collect on a pace, too** (:meth:`Policy.pace`): CPython collects when allocations
-outnumber deallocations by a threshold, and an idle socket allocates and frees in pairs
-(each ping replaces websockets' parser generator and the frame it parsed), so its live
-objects pile up in the youngest generation without a collection, until something else
+outnumber deallocations by a threshold, and idle sockets' traffic allocates and frees
+in near pairs (which objects replace which was not traced), so live objects pile up in
+the youngest generation without a collection, until something else
 tips the count: at 15,000 sockets, the refresher's tick, every 5 s, ran a 40 ms
 collection of the middle generation and a 45 ms full one, and the longest ``/healthz``
 wait was 144 ms. The younger generations are now collected every
@@ -226,12 +226,12 @@ class Policy:
         (all it holds being what came since the last freeze) every ``full_every``-th
         time, whatever the allocation counts say.
 
-        An idle socket replaces some of its tracked objects at each ping (websockets'
-        parser generator, the frame it parsed): one allocated, one freed, so the count
-        that triggers a collection stays near zero while the young generation fills
-        with live objects. At 15,000 sockets it held 5 s of them when the refresher's
-        tick tipped the count: a 40 ms collection of the middle generation, then a
-        45 ms full one, at every tick. Paced, each walks half a second of them."""
+        Idle sockets' pings allocate and free tracked objects in near pairs, so the
+        count that triggers a collection stays below it while the young generation
+        fills with live objects. At 15,000 sockets there was no collection of the
+        middle generation between two refresher ticks, and at each tick, which tipped
+        the count, a 40 ms one of it and then a 45 ms full one, walking 5 s of them.
+        Paced, each walks half a second of them."""
         count = 0
         while True:
             await asyncio.sleep(interval)
