@@ -224,14 +224,7 @@ class Policy:
     ) -> None:
         """Collects the younger generations every ``interval`` seconds, and the oldest
         (all it holds being what came since the last freeze) every ``full_every``-th
-        time, whatever the allocation counts say.
-
-        Idle sockets' pings allocate and free tracked objects in near pairs, so the
-        count that triggers a collection stays below it while the young generation
-        fills with live objects. At 15,000 sockets there was no collection of the
-        middle generation between two refresher ticks, and at each tick, which tipped
-        the count, a 40 ms one of it and then a 45 ms full one, walking 5 s of them.
-        Paced, each walks half a second of them."""
+        time, whatever the allocation counts say (the module's docstring says why)."""
         count = 0
         while True:
             await asyncio.sleep(interval)
@@ -268,13 +261,13 @@ async def running(policy: Policy | None = None) -> AsyncIterator[Policy]:
     try:
         yield policy
     finally:
+        task.cancel()
         pacer.cancel()
         policy.uninstall()
         # What was frozen goes back to the collector: the app's own objects (routes,
         # services, sockets) are cycles that die with it, and a process that starts an
         # app again (the tests do, hundreds of times) would keep every one for good.
         gc.unfreeze()
-        task.cancel()
         for each in (task, pacer):
             with contextlib.suppress(asyncio.CancelledError):
                 await each

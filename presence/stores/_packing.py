@@ -5,7 +5,7 @@ installed; its asyncio connection (``AbstractConnection.pack_command``, redis-py
 never does, and packs each argument in Python: an encode, a ``str(len).encode()`` and a
 join of six parts. That is what the refresher's tick pays once per session: at 15,000
 sessions its one ``EVALSHA`` has about 36,000 arguments, packed in 30 ms by redis-py and
-in 3.8 ms by hiredis (the same bytes; ``bench/analysis.md``, "The refresher's tick"), and
+in 3.8 ms by hiredis (the same bytes; ``bench/analysis.md``, "The idle steady window"), and
 while it packs the event loop answers nothing else.
 
 :func:`packing_with_hiredis` swaps a pool's connection class for a subclass of it (so a
