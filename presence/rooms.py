@@ -11,8 +11,8 @@ the stores (memory, Redis) compute the same thing and a Hypothesis test can driv
 - :func:`user_status` folds a user's tabs into ``online``, ``away`` or ``offline``;
 - :func:`member_of` folds a user's tabs in one room into a :class:`Member`;
 - :func:`coalesce` turns what watchers were last told and what is true now into one
-  diff: a join and a leave of the same user inside a window cancel, repeated updates
-  keep the last;
+  diff: each user changed inside a window as they are at its end (repeated updates
+  keep the last);
 - :class:`View` is what a watcher holds: a sync, then diffs applied in order, with a
   gap in ``seq`` detected rather than applied.
 """
@@ -157,21 +157,24 @@ def coalesce(
         current: the same users' members now (None: not a member now).
         departures: why and when each user who is gone now left.
 
-    A user absent before and after (joined and left inside the window) is nothing; a
-    member changed several times is one update with its last state; an unchanged one is
-    nothing.
+    Each user is told as they are at the window's end, since a watcher that synced
+    inside the window has a page read then: a user who joined and left inside it is a
+    leave (that watcher may hold them; one that does not drops nothing), and a member
+    changed and changed back is an update. A member changed several times is one update
+    with its last state. ``published`` holds only users that changed.
     """
     joins: list[Member] = []
     updates: list[Member] = []
     leaves: list[Leave] = []
     for user in sorted(published.keys() | current.keys()):
         before, after = published.get(user), current.get(user)
-        if before is None and after is not None:
-            joins.append(after)
-        elif before is not None and after is None:
-            reason, when = departures.get(user, ("left", before.since))
+        if after is None:
+            default: tuple[Reason, float] = ("left", 0.0 if before is None else before.since)
+            reason, when = departures.get(user, default)
             leaves.append(Leave(user, reason, when))
-        elif before is not None and after is not None and before != after:
+        elif before is None:
+            joins.append(after)
+        else:
             updates.append(after)
     return tuple(joins), tuple(updates), tuple(leaves)
 

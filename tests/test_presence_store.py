@@ -13,6 +13,7 @@ and that nobody is left behind once everyone has gone.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -438,6 +439,104 @@ def test_a_holder_that_renewed_since_it_lapsed_is_not_reaped(stores):
         diff = await store.flush("lobby")
         assert diff is not None and [x.reason for x in diff.leaves] == ["node_down"]
         assert not await store.renew("p1", 0.2)
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        if sessions is not None:
+            loop.run_until_complete(sessions.close())
+        loop.close()
+
+
+def test_a_view_synced_inside_a_window_ends_where_the_store_does(stores):
+    """Pages are read from the members as they are, diffs only at a window's end: a
+    view synced in the middle of a window (a watcher that came then) ends equal to the
+    room once the window's diff is applied, as one synced before it does, whatever the
+    window did. A member who joined and was reaped in it is a leave with node_down; a
+    meta changed and changed back is an update; webhooks tell only what was told
+    before: no member.left, no room.occupied or room.vacated for the member never told.
+    """
+    clock = Clock(1_000.0)
+    loop = asyncio.new_event_loop()
+    stores.flush()
+    store, sessions = loop.run_until_complete(stores.open(clock))
+    # The rooms' webhook events (fakeredis's Lua has no sha1hex; on a cluster the
+    # streams live in slots of their own, which tests/test_webhooks.py covers).
+    emitted: list[str] = []
+    stream = "presence:test:webhooks"
+    if isinstance(store, MemoryPresenceStore):
+        store.emit = lambda kind, scope, fields: emitted.append(kind)
+    elif stores.kind == "redis":
+        store.webhook_streams = [stream]
+
+    def told() -> list[str]:
+        if stores.kind == "redis":
+            with sync_redis.Redis.from_url(stores.url) as client:
+                emitted[:] = [json.loads(e[1][b"e"])["type"] for e in client.xrange(stream)]
+        return [kind for kind in emitted if kind.startswith(("member.", "room."))]
+
+    async def views_after(room: str, window) -> tuple[View, View]:
+        early, late = View(room), View(room)
+        early.sync(await store.room(room))
+        await window()
+        late.sync(await store.room(room))  # read in the middle of the window
+        return early, late
+
+    async def scenario() -> None:
+        assert await store.renew("p1", 60.0) and await store.renew("p2", 60.0)
+        await store.hold("bob", "bob-0", holder="p2", state="online")
+        await store.join("bob", "bob-0", "lobby", {"n": 1}, max_rooms=20)
+        await store.flush("lobby")
+        first_told = told()
+        if stores.kind in ("memory", "redis"):
+            assert first_told == ["room.occupied", "member.joined"]
+
+        # ann joins on p1, a watcher syncs, p1 dies and is reaped: all in one window.
+        async def ann_joins() -> None:
+            await store.hold("ann", "ann-0", holder="p1", state="online")
+            await store.join("ann", "ann-0", "lobby", {"n": 1}, max_rooms=20)
+
+        early, late = await views_after("lobby", ann_joins)
+        assert set(late.members) == {"ann", "bob"} and set(early.members) == {"bob"}
+        await store.reap("p1")
+        diff = await store.flush("lobby")
+        assert diff is not None
+        assert [(x.user, x.reason) for x in diff.leaves] == [("ann", "node_down")]
+        assert not diff.joins and diff.count == 1
+        page = await store.room("lobby")
+        for view in (early, late):
+            view.apply(diff)
+            assert view.members == {m.user: m for m in page.members} and view.count == 1
+        assert told() == first_told  # ann was never told: no member.left either
+
+        # bob's meta changed, a watcher syncs, and it is changed back: one window.
+        async def bob_changes() -> None:
+            await store.update("bob", "bob-0", "lobby", {"n": 2})
+
+        early, late = await views_after("lobby", bob_changes)
+        assert late.members["bob"].meta == {"n": 2}
+        await store.update("bob", "bob-0", "lobby", {"n": 1})
+        diff = await store.flush("lobby")
+        assert diff is not None and [m.meta for m in diff.updates] == [{"n": 1}]
+        for view in (early, late):
+            view.apply(diff)
+            assert view.members["bob"].meta == {"n": 1}
+
+        # cy joins an empty room and goes in one window: a leave, no room.vacated.
+        async def cy_joins() -> None:
+            await store.hold("cy", "cy-0", holder="p1.1", state="online")
+            await store.join("cy", "cy-0", "dev:1", None, max_rooms=20)
+
+        assert await store.renew("p1.1", 60.0)
+        early, late = await views_after("dev:1", cy_joins)
+        await store.reap("p1.1")
+        diff = await store.flush("dev:1")
+        assert diff is not None and [x.user for x in diff.leaves] == ["cy"]
+        for view in (early, late):
+            view.apply(diff)
+            assert view.members == {} and view.count == 0
+        assert told() == first_told
+        assert sorted(await store.rooms(10)) == [("lobby", 1)]
 
     try:
         loop.run_until_complete(scenario())

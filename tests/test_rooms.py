@@ -31,18 +31,46 @@ def _m(user: str, **fields: object) -> Member:
 # -- pure functions ---------------------------------------------------------------------
 
 
-def test_a_join_and_a_leave_inside_a_window_cancel():
-    """A user absent before the window and absent after it is in no part of the diff."""
-    assert coalesce({"ann": None}, {"ann": None}, {"ann": ("closed", 2.0)}) == ((), (), ())
+def test_a_join_and_a_leave_inside_a_window_is_a_leave():
+    """A user who joined and left inside the window is told as a leave with its reason:
+    a watcher that synced inside the window holds them (its page was read then)."""
+    assert coalesce({"ann": None}, {"ann": None}, {"ann": ("closed", 2.0)}) == (
+        (),
+        (),
+        (Leave("ann", "closed", 2.0),),
+    )
 
 
 def test_repeated_updates_keep_the_last():
     """A member changed several times in a window is one update with its last state; one
-    changed and changed back is nothing."""
+    changed and changed back is an update to the state it is back to (a page read inside
+    the window showed the other)."""
     before = _m("ann")
     after = _m("ann", status="away", meta={"n": 3})
     assert coalesce({"ann": before}, {"ann": after}, {}) == ((), (after,), ())
-    assert coalesce({"ann": before}, {"ann": before}, {}) == ((), (), ())
+    assert coalesce({"ann": before}, {"ann": before}, {}) == ((), (before,), ())
+
+
+def test_a_view_synced_inside_a_window_ends_where_one_synced_before_it_does():
+    """Whatever a window did to a user, a view synced before it and one synced in the
+    middle of it end alike once its diff is applied."""
+    ann, away = _m("ann"), _m("ann", status="away")
+    # (published at the window's start, the middle, the end) for one user.
+    for start, middle, end in [
+        (None, ann, None),  # joined and left
+        (ann, away, ann),  # changed and changed back
+        (ann, None, ann),  # left and came back
+        (None, ann, away),  # joined and changed
+        (ann, None, None),  # left
+    ]:
+        joins, updates, leaves = coalesce({"ann": start}, {"ann": end}, {"ann": ("left", 1.0)})
+        diff = Diff("r", 2, joins, updates, leaves, 0 if end is None else 1)
+        early, late = View("r"), View("r")
+        early.sync(RoomPage("r", 1, 0 if start is None else 1, () if start is None else (start,)))
+        late.sync(RoomPage("r", 1, 0 if middle is None else 1, () if middle is None else (middle,)))
+        early.apply(diff)
+        late.apply(diff)
+        assert early.members == late.members == ({} if end is None else {"ann": end})
 
 
 def test_a_leave_carries_its_reason_and_last_seen():

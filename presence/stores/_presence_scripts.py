@@ -429,6 +429,11 @@ local function row_json(user, row)
 end
 local joins, updates, leaves = {}, {}, {}
 local told = {}
+-- Each user changed in the window is told as they are at its end: a page read inside
+-- the window showed what was in m then (a member that has gone since, a row changed
+-- back since), so a user that joined and left in it is a leave, one changed and changed
+-- back an update. Webhooks tell what watchers were told before: only real joins/leaves.
+local unannounced = 0
 for i = 1, #dirty, 2 do
   local user, before = dirty[i], dirty[i + 1]
   local after = redis.call('HGET', m, user) or ''
@@ -437,13 +442,17 @@ for i = 1, #dirty, 2 do
     local status, sessions, since, meta = string.match(after, '^(%a+)|(%d+)|(%d+)|(.*)$')
     table.insert(told, {'member.joined', ',"user":' .. cjson.encode(user) .. ',"status":"'
       .. status .. '","sessions":' .. sessions .. ',"meta":' .. meta})
-  elseif before ~= '' and after == '' then
+  elseif after == '' then
     local why = redis.call('HGET', w, user) or 'left|0'
     local reason, seen = string.match(why, '^([%a_]+)|(%d+)$')
     table.insert(leaves, '[' .. cjson.encode(user) .. ',"' .. reason .. '",' .. seen .. ']')
-    table.insert(told, {'member.left', ',"user":' .. cjson.encode(user) .. ',"reason":"'
-      .. reason .. '","last_seen":' .. seen})
-  elseif before ~= after then
+    if before ~= '' then
+      table.insert(told, {'member.left', ',"user":' .. cjson.encode(user) .. ',"reason":"'
+        .. reason .. '","last_seen":' .. seen})
+    else
+      unannounced = unannounced + 1
+    end
+  else
     table.insert(updates, row_json(user, after))
   end
 end
@@ -462,7 +471,7 @@ if #KEYS >= 9 then
   local e = KEYS[8]
   local streams = {}
   for i = 9, #KEYS do table.insert(streams, KEYS[i]) end
-  local before = count - #joins + #leaves
+  local before = count - #joins + #leaves - unannounced
   if before == 0 and count > 0 then table.insert(told, 1, {'room.occupied', ''}) end
   if before > 0 and count == 0 then table.insert(told, {'room.vacated', ''}) end
   local scope = 'r:' .. room

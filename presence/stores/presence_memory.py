@@ -265,6 +265,9 @@ class MemoryPresenceStore:
             return None
         current = {user: state.members.get(user) for user in state.published}
         joins, updates, leaves = coalesce(state.published, current, state.departures)
+        # Webhooks tell what watchers were told before: a user who joined and left inside
+        # the window was never announced, so is no member.left either.
+        unannounced = {user for user, before in state.published.items() if before is None}
         state.published.clear()
         state.departures.clear()
         if not (joins or updates or leaves):
@@ -274,7 +277,7 @@ class MemoryPresenceStore:
         if self.publish is not None:
             self.publish(room, events.encode_diff(diff))
         if self.emit is not None:
-            self._emit_diff(self.emit, diff)
+            self._emit_diff(self.emit, diff, unannounced)
         if not state.members:
             del self._rooms[room]
             self._remember_empty(room, state.seq)
@@ -342,17 +345,18 @@ class MemoryPresenceStore:
             self.emit("user.offline", "u:" + user, fields)
 
     @staticmethod
-    def _emit_diff(emit: Emit, diff: Diff) -> None:
+    def _emit_diff(emit: Emit, diff: Diff, unannounced: set[str]) -> None:
         # As the flush script does: occupied first, the joins, the leaves, vacated last.
         scope, count = "r:" + diff.room, diff.count
-        before = count - len(diff.joins) + len(diff.leaves)
+        leaves = [leave for leave in diff.leaves if leave.user not in unannounced]
+        before = count - len(diff.joins) + len(leaves)
         if before == 0 and count > 0:
             emit("room.occupied", scope, {"room": diff.room, "count": count})
         for member in diff.joins:
             joined: dict[str, Any] = {"room": diff.room, "user": member.user}
             joined |= {"status": member.status, "sessions": member.sessions}
             emit("member.joined", scope, joined | {"meta": member.meta, "count": count})
-        for leave in diff.leaves:
+        for leave in leaves:
             left: dict[str, Any] = {"room": diff.room, "user": leave.user}
             left |= {"reason": leave.reason, "last_seen": int(leave.last_seen * 1000)}
             emit("member.left", scope, left | {"count": count})
