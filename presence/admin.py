@@ -680,16 +680,24 @@ class AdminService:
         if message["type"] == "presence.sync":
             room.members = {str(m["user"]): m for m in message["members"]}
         else:
+            # A diff tells each user as they are at its window's end, and the members
+            # held here may come from a sync read inside it: a join of a member held
+            # already is an update, a leave of one never held is no event.
             at = _ms(self.clock())
-            for member in message["joins"]:
-                room.members[str(member["user"])] = member
-                self._record(
-                    {"kind": "member.joined", "room": room_name, "user": member["user"], "at": at}
-                )
-            for member in message["updates"]:
+            told = [(m, True) for m in message["joins"]] + [(m, False) for m in message["updates"]]
+            for member, joined in told:
                 before = room.members.get(str(member["user"]))
                 room.members[str(member["user"])] = member
-                if before is None or before.get("status") != member["status"]:
+                if joined and before is None:
+                    self._record(
+                        {
+                            "kind": "member.joined",
+                            "room": room_name,
+                            "user": member["user"],
+                            "at": at,
+                        }
+                    )
+                elif before is None or before.get("status") != member["status"]:
                     self._record(
                         {
                             "kind": "member.status",
@@ -700,7 +708,8 @@ class AdminService:
                         }
                     )
             for leave in message["leaves"]:
-                room.members.pop(str(leave["user"]), None)
+                if room.members.pop(str(leave["user"]), None) is None:
+                    continue
                 self._record(
                     {
                         "kind": "member.left",

@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from presence.admin import CREDENTIAL_TTL, LOGIN_BURST, AdminGate
+from presence.admin import CREDENTIAL_TTL, LOGIN_BURST, AdminGate, AdminService, _Room
 from presence.asgi.admin import COOKIE_NAME
 from presence.exceptions import AdminDisabled, ConfigError, RateLimited, Unauthorized
 from presence.settings import Settings
@@ -91,6 +91,54 @@ def test_a_short_admin_token_is_a_config_error():
 
 
 # -- HTTP -------------------------------------------------------------------------------
+
+
+async def test_the_feed_tells_only_what_changed_in_the_members_it_shows():
+    """A diff tells each user as they are at its window's end, and the feed's members
+    may come from a sync read inside that window: a leave of a member it never held is
+    no member.left, a join of one it holds already no member.joined (a status change
+    is still told)."""
+    service = AdminService(
+        Settings(),
+        rooms=None,  # type: ignore[arg-type]  # (the feed's own bookkeeping only)
+        registry=None,  # type: ignore[arg-type]
+        store=None,  # type: ignore[arg-type]
+        bus=None,  # type: ignore[arg-type]
+        board=None,  # type: ignore[arg-type]
+    )
+    service._observed["lobby"] = _Room()
+
+    def member(user: str, status: str = "online") -> dict[str, object]:
+        return {"user": user, "status": status, "sessions": 1, "meta": None, "since": 1}
+
+    def heard(**message: object) -> None:
+        service._heard(json.dumps({"room": "lobby", **message}))
+
+    heard(
+        type="presence.sync",
+        seq=1,
+        count=3,
+        members=[member("ada"), member("bob"), member("dee")],
+    )
+    heard(
+        type="presence.diff",
+        seq=2,
+        count=3,
+        joins=[member("ada"), member("bob", "away"), member("cy")],
+        updates=[],
+        leaves=[
+            {"user": "zed", "reason": "node_down", "last_seen": 5},
+            {"user": "dee", "reason": "closed", "last_seen": 5},
+        ],
+    )
+    await asyncio.sleep(0)  # the broadcasts (to no client) run
+    told = [(e["kind"], e["user"], e.get("status", e.get("reason"))) for e in service.events]
+    assert told == [
+        ("member.status", "bob", "away"),
+        ("member.joined", "cy", None),
+        ("member.left", "dee", "closed"),
+    ]
+    assert sorted(service._observed["lobby"].members) == ["ada", "bob", "cy"]
 
 
 async def test_without_the_setting_the_admin_page_is_off():

@@ -242,25 +242,25 @@ export class PresenceRoom extends EventTarget {
     if (seq !== this.#seq + 1 || diff.truncated) return false;
     const next = new Map(this.#members);
     const events = [];
+    // A diff tells each user changed in its window as they are at its end, and this
+    // list may come from a sync read inside that window: a leave of someone it never
+    // held, or a join or update it holds already, changes nothing and is no event.
     for (const raw of diff.leaves ?? []) {
       const user = String(raw.user);
-      const before = next.get(user) ?? null;
-      next.delete(user);
+      const before = next.get(user);
       touched?.add(user);
+      if (before === undefined) continue;
+      next.delete(user);
       events.push(['leave', { user, reason: raw.reason ?? null, lastSeen: raw.last_seen ?? null, member: before }]);
     }
-    for (const raw of diff.joins ?? []) {
+    for (const raw of [...(diff.joins ?? []), ...(diff.updates ?? [])]) {
       const incoming = member(raw);
-      next.set(incoming.user, incoming);
+      const before = next.get(incoming.user);
       touched?.add(incoming.user);
-      events.push(['join', { user: incoming.user, member: incoming }]);
-    }
-    for (const raw of diff.updates ?? []) {
-      const incoming = member(raw);
-      const before = next.get(incoming.user) ?? null;
+      if (before && sameMember(before, incoming)) continue;
       next.set(incoming.user, incoming);
-      touched?.add(incoming.user);
-      events.push(['update', { user: incoming.user, member: incoming, previous: before }]);
+      if (before) events.push(['update', { user: incoming.user, member: incoming, previous: before }]);
+      else events.push(['join', { user: incoming.user, member: incoming }]);
     }
     this.#members = next;
     this.#seq = seq;

@@ -88,6 +88,40 @@ describe('the room object', () => {
     manager.stopSession();
   });
 
+  it('a diff is each user as they are at its window\'s end: a leave of one never held, or a join of one held alike, is no event', async () => {
+    // A sync read inside a window already has what that window did: its diff then
+    // tells a member who came and went (a leave), one held already (a join or update).
+    const { manager, sockets } = await connected();
+    const room = manager.watch('lobby');
+    const events = record(room, ['join', 'leave', 'update']);
+    await flush();
+    sockets.last.receive(sync('lobby', 3, [memberOf('ada'), memberOf('bob')]));
+    sockets.last.receive(
+      diff('lobby', 4, {
+        joins: [memberOf('ada')],
+        updates: [memberOf('bob'), memberOf('cy')],
+        leaves: [{ user: 'zed', reason: 'node_down', last_seen: '2026-12-01T10:05:00.000Z' }],
+        count: 3,
+      }),
+    );
+    expect(room.seq).toBe(4);
+    expect([...room.members.keys()].sort()).toEqual(['ada', 'bob', 'cy']);
+    expect(events.map((e) => [e.type, e.detail.user])).toEqual([['join', 'cy']]);
+    sockets.last.receive(
+      diff('lobby', 5, {
+        joins: [memberOf('bob', { status: 'away' })],
+        leaves: [{ user: 'ada', reason: 'node_down', last_seen: '2026-12-01T10:06:00.000Z' }],
+        count: 2,
+      }),
+    );
+    expect(events.slice(1).map((e) => [e.type, e.detail.user])).toEqual([
+      ['leave', 'ada'],
+      ['update', 'bob'],
+    ]);
+    expect(events.at(-1).detail.previous.status).toBe('online');
+    manager.stopSession();
+  });
+
   it('keeps the Map and each unchanged member object when a sync brings nothing new', async () => {
     const { manager, sockets } = await connected();
     const room = manager.watch('lobby');
