@@ -272,7 +272,8 @@ def _fanout_latency_figure(result: Result) -> str:
     return (
         f"{sizes['watchers']:,} watchers over {sizes['processes']} processes, "
         f"{sizes['joiners']:,} joins sent over {sizes['spread']:g} s: until every watcher "
-        f"has a join p99 {_seconds(s['all_watchers_p99_s'])} s (per pair p99 "
+        f"has a join p99 {_seconds(s['all_watchers_p99_s'])} s, the worst round "
+        f"{_fnum(s['all_watchers_p99_s']['max'], 3)} s (per pair p99 "
         f"{_seconds(s['pair_p99_s'])} s, p50 {_seconds(s['pair_p50_s'])} s); pairs never "
         f"delivered: {int(s['pairs_missing']['max']):,}"
     )
