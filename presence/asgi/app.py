@@ -181,7 +181,7 @@ async def metrics_endpoint(request: Request) -> Response:
     if not metrics.authorized(settings.metrics_token, authorization):
         raise Unauthorized("/metrics needs Authorization: Bearer <PRESENCE_METRICS_TOKEN>")
     sampler: metrics.Sampler = request.app.state.sampler
-    sampler.sample()  # this process's gauges as of now; other workers' within a second
+    sampler.sample()  # this process's gauges as of now; other workers' within 5 s
     await sampler.sample_rooms()
     return Response(metrics.render(settings.metrics_dir), media_type=metrics.CONTENT_TYPE)
 
