@@ -11,8 +11,8 @@ the stores (memory, Redis) compute the same thing and a Hypothesis test can driv
 - :func:`user_status` folds a user's tabs into ``online``, ``away`` or ``offline``;
 - :func:`member_of` folds a user's tabs in one room into a :class:`Member`;
 - :func:`coalesce` turns what watchers were last told and what is true now into one
-  diff: each user changed inside a window as they are at its end (repeated updates
-  keep the last);
+  diff: a user who joined and left inside a window is a leave, repeated updates keep
+  the last, a change undone is nothing;
 - :class:`View` is what a watcher holds: a sync, then diffs applied in order, with a
   gap in ``seq`` detected rather than applied.
 """
@@ -157,11 +157,11 @@ def coalesce(
         current: the same users' members now (None: not a member now).
         departures: why and when each user who is gone now left.
 
-    Each user is told as they are at the window's end, since a watcher that synced
-    inside the window has a page read then: a user who joined and left inside it is a
-    leave (that watcher may hold them; one that does not drops nothing), and a member
-    changed and changed back is an update. A member changed several times is one update
-    with its last state. ``published`` holds only users that changed.
+    A watcher that synced inside the window has a page read then: a user who joined and
+    left inside it is a leave (that watcher may hold them; one that does not drops
+    nothing). A member changed several times is one update with its last state; one
+    changed and changed back is nothing (a status that flickered is no diff; a watcher
+    synced in between keeps the row between until the member's next change).
     """
     joins: list[Member] = []
     updates: list[Member] = []
@@ -174,7 +174,7 @@ def coalesce(
             leaves.append(Leave(user, reason, when))
         elif before is None:
             joins.append(after)
-        else:
+        elif before != after:
             updates.append(after)
     return tuple(joins), tuple(updates), tuple(leaves)
 

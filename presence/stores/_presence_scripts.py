@@ -429,10 +429,11 @@ local function row_json(user, row)
 end
 local joins, updates, leaves = {}, {}, {}
 local told = {}
--- Each user changed in the window is told as they are at its end: a page read inside
--- the window showed what was in m then (a member that has gone since, a row changed
--- back since), so a user that joined and left in it is a leave, one changed and changed
--- back an update. Webhooks tell what watchers were told before: only real joins/leaves.
+-- A page read inside the window showed what was in m then, so a user that joined and
+-- left in it is a leave (a watcher synced in between holds them). A row changed and
+-- changed back is nothing, as the rules want of a status that flickered (such a watcher
+-- keeps the row between until the member's next change). Webhooks tell what watchers
+-- were told before: only real joins and leaves.
 local unannounced = 0
 for i = 1, #dirty, 2 do
   local user, before = dirty[i], dirty[i + 1]
@@ -452,7 +453,7 @@ for i = 1, #dirty, 2 do
     else
       unannounced = unannounced + 1
     end
-  else
+  elseif before ~= after then
     table.insert(updates, row_json(user, after))
   end
 end
