@@ -680,9 +680,10 @@ class AdminService:
         if message["type"] == "presence.sync":
             room.members = {str(m["user"]): m for m in message["members"]}
         else:
-            # A diff tells each user as they are at its window's end, and the members
-            # held here may come from a sync read inside it: a join of a member held
-            # already is an update, a leave of one never held is no event.
+            # The members held here may come from a sync read inside a diff's window,
+            # which shows what that window did already: its join of a member held here
+            # is an update (or nothing), its leave of one never held (who came and went
+            # inside the window) no event.
             at = _ms(self.clock())
             told = [(m, True) for m in message["joins"]] + [(m, False) for m in message["updates"]]
             for member, joined in told:

@@ -242,9 +242,9 @@ export class PresenceRoom extends EventTarget {
     if (seq !== this.#seq + 1 || diff.truncated) return false;
     const next = new Map(this.#members);
     const events = [];
-    // A diff tells each user changed in its window as they are at its end, and this
-    // list may come from a sync read inside that window: a leave of someone it never
-    // held, or a join or update it holds already, changes nothing and is no event.
+    // This list may come from a sync read inside the diff's window, which shows what
+    // that window did already: a leave of someone it never held (who came and went
+    // inside the window), or a join or update it holds alike, is no event.
     for (const raw of diff.leaves ?? []) {
       const user = String(raw.user);
       const before = next.get(user);
