@@ -17,13 +17,26 @@ closes a store at each pass of the loop after subscribing, and hung within three
 
 :func:`stop` therefore cancels again until the task ends and gives up after a bound,
 leaving the task to the event loop; :func:`settle` bounds any awaitable the same way.
+
+:func:`on_stop_signal` tells the app that the process was asked to stop (SIGTERM, as a
+deploy or restart sends, or SIGINT), before uvicorn closes its sockets: uvicorn tells
+an app nothing until its lifespan's shutdown, after every socket has closed, and a
+socket closed by the stop looks like any other (code 1012, which a client may send
+too).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from types import FrameType
 from typing import Any
+
+#: The signals uvicorn takes for "stop gracefully" (uvicorn.server.HANDLED_SIGNALS).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 # Cancellations sent within a bound: a lost one is followed by another soon enough.
 _ATTEMPTS = 10
@@ -66,3 +79,49 @@ async def settle(awaitable: Awaitable[Any], seconds: float) -> bool:
         return True
     await stop(task, seconds)
     return False
+
+
+@contextlib.contextmanager
+def on_stop_signal(callback: Callable[[], None]) -> Iterator[None]:
+    """While inside, a stop signal calls ``callback`` and then the handler that was there
+    before (uvicorn's, which begins its graceful shutdown; uvicorn installs it with
+    ``signal.signal`` while it serves and restores its own predecessors after).
+
+    ``callback`` runs inside the signal handler: it must only set a flag. Outside the
+    main thread (a server run in a test's thread) no signal can be handled and nothing
+    is chained, as uvicorn does there too. On exit the earlier handlers are put back,
+    unless something else replaced ours meanwhile (ours then only passes signals on).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    chained: dict[int, Any] = {}
+    inside = True
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if inside:
+            callback()
+        earlier = chained.get(signum)
+        if callable(earlier):
+            earlier(signum, frame)
+        elif earlier == signal.SIG_DFL:
+            _default(signum)
+        # SIG_IGN (or None, a handler not set from Python): ignored, as before.
+
+    for signum in STOP_SIGNALS:
+        chained[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        # One chained after ours (another app in this process) keeps calling ours, which
+        # then only passes the signal on.
+        inside = False
+        for number, earlier in chained.items():
+            if signal.getsignal(number) is handler:
+                signal.signal(number, earlier)
+
+
+def _default(signum: int) -> None:
+    """What the default action of a stop signal would have done: ends the process."""
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)

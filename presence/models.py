@@ -18,7 +18,8 @@ Status = Literal["online", "away", "offline"]
 #: Why a member left: the client left the room or unloaded the page (``left``), the
 #: socket closed and the grace passed (``closed``), no pong or REST heartbeat in time
 #: (``timeout``), the session was deleted or cleaned up (``ended``), its TTL or lifetime
-#: ran out (``expired``), or the process holding it died (``node_down``).
+#: ran out (``expired``), or the process holding it died, or stopped and the session's
+#: socket was not back within the restart grace (``node_down``).
 Reason = Literal["left", "closed", "timeout", "ended", "expired", "node_down"]
 REASONS: tuple[Reason, ...] = ("left", "closed", "timeout", "ended", "expired", "node_down")
 #: A tab's own state: ``online`` (an open socket with a visible, active tab, or a fresh

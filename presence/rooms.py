@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import _fanout, events, keys, metrics
-from ._shutdown import stop
+from ._shutdown import settle, stop
 from .exceptions import (
     InvalidBody,
     InvalidRoom,
@@ -374,6 +374,10 @@ class RoomService:
         #: Loop time until which syncs say partial after Redis came back.
         self._partial_until = 0.0
         self._switching = asyncio.Lock()
+        #: Set when the process was asked to stop (see :meth:`drain`).
+        self._draining = False
+        #: Tabs whose sockets the stop closed, left held for the restart grace.
+        self._kept = 0
         #: Called with the (user, session id) of the tabs reaped from a dead process
         #: (their sessions' records still say "websocket").
         self.on_reaped: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None
@@ -397,6 +401,23 @@ class RoomService:
 
     # -- life -----------------------------------------------------------------------------
 
+    def drain(self) -> None:
+        """This process was asked to stop (a restart or a deploy): the sockets its stop
+        closes leave their tabs held, and its lease is renewed for
+        ``PRESENCE_RESTART_GRACE`` (see :meth:`close_tab`). Only sets a flag: it is
+        called from a signal handler (:func:`presence._shutdown.on_stop_signal`)."""
+        self._draining = True
+
+    @property
+    def draining(self) -> bool:
+        """Whether this process is stopping with its tabs kept for the restart grace."""
+        return self._draining and self.settings.restart_grace > 0
+
+    def _lease_ttl(self) -> float:
+        if self.draining:
+            return max(keys.LEASE_TTL, self.settings.restart_grace)
+        return keys.LEASE_TTL
+
     async def start(self) -> None:
         with contextlib.suppress(StoreUnavailable):
             if await self.primary.renew(self.holder, keys.LEASE_TTL):
@@ -410,6 +431,16 @@ class RoomService:
         bound = 4 * self.settings.redis_timeout
         await stop(self._lease, bound)
         self._lease = None
+        if self.draining and not self._degraded:
+            # The last renewal: the tabs left held are reaped once the restart grace has
+            # passed since now, unless their sockets came back meanwhile.
+            await settle(self.primary.renew(self.holder, self.settings.restart_grace), bound)
+            logger.info(
+                "stopped with %d tabs of closed sockets still held, for %.0f s "
+                "(PRESENCE_RESTART_GRACE)",
+                self._kept,
+                self.settings.restart_grace,
+            )
         for tab in self._tabs.values():
             if tab.timer is not None:
                 tab.timer.cancel()
@@ -495,6 +526,18 @@ class RoomService:
         the grace unless it is held again meanwhile."""
         tab.sockets = max(0, tab.sockets - 1)
         if tab.sockets and reason not in ("ended", "expired"):
+            return
+        if reason == "closed" and self.draining:
+            # Closed by this process's stop: the tab stays held under its lease, which
+            # the stop renews for the restart grace, so that the socket's reconnect (to
+            # this process's successor, or to another) changes nothing. One not back
+            # by then is reaped as a dead process's is (node_down).
+            if tab.timer is not None:
+                tab.timer.cancel()
+                tab.timer = None
+            if self._tabs.get((tab.user, tab.session_id)) is tab:
+                del self._tabs[(tab.user, tab.session_id)]
+            self._kept += 1
             return
         await self._release(tab, reason)
 
@@ -980,7 +1023,7 @@ class RoomService:
                 if self._degraded:
                     self._renewing_since = None
                     continue  # no lease, no reaping: this process sees only itself
-                if not await self.primary.renew(self.holder, keys.LEASE_TTL):
+                if not await self.primary.renew(self.holder, self._lease_ttl()):
                     logger.warning(
                         "this process was taken for dead and reaped; holding its tabs again"
                     )

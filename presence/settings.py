@@ -61,6 +61,7 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     max_rooms_per_session: int = 20
     offline_grace: float = 5.0
+    restart_grace: float = 30.0
     diff_window: float = 0.05
     room_list_limit: int = 1000
     open_rooms: bool = False
@@ -175,6 +176,8 @@ class Settings:
             raise ConfigError("PRESENCE_MAX_META_BYTES", "must be at least 2")
         if self.offline_grace < 0:
             raise ConfigError("PRESENCE_OFFLINE_GRACE", "must be 0 or more seconds")
+        if not 0 <= self.restart_grace <= 3600:
+            raise ConfigError("PRESENCE_RESTART_GRACE", "must be between 0 and 3600 seconds")
         if self.diff_window < 0 or self.diff_window > 10:
             raise ConfigError("PRESENCE_DIFF_WINDOW_MS", "must be between 0 and 10000")
         if self.max_cleanup_ids < 1:
@@ -467,6 +470,13 @@ VARIABLES: tuple[Variable, ...] = (
         "offline_grace",
         _number(allow_zero=True),
         "seconds a departing session still counts",
+    ),
+    Variable(
+        "PRESENCE_RESTART_GRACE",
+        "restart_grace",
+        _number(allow_zero=True),
+        "seconds a stopped process's sessions still count, for their sockets to come back "
+        "(0: they leave as closed after the offline grace)",
     ),
     Variable(
         "PRESENCE_DIFF_WINDOW_MS",

@@ -23,7 +23,7 @@ import redis
 
 from presence import keys
 
-from .test_presence import CHAT, PRESENCE, Tab, User, changes, env, name, until
+from .test_presence import CHAT, GRACE, PRESENCE, Tab, User, changes, env, name, until
 from .utils import UNIT, RedisServer, ServerProcess, server_process
 
 pytestmark = pytest.mark.slow
@@ -407,3 +407,114 @@ async def test_after_a_redis_outage_no_live_member_is_reaped_and_a_room_left_sta
                 assert dan.name in {m["user"] for m in sync["members"]}, sync
         for tab in [*watchers, ann_tab, bob_tab, dan_tab]:
             await tab.close()
+
+
+# -- a restart: a process stopped with SIGTERM ----------------------------------------
+
+#: The restart grace these tests run with: longer than the offline grace (GRACE) and a
+#: lease (3 s) put together, so that a socket back after both (when a stop without it
+#: would have told a leave) is back within it.
+RESTART = 120 * UNIT
+
+
+def restart_env(redis_url: str, restart: float = RESTART) -> dict[str, str]:
+    return env(redis_url, PRESENCE_RESTART_GRACE=str(restart))
+
+
+@contextlib.asynccontextmanager
+async def _watched(redis_url: str, room: str, restart: float = RESTART):
+    """Two processes with this restart grace, and a watcher of ``room`` on the first:
+    yields the second (the one the tests stop or close sockets on) and the watcher."""
+    with (
+        server_process(restart_env(redis_url, restart)) as watching,
+        server_process(restart_env(redis_url, restart)) as other,
+    ):
+        watcher = await User().tab(watching)
+        await watcher.watch(room)
+        try:
+            yield other, watcher
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(watcher.close(), 20 * UNIT)
+
+
+async def _member(server: ServerProcess, user: User, room: str, sid: str | None = None) -> Tab:
+    tab = await user.tab(server, sid)
+    await tab.join(room, {"nick": user.name})
+    return tab
+
+
+async def test_a_restart_keeps_the_members_whose_sockets_come_back(fresh_redis):
+    """SIGTERM a process, as a restart or deploy does: a member whose socket comes back
+    (to the process started again) after the offline grace and a lease are over, but
+    within PRESENCE_RESTART_GRACE, is neither a leave nor a join to a watcher elsewhere;
+    one who does not come back leaves with node_down once the restart grace is over
+    (not before), and their session is disconnected."""
+    room = name("restart")
+    async with _watched(fresh_redis, room) as (restarted, watcher):
+        ann, bob = User(), User()
+        ann_sid, bob_sid = await ann.session(restarted), await bob.session(restarted)
+        ann_tab = await _member(restarted, ann, room, ann_sid)
+        bob_tab = await _member(restarted, bob, room, bob_sid)
+        await until(lambda: watcher.views[room].count == 2, 50 * UNIT, "both joined")
+
+        restarted.stop()
+        stopped = time.monotonic()
+        for tab in (ann_tab, bob_tab):
+            await asyncio.wait_for(tab._reader, 50 * UNIT)
+            assert tab.websocket.close_code == 1012  # closed by the stop
+        # As a slow restart and a client's backoff make it: back once the offline grace,
+        # a lease and a reaper's look are all over.
+        await asyncio.sleep(GRACE + keys.LEASE_TTL + 2 * keys.LEASE_RENEW_INTERVAL)
+        restarted.start()
+        again = await _member(restarted, ann, room, ann_sid)
+
+        await until(
+            lambda: ("leave", "node_down") in changes(watcher, room, bob.name),
+            RESTART + 50 * UNIT,
+            "Bob's leave",
+        )
+        assert time.monotonic() - stopped >= RESTART - 20 * UNIT
+        await asyncio.sleep(10 * UNIT)  # anything more would be here by now
+        assert [kind for kind, _ in changes(watcher, room, ann.name)] == ["join"]
+        assert [kind for kind, _ in changes(watcher, room, bob.name)] == ["join", "leave"]
+        assert set(watcher.views[room].members) == {ann.name}
+        assert not watcher.gaps
+        session = (await bob.call(restarted, "GET", f"{CHAT}/sessions/{bob_sid}")).json()
+        assert session["state"] == "disconnected"
+        presence = (await ann.call(restarted, "GET", f"{PRESENCE}/users/{ann.name}")).json()
+        assert (presence["status"], presence["rooms"]) == ("online", [room])
+        await again.close()
+
+
+async def test_with_no_restart_grace_a_stopped_process_members_leave_as_closed(fresh_redis):
+    """PRESENCE_RESTART_GRACE=0: the sockets a SIGTERM closes are released as any closed
+    socket is, and their members leave with closed after the offline grace."""
+    room = name("no-restart-grace")
+    async with _watched(fresh_redis, room, restart=0) as (stopped, watcher):
+        ann = User()
+        await _member(stopped, ann, room)
+        await until(lambda: watcher.views[room].count == 1, 50 * UNIT, "the join")
+        stopped.stop()
+        await until(lambda: watcher.views[room].count == 0, RESTART, "the leave")
+        assert changes(watcher, room, ann.name)[-1] == ("leave", "closed")
+
+
+async def test_a_client_that_closes_with_1012_itself_is_not_taken_for_a_restart(fresh_redis):
+    """A client may send close code 1012 (service restart) itself: its member leaves
+    with closed after the offline grace, as any closed socket's does, not held for the
+    restart grace of a process that is not stopping."""
+    room = name("fake-restart")
+    async with _watched(fresh_redis, room) as (server, watcher):
+        ann = User()
+        tab = await _member(server, ann, room)
+        await until(lambda: watcher.views[room].count == 1, 50 * UNIT, "the join")
+        closed = time.monotonic()
+        await tab.websocket.close(code=1012)
+        await until(lambda: watcher.views[room].count == 0, RESTART, "the leave")
+        assert time.monotonic() - closed < RESTART - 20 * UNIT
+        assert changes(watcher, room, ann.name)[-1] == ("leave", "closed")
+        # The process goes on serving: the user comes back and is a member again.
+        again = await _member(server, ann, room)
+        await until(lambda: watcher.views[room].count == 1, 50 * UNIT, "the join again")
+        await again.close()

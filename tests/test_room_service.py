@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from presence import keys
@@ -410,3 +411,53 @@ async def test_a_long_reap_flushes_its_rooms_as_it_goes_and_marks_the_sessions_a
     await service._reap("p-dead", renewed=0.0)  # long lapsed: no grace left to wait
     assert events == ["reaped lobby", "flush lobby", "reaped dev", "flush dev", "marked 2"]
     assert "p-dead" not in service._reaping
+
+
+async def test_a_stop_leaves_the_tabs_of_the_sockets_it_closes_held_for_the_restart_grace():
+    """Asked to stop (``drain``, as the stop signal does), the service releases nothing
+    for a socket closed ``closed``: its member stays and no leave is flushed; a session
+    ended meanwhile still leaves. Its last renewal, as it stops, lasts the restart grace,
+    so a reaper elsewhere waits that long. With no restart grace a stop is a release."""
+    for grace in (45.0, 0.0):
+        store = MemoryPresenceStore()
+        await store.open()
+        service = RoomService(
+            make_settings(diff_window=3600.0, restart_grace=grace),
+            store,
+            EventBus(MemoryBackend()),
+            channel=lambda room: keys.room_channel("presence", room),
+            encode_sync=protocol.presence_sync,
+            encode_diff=protocol.presence_diff,
+        )
+        await service.start()
+        ann = await service.open_tab("ann", "ann-tab")
+        await service.join(Identity("ann", "bearer", None), ann, ROOM, None)
+        bob = await service.open_tab("bob", "bob-tab")
+        await service.join(Identity("bob", "bearer", None), bob, ROOM, None)
+        await store.flush(ROOM)
+        service.drain()
+        assert service.draining is (grace > 0)
+        await service.close_tab(ann, "closed")
+        await service.close_tab(bob, "ended")
+        assert await store.flush(ROOM) is None  # a release leaves after the grace
+        # The offline grace is over: what was released departs.
+        for user in ("ann", "bob"):
+            await store.depart(user, f"{user}-tab", since=time.time())
+        diff = await store.flush(ROOM)
+        assert diff is not None
+        left = [(x.user, x.reason) for x in diff.leaves]
+        if grace:
+            assert left == [("bob", "ended")]
+            assert [m.user for m in (await store.room(ROOM)).members] == ["ann"]
+        else:
+            assert left == [("ann", "closed"), ("bob", "ended")]
+            assert (await store.room(ROOM)).members == ()
+        assert list(service.held_tabs()) == []
+        stopped = time.time()
+        await service.stop()
+        expiry, _ = store._leases[service.holder]
+        if grace:
+            assert stopped + grace - 1 <= expiry <= time.time() + grace
+        else:
+            assert expiry <= time.time() + keys.LEASE_TTL
+        await store.close()

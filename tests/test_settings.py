@@ -51,6 +51,12 @@ def test_values_are_read_and_converted():
     assert settings.refresh_interval == pytest.approx(1.2)
 
 
+def test_the_restart_grace_defaults_to_30_s_and_0_turns_it_off():
+    assert Settings().restart_grace == 30
+    assert Settings.from_env({"PRESENCE_RESTART_GRACE": "0"}).restart_grace == 0
+    assert Settings.from_env({"PRESENCE_RESTART_GRACE": "90.5"}).restart_grace == 90.5
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
@@ -68,6 +74,11 @@ def test_values_are_read_and_converted():
         ({"PRESENCE_ALLOWED_ORIGINS": "example.com"}, "PRESENCE_ALLOWED_ORIGINS"),
         ({"PRESENCE_ALLOWED_ORIGINS": "https://a.com/path"}, "PRESENCE_ALLOWED_ORIGINS"),
         ({"PRESENCE_COOKIE_SECURE": "maybe"}, "PRESENCE_COOKIE_SECURE"),
+        ({"PRESENCE_RESTART_GRACE": "soon"}, "PRESENCE_RESTART_GRACE"),
+        ({"PRESENCE_RESTART_GRACE": "-1"}, "PRESENCE_RESTART_GRACE"),
+        ({"PRESENCE_RESTART_GRACE": "nan"}, "PRESENCE_RESTART_GRACE"),
+        ({"PRESENCE_RESTART_GRACE": "3601"}, "PRESENCE_RESTART_GRACE"),
+        ({"PRESENCE_RESTART_GRACE": "1e400"}, "PRESENCE_RESTART_GRACE"),
     ],
 )
 def test_bad_values_name_the_variable(env, variable):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import events, keys
+from .._shutdown import on_stop_signal
 from ..admin import AdminGate, AdminService, MemoryBoard, RedisBoard, WebhookPanel
 from ..auth import Authenticator, OriginPolicy
 from ..bus import EventBus, MemoryBackend, RedisBackend
@@ -161,7 +162,10 @@ class Services:
                             )
                             await self.admin.start()
                         try:
-                            yield
+                            # A stop signal (a restart, a deploy) drains presence before
+                            # uvicorn closes the sockets (RoomService.drain).
+                            with on_stop_signal(self.rooms.drain):
+                                yield
                         finally:
                             if self.admin is not None:
                                 await self.admin.stop()
