@@ -327,6 +327,15 @@ async def tabs() -> AsyncIterator[list[Tab]]:
                 await asyncio.wait_for(tab.close(), 20 * UNIT)
 
 
+async def watching(server: ServerProcess, room: str, opened: list[Tab]) -> Tab:
+    """A new user's socket on ``server`` watching ``room``, its sync read (closed with
+    the test's other ``opened`` tabs)."""
+    watcher = await User().tab(server)
+    opened.append(watcher)
+    await watcher.watch(room)
+    return watcher
+
+
 # -- across processes -----------------------------------------------------------------
 
 
@@ -413,9 +422,7 @@ async def test_a_page_refresh_inside_the_grace_is_no_leave_and_no_join(processes
     room = name("refresh")
     ann = User()
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         sid = await ann.session(a)
         first = await ann.tab(a, sid)
         await first.join(room, {"nick": "Ann"})
@@ -437,9 +444,7 @@ async def test_the_first_tab_joins_and_the_last_tab_leaves(processes):
     room = name("tabs")
     ann = User()
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         one, two = await ann.tab(a), await ann.tab(b)
         opened += [one, two]
         await one.join(room, {"tab": 1})
@@ -524,9 +529,7 @@ async def test_the_last_tab_leaves_with_the_reason_it_went_for(processes, depart
     room = name("reasons")
     ann = User()
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         one, two = await ann.tab(a), await ann.tab(a)
         opened += [one, two]
         meta = {"nick": "Ann"}
@@ -571,9 +574,7 @@ async def test_a_session_past_its_lifetime_leaves_with_expired(processes, shared
     settings = {"PRESENCE_MAX_LIFETIME_HOURS": str(lifetime / 3600)}
     with server_process(env(shared_redis, **settings)) as short:
         async with tabs() as opened:
-            watcher = await User().tab(b)
-            opened.append(watcher)
-            await watcher.watch(room)
+            watcher = await watching(b, room, opened)
             started = time.monotonic()
             tab = await ann.tab(short)
             opened.append(tab)
@@ -602,9 +603,7 @@ async def test_away_only_when_every_tab_is_hidden_or_idle(processes):
     room = name("away")
     ann = User()
     async with tabs() as opened:
-        watcher = await User().tab(a)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(a, room, opened)
         one, two = await ann.tab(a), await ann.tab(b)
         opened += [one, two]
         await one.join(room, {"nick": "Ann"})
@@ -642,9 +641,7 @@ async def test_a_meta_or_status_change_is_an_update_not_a_leave_and_a_join(proce
     room = name("update")
     ann = User()
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         tab = await ann.tab(a)
         opened.append(tab)
         await tab.join(room, {"typing": False})
@@ -672,9 +669,7 @@ async def test_a_rest_session_joins_and_leaves_and_its_beacon_leaves(processes):
     room = name("rest")
     ann, bob = User(), User()
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         ann_sid, bob_sid = await ann.session(a), await bob.session(b)
         path = f"{CHAT}/sessions/{ann_sid}/rooms/{room}"
         joined = await ann.call(a, "POST", path, json={"meta": {"via": "rest"}})
@@ -730,9 +725,7 @@ async def test_a_rest_session_is_present_while_its_heartbeats_come(processes):
     ann = User()
     interval = 20 * UNIT  # the processes' HEARTBEAT_INTERVAL
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         sid = await ann.session(a)
         assert (await ann.call(a, "POST", f"{CHAT}/sessions/{sid}/rooms/{room}")).status_code == 200
         told = [("join", ("online", 1, None))]
@@ -759,9 +752,7 @@ async def test_a_rest_member_whose_socket_is_elsewhere_stays_without_heartbeats(
     ann = User()
     interval = 20 * UNIT  # the processes' HEARTBEAT_INTERVAL
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         socket_tab = await ann.tab(a)
         opened.append(socket_tab)
         sid = socket_tab.session_id
@@ -798,9 +789,8 @@ async def test_a_room_is_paged_over_rest_and_a_sync_carries_the_first_page(proce
     assert [m["user"] for p in pages for m in p["members"]] == sorted(u.name for u in users)
     assert {p["count"] for p in pages} == {5}
     async with tabs() as opened:
-        watcher = await User().tab(small)
-        opened.append(watcher)
-        sync = await watcher.watch(room)
+        watcher = await watching(small, room, opened)
+        sync = watcher.received("presence.sync", room)[0]
         assert sync["count"] == 5 and len(sync["members"]) == 2 and sync["next"] is not None
     bad = await reader.call(small, "GET", f"{PRESENCE}/rooms/{room}", params={"cursor": "x" * 300})
     assert bad.status_code == 422
@@ -890,9 +880,7 @@ async def test_a_member_is_always_the_tokens_sub(processes):
     room = name("sub")
     mallory, ann = User(), User()
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         tab = await mallory.tab(a)
         opened.append(tab)
         mark = len(tab.messages)
@@ -997,9 +985,7 @@ async def test_bad_metas_are_refused_and_change_nothing(processes, via):
     room = name("meta")
     ann = User()
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         tab = await ann.tab(a)
         opened.append(tab)
         for problem, raw in BAD_METAS.items():
@@ -1083,9 +1069,7 @@ async def test_a_flood_of_joins_and_leaves_is_cut_off_and_is_one_join_and_one_le
     room = name("flood")
     ann = User()
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         tab = await ann.tab(a)
         opened.append(tab)
         with contextlib.suppress(ConnectionClosed):
@@ -1144,9 +1128,7 @@ async def test_a_rest_session_deleted_through_another_process_leaves_with_ended(
     room = name("rest-ended")
     ann = User()
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         sid = await ann.session(a)
         assert (await ann.call(a, "POST", f"{CHAT}/sessions/{sid}/rooms/{room}")).status_code == 200
         await seen(watcher, room, ann.name, [("join", ("online", 1, None))])
@@ -1164,9 +1146,7 @@ async def test_a_session_whose_ttl_ran_out_leaves_with_expired(processes, shared
     room = name("ttl")
     ann = User()
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         tab = await ann.tab(a)
         opened.append(tab)
         await tab.join(room)
@@ -1186,9 +1166,7 @@ async def test_unwatch_stops_the_diffs_and_watching_again_is_a_fresh_sync(proces
     room = name("unwatch")
     ann, bob = User(), User()
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         one = await ann.tab(a)
         opened.append(one)
         await one.join(room)
@@ -1217,9 +1195,8 @@ async def test_a_diff_over_the_list_limit_carries_the_count_and_says_truncated(s
     at most that many, ``truncated``, and the room's whole count."""
     room = name("many")
     async with tabs() as opened:
-        watcher = await User().tab(small)
-        opened.append(watcher)
-        sync = await watcher.watch(room)
+        watcher = await watching(small, room, opened)
+        sync = watcher.received("presence.sync", room)[0]
         users = [User() for _ in range(4)]
         sids = [await user.session(small) for user in users]
         await asyncio.gather(
@@ -1245,9 +1222,7 @@ async def test_sessions_carried_by_one_socket_are_tabs_of_their_own(processes):
     room = name("attached")
     ann = User()
     async with tabs() as opened:
-        watcher = await User().tab(b)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(b, room, opened)
         tab = await ann.tab(a)
         opened.append(tab)
         second, third = await ann.session(a), await ann.session(b)
@@ -1284,9 +1259,7 @@ async def test_updates_inside_one_window_keep_the_last(small):
     room = name("window")
     ann = User()
     async with tabs() as opened:
-        watcher = await User().tab(small)
-        opened.append(watcher)
-        await watcher.watch(room)
+        watcher = await watching(small, room, opened)
         tab = await ann.tab(small)
         opened.append(tab)
         await tab.join(room, {"n": -1})

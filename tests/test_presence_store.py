@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import redis as sync_redis
@@ -76,6 +77,19 @@ class _Stores:
         store = RedisPresenceStore(sessions, keep=60.0)
         await store.open()
         return store, sessions
+
+    def run(self, clock: Clock, scenario: Callable[[Any], Awaitable[None]]) -> None:
+        """Runs ``scenario(store)`` on a fresh store of this kind, on an event loop of
+        its own, and closes the store after."""
+        loop = asyncio.new_event_loop()
+        self.flush()
+        store, sessions = loop.run_until_complete(self.open(clock))
+        try:
+            loop.run_until_complete(scenario(store))
+        finally:
+            if sessions is not None:
+                loop.run_until_complete(sessions.close())
+            loop.close()
 
 
 @pytest.fixture(params=KINDS)
@@ -420,11 +434,8 @@ def test_a_holder_that_renewed_since_it_lapsed_is_not_reaped(stores):
     alone by another's reap (``if_lapsed``), its tab and rooms intact; once it lapses
     it is reaped, and from then on its renewal says so."""
     clock = Clock(1_000.0)
-    loop = asyncio.new_event_loop()
-    stores.flush()
-    store, sessions = loop.run_until_complete(stores.open(clock))
 
-    async def scenario() -> None:
+    async def scenario(store) -> None:
         assert await store.renew("p1", 0.2)
         await store.hold("ann", "ann-0", holder="p1", state="online")
         await store.join("ann", "ann-0", "lobby", {"n": 1}, max_rooms=20)
@@ -440,12 +451,7 @@ def test_a_holder_that_renewed_since_it_lapsed_is_not_reaped(stores):
         assert diff is not None and [x.reason for x in diff.leaves] == ["node_down"]
         assert not await store.renew("p1", 0.2)
 
-    try:
-        loop.run_until_complete(scenario())
-    finally:
-        if sessions is not None:
-            loop.run_until_complete(sessions.close())
-        loop.close()
+    stores.run(clock, scenario)
 
 
 def test_a_view_synced_inside_a_window_ends_where_the_store_does(stores):
@@ -459,17 +465,8 @@ def test_a_view_synced_inside_a_window_ends_where_the_store_does(stores):
     never told.
     """
     clock = Clock(1_000.0)
-    loop = asyncio.new_event_loop()
-    stores.flush()
-    store, sessions = loop.run_until_complete(stores.open(clock))
-    # The rooms' webhook events (fakeredis's Lua has no sha1hex; on a cluster the
-    # streams live in slots of their own, which tests/test_webhooks.py covers).
     emitted: list[str] = []
     stream = "presence:test:webhooks"
-    if isinstance(store, MemoryPresenceStore):
-        store.emit = lambda kind, scope, fields: emitted.append(kind)
-    elif stores.kind == "redis":
-        store.webhook_streams = [stream]
 
     def told() -> list[str]:
         if stores.kind == "redis":
@@ -477,14 +474,21 @@ def test_a_view_synced_inside_a_window_ends_where_the_store_does(stores):
                 emitted[:] = [json.loads(e[1][b"e"])["type"] for e in client.xrange(stream)]
         return [kind for kind in emitted if kind.startswith(("member.", "room."))]
 
-    async def views_after(room: str, window) -> tuple[View, View]:
-        early, late = View(room), View(room)
-        early.sync(await store.room(room))
-        await window()
-        late.sync(await store.room(room))  # read in the middle of the window
-        return early, late
+    async def scenario(store) -> None:
+        # The rooms' webhook events (fakeredis's Lua has no sha1hex; on a cluster the
+        # streams live in slots of their own, which tests/test_webhooks.py covers).
+        if isinstance(store, MemoryPresenceStore):
+            store.emit = lambda kind, scope, fields: emitted.append(kind)
+        elif stores.kind == "redis":
+            store.webhook_streams = [stream]
 
-    async def scenario() -> None:
+        async def views_after(room: str, window) -> tuple[View, View]:
+            early, late = View(room), View(room)
+            early.sync(await store.room(room))
+            await window()
+            late.sync(await store.room(room))  # read in the middle of the window
+            return early, late
+
         assert await store.renew("p1", 60.0) and await store.renew("p2", 60.0)
         await store.hold("bob", "bob-0", holder="p2", state="online")
         await store.join("bob", "bob-0", "lobby", {"n": 1}, max_rooms=20)
@@ -537,12 +541,7 @@ def test_a_view_synced_inside_a_window_ends_where_the_store_does(stores):
         assert told() == first_told
         assert sorted(await store.rooms(10)) == [("lobby", 1)]
 
-    try:
-        loop.run_until_complete(scenario())
-    finally:
-        if sessions is not None:
-            loop.run_until_complete(sessions.close())
-        loop.close()
+    stores.run(clock, scenario)
 
 
 @asynccontextmanager
