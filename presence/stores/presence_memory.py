@@ -267,7 +267,11 @@ class MemoryPresenceStore:
         joins, updates, leaves = coalesce(state.published, current, state.departures)
         # Webhooks tell what watchers were told before: a user who joined and left inside
         # the window was never announced, so is no member.left either.
-        unannounced = {user for user, before in state.published.items() if before is None}
+        unannounced = (
+            {leave.user for leave in leaves if state.published.get(leave.user) is None}
+            if self.emit is not None
+            else set()
+        )
         state.published.clear()
         state.departures.clear()
         if not (joins or updates or leaves):
