@@ -14,7 +14,9 @@ client does); ``watchers`` sockets on a second process, not restarted, watch eve
 room (20 rooms each, the most a session may watch), with the lean client of
 :mod:`bench._fanout_load`. It also records when every room's member list was right
 again (in Redis, and in every watcher's view), and the leaves the watchers were told:
-a client back within the offline grace must cause none.
+a client back within the grace must cause none. The grace of a restart is
+``PRESENCE_RESTART_GRACE`` (30 s by default; the offline grace, 5 s, if that is shorter):
+the stopped process's members stay held for it (README, "A restart is not a departure").
 """
 
 # The report's rows are typeset for people: the en dash for ranges, the multiplication
@@ -223,6 +225,7 @@ def _summarize(rounds: list[dict[str, Any]], variants: tuple[str, ...]) -> dict[
                 "users_told_a_leave": _stats.summary(p["users_told_a_leave"] for p in presence),
                 "back_within_grace": _stats.summary(p["back_within_grace"] for p in presence),
                 "back_after_grace": _stats.summary(p["back_after_grace"] for p in presence),
+                "grace_s": max(p["grace_s"] for p in presence),
             }
         }
     return {
@@ -355,7 +358,7 @@ class Watched:
     def after_storm(self, started: float, all_back: bool) -> dict[str, Any]:
         """From every client back: until every room's member list is right in Redis
         and in every watcher's view; then a grace longer, for a late leave."""
-        grace = Settings().offline_grace
+        grace = restart_grace()
         deadline = started + self.sizes.give_up_after
         right_at = None
         while all_back and time.monotonic() < deadline:
@@ -384,6 +387,13 @@ class Watched:
     def close(self) -> None:
         self.load.close()
         self.server.kill()
+
+
+def restart_grace() -> float:
+    """How long after a restart a client's return must cause no leave: the service's
+    restart grace, or its offline grace when that is longer (the reaper waits for both)."""
+    settings = Settings()
+    return max(settings.restart_grace, settings.offline_grace)
 
 
 def _presence(presence: dict[str, Any], report: dict[str, Any], sizes: Sizes) -> dict[str, Any]:
@@ -460,7 +470,8 @@ def rooms_leaves_figure(result: dict[str, Any]) -> str:
     p = result["summary"]["presence"]
     return (
         f"{p['leaves_for_clients_back_within_grace']} leaves told for a client back within "
-        f"the grace (all rounds); median {_seconds(p['back_within_grace']['median'], 0)} "
+        f"the grace ({_seconds(p.get('grace_s', 5.0), 0)} s; all rounds); median "
+        f"{_seconds(p['back_within_grace']['median'], 0)} "
         f"clients back within it, {_seconds(p['back_after_grace']['median'], 0)} after it "
         f"(their leaves: {_seconds(p['users_told_a_leave']['median'], 0)} users told)"
     )
