@@ -532,11 +532,7 @@ class RoomService:
             # the stop renews for the restart grace, so that the socket's reconnect (to
             # this process's successor, or to another) changes nothing. One not back
             # by then is reaped as a dead process's is (node_down).
-            if tab.timer is not None:
-                tab.timer.cancel()
-                tab.timer = None
-            if self._tabs.get((tab.user, tab.session_id)) is tab:
-                del self._tabs[(tab.user, tab.session_id)]
+            self._forget(tab)
             self._kept += 1
             return
         await self._release(tab, reason)
@@ -753,12 +749,17 @@ class RoomService:
             ceiling *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _release(self, tab: LocalTab, reason: Reason) -> None:
+    def _forget(self, tab: LocalTab) -> None:
+        """This process holds the tab no longer (its timer cancelled); the store is told
+        by the caller, or not at all."""
         if tab.timer is not None:
             tab.timer.cancel()
             tab.timer = None
         if self._tabs.get((tab.user, tab.session_id)) is tab:
             del self._tabs[(tab.user, tab.session_id)]
+
+    async def _release(self, tab: LocalTab, reason: Reason) -> None:
+        self._forget(tab)
         # Tried again as a hold is: a release lost to a slow Redis (thousands of sockets
         # closing at once) leaves the tab held under this live process's name for good,
         # a member that never leaves. (A release that ran but whose reply was lost runs
