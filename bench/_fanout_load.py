@@ -738,8 +738,6 @@ class Load:
             if known is None:
                 diff = json.loads(text)
                 reasons: Counter[str] = Counter(x.get("reason", "?") for x in diff["leaves"])
-                if diff["joins"]:
-                    reasons["(joins)"] += len(diff["joins"])
                 if diff.get("truncated"):
                     reasons["(truncated)"] += 1
                 for leave in diff["leaves"]:
@@ -762,11 +760,20 @@ class Load:
                 return
             view[0], view[1] = seq, known[1]
             members = sock.members.get(room)
+            if members is None and known[2] is not None and known[2][1]:
+                sock.leaves["(joins)"] += len(known[2][1])  # a view whose members are unknown
             if members is not None:
                 if known[2] is None:
                     sock.members[room] = None
                 else:
                     members.difference_update(known[2][0])
+                    # Joins new to this watcher's view (a member back after a leave, or
+                    # one the store lost): a join the sync already showed is not one. A
+                    # watcher synced within a diff window sees the members of the diff
+                    # still to come, then that diff (bench/analysis.md, crash reclaim).
+                    joined = [user for user in known[2][1] if user not in members]
+                    if joined:
+                        sock.leaves["(joins)"] += len(joined)
                     members.update(known[2][1])
             if known[0]:
                 sock.leaves.update(known[0])
