@@ -379,8 +379,9 @@ class RoomService:
         #: Tabs whose sockets the stop closed, left held for the restart grace.
         self._kept = 0
         #: Called with the (user, session id) of the tabs reaped from a dead process
-        #: (their sessions' records still say "websocket").
-        self.on_reaped: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None
+        #: (their sessions' records still say "websocket"), and the seconds since the
+        #: reap began (a session seen since then has a socket again somewhere).
+        self.on_reaped: Callable[[list[tuple[str, str]], float], Awaitable[None]] | None = None
         #: Called with the (user, session id, state) of the tabs of this process's
         #: sockets once they are held again after this process was taken for dead (the
         #: reaper marked their sessions disconnected; their sockets are open here).
@@ -1151,6 +1152,7 @@ class RoomService:
 
             # Reaped only if still lapsed: one that renewed meanwhile was stalled or cut
             # off, not dead, and its members stay.
+            began = loop.time()
             changed, reaped = await self.primary.reap(holder, if_lapsed=True, progress=progress)
             # The rest (every room, from a store that reaps in one step).
             self._changed([room for room in changed if room in waiting or room not in told])
@@ -1159,7 +1161,7 @@ class RoomService:
                 # thousands of them are large scripts that would otherwise sit in
                 # Redis in front of the flushes (bench/analysis.md, crash reclaim).
                 await self._flushed(changed)
-                await self.on_reaped(reaped)
+                await self.on_reaped(reaped, loop.time() - began)
         finally:
             self._reaping.discard(holder)
 

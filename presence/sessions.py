@@ -262,20 +262,25 @@ class SessionService:
         when the session is gone."""
         return await self.store.touch(user, session_id, state=state)
 
-    async def detach(self, user: str, session_id: str) -> None:
+    async def detach(self, user: str, session_id: str, *, unseen_for: float | None = None) -> None:
         """The session's last socket here closed: it is ``disconnected``, still alive
-        within its TTL. A store that cannot take it now is logged, not raised: the
-        socket is gone either way."""
+        within its TTL (``unseen_for``: only if not seen for that long). A store that
+        cannot take it now is logged, not raised: the socket is gone either way."""
         try:
-            await self.store.touch(user, session_id, transport="none", state="disconnected")
+            await self.store.touch(
+                user, session_id, transport="none", state="disconnected", unseen_for=unseen_for
+            )
         except StoreError:
             logger.warning("could not mark a session disconnected: store unavailable")
 
-    async def reaped(self, tabs: Sequence[tuple[str, str]]) -> None:
-        """The process that held these sessions' sockets died: they are
-        ``disconnected``, still alive within their TTL (their heartbeats together, one
-        round trip a batch)."""
-        await asyncio.gather(*(self.detach(user, sid) for user, sid in tabs))
+    async def reaped(self, tabs: Sequence[tuple[str, str]], since: float) -> None:
+        """The process that held these sessions' sockets died, and was reaped ``since``
+        seconds ago: they are ``disconnected``, still alive within their TTL (their
+        heartbeats together, one round trip a batch). A session seen since (its socket
+        open again on another process, or on the reaped one back from a stall and
+        holding it again) is passed over: the mark comes after the rooms' diffs, and a
+        socket back meanwhile is not undone by it."""
+        await asyncio.gather(*(self.detach(user, sid, unseen_for=since) for user, sid in tabs))
 
     async def socket_open(self, user: str, session_id: str) -> bool:
         """Whether the session has a socket open on some process (its record says

@@ -18,7 +18,10 @@ from presence.asgi import protocol
 from presence.auth import Identity
 from presence.bus import EventBus
 from presence.bus.memory import MemoryBackend
+from presence.registry import Registry
 from presence.rooms import _SLICE, RoomService
+from presence.sessions import SessionService
+from presence.stores.memory import MemoryStore
 from presence.stores.presence_memory import MemoryPresenceStore
 
 from .utils import make_settings
@@ -403,7 +406,8 @@ async def test_a_long_reap_flushes_its_rooms_as_it_goes_and_marks_the_sessions_a
     await store.open()
     service = _room_service(store, diff_window=0.01)
 
-    async def reaped(tabs: list[tuple[str, str]]) -> None:
+    async def reaped(tabs: list[tuple[str, str]], since: float) -> None:
+        assert since >= 0
         events.append(f"marked {len(tabs)}")
 
     service.on_reaped = reaped
@@ -411,6 +415,29 @@ async def test_a_long_reap_flushes_its_rooms_as_it_goes_and_marks_the_sessions_a
     await service._reap("p-dead", renewed=0.0)  # long lapsed: no grace left to wait
     assert events == ["reaped lobby", "flush lobby", "reaped dev", "flush dev", "marked 2"]
     assert "p-dead" not in service._reaping
+
+
+async def test_a_reapers_late_mark_does_not_undo_a_session_held_again_since_the_reap():
+    """The reaper marks a dead process's sessions disconnected only after the rooms'
+    diffs are out. A process that was stalled, not dead, holds its sockets' tabs again
+    meanwhile and marks their sessions connected: the reaper's mark, coming after,
+    passes over them (seen since the reap began), and marks the rest."""
+    store = MemoryStore(ttl=60.0)
+    await store.open()
+    sessions = SessionService(make_settings(), store, Registry())
+    back = await sessions.create("ann")
+    gone = await sessions.create("bob")
+    for session in (back, gone):
+        await sessions.attach(session.user, session.id)
+    await asyncio.sleep(0.05)
+    began = time.monotonic()  # the reap: both tabs taken from the stalled process
+    await asyncio.sleep(0.05)
+    await sessions.held_again([("ann", back.id, "online")])  # it was only stalled
+    await sessions.reaped([("ann", back.id), ("bob", gone.id)], time.monotonic() - began)
+    ann, bob = await store.get("ann", back.id), await store.get("bob", gone.id)
+    assert ann is not None and (ann.transport, ann.state) == ("websocket", "active")
+    assert bob is not None and (bob.transport, bob.state) == ("none", "disconnected")
+    await store.close()
 
 
 async def test_a_stop_leaves_the_tabs_of_the_sockets_it_closes_held_for_the_restart_grace():

@@ -109,6 +109,36 @@ async def test_touch_extends_and_updates(make_store):
     assert kept.data is None
 
 
+async def test_a_touch_for_sessions_unseen_for_a_while_passes_over_one_seen_since(make_store):
+    """``unseen_for`` (a reaper's mark): a session seen more recently than that is
+    returned as it is, fields and last_seen untouched; one unseen for longer is
+    touched as any other. A user's only session and one of several alike."""
+    store = await make_store(ttl=60.0)
+    for count in (1, 3):
+        user = f"reaped-{count}"
+        held = [await _held(store, user) for _ in range(count)]
+        await asyncio.sleep(2 * UNIT)
+        for session in held:
+            kept = await store.touch(
+                user, session.id, transport="none", state="disconnected", unseen_for=3600.0
+            )
+            assert kept is not None
+            assert (kept.transport, kept.state) == ("websocket", "active")
+            assert kept.last_seen == pytest.approx(session.last_seen, abs=0.01)
+            got = await store.get(user, session.id)
+            assert got is not None and (got.transport, got.state) == ("websocket", "active")
+            assert got.last_seen == pytest.approx(session.last_seen, abs=0.01)
+            marked = await store.touch(
+                user, session.id, transport="none", state="disconnected", unseen_for=UNIT
+            )
+            assert marked is not None and (marked.transport, marked.state) == (
+                "none",
+                "disconnected",
+            )
+            assert marked.last_seen > session.last_seen
+        assert await store.touch(user, new_session_id(), unseen_for=UNIT) is None
+
+
 async def test_touch_never_creates(make_store):
     """Heartbeating an unknown or deleted id answers None and leaves nothing behind."""
     store = await make_store()

@@ -212,14 +212,16 @@ return out
 # ''>|<'1' to replace data, else '0'>|<at ms; 0 = now>", its user, its data.
 # Heartbeats made together go in one call (see presence.stores._batch); each runs in
 # order. Never recreates a missing key; never moves last_seen or expiry backwards.
+# A head's last field, when set, is an age in ms: a session seen more recently is
+# returned as it is, untouched (a reaper's mark, passing over a socket back since).
 # Returns, for each heartbeat, {value, last_seen, pttl, now} or false.
 TOUCH = (
     _PRELUDE
     + """
 local ttl, channel = tonumber(ARGV[1]), ARGV[2]
 local function touch(slot, idx, skey, head, user, data)
-  local sid, tr_new, st_new, replace, at =
-    string.match(head, '^([^|]*)|(%a?)|(%a?)|([01])|(%d+)$')
+  local sid, tr_new, st_new, replace, at, unseen =
+    string.match(head, '^([^|]*)|(%a?)|(%a?)|([01])|(%d+)|(%d*)$')
   local lone_sid, seen, v = lone(slot)
   local in_lone = lone_sid == sid
   local key = skey
@@ -245,6 +247,13 @@ local function touch(slot, idx, skey, head, user, data)
       return false
     end
     if left < px then px = left end
+  end
+  if unseen ~= '' then
+    local last = seen
+    if not in_lone then last = redis.call('ZSCORE', idx, sid) end
+    if last and now - tonumber(last) < tonumber(unseen) then
+      return {v, tostring(last), redis.call('PTTL', key), now}
+    end
   end
   local changed = false
   if tr_new ~= '' and tr_new ~= tr then tr = tr_new; changed = true end

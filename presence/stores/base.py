@@ -60,10 +60,15 @@ class SessionStore(Protocol):
         transport: Transport | None = None,
         state: State | None = None,
         data: JSON = UNSET,
+        unseen_for: float | None = None,
     ) -> Session | None:
         """A heartbeat: ``last_seen = now``, TTL extended, fields updated when given.
 
         Returns None, and creates nothing, when the session is unknown, deleted or expired.
+        ``unseen_for``: applies only to a session not seen for at least that many seconds
+        (by the store's clock); one seen since is returned as it is, untouched. A reaper
+        marks a dead process's sessions so, and passes over those a live socket took
+        again meanwhile.
         """
 
     async def delete(self, user: str, session_ids: Sequence[str], reason: str) -> list[str]:

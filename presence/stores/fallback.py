@@ -317,11 +317,12 @@ class FallbackStore:
         transport: Transport | None = None,
         state: State | None = None,
         data: JSON = UNSET,
+        unseen_for: float | None = None,
     ) -> Session | None:
         found = await self._on_redis(
             user,
             lambda: self.primary.touch(
-                user, session_id, transport=transport, state=state, data=data
+                user, session_id, transport=transport, state=state, data=data, unseen_for=unseen_for
             ),
             retry=True,
         )
@@ -329,7 +330,7 @@ class FallbackStore:
             self._follow(user, session_id, found)
             return found
         session = await self.fallback.touch(
-            user, session_id, transport=transport, state=state, data=data
+            user, session_id, transport=transport, state=state, data=data, unseen_for=unseen_for
         )
         if session is not None:
             self._journal_touch((user, session_id))

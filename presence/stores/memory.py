@@ -177,12 +177,15 @@ class MemoryStore:
         transport: Transport | None = None,
         state: State | None = None,
         data: JSON = UNSET,
+        unseen_for: float | None = None,
     ) -> Session | None:
         now = self.clock()
         record = self._record(user, session_id, now)
         if record is None:
             return None
         old = record.current(self.ttl)
+        if unseen_for is not None and now - old.last_seen < unseen_for:
+            return old
         record.session = replace(
             old,
             last_seen=max(now, old.last_seen),

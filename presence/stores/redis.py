@@ -489,9 +489,10 @@ class RedisStore:
         state: State | None = None,
         data: JSON = UNSET,
         at: float | None = None,
+        unseen_for: float | None = None,
     ) -> Session | None:
         result = await self._touches.submit(
-            self._touch_call(user, session_id, transport, state, data, at)
+            self._touch_call(user, session_id, transport, state, data, at, unseen_for)
         )
         if not result:
             return None
@@ -505,6 +506,7 @@ class RedisStore:
         state: State | None,
         data: JSON,
         at: float | None,
+        unseen_for: float | None = None,
     ) -> _Touch:
         head = "|".join(
             (
@@ -513,6 +515,7 @@ class RedisStore:
                 _STATE_LETTER[state] if state else "",
                 "0" if data is UNSET else "1",
                 "0" if at is None else str(round(at * 1000)),
+                "" if unseen_for is None else str(max(0, round(unseen_for * 1000))),
             )
         )
         return (
