@@ -364,6 +364,8 @@ class RoomService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resyncs: set[asyncio.TimerHandle] = set()
         self._lease: asyncio.Task[None] | None = None
+        #: The look for lapsed leases under way (one at a time, beside the renewals).
+        self._looking: asyncio.Task[None] | None = None
         self._reaping: set[str] = set()
         #: Loop time since which every renewal of this process's lease has succeeded
         #: (None: the last one failed, or it was reaped).
@@ -1018,8 +1020,16 @@ class RoomService:
 
     async def _lease_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            await asyncio.sleep(keys.LEASE_RENEW_INTERVAL)
+            # Renewals keep a schedule of their own: after one that ran late (a loop busy
+            # with a storm of handshakes, a renewal that waited behind it) the next is
+            # due an interval after the last was due, not an interval after it ended.
+            # Late by more than an interval, it runs at once and the schedule restarts.
+            due += keys.LEASE_RENEW_INTERVAL
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            if loop.time() - due > keys.LEASE_RENEW_INTERVAL:
+                due = loop.time()
             try:
                 await self._follow_the_store()
                 if self._degraded:
@@ -1040,15 +1050,32 @@ class RoomService:
                 # live process has renewed its own too.
                 if loop.time() - self._renewing_since < keys.LEASE_TTL + keys.LEASE_RENEW_INTERVAL:
                     continue
-                for holder, renewed in await self.primary.lapsed():
-                    if holder != self.holder and holder not in self._reaping:
-                        self._reaping.add(holder)
-                        self._spawn(self._reap(holder, renewed))
+                # The look for lapsed leases goes beside the renewals, never in front of
+                # the next one: it shares the batch with every user's calls, and in a
+                # reconnect storm it waited behind them for over a second, so that the
+                # busy process's own lease went unrenewed past the grace and it was
+                # reaped while alive (bench/analysis.md, the storm into rooms).
+                if self._looking is None or self._looking.done():
+                    self._looking = asyncio.ensure_future(self._look_for_lapsed())
+                    self._tasks.add(self._looking)
+                    self._looking.add_done_callback(self._done)
             except StoreUnavailable:
                 self._renewing_since = None
                 logger.warning("presence lease: store unavailable; will retry")
             except Exception:
                 logger.exception("presence lease tick failed")
+
+    async def _look_for_lapsed(self) -> None:
+        """Claims the processes whose lease lapsed and reaps each (after the grace)."""
+        try:
+            lapsed = await self.primary.lapsed()
+        except StoreUnavailable:
+            logger.warning("presence lease: could not look for lapsed leases; will retry")
+            return
+        for holder, renewed in lapsed:
+            if holder != self.holder and holder not in self._reaping:
+                self._reaping.add(holder)
+                self._spawn(self._reap(holder, renewed))
 
     async def _follow_the_store(self) -> None:
         """Moves presence into this process's memory when the session store serves from

@@ -231,6 +231,55 @@ async def test_holding_every_tab_again_keeps_the_new_lease(monkeypatch: Any):
     assert old not in renewals
 
 
+async def test_a_look_for_lapsed_leases_that_waits_does_not_hold_back_the_renewals(
+    monkeypatch: Any,
+):
+    """The look for other processes' lapsed leases waits behind a burst of calls (a
+    reconnect storm): the renewals of this process's own lease go on meanwhile, on
+    their schedule, and one look runs at a time. (In line, a look that took 1.2 s on top
+    of a late renewal left the lease unrenewed past the grace, and the busy process was
+    reaped while alive.)"""
+    monkeypatch.setattr(keys, "LEASE_RENEW_INTERVAL", 0.02)
+    monkeypatch.setattr(keys, "LEASE_TTL", 0.06)
+    service, store, _ = await _service()
+    renewals: list[str] = []
+    looks: list[float] = []
+    stuck = asyncio.Event()
+    called = asyncio.Event()  # set at each renewal and look
+    renew = store.renew
+
+    async def counted(holder: str, ttl: float) -> bool:
+        renewals.append(holder)
+        called.set()
+        return await renew(holder, ttl)
+
+    async def waits() -> list[tuple[str, float]]:
+        looks.append(time.monotonic())
+        called.set()
+        await stuck.wait()
+        return []
+
+    async def until(check: Any) -> None:
+        async with asyncio.timeout(5):
+            while not check():
+                called.clear()
+                await called.wait()
+
+    store.renew = counted  # type: ignore[method-assign]
+    store.lapsed = waits  # type: ignore[method-assign]
+    await service.start()
+    try:
+        await until(lambda: looks)
+        before = len(renewals)
+        # Ten renewals more while the look is stuck (none came before the fix).
+        await until(lambda: len(renewals) >= before + 10)
+        assert len(looks) == 1
+        stuck.set()
+        await until(lambda: len(looks) >= 2)  # once it is done, the next tick looks again
+    finally:
+        await service.stop()
+
+
 async def test_a_resync_does_not_share_a_read_begun_before_it():
     """Presence moving to another store (Redis away, or back), or the bus reconnecting,
     syncs every watcher again: those syncs read the room afresh rather than wait on a
