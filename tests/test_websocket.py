@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import sys
 
@@ -304,6 +305,61 @@ async def test_an_open_socket_keeps_no_parsed_request(server, alice):
         cached = {"_headers", "_cookies", "_query_params", "_url", "_base_url"}
         assert not cached & set(vars(connection))
         assert connection.scope["root_path"] == ""  # No Mount's child scope.
+
+
+def _awaiting(coroutine) -> list[str]:
+    """The files of the frames a suspended coroutine holds, outermost first."""
+    files = []
+    while coroutine is not None and hasattr(coroutine, "cr_frame"):
+        if coroutine.cr_frame is not None:
+            files.append(coroutine.cr_frame.f_code.co_filename)
+        coroutine = coroutine.cr_await
+    return files
+
+
+@pytest.mark.parametrize("level", ["WARNING", "INFO"])
+async def test_an_open_socket_holds_no_frame_of_starlettes_stack(server, alice, level):
+    """A socket's ASGI call goes to the socket endpoint ahead of Starlette's app, its
+    middleware, router and route (presence.asgi._socket_route): the suspended call holds
+    none of their frames, with the access log on (INFO) or off; the endpoint still reads
+    its path parameter and answers as before."""
+    access = logging.getLogger("presence.access")
+    old = access.level
+    access.setLevel(level)
+    try:
+        sid = await _new_session(alice)
+        async with connect(_url(server, sid), ping_interval=None) as websocket:
+            snapshot = await _recv(websocket)
+            assert snapshot["session"]["id"] == sid
+            chains = [_awaiting(task.get_coro()) for task in asyncio.all_tasks()]
+            (chain,) = [c for c in chains if any(f.endswith("presence/asgi/sockets.py") for f in c)]
+            stack = {"routing.py", "applications.py", "_exception_handler.py", "exceptions.py"}
+            held = [f for f in chain if "/starlette/" in f and f.rsplit("/", 1)[1] in stack]
+            assert not held, chain
+            assert any(f.endswith("presence/asgi/app.py") for f in chain) is (level == "INFO")
+    finally:
+        access.setLevel(old)
+
+
+async def test_a_socket_under_a_root_path_is_routed_the_ordinary_way():
+    """Behind a proxy that mounts the service under a path (uvicorn's ``root_path``),
+    the socket goes through Starlette's router, which strips the root path, and is
+    served as under none."""
+    async with serve(make_settings(heartbeat_interval=INTERVAL), root_path="/presence") as running:
+        headers = {"authorization": f"Bearer {token('alice')}"}
+        async with httpx.AsyncClient(base_url=running.http, headers=headers) as client:
+            created = await client.post(f"{BASE}/sessions")
+            assert created.status_code == 201, created.text
+            sid = created.json()["id"]
+        async with connect(_url(running, sid), ping_interval=None) as websocket:
+            snapshot = await _recv(websocket)
+            assert snapshot["session"]["id"] == sid
+            (held,) = [
+                running.services.registry._sockets[ref]
+                for ref in running.services.registry.refs()
+                if ref[1] == sid
+            ]
+            assert held.websocket.scope["root_path"] == "/presence"
 
 
 def test_the_registry_holds_one_socket_as_it_is_and_more_in_a_list():

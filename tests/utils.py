@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jwt
 import redis.asyncio as aioredis
@@ -185,11 +186,12 @@ class RunningServer(_Local):
 
 @contextlib.asynccontextmanager
 async def serve(
-    settings: Settings, store: SessionStore | None = None
+    settings: Settings, store: SessionStore | None = None, **uvicorn_config: Any
 ) -> AsyncIterator[RunningServer]:
-    """Runs the app under real uvicorn with the production uvicorn options, port 0."""
+    """Runs the app under real uvicorn with the production uvicorn options (and
+    ``uvicorn_config``'s, such as ``root_path``), port 0."""
     app = create_app(settings, store)
-    options = uvicorn_options(settings)
+    options = {**uvicorn_options(settings), **uvicorn_config}
     options["log_config"] = None
     config = uvicorn.Config(app, host="127.0.0.1", port=0, **options)
     server = uvicorn.Server(config)

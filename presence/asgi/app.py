@@ -30,6 +30,7 @@ from ..models import JSON
 from ..settings import Settings
 from ..stores import SessionStore
 from . import admin, errors, openapi, rest
+from ._socket_route import SocketFirst
 from .services import Services
 from .sockets import session_socket
 
@@ -88,7 +89,12 @@ def create_app(settings: Settings | None = None, store: SessionStore | None = No
                 allow_headers=["authorization", "content-type"],
             )
         )
-    app = Starlette(
+    # The session socket is handed to its endpoint ahead of Starlette's stack, so that a
+    # socket's life holds none of its frames (presence.asgi._socket_route).
+    app = SocketFirst(
+        prefix=API_PREFIX,
+        endpoint=session_socket,
+        access_log=AccessLog,
         routes=_routes(),
         middleware=middleware,
         exception_handlers={
