@@ -289,8 +289,9 @@ async def test_message_flood_closes_1008(server, alice):
 
 async def test_an_open_socket_keeps_no_parsed_request(server, alice):
     """Identity and origin are checked from the scope itself: the open connection holds
-    no parsed headers, cookies, query string or URL for its life, and it is routed
-    beside the API's Mount, not under it."""
+    no parsed headers, cookies, query string or URL for its life, nor the scope's raw
+    headers and query string once accepted, and it is routed beside the API's Mount,
+    not under it."""
     sid = await _new_session(alice)
     async with connect(
         _url(server, sid),
@@ -305,6 +306,8 @@ async def test_an_open_socket_keeps_no_parsed_request(server, alice):
         cached = {"_headers", "_cookies", "_query_params", "_url", "_base_url"}
         assert not cached & set(vars(connection))
         assert connection.scope["root_path"] == ""  # No Mount's child scope.
+        # Read once accepted, the handshake's headers and its query (the token) are let go.
+        assert connection.scope["headers"] == [] and connection.scope["query_string"] == b""
 
 
 def _awaiting(coroutine) -> list[str]:

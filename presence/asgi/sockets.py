@@ -257,6 +257,11 @@ async def session_socket(websocket: WebSocket) -> None:
             await _deny(websocket, error)
             return
         await websocket.accept()
+        # The handshake's headers (about 1.2 KB in some 20 objects) and its query string
+        # (which may carry the token) were read by the checks above: the scope, uvicorn's
+        # own, is not to hold them for the socket's life.
+        websocket.scope["headers"] = []
+        websocket.scope["query_string"] = b""
         socket = SessionSocket(websocket, identity, session_id, services)
         socket._on_part_ended = functools.partial(_part_ended, services=services)
         ref = (user, session_id)
