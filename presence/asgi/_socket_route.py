@@ -16,7 +16,7 @@ unless ``presence.access`` logs INFO). Everything else, and a socket under a
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from starlette.applications import Starlette
@@ -51,18 +51,17 @@ class SocketFirst(Starlette):
         self._endpoint = endpoint
         self._logged_socket = access_log(self._socket)
 
-    def __call__(  # type: ignore[override]
-        self, scope: Scope, receive: Receive, send: Send
-    ) -> Awaitable[None]:
-        # Not a coroutine function: the socket's life holds no frame of this either.
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A coroutine function, as ASGI 3 callers check for (one frame a socket).
         if scope["type"] == "websocket" and not scope.get("root_path"):
             match = self._socket_path.fullmatch(scope["path"])
             if match is not None:
                 scope["app"] = self
                 scope["endpoint"] = self._endpoint
                 scope["path_params"] = {"session_id": match[1]}
-                return self._logged_socket(scope, receive, send)
-        return super().__call__(scope, receive, send)
+                await self._logged_socket(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
     def _socket(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
         return self._endpoint(WebSocket(scope, receive=receive, send=send))
