@@ -760,9 +760,10 @@ class Load:
                 return
             view[0], view[1] = seq, known[1]
             members = sock.members.get(room)
-            if members is None and known[2] is not None and known[2][1]:
-                sock.leaves["(joins)"] += len(known[2][1])  # a view whose members are unknown
-            if members is not None:
+            if members is None:
+                if known[2] is not None and known[2][1]:
+                    sock.leaves["(joins)"] += len(known[2][1])  # a view of unknown members
+            else:
                 if known[2] is None:
                     sock.members[room] = None
                 else:
